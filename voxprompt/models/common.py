@@ -1,0 +1,75 @@
+"""Small building blocks shared by every model, generic in the number of spatial dimensions."""
+from __future__ import annotations
+
+from typing import Type
+
+import torch
+from torch import nn
+
+
+def conv_cls(spatial_dims: int) -> Type[nn.Module]:
+    """``nn.Conv2d`` or ``nn.Conv3d``."""
+    return {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+
+
+def conv_transpose_cls(spatial_dims: int) -> Type[nn.Module]:
+    """``nn.ConvTranspose2d`` or ``nn.ConvTranspose3d``."""
+    return {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims]
+
+
+class LayerNormNd(nn.Module):
+    """LayerNorm over the channel axis (dim 1) of a channels-first tensor (SAM's LayerNorm2d/3d)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        shape = (-1,) + (1,) * (x.dim() - 2)
+        return self.weight.view(shape) * x + self.bias.view(shape)
+
+
+class MLPBlock(nn.Module):
+    """Two linear layers with an activation between (keys ``lin1``, ``lin2``)."""
+
+    def __init__(self, embedding_dim: int, mlp_dim: int, act: Type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
+        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin2(self.act(self.lin1(x)))
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them (keys ``layers.N``)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
+        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < last:
+                x = torch.relu(x)
+        return x
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, *S) -> (B, *S, C)."""
+    return x.permute(0, *range(2, x.dim()), 1)
+
+
+def channels_first(x: torch.Tensor) -> torch.Tensor:
+    """(B, *S, C) -> (B, C, *S)."""
+    return x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))

@@ -1,0 +1,93 @@
+"""SAM's mask decoder (IoU token + mask tokens + hypernetworks), generic in 2D and 3D."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .common import MLP, LayerNormNd, conv_transpose_cls
+from .config import SamConfig
+from .transformer import TwoWayTransformer
+
+
+def upscaler(spatial_dims: int, dim: int, final_act: bool = True) -> nn.Sequential:
+    """Two stride-2 transposed convs (dim -> dim/4 -> dim/8): a 4x larger feature map."""
+    convt = conv_transpose_cls(spatial_dims)
+    layers = [
+        convt(dim, dim // 4, kernel_size=2, stride=2),
+        LayerNormNd(dim // 4),
+        nn.GELU(),
+        convt(dim // 4, dim // 8, kernel_size=2, stride=2),
+    ]
+    if final_act:
+        layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+def broadcast_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Repeat a batch-1 tensor to ``batch`` rows (one image embedding for several prompts)."""
+    if x.shape[0] == batch:
+        return x
+    return torch.repeat_interleave(x, batch, dim=0)
+
+
+class MaskDecoder(nn.Module):
+    """Predicts ``1 + num_multimask_outputs`` masks and their IoU from image and prompt embeddings."""
+
+    def __init__(self, cfg: SamConfig) -> None:
+        super().__init__()
+        dim = cfg.prompt_embed_dim
+        self.transformer = TwoWayTransformer(
+            depth=cfg.decoder_depth,
+            embedding_dim=dim,
+            num_heads=cfg.decoder_num_heads,
+            mlp_dim=cfg.decoder_mlp_dim,
+        )
+        self.num_mask_tokens = cfg.num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
+        self.output_upscaling = upscaler(cfg.spatial_dims, dim)
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(dim, cfg.iou_head_hidden_dim, self.num_mask_tokens, cfg.iou_head_depth)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns masks ``(B, M, *low_res)`` and IoU ``(B, M)``: M = 1 (token 0) or the
+        multimask tokens 1.."""
+        masks, iou = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        sl = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, sl], iou[:, sl]
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All mask tokens: ``(B, 1 + num_multimask_outputs, *low_res)`` and their IoU."""
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        b = sparse_prompt_embeddings.size(0)
+        tokens = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), dim=1)
+        src = broadcast_batch(image_embeddings, b) + dense_prompt_embeddings
+        pos_src = broadcast_batch(image_pe, b)
+        c, grid = src.shape[1], src.shape[2:]
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        upscaled = self.output_upscaling(src.transpose(1, 2).view(b, c, *grid))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        c_up, up_grid = upscaled.shape[1], upscaled.shape[2:]
+        masks = (hyper_in @ upscaled.view(b, c_up, -1)).view(b, -1, *up_grid)
+        return masks, self.iou_prediction_head(iou_token_out)

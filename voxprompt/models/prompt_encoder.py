@@ -1,0 +1,141 @@
+"""SAM's prompt encoder, generic in 2D and 3D.
+
+Coordinate convention (the official one, kept because trained weights depend on it): a point's
+coordinate 0 is paired with tensor axis 1 of the image and coordinate 1 with tensor axis 0; any
+further coordinate with its own axis. In 2D that is SAM's (x, y) = (column, row). In 3D it is
+SAM-Med3D's "dense-PE axis swap": points are given in tensor-axis order, but the dense PE of cell
+(i, j, k) encodes ((j+.5)/8, (i+.5)/8, (k+.5)/8). The Fourier PE is always computed in float32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .common import LayerNormNd, conv_cls
+from .config import SamConfig
+
+
+def _swap01(values: list) -> list:
+    return [values[1], values[0], *values[2:]]
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """Random Fourier features: ``[sin, cos, sin, ...](2*pi*(2c-1) @ G)``, one part per axis."""
+
+    def __init__(self, spatial_dims: int, num_pos_feats: int) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.register_buffer(
+            "positional_encoding_gaussian_matrix", torch.randn((spatial_dims, num_pos_feats))
+        )
+
+    def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=coords.device.type, enabled=False):
+            coords = 2 * coords.float() - 1
+            coords = coords @ self.positional_encoding_gaussian_matrix.float()
+            coords = 2 * math.pi * coords
+            s, c = torch.sin(coords), torch.cos(coords)
+            return torch.cat([s if i % 2 == 0 else c for i in range(self.spatial_dims)], dim=-1)
+
+    def forward(self, size: tuple[int, ...]) -> torch.Tensor:
+        """Dense PE of a grid ``size``: ``(C, *size)``."""
+        device = self.positional_encoding_gaussian_matrix.device
+        grid = torch.ones(size, device=device, dtype=torch.float32)
+        embeds = [(grid.cumsum(dim=a) - 0.5) / size[a] for a in range(len(size))]
+        pe = self._pe_encoding(torch.stack(_swap01(embeds), dim=-1))
+        return pe.permute(pe.dim() - 1, *range(pe.dim() - 1))
+
+    def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, ...]) -> torch.Tensor:
+        """PE of points given in input-image pixels/voxels (coordinate order as documented)."""
+        norm = torch.tensor(_swap01(list(image_size)), dtype=torch.float32, device=coords.device)
+        return self._pe_encoding(coords.float() / norm)
+
+
+class PromptEncoder(nn.Module):
+    """Embeds points, boxes and a low-res mask into sparse tokens and a dense map."""
+
+    def __init__(self, cfg: SamConfig) -> None:
+        super().__init__()
+        d = cfg.spatial_dims
+        self.spatial_dims = d
+        self.embed_dim = cfg.prompt_embed_dim
+        self.input_image_size = (cfg.img_size,) * d
+        self.image_embedding_size = (cfg.grid_size,) * d
+        self.pe_layer = PositionEmbeddingRandom(d, cfg.prompt_embed_dim // d)
+        self.num_point_embeddings = cfg.num_point_embeddings
+        self.point_embeddings = nn.ModuleList(
+            nn.Embedding(1, self.embed_dim) for _ in range(cfg.num_point_embeddings)
+        )
+        self.not_a_point_embed = nn.Embedding(1, self.embed_dim)
+        conv = conv_cls(d)
+        mic = cfg.mask_in_chans
+        self.mask_downscaling = nn.Sequential(
+            conv(1, mic // 4, kernel_size=2, stride=2),
+            LayerNormNd(mic // 4),
+            nn.GELU(),
+            conv(mic // 4, mic, kernel_size=2, stride=2),
+            LayerNormNd(mic),
+            nn.GELU(),
+            conv(mic, self.embed_dim, kernel_size=1),
+        )
+        self.no_mask_embed = nn.Embedding(1, self.embed_dim)
+
+    @property
+    def mask_input_size(self) -> tuple[int, ...]:
+        return tuple(4 * s for s in self.image_embedding_size)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        """``(1, C, *grid)`` positional encoding of the image embedding grid (float32)."""
+        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+
+    def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
+        points = points + 0.5  # centre of the pixel/voxel
+        if pad:
+            points = torch.cat([points, points.new_zeros((points.shape[0], 1, points.shape[2]))], dim=1)
+            labels = torch.cat([labels, -labels.new_ones((labels.shape[0], 1))], dim=1)
+        emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
+        emb[labels == -1] = 0.0
+        emb[labels == -1] += self.not_a_point_embed.weight
+        emb[labels == 0] += self.point_embeddings[0].weight
+        emb[labels == 1] += self.point_embeddings[1].weight
+        return emb
+
+    def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        boxes = boxes + 0.5
+        corners = boxes.reshape(-1, 2, self.spatial_dims)
+        emb = self.pe_layer.forward_with_coords(corners, self.input_image_size)
+        emb[:, 0, :] += self.point_embeddings[2].weight
+        emb[:, 1, :] += self.point_embeddings[3].weight
+        return emb
+
+    def forward(
+        self,
+        points: Optional[tuple[torch.Tensor, torch.Tensor]],
+        boxes: Optional[torch.Tensor],
+        masks: Optional[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns sparse ``(B, N, C)`` (N+1 with the pad token when there is no box) and dense
+        ``(B, C, *grid)`` embeddings."""
+        if points is not None:
+            bs = points[0].shape[0]
+        elif boxes is not None:
+            bs = boxes.shape[0]
+        elif masks is not None:
+            bs = masks.shape[0]
+        else:
+            bs = 1
+        device = self.no_mask_embed.weight.device
+        sparse = torch.empty((bs, 0, self.embed_dim), device=device)
+        if points is not None:
+            sparse = torch.cat([sparse, self._embed_points(points[0], points[1], pad=boxes is None)], dim=1)
+        if boxes is not None:
+            sparse = torch.cat([sparse, self._embed_boxes(boxes)], dim=1)
+        if masks is not None:
+            dense = self.mask_downscaling(masks)
+        else:
+            shape = (1, -1) + (1,) * self.spatial_dims
+            dense = self.no_mask_embed.weight.reshape(shape).expand(bs, -1, *self.image_embedding_size)
+        return sparse, dense

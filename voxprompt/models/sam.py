@@ -1,0 +1,179 @@
+"""The promptable model: image encoder + prompt encoder + mask decoder, stateless.
+
+``encode`` takes exactly what the official image encoder takes (normalised, padded); ``decode``
+returns the official decoder output unchanged (raw low-res logits and IoU, no selection, sigmoid
+or upsampling). Per-user state (cached embeddings, previous logits) lives in a Session.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from ..errors import InputError, PromptError
+from .config import SamConfig
+from .image_encoder import ImageEncoder
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+
+Points = Optional[tuple[torch.Tensor, torch.Tensor]]
+
+
+class PromptableModel(nn.Module):
+    """Shared input checks of every model (``encode``/``decode`` arguments)."""
+
+    name: str = "model"
+    spatial_dims: int
+    img_size: int
+    in_chans: int
+    low_res_size: int
+    supports_boxes: bool
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        p = next(self.parameters())
+        return p.device, p.dtype
+
+    def check_image(self, image: Any) -> torch.Tensor:
+        """Validate an encoder input and move it to the model's device and dtype."""
+        expected = ("B", self.in_chans) + (self.img_size,) * self.spatial_dims
+        if not isinstance(image, torch.Tensor):
+            raise InputError(f"{self.name}: image must be a torch.Tensor of shape {expected}, got {type(image).__name__}")
+        if image.dim() != 2 + self.spatial_dims or tuple(image.shape[1:]) != expected[1:] or image.shape[0] < 1:
+            raise InputError(
+                f"{self.name}: image must have shape {expected} (normalised and padded), got {tuple(image.shape)}"
+            )
+        if not image.is_floating_point():
+            raise InputError(f"{self.name}: image must be a floating-point tensor, got {image.dtype}")
+        if not torch.isfinite(image).all():
+            raise InputError(f"{self.name}: image contains NaN or infinite values")
+        device, dtype = self._device_dtype()
+        return image.to(device=device, dtype=dtype)
+
+    def check_prompts(
+        self,
+        batch: int,
+        points: Points,
+        boxes: Optional[torch.Tensor],
+        mask_input: Optional[torch.Tensor],
+    ) -> tuple[Points, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Validate prompts against an embedding batch; returns them on the model's device."""
+        device, dtype = self._device_dtype()
+        d, size = self.spatial_dims, float(self.img_size)
+        rows: set[int] = set()
+        if points is not None:
+            if not isinstance(points, (tuple, list)) or len(points) != 2:
+                raise PromptError(f"{self.name}: points must be a (coords, labels) pair")
+            coords, labels = (torch.as_tensor(t) for t in points)
+            if coords.dim() != 3 or coords.shape[2] != d or coords.shape[1] < 1:
+                raise PromptError(f"{self.name}: point coords must have shape (B, N, {d}), got {tuple(coords.shape)}")
+            if tuple(labels.shape) != tuple(coords.shape[:2]):
+                raise PromptError(
+                    f"{self.name}: point labels shape {tuple(labels.shape)} does not match coords {tuple(coords.shape)}"
+                )
+            if labels.is_floating_point():
+                if not torch.equal(labels, labels.round()):
+                    raise PromptError(f"{self.name}: point labels must be integers (1 positive, 0 negative)")
+                labels = labels.long()
+            bad = ~((labels == 0) | (labels == 1) | (labels == -1))
+            if bad.any():
+                raise PromptError(f"{self.name}: point labels must be 1 (positive), 0 (negative) or -1 (padding)")
+            coords = coords.to(device=device, dtype=torch.float32)
+            _check_range(self.name, "point", coords, size)
+            rows.add(coords.shape[0])
+            points = (coords, labels.to(device=device, dtype=torch.int64))
+        if boxes is not None:
+            if not self.supports_boxes:
+                raise PromptError(f"{self.name}: this model was not trained with box prompts; use points")
+            boxes = torch.as_tensor(boxes).to(device=device, dtype=torch.float32)
+            if boxes.dim() == 3 and boxes.shape[1] == 1:
+                boxes = boxes[:, 0]
+            if boxes.dim() != 2 or boxes.shape[1] != 2 * d:
+                raise PromptError(f"{self.name}: boxes must have shape (B, {2 * d}), got {tuple(boxes.shape)}")
+            _check_range(self.name, "box", boxes.view(boxes.shape[0], 2, d), size)
+            if (boxes[:, d:] < boxes[:, :d]).any():
+                raise PromptError(f"{self.name}: box corners must be ordered (low corner first), got {boxes.tolist()}")
+            rows.add(boxes.shape[0])
+        if mask_input is not None:
+            mask_input = torch.as_tensor(mask_input)
+            expected = (1,) + (self.low_res_size,) * d
+            if mask_input.dim() != 2 + d or tuple(mask_input.shape[1:]) != expected:
+                raise PromptError(
+                    f"{self.name}: mask_input must have shape (B, {', '.join(map(str, expected))}) "
+                    f"(raw low-res logits), got {tuple(mask_input.shape)}"
+                )
+            if not torch.isfinite(mask_input).all():
+                raise PromptError(f"{self.name}: mask_input contains NaN or infinite values")
+            mask_input = mask_input.to(device=device, dtype=dtype)
+            rows.add(mask_input.shape[0])
+        if len(rows) > 1:
+            raise PromptError(f"{self.name}: points, boxes and mask_input have different batch sizes {sorted(rows)}")
+        prompt_rows = rows.pop() if rows else batch
+        if batch not in (1, prompt_rows):
+            raise PromptError(
+                f"{self.name}: {prompt_rows} prompt rows for {batch} image embeddings; give one row per "
+                "embedding, or a single embedding for several prompt rows"
+            )
+        return points, boxes, mask_input
+
+
+def _check_range(name: str, what: str, coords: torch.Tensor, size: float) -> None:
+    if not torch.isfinite(coords).all():
+        raise PromptError(f"{name}: {what} coordinates contain NaN or infinite values")
+    if (coords < 0).any() or (coords > size).any():
+        lo, hi = coords.min().item(), coords.max().item()
+        raise PromptError(
+            f"{name}: {what} coordinates must lie in [0, {size:g}] (the network-input frame), got range [{lo:g}, {hi:g}]"
+        )
+
+
+class SamModel(PromptableModel):
+    """SAM ViT-B, SAM-Med2D and SAM-Med3D (and smaller configs of them)."""
+
+    def __init__(self, cfg: SamConfig, name: str = "sam") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.name = name
+        self.spatial_dims = cfg.spatial_dims
+        self.img_size = cfg.img_size
+        self.in_chans = cfg.in_chans
+        self.low_res_size = cfg.low_res_size
+        self.supports_boxes = cfg.supports_boxes
+        self.image_encoder = ImageEncoder(cfg)
+        self.prompt_encoder = PromptEncoder(cfg)
+        self.mask_decoder = MaskDecoder(cfg)
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S)`` normalised, padded input -> image embedding ``(B, C_emb, *grid)``."""
+        return self.image_encoder(self.check_image(image))
+
+    def decode(
+        self,
+        emb: torch.Tensor,
+        points: Points = None,
+        boxes: Optional[torch.Tensor] = None,
+        mask_input: Optional[torch.Tensor] = None,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw low-res logits ``(B, M, *low_res)`` and IoU ``(B, M)``; M = 1, or 3 with multimask."""
+        emb = self._check_embedding(emb)
+        points, boxes, mask_input = self.check_prompts(emb.shape[0], points, boxes, mask_input)
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.mask_decoder(
+            image_embeddings=emb,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+
+    def forward(self, image: torch.Tensor, **prompts: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode then decode (training and export)."""
+        return self.decode(self.encode(image), **prompts)
+
+    def _check_embedding(self, emb: Union[torch.Tensor, Any]) -> torch.Tensor:
+        expected = (self.cfg.prompt_embed_dim,) + (self.cfg.grid_size,) * self.spatial_dims
+        if not isinstance(emb, torch.Tensor) or emb.dim() != 2 + self.spatial_dims or tuple(emb.shape[1:]) != expected:
+            got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+            raise InputError(f"{self.name}: embedding must have shape (B, {', '.join(map(str, expected))}), got {got}")
+        return emb
