@@ -9,14 +9,14 @@ from .config import SamConfig
 from .transformer import TwoWayTransformer
 
 
-def upscaler(spatial_dims: int, dim: int, final_act: bool = True) -> nn.Sequential:
-    """Two stride-2 transposed convs (dim -> dim/4 -> dim/8): a 4x larger feature map."""
+def upscaler(spatial_dims: int, cin: int, cmid: int, cout: int, final_act: bool = True) -> nn.Sequential:
+    """Two stride-2 transposed convs (cin -> cmid -> cout) with LayerNorm + GELU between: 4x larger."""
     convt = conv_transpose_cls(spatial_dims)
     layers = [
-        convt(dim, dim // 4, kernel_size=2, stride=2),
-        LayerNormNd(dim // 4),
+        convt(cin, cmid, kernel_size=2, stride=2),
+        LayerNormNd(cmid),
         nn.GELU(),
-        convt(dim // 4, dim // 8, kernel_size=2, stride=2),
+        convt(cmid, cout, kernel_size=2, stride=2),
     ]
     if final_act:
         layers.append(nn.GELU())
@@ -45,7 +45,7 @@ class MaskDecoder(nn.Module):
         self.num_mask_tokens = cfg.num_multimask_outputs + 1
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
-        self.output_upscaling = upscaler(cfg.spatial_dims, dim)
+        self.output_upscaling = upscaler(cfg.spatial_dims, dim, dim // 4, dim // 8)
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
         )

@@ -1,0 +1,52 @@
+"""CLI: exit codes, one-line errors, conversion."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from voxprompt import load_model
+from voxprompt.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "voxprompt", *args], capture_output=True, text=True)
+
+
+def test_models_lists_zoo(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "sam-med3d" in out and "sam-unet-res34" in out
+
+
+def test_convert_detects_architecture(tmp_path, capsys):
+    """A full-size SAM ViT-B state dict is detected as sam-vit-b."""
+    src = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save(load_model("sam-vit-b").state_dict(), src)
+    out = tmp_path / "sam.safetensors"
+    assert main(["convert", str(src), str(out)]) == 0
+    assert "sam-vit-b" in capsys.readouterr().out
+    assert out.exists()
+
+
+def test_errors_are_one_line_with_exit_codes(tmp_path):
+    r = run("convert", str(tmp_path / "missing.pth"), str(tmp_path / "o.safetensors"))
+    assert r.returncode == 3
+    assert r.stderr.count("\n") == 1 and "no such file" in r.stderr and "Traceback" not in r.stderr
+    r = run("convert", "a.pth", "b.bin")
+    assert r.returncode == 2 and "safetensors" in r.stderr
+    r = run("frobnicate")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = run("convert", str(tmp_path / "x.pth"), str(tmp_path / "o.safetensors"), "--model", "nope")
+    assert r.returncode in (2, 3) and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("content", [b"garbage"])
+def test_convert_refuses_corrupt_input_without_partial_output(tmp_path, content):
+    src = tmp_path / "bad.pth"
+    src.write_bytes(content)
+    out = tmp_path / "o.safetensors"
+    assert main(["convert", str(src), str(out)]) == 3
+    assert not out.exists() and not list(tmp_path.glob(".*tmp"))

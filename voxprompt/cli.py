@@ -1,0 +1,82 @@
+"""Command line: ``voxprompt models | convert ...``.
+
+Exit codes: 0 success, 2 usage error (bad option, unknown name), 3 data error (unreadable
+file, wrong checkpoint, bad image). Errors print one line, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+from .errors import UsageError, VoxpromptError
+
+log = logging.getLogger("voxprompt")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: exit 2, one line
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.zoo import ZOO
+
+    for spec in ZOO.values():
+        files = f"  [{', '.join(spec.official_files)}]" if spec.official_files else ""
+        sys.stdout.write(f"{spec.name:16s} {spec.description}{files}\n")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .models.loading import convert_checkpoint
+
+    path, name = convert_checkpoint(args.checkpoint, args.output, name=args.model, trust_pickle=args.trust_pickle)
+    sys.stdout.write(f"wrote {path} ({name})\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="voxprompt", description="Promptable medical image segmentation.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("models", help="list the model zoo")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser(
+        "convert",
+        help="convert an official checkpoint to voxprompt safetensors",
+        description=(
+            "Read an official checkpoint (SAM, SAM-Med3D, SAM-Med2D, SAM-UNet layouts), check that it "
+            "loads strictly, and write OUT.safetensors. --trust-pickle opens files holding pickled "
+            "Python objects (SAM-Med2D/SAM-UNet store their optimizer object): full pickle can run "
+            "arbitrary code, so use it only on files from a source you trust."
+        ),
+    )
+    s.add_argument("checkpoint", help="input .pth/.pt/.safetensors")
+    s.add_argument("output", help="output .safetensors")
+    s.add_argument("--model", help="architecture name (default: detected from the weights)")
+    s.add_argument("--trust-pickle", action="store_true", help="allow full pickle for a trusted legacy file")
+    s.set_defaults(func=cmd_convert)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except VoxpromptError as exc:
+        sys.stderr.write(f"voxprompt: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("voxprompt: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""``load_model`` and ``convert_checkpoint``: zoo name + checkpoint -> ready model."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from ..checkpoints import CheckpointLike, check_compatible, family, identify, read_checkpoint, save_safetensors
+from ..errors import CheckpointError, UsageError
+from .config import SamConfig, SamUNetConfig
+from .sam import SamModel
+from .sam_unet import SamUNet
+from .zoo import Config, build_model, get_spec
+
+log = logging.getLogger(__name__)
+Model = Union[SamModel, SamUNet]
+
+
+def load_model(
+    name: str,
+    checkpoint: Optional[CheckpointLike] = None,
+    device: Union[str, torch.device] = "cpu",
+    *,
+    config: Optional[Union[Config, Mapping[str, Any]]] = None,
+    trust_pickle: bool = False,
+) -> Model:
+    """Build the zoo model ``name`` and load ``checkpoint`` strictly; returns it in ``eval()`` mode.
+
+    ``checkpoint`` is ``None`` (random official initialisation), a path (``.pth``/``.pt`` in any
+    official layout, or voxprompt ``.safetensors``) or an in-memory state dict. ``config``
+    overrides the zoo architecture (smaller models of the same family); voxprompt safetensors
+    carry their own config. ``sam-unet`` picks ResNet-34 or -50 from the checkpoint's keys.
+    ``trust_pickle=True`` opens legacy pickles that hold Python objects (can run code: only
+    for files you trust).
+    """
+    spec = get_spec(name)
+    cfg: Config = spec.config
+    sd = None
+    source = "checkpoint"
+    if checkpoint is not None:
+        source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "state dict"
+        sd, meta = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
+        if "config" in meta:
+            stored = meta.get("voxprompt_model", name)
+            if family(stored) != family(name):
+                raise CheckpointError(f"{source} holds a {stored} model, not {name}; use load_model({stored!r}, ...)")
+            cfg = _config_from(type(get_spec(stored).config), json.loads(meta["config"]))
+        elif family(name) == "sam-unet" and family(identify(sd)) == "sam-unet":
+            cfg = get_spec(identify(sd)).config
+    if config is not None:
+        cfg = config if isinstance(config, (SamConfig, SamUNetConfig)) else _config_from(type(cfg), config)
+    model = build_model(cfg, name=name)
+    if sd is not None:
+        check_compatible(model, sd, name, source)
+        model.load_state_dict(sd, strict=True)
+    return model.to(device).eval()
+
+
+def _config_from(cls: type, d: Mapping[str, Any]) -> Config:
+    try:
+        return cls.from_dict(d)
+    except TypeError as exc:
+        raise UsageError(f"bad {cls.__name__}: {exc}") from None
+
+
+def convert_checkpoint(
+    src: CheckpointLike,
+    dst: Union[str, os.PathLike],
+    name: Optional[str] = None,
+    trust_pickle: bool = False,
+    config: Optional[Mapping[str, Any]] = None,
+) -> tuple[Path, str]:
+    """Read any official checkpoint, verify it loads strictly, write voxprompt safetensors.
+
+    ``name`` defaults to the architecture the weights look like. Returns ``(path, name)``."""
+    if Path(dst).suffix != ".safetensors":
+        raise UsageError(f"output {dst}: the file name must end in .safetensors")
+    sd, meta = read_checkpoint(src, trust_pickle=trust_pickle)
+    if name is None:
+        name = meta.get("voxprompt_model") or identify(sd)
+        get_spec(name)  # a description of an unsupported model raises UnknownModelError here
+    if config is None and "config" in meta:
+        config = json.loads(meta["config"])
+    model = load_model(name, sd, config=config)
+    path = save_safetensors(model.state_dict(), dst, name, model.cfg.to_dict())
+    return path, name

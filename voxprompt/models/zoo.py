@@ -1,0 +1,78 @@
+"""The model zoo: name -> architecture config, and the builder."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from ..errors import UnknownModelError
+from .config import SamConfig, SamUNetConfig
+from .sam import SamModel
+from .sam_unet import SamUNet
+
+Config = Union[SamConfig, SamUNetConfig]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    config: Config
+    description: str
+    official_files: tuple[str, ...] = ()
+
+
+def _sam_unet(depth: int) -> SamUNetConfig:
+    return SamUNetConfig(sam=SamConfig(img_size=256), resnet_depth=depth)
+
+
+ZOO: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "sam-med3d",
+            SamConfig(
+                spatial_dims=3,
+                img_size=128,
+                in_chans=1,
+                prompt_embed_dim=384,
+                num_point_embeddings=2,
+            ),
+            "SAM-Med3D vit_b_ori: 3D ViT-B on 128^3 crops at 1.5 mm, points + previous mask",
+            ("sam_med3d.pth", "sam_med3d_turbo.pth"),
+        ),
+        ModelSpec(
+            "sam-vit-b",
+            SamConfig(),
+            "Segment Anything ViT-B at 1024 px",
+            ("sam_vit_b_01ec64.pth",),
+        ),
+        ModelSpec(
+            "sam-med2d",
+            SamConfig(img_size=256, adapter=True),
+            "SAM-Med2D: SAM ViT-B with one adapter per block at 256 px",
+            ("sam-med2d_b.pth",),
+        ),
+        ModelSpec(
+            "sam-unet",
+            _sam_unet(50),
+            "SAM-UNet: frozen SAM ViT-B at 256 px + ResNet-50 branch + fusion decoder",
+        ),
+        ModelSpec(
+            "sam-unet-res34",
+            _sam_unet(34),
+            "SAM-UNet with a ResNet-34 branch",
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in ZOO:
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(ZOO)}")
+    return ZOO[name]
+
+
+def build_model(config: Config, name: str = "model") -> Union[SamModel, SamUNet]:
+    """A randomly initialised model of ``config`` (official initialisation)."""
+    if isinstance(config, SamUNetConfig):
+        return SamUNet(config, name=name)
+    return SamModel(config, name=name)
