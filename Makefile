@@ -7,10 +7,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test demo clean
 
-$(STAMP): pyproject.toml requirements.txt
+$(STAMP): pyproject.toml requirements.txt requirements-ref.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps -r requirements-ref.txt
 	$(PIP) install --quiet --no-deps -e .
 	touch $(STAMP)
 
