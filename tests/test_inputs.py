@@ -122,3 +122,11 @@ def test_sam_unet_rejects_multimask_and_foreign_embedding():
         emb = model.encode(g["image_encoder_input"])
     with pytest.raises(PromptError, match="single mask"):
         model.decode(emb, boxes=box, multimask=True)
+
+
+def test_bad_device():
+    with pytest.raises(voxprompt.UsageError, match="device"):
+        voxprompt.load_model("sam-unet-res34", device="tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(voxprompt.UsageError, match="CUDA is not available"):
+            voxprompt.load_model("sam-unet-res34", device="cuda")

@@ -38,6 +38,7 @@ def load_model(
     for files you trust).
     """
     spec = get_spec(name)
+    device = _check_device(device)
     cfg: Config = spec.config
     sd = None
     source = "checkpoint"
@@ -58,6 +59,16 @@ def load_model(
         check_compatible(model, sd, name, source)
         model.load_state_dict(sd, strict=True)
     return model.to(device).eval()
+
+
+def _check_device(device: Union[str, torch.device]) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UsageError(f"bad device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev
 
 
 def _config_from(cls: type, d: Mapping[str, Any]) -> Config:
