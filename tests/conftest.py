@@ -24,3 +24,43 @@ def golden_path(name: str) -> Path:
 
 def load_golden(name: str) -> dict:
     return torch.load(golden_path(name), weights_only=True)
+
+
+def _tiny(fixture: str, name: str, config_fn, image_key: str):
+    import voxprompt
+
+    g = load_golden(fixture)
+    sd = {k: v.contiguous() for k, v in g["state_dict"].items()}
+    model = voxprompt.load_model(name, sd, config=config_fn(g["config"]))
+    with torch.no_grad():
+        emb = model.encode(g[image_key].float())
+    return g, model, emb
+
+
+@pytest.fixture(scope="session")
+def tiny_med3d():
+    """(golden dict, tiny SAM-Med3D with the fixture's weights, its image embedding)."""
+    from golden_configs import sam_med3d_config
+
+    return _tiny("sam_med3d_tiny.pt", "sam-med3d", sam_med3d_config, "image")
+
+
+@pytest.fixture(scope="session")
+def tiny_sam():
+    from golden_configs import sam_config
+
+    return _tiny("sam_tiny.pt", "sam-vit-b", sam_config, "image_encoder_input")
+
+
+@pytest.fixture(scope="session")
+def tiny_med2d():
+    from golden_configs import sam_med2d_config
+
+    return _tiny("sam_med2d_tiny.pt", "sam-med2d", sam_med2d_config, "image")
+
+
+@pytest.fixture(scope="session")
+def tiny_unet():
+    from golden_configs import sam_unet_config
+
+    return _tiny("sam_unet_tiny.pt", "sam-unet", sam_unet_config, "image_encoder_input")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import voxprompt
-from conftest import load_golden
-from golden_configs import sam_config, sam_med2d_config, sam_med3d_config, sam_unet_config
 
 REL_L2 = 1e-5  # contract: relative L2 error against the official fp32 outputs
 
@@ -20,18 +17,10 @@ def check(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5, rtol
         assert ((actual - expected).norm() / expected.norm()).item() < REL_L2
 
 
-def contiguous(sd: dict) -> dict:
-    return {k: v.contiguous() for k, v in sd.items()}
-
-
 # ---------------------------------------------------------------- SAM-Med3D
 @pytest.fixture(scope="module")
-def med3d():
-    g = load_golden("sam_med3d_tiny.pt")
-    model = voxprompt.load_model("sam-med3d", g["state_dict"], config=sam_med3d_config(g["config"]))
-    with torch.no_grad():
-        emb = model.encode(g["image"].float())
-    return g, model, emb
+def med3d(tiny_med3d):
+    return tiny_med3d
 
 
 def test_med3d_embedding_and_dense_pe(med3d):
@@ -96,12 +85,8 @@ def _prompts(p: dict):
 
 
 @pytest.fixture(scope="module")
-def sam():
-    g = load_golden("sam_tiny.pt")
-    model = voxprompt.load_model("sam-vit-b", g["state_dict"], config=sam_config(g["config"]))
-    with torch.no_grad():
-        emb = model.encode(g["image_encoder_input"])
-    return g, model, emb
+def sam(tiny_sam):
+    return tiny_sam
 
 
 def test_sam_embedding(sam):
@@ -128,12 +113,8 @@ def test_sam_cases(sam, case):
 
 # ---------------------------------------------------------------- SAM-Med2D
 @pytest.fixture(scope="module")
-def med2d():
-    g = load_golden("sam_med2d_tiny.pt")
-    model = voxprompt.load_model("sam-med2d", contiguous(g["state_dict"]), config=sam_med2d_config(g["config"]))
-    with torch.no_grad():
-        emb = model.encode(g["image"])
-    return g, model, emb
+def med2d(tiny_med2d):
+    return tiny_med2d
 
 
 def test_med2d_embedding(med2d):
@@ -171,12 +152,8 @@ def test_med2d_case_c_feeds_sigmoid_of_b(med2d):
 
 # ---------------------------------------------------------------- SAM-UNet
 @pytest.fixture(scope="module")
-def unet():
-    g = load_golden("sam_unet_tiny.pt")
-    model = voxprompt.load_model("sam-unet", contiguous(g["state_dict"]), config=sam_unet_config(g["config"]))
-    with torch.no_grad():
-        emb = model.encode(g["image_encoder_input"])
-    return g, model, emb
+def unet(tiny_unet):
+    return tiny_unet
 
 
 def test_unet_encoder_and_intermediates(unet):

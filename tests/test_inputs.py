@@ -6,26 +6,18 @@ import torch
 
 import voxprompt
 from conftest import load_golden
-from golden_configs import sam_config, sam_med3d_config, sam_unet_config
+from golden_configs import sam_unet_config
 from voxprompt import InputError, PromptError
 
 
 @pytest.fixture(scope="module")
-def med3d():
-    g = load_golden("sam_med3d_tiny.pt")
-    model = voxprompt.load_model("sam-med3d", g["state_dict"], config=sam_med3d_config(g["config"]))
-    with torch.no_grad():
-        emb = model.encode(g["image"].float())
-    return model, emb
+def med3d(tiny_med3d):
+    return tiny_med3d[1:]
 
 
 @pytest.fixture(scope="module")
-def sam():
-    g = load_golden("sam_tiny.pt")
-    model = voxprompt.load_model("sam-vit-b", g["state_dict"], config=sam_config(g["config"]))
-    with torch.no_grad():
-        emb = model.encode(g["image_encoder_input"])
-    return model, emb
+def sam(tiny_sam):
+    return tiny_sam[1:]
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,26 @@ def broadcast_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.repeat_interleave(x, batch, dim=0)
 
 
+def run_two_way(
+    transformer: TwoWayTransformer,
+    output_tokens: torch.Tensor,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse_prompt_embeddings: torch.Tensor,
+    dense_prompt_embeddings: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prepend the learned output tokens to the prompt tokens, add the dense prompt to the image
+    embedding and run the two-way transformer. Returns tokens ``(B, N, C)`` and the attended image
+    features reshaped back to ``(B, C, *grid)``."""
+    b = sparse_prompt_embeddings.size(0)
+    tokens = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), dim=1)
+    src = broadcast_batch(image_embeddings, b) + dense_prompt_embeddings
+    pos_src = broadcast_batch(image_pe, b)
+    c, grid = src.shape[1], src.shape[2:]
+    hs, src = transformer(src, pos_src, tokens)
+    return hs, src.transpose(1, 2).view(b, c, *grid)
+
+
 class MaskDecoder(nn.Module):
     """Predicts ``1 + num_multimask_outputs`` masks and their IoU from image and prompt embeddings."""
 
@@ -76,15 +96,13 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask tokens: ``(B, 1 + num_multimask_outputs, *low_res)`` and their IoU."""
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        b = sparse_prompt_embeddings.size(0)
-        tokens = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), dim=1)
-        src = broadcast_batch(image_embeddings, b) + dense_prompt_embeddings
-        pos_src = broadcast_batch(image_pe, b)
-        c, grid = src.shape[1], src.shape[2:]
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = run_two_way(
+            self.transformer, output_tokens, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        b = hs.shape[0]
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        upscaled = self.output_upscaling(src.transpose(1, 2).view(b, c, *grid))
+        upscaled = self.output_upscaling(src)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )

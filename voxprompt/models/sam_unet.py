@@ -14,7 +14,7 @@ from ..errors import InputError, PromptError
 from .common import MLP, LayerNormNd, channels_first, channels_last
 from .config import SamUNetConfig
 from .image_encoder import ImageEncoder
-from .mask_decoder import broadcast_batch, upscaler
+from .mask_decoder import broadcast_batch, run_two_way, upscaler
 from .prompt_encoder import PromptEncoder
 from .resnet import ResNetBranch
 from .sam import Points, PromptableModel
@@ -75,13 +75,16 @@ class FusionMaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multi_scale_feature: torch.Tensor,
     ) -> torch.Tensor:
-        b = sparse_prompt_embeddings.size(0)
-        tokens = torch.cat((self.med_token.weight.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), dim=1)
-        src = broadcast_batch(image_embeddings, b) + dense_prompt_embeddings
-        pos_src = broadcast_batch(image_pe, b)
-        _, c, h, w = src.shape
-        hs, src = self.sam_mask_decoder.transformer(src, pos_src, tokens)
-        upscaled = self.sam_mask_decoder.output_upscaling(src.transpose(1, 2).view(b, c, h, w))
+        hs, src = run_two_way(
+            self.sam_mask_decoder.transformer,
+            self.med_token.weight,
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+        )
+        b = hs.shape[0]
+        upscaled = self.sam_mask_decoder.output_upscaling(src)
         fused = self.embedding_maskfeature(upscaled) + broadcast_batch(multi_scale_feature, b)
         hyper_in = self.hf_mlp(hs[:, 0, :]).unsqueeze(1)
         _, c, h, w = upscaled.shape
