@@ -1,4 +1,4 @@
-"""Command line: ``voxprompt models | convert ...``.
+"""Command line: ``voxprompt models | convert | info | segment ...``.
 
 Exit codes: 0 success, 2 usage error (bad option, unknown name), 3 data error (unreadable
 file, wrong checkpoint, bad image). Errors print one line, never a traceback.
@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="architecture name (default: detected from the weights)")
     s.add_argument("--trust-pickle", action="store_true", help="allow full pickle for a trusted legacy file")
     s.set_defaults(func=cmd_convert)
+
+    from .segment_cli import add_subcommands
+
+    add_subcommands(sub)  # info, segment
     return p
 
 

@@ -1,0 +1,162 @@
+"""``voxprompt info`` / ``voxprompt segment`` in-process and as a subprocess (tiny random model)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import ROOT, load_golden
+from golden_configs import sam_med3d_config
+
+import voxprompt
+from voxprompt import segment_cli
+from voxprompt.checkpoints import save_safetensors
+from voxprompt.cli import main
+
+SPACING_XYZ = (0.9, 0.8, 3.0)
+ORIGIN = (10.0, -20.0, 5.0)
+SIZE_XYZ = (36, 40, 16)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("cli")
+    g = load_golden("sam_med3d_tiny.pt")
+    model = voxprompt.load_model("sam-med3d", g["state_dict"], config=sam_med3d_config(g["config"]))
+    ckpt = save_safetensors(model.state_dict(), d / "tiny.safetensors", "sam-med3d", model.cfg.to_dict())
+    arr = np.random.default_rng(0).normal(100, 20, SIZE_XYZ[::-1]).astype(np.float32)
+    arr[4:12, 10:30, 8:28] += 60
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(SPACING_XYZ)
+    img.SetOrigin(ORIGIN)  # identity direction: LPS
+    sitk.WriteImage(img, str(d / "img.nii.gz"))
+    prior = sitk.GetImageFromArray((arr > 150).astype(np.uint8))
+    prior.CopyInformation(img)
+    sitk.WriteImage(prior, str(d / "prior.nii.gz"))
+    return {"dir": d, "ckpt": ckpt, "img": d / "img.nii.gz", "prior": d / "prior.nii.gz"}
+
+
+def _read(path: Path) -> sitk.Image:
+    return sitk.ReadImage(str(path))
+
+
+def _same_geometry(a: sitk.Image, b: sitk.Image) -> None:
+    assert a.GetSize() == b.GetSize()
+    assert a.GetSpacing() == pytest.approx(b.GetSpacing(), abs=1e-6)
+    assert a.GetOrigin() == pytest.approx(b.GetOrigin(), abs=1e-6)
+    assert a.GetDirection() == pytest.approx(b.GetDirection(), abs=1e-6)
+
+
+def test_info(files, capsys):
+    assert main(["info", str(files["img"])]) == 0
+    out = capsys.readouterr().out
+    assert "36 x 40 x 16" in out and "LPS" in out and "0.9, 0.8, 3" in out and "intensity" in out
+
+
+def test_segment_in_process_points_box_overlay(files, capsys):
+    out, png = files["dir"] / "seg.nii.gz", files["dir"] / "seg.png"
+    rc = main(["segment", str(files["img"]), "-o", str(out), "--checkpoint", str(files["ckpt"]),
+               "--point", "18,20,8", "--point", "10,12,8:-", "--box", "8,10,4,28,30,12",
+               "--overlay", str(png)])
+    assert rc == 0, capsys.readouterr().err
+    seg, ref = _read(out), _read(files["img"])
+    _same_geometry(seg, ref)
+    assert seg.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1}
+    assert png.stat().st_size > 1000
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_point_mm_mask_in_and_ijk_order(files, monkeypatch):
+    seen = []
+    from voxprompt import session as session_mod
+
+    orig = session_mod.Session.add_point
+
+    def spy(self, index, positive=True):
+        seen.append((tuple(index), positive))
+        return orig(self, index, positive)
+
+    monkeypatch.setattr(session_mod.Session, "add_point", spy)
+    # world LPS point of IJK (18, 20, 8): origin + spacing * ijk (identity direction)
+    mm = [o + s * i for o, s, i in zip(ORIGIN, SPACING_XYZ, (18, 20, 8))]
+    ras = [-mm[0], -mm[1], mm[2]]
+    out = files["dir"] / "mm.nrrd"
+    rc = main(["segment", str(files["img"]), "-o", str(out), "--checkpoint", str(files["ckpt"]),
+               "--point", "5,6,7:-", f"--point-mm={','.join(map(str, ras))}",
+               f"--point-mm={','.join(map(str, ras))}:-", "--frame", "RAS", "--mask-in", str(files["prior"])])
+    assert rc == 0
+    assert seen == [((7, 6, 5), False), ((8, 20, 18), True), ((8, 20, 18), False)]  # --point first, then mm
+    _same_geometry(_read(out), _read(files["img"]))
+    seen.clear()
+    assert main(["segment", str(files["img"]), "-o", str(out), "--checkpoint", str(files["ckpt"]),
+                 f"--point-mm={','.join(map(str, mm))}"]) == 0  # default frame LPS
+    assert seen == [((8, 20, 18), True)]
+
+
+def _run_err(files, capsys, *extra, output="bad.nii.gz"):
+    out = files["dir"] / output
+    argv = ["segment", str(files["img"]), "-o", str(out), *extra]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert not out.exists()
+    assert err.count("\n") == 1 and err.startswith("voxprompt: error:") and "Traceback" not in err
+    return rc, err
+
+
+@pytest.mark.parametrize("extra, code, words", [
+    (["--point", "1,2"], 2, "three values"),
+    (["--point", "1,2,x"], 2, "integers"),
+    (["--point", "1,2,3:?"], 2, "polarity"),
+    (["--point", "36,2,3"], 3, "36,2,3"),
+    (["--box", "1,2,3,1,5,6"], 2, "empty"),
+    (["--box", "0,0,0,10,10,17"], 3, "outside"),
+    (["--model", "nope", "--point", "1,2,3"], 2, "unknown model"),
+    (["--device", "cuda", "--point", "1,2,3"], 2, "cuda"),
+    (["--point-mm=999,999,999"], 3, "outside"),
+    ([], 2, "needs a prompt"),
+])
+def test_segment_errors(files, capsys, extra, code, words):
+    if extra[:2] == ["--device", "cuda"]:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA present")
+    rc, err = _run_err(files, capsys, "--checkpoint", str(files["ckpt"]), *extra)
+    assert rc == code and words in err
+    if "outside" in words and "--point" in " ".join(extra):
+        assert "36x40x16" in err  # names the volume size
+
+
+def test_segment_needs_a_checkpoint_and_valid_output(files, capsys):
+    assert segment_cli.default_checkpoint() is None
+    rc, err = _run_err(files, capsys, "--point", "1,2,3")
+    assert rc == 2 and "--checkpoint" in err
+    rc, err = _run_err(files, capsys, "--checkpoint", str(files["ckpt"]), "--point", "1,2,3", output="bad.png")
+    assert rc == 2 and "extension" in err
+    rc, err = _run_err(files, capsys, "--checkpoint", str(files["ckpt"]), "--point", "1,2,3",
+                       "--overlay", str(files["dir"] / "o.jpg"))
+    assert rc == 2 and "--overlay" in err
+    assert not (files["dir"] / "o.jpg").exists()
+
+
+def test_segment_subprocess(files):
+    out = files["dir"] / "sub.mha"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "voxprompt", "segment", str(files["img"]), "-o", str(out),
+           "--checkpoint", str(files["ckpt"]), "--point", "18,20,8"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    _same_geometry(_read(out), _read(files["img"]))
+    bad = subprocess.run(cmd[:-1] + ["99,20,8"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 3 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_unreadable_image_is_one_line(files, capsys):
+    assert main(["info", str(files["dir"] / "missing.nii.gz")]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.nii.gz" in err

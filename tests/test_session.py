@@ -1,0 +1,266 @@
+"""Session mechanics on the tiny random SAM-Med3D: geometry, caching, undo, errors (not accuracy)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import load_golden
+from golden_configs import sam_med3d_config
+
+import voxprompt
+from voxprompt.errors import PromptError, UsageError
+from voxprompt.io.image import Image
+from voxprompt.preprocess import postprocess_mask, preprocess_roi, roi_around
+from voxprompt.session import (CenteredRoiPlanner, Prediction, Session, from_slicer_ijk, image_from_array,
+                               to_slicer_ijk)
+
+SHAPE = (12, 40, 36)
+SPACING_ZYX = (3.0, 0.8, 0.9)
+
+
+@pytest.fixture(scope="module")
+def model():
+    g = load_golden("sam_med3d_tiny.pt")
+    return voxprompt.load_model("sam-med3d", g["state_dict"], config=sam_med3d_config(g["config"]))
+
+
+@pytest.fixture(scope="module")
+def volume() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    arr = rng.normal(100, 20, SHAPE).astype(np.float32)
+    arr[3:9, 10:30, 10:26] += 80
+    return arr
+
+
+class Spy:
+    """Counts encode calls and records decode arguments of a (shared) model."""
+
+    def __init__(self, model, monkeypatch):
+        self.encodes, self.decodes = 0, []
+        enc, dec = model.encode, model.decode
+
+        def encode(x):
+            self.encodes += 1
+            return enc(x)
+
+        def decode(emb, points=None, mask_input=None, multimask=False, **kw):
+            self.decodes.append((points[0].clone(), points[1].clone(), mask_input.clone()))
+            return dec(emb, points=points, mask_input=mask_input, multimask=multimask, **kw)
+
+        monkeypatch.setattr(model, "encode", encode)
+        monkeypatch.setattr(model, "decode", decode)
+
+
+def _session(model, volume) -> Session:
+    s = Session(model)
+    s.set_image(volume, spacing=SPACING_ZYX)
+    return s
+
+
+def test_prompt_before_image_is_refused(model):
+    s = Session(model)
+    with pytest.raises(UsageError, match="set_image"):
+        s.add_point((1, 2, 3))
+    with pytest.raises(UsageError):
+        s.label_map()
+
+
+def test_first_click_matches_the_official_pipeline(model, volume):
+    s = _session(model, volume)
+    p = s.add_point((6, 20, 18))
+    assert isinstance(p, Prediction)
+    assert p.mask.shape == SHAPE and p.mask.dtype == np.bool_
+    assert p.probabilities.shape == (128, 128, 128) and p.probabilities.dtype == np.float32
+    assert isinstance(p.score, float) and p.object_id == 1
+    # by hand: ROI centred on the click, z-scored crop, click at the ROI voxel, zero mask_input
+    img = s.image
+    roi = roi_around(img, (6, 20, 18))
+    assert tuple(p.roi.start) == tuple(roi.start)
+    with torch.inference_mode():
+        emb = model.encode(torch.from_numpy(preprocess_roi(img, roi))[None, None])
+        c = np.floor(roi.from_original_index(np.array([6.0, 20, 18])) + 0.5)
+        low, iou = model.decode(emb, points=(torch.tensor(c[None, None], dtype=torch.float32),
+                                             torch.tensor([[1]])), mask_input=torch.zeros(1, 1, 32, 32, 32))
+        prob = torch.sigmoid(F.interpolate(low, size=(128,) * 3, mode="trilinear", align_corners=False))[0, 0]
+    expected = postprocess_mask((prob > 0.5).numpy().astype(np.uint8), roi, img).astype(bool)
+    np.testing.assert_array_equal(p.mask, expected)
+    np.testing.assert_allclose(p.probabilities, prob.numpy(), atol=1e-6)
+    assert p.score == pytest.approx(float(iou[0, 0]), abs=1e-6)
+
+
+def test_refinement_reuses_embedding_and_accumulates_clicks(model, volume, monkeypatch):
+    spy = Spy(model, monkeypatch)
+    s = _session(model, volume)
+    s.add_point((6, 20, 18))
+    assert spy.encodes == 1
+    assert torch.count_nonzero(spy.decodes[0][2]) == 0  # first click: zero mask_input
+    first_logits = s._obj.logits.clone()
+    p2 = s.add_point((5, 22, 15), positive=False)
+    p3 = s.add_point((7, 18, 20))
+    assert spy.encodes == 1  # same ROI: decoder only
+    coords, labels, mask_in = spy.decodes[1]
+    assert coords.shape == (1, 2, 3) and labels.tolist() == [[1, 0]]
+    torch.testing.assert_close(mask_in, first_logits)  # previous raw logits
+    assert spy.decodes[2][1].tolist() == [[1, 0, 1]]
+    assert p2.roi is p3.roi
+    assert [k for k, _ in s.prompts] == ["point"] * 3
+    assert s.prompts[1] == ("point", ((5, 22, 15), False))
+
+
+def test_click_outside_roi_opens_a_new_roi_and_keeps_the_rest(model, monkeypatch):
+    spy = Spy(model, monkeypatch)
+    arr = np.random.default_rng(1).normal(50, 10, (8, 24, 240)).astype(np.float32)  # 240 mm along x
+    s = Session(model)
+    s.set_image(arr, spacing=(4.0, 1.0, 1.0))
+    p1 = s.add_point((4, 12, 10))
+    before = p1.mask.copy()
+    p2 = s.add_point((4, 12, 230))
+    assert spy.encodes == 2 and tuple(p2.roi.start) != tuple(p1.roi.start)
+    assert spy.decodes[1][0].shape[1] == 1  # the new ROI starts over with that click alone
+    assert torch.count_nonzero(spy.decodes[1][2]) == 0
+    cover = postprocess_mask(np.ones((128,) * 3, np.uint8), p2.roi, s.image).astype(bool)
+    assert cover.any() and not cover.all()
+    np.testing.assert_array_equal(p2.mask[~cover], before[~cover])
+    if p2.changed_bbox is not None:
+        changed = np.zeros_like(cover)
+        changed[p2.changed_bbox] = True
+        assert not (p2.mask != before)[~changed].any()
+    # the first click's ROI again: its embedding is still cached
+    s.add_point((4, 12, 10), positive=False)
+    assert spy.encodes == 2
+
+
+def test_undo_restores_exact_state_and_reset_clears(model, volume):
+    s = _session(model, volume)
+    m0 = s.mask.copy()
+    p1 = s.add_point((6, 20, 18))
+    m1, l1, pr1 = p1.mask.copy(), s._obj.logits.clone(), s.prompts
+    s.add_point((6, 10, 8), positive=False)
+    s.add_box((4, 12, 12), (8, 28, 24))
+    np.testing.assert_array_equal(p1.mask, m1)  # earlier predictions are snapshots
+    s.undo()
+    s2 = s.undo()
+    np.testing.assert_array_equal(s2.mask, m1)
+    np.testing.assert_array_equal(s.mask, m1)
+    torch.testing.assert_close(s._obj.logits, l1, rtol=0, atol=0)
+    assert s.prompts == pr1 and s2.score == pytest.approx(p1.score)
+    np.testing.assert_array_equal(s.undo().mask, m0)
+    with pytest.raises(UsageError, match="nothing to undo"):
+        s.undo()
+    s.add_point((6, 20, 18))
+    r = s.reset()
+    assert not r.mask.any() and s.prompts == [] and r.roi is None and not s.can_undo
+    with pytest.raises(ValueError):
+        s.mask[0, 0, 0] = True  # read-only view
+
+
+def test_box_prompts_and_clipping(model, volume, monkeypatch):
+    spy = Spy(model, monkeypatch)
+    s = _session(model, volume)
+    before = s.mask.copy()
+    p = s.add_box((3, 10, 10), (9, 30, 26))
+    coords, labels, mask_in = spy.decodes[-1]
+    assert labels[0, 0] == 1 and (labels[0, 1:] == 0).all() and labels.shape[1] == 7  # centre + 6 faces
+    outside = np.ones(SHAPE, bool)
+    outside[3:9, 10:30, 10:26] = False
+    assert not p.mask[outside].any()
+    np.testing.assert_array_equal(p.mask[outside], before[outside])
+    # a 2D box on one slice: in-plane negatives only, changes on that slice only
+    s.reset()
+    p2 = s.add_box((6, 10, 10), (7, 30, 26))
+    assert spy.decodes[-1][1].shape[1] == 5
+    assert not p2.mask[:6].any() and not p2.mask[7:].any()
+
+
+def test_add_mask_becomes_the_prior(model, volume, monkeypatch):
+    spy = Spy(model, monkeypatch)
+    s = _session(model, volume)
+    prior = np.zeros(SHAPE, np.uint8)
+    prior[4:8, 14:26, 12:24] = 3
+    p = s.add_mask(prior)
+    np.testing.assert_array_equal(p.mask, prior != 0)
+    assert p.score is None and spy.encodes == 0 and p.changed_bbox == (slice(4, 8), slice(14, 26), slice(12, 24))
+    s.add_point((6, 20, 18))
+    mask_in = spy.decodes[-1][2]
+    assert spy.decodes[-1][0].shape[1] == 1  # only the click, plus the prior as mask_input
+    assert mask_in.max() == pytest.approx(10.0) and mask_in.min() == pytest.approx(-10.0)
+    centre = p.roi.from_original_index(np.array([6.0, 20, 18])) / 4
+    assert mask_in[0, 0][tuple(int(v) for v in centre)] > 0
+    with pytest.raises(PromptError, match="shape"):
+        s.add_mask(np.zeros((3, 3, 3)))
+
+
+def test_multi_object_label_map(model, volume):
+    s = _session(model, volume)
+    a = np.zeros(SHAPE, bool)
+    a[2:8, 5:20, 5:20] = True
+    b = np.zeros(SHAPE, bool)
+    b[4:10, 15:30, 15:30] = True
+    s.add_mask(a)
+    assert s.new_object() == 2 and s.object_id == 2
+    s.add_mask(b)
+    lm = s.label_map()
+    assert lm.dtype == np.uint8 and set(np.unique(lm)) == {0, 1, 2}
+    assert (lm[b] == 2).all() and (lm[a & ~b] == 1).all()  # later objects win overlaps
+    s.select_object(1)
+    np.testing.assert_array_equal(s.mask, a)
+    assert s.object_ids == [1, 2]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s: s.add_point((12, 0, 0)), r"outside the volume of shape \(12, 40, 36\)"),
+    (lambda s: s.add_point((-1, 0, 0)), "outside"),
+    (lambda s: s.add_point((1, 2)), "3 coordinates"),
+    (lambda s: s.add_point((1, 2, float("nan"))), "finite"),
+    (lambda s: s.add_box((2, 2, 2), (2, 5, 5)), "empty"),
+    (lambda s: s.add_box((2, 2, 2), (5, 50, 5)), "outside"),
+    (lambda s: s.add_box((2, 2), (5, 5)), "3 coordinates"),
+    (lambda s: s.add_mask(np.zeros((12, 40))), "shape"),
+])
+def test_invalid_prompts_raise_typed_errors(model, volume, call, match):
+    s = _session(model, volume)
+    with pytest.raises(PromptError, match=match):
+        call(s)
+    assert not s.mask.any() and not s.can_undo
+
+
+def test_one_slice_volume_is_padded(model, volume, caplog):
+    s = Session(model)
+    with caplog.at_level(logging.INFO, logger="voxprompt.session"):
+        s.set_image(volume[5:6], spacing=SPACING_ZYX)
+    assert "2D model" in caplog.text
+    p = s.add_point((0, 20, 18))
+    assert p.mask.shape == (1, 40, 36)
+
+
+def test_world_round_trip_on_lps_anisotropic_image(model):
+    theta = np.deg2rad(20)
+    direction = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    img = Image(np.zeros((10, 20, 30), np.float32), spacing=(0.7, 1.1, 3.5), origin=(12.0, -40.0, 7.5),
+                direction=direction)
+    s = Session(model)
+    s.set_image(img)
+    ijk = (25, 4, 8)  # what Slicer shows
+    zyx = from_slicer_ijk(ijk)
+    assert zyx == (8, 4, 25) and to_slicer_ijk(zyx) == ijk
+    lps = s.point_to_world(zyx)
+    expected = np.array(img.origin) + direction @ (np.array(ijk) * np.array(img.spacing))
+    np.testing.assert_allclose(lps, expected, atol=1e-9)
+    np.testing.assert_allclose(s.point_from_world(lps), zyx, atol=1e-9)
+    ras = lps * np.array([-1, -1, 1])
+    np.testing.assert_allclose(s.point_from_world(ras, frame="RAS"), zyx, atol=1e-9)
+    with pytest.raises(PromptError):
+        s.point_from_world((1.0, 2.0))
+
+
+def test_array_with_affine_keeps_callers_axis_order():
+    affine = np.array([[-0.8, 0, 0, 10], [0, 0.9, 0, -5], [0, 0, 2.5, 3], [0, 0, 0, 1]])  # nibabel-style
+    img = image_from_array(np.zeros((30, 20, 8), np.float32), affine=affine)
+    idx = np.array([3.0, 7.0, 2.0])
+    np.testing.assert_allclose(img.index_to_world(idx, frame="RAS"), affine[:3, :3] @ idx + affine[:3, 3])
+    with pytest.raises(UsageError):
+        image_from_array(np.zeros((3, 3, 3)), spacing=(1, 1, 1), affine=affine)
+    assert isinstance(CenteredRoiPlanner().size, int)

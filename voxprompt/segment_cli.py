@@ -1,0 +1,242 @@
+"""``voxprompt info`` and ``voxprompt segment``: command-line 3D segmentation.
+
+Points and boxes on the command line use the voxel order IJK that 3D Slicer and ITK-SNAP show:
+(i, j, k) = (x, y, z), the reverse of numpy's (z, y, x); they are converted explicitly here.
+Every argument is checked before the model is loaded or anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import PromptError, UsageError, VoxpromptError
+from .io.image import Image
+from .io.read import file_extension, read_image
+from .io.write import SUPPORTED_WRITE_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+
+def default_checkpoint() -> Optional[str]:
+    """Checkpoint used when ``--checkpoint`` is not given; none is shipped yet."""
+    return None
+
+
+@dataclass
+class PointArg:
+    """One prompt point as typed: IJK voxel indices or world mm, and its polarity."""
+
+    text: str
+    values: tuple[float, float, float]
+    positive: bool
+    world: bool = False
+
+
+def parse_point(text: str, world: bool = False) -> PointArg:
+    """Parse ``a,b,c`` with an optional ``:+`` / ``:-`` suffix (integers unless ``world``)."""
+    body, sign = text, "+"
+    if ":" in text:
+        body, sign = text.rsplit(":", 1)
+        if sign not in ("+", "-"):
+            raise UsageError(f"point {text!r}: polarity must be ':+' or ':-'")
+    parts = [p.strip() for p in body.split(",")]
+    what = "x,y,z mm" if world else "i,j,k voxel indices"
+    if len(parts) != 3:
+        raise UsageError(f"point {text!r}: expected three values ({what})")
+    try:
+        vals = tuple(float(p) if world else int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"point {text!r}: expected {'numbers' if world else 'integers'} ({what})") from None
+    if not all(np.isfinite(vals)):
+        raise UsageError(f"point {text!r}: values must be finite")
+    return PointArg(text, vals, sign == "+", world)
+
+
+def parse_box(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Parse ``i0,j0,k0,i1,j1,k1`` (IJK, half-open) -> (lo_ijk, hi_ijk)."""
+    try:
+        vals = tuple(int(p.strip()) for p in text.split(","))
+    except ValueError:
+        raise UsageError(f"box {text!r}: expected six integers i0,j0,k0,i1,j1,k1") from None
+    if len(vals) != 6:
+        raise UsageError(f"box {text!r}: expected six integers i0,j0,k0,i1,j1,k1, got {len(vals)}")
+    lo, hi = vals[:3], vals[3:]
+    if any(b <= a for a, b in zip(lo, hi)):
+        raise UsageError(f"box {text!r} is empty: need i0<i1, j0<j1, k0<k1 (half-open; a 2D box has k1=k0+1)")
+    return lo, hi
+
+
+def _size_ijk(image: Image) -> str:
+    return "x".join(str(n) for n in image.size_xyz)
+
+
+def _check_output(path: str, exts: tuple[str, ...], what: str) -> None:
+    ext = file_extension(path)
+    if ext not in exts:
+        raise UsageError(f"{what} {path}: unsupported extension {ext or '(none)'!r}; use {', '.join(exts)}")
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path}: folder {parent} does not exist")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise UsageError(f"unknown device {device!r}; use cpu or cuda")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+
+
+def _read_config(path: Optional[str]) -> Optional[dict]:
+    if path is None:
+        return None
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"--config-json {path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise UsageError(f"--config-json {path}: not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"--config-json {path}: expected a JSON object")
+    return cfg
+
+
+def _point_index(image: Image, p: PointArg, frame: str) -> tuple[int, int, int]:
+    """A CLI point -> array index (z, y, x), refusing points outside the volume."""
+    if p.world:
+        zyx = np.floor(image.world_to_index(np.asarray(p.values), frame=frame) + 0.5).astype(int)
+        where = f"--point-mm {p.text} ({frame}) = IJK {','.join(map(str, zyx[::-1]))}"
+    else:
+        zyx = np.asarray(p.values[::-1], dtype=int)
+        where = f"--point {p.text} (IJK)"
+    if np.any(zyx < 0) or np.any(zyx >= np.asarray(image.shape)):
+        raise PromptError(f"{where} is outside the volume of size {_size_ijk(image)} (IJK)")
+    return tuple(int(v) for v in zyx)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .io.info import describe
+
+    d = describe(read_image(args.image))
+    sys.stdout.write(
+        f"{args.image}\n"
+        f"  size (IJK)     {' x '.join(map(str, d['size_xyz']))}   (numpy z,y,x: {tuple(d['shape_zyx'])})\n"
+        f"  spacing (mm)   {', '.join(f'{s:g}' for s in d['spacing_xyz_mm'])}\n"
+        f"  origin (LPS)   {', '.join(f'{o:g}' for o in d['origin_lps_mm'])}\n"
+        f"  orientation    {d['orientation']}\n"
+        f"  dtype          {d['dtype']}\n"
+        f"  intensity      {d['min']:g} .. {d['max']:g} (mean {d['mean']:g})\n")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .models.zoo import get_spec
+
+    # 1. everything that needs no file
+    points = [parse_point(t) for t in args.point or []] + [parse_point(t, world=True) for t in args.point_mm or []]
+    boxes = [parse_box(t) for t in args.box or []]
+    if not points and not boxes and args.mask_in is None:
+        raise UsageError("segment needs a prompt: --point, --point-mm, --box or --mask-in")
+    _check_output(args.output, SUPPORTED_WRITE_EXTENSIONS, "output")
+    if args.overlay is not None:
+        _check_output(args.overlay, (".png",), "--overlay")
+    get_spec(args.model)
+    _check_device(args.device)
+    checkpoint = args.checkpoint or default_checkpoint()
+    if checkpoint is None:
+        raise UsageError(f"no default {args.model} checkpoint is shipped yet; give one with --checkpoint PATH")
+    if not Path(checkpoint).is_file():
+        raise UsageError(f"--checkpoint {checkpoint}: no such file")
+    config = _read_config(args.config_json)
+
+    # 2. the image and the prompts against it
+    image = read_image(args.image)
+    idx = [(_point_index(image, p, args.frame), p.positive) for p in points]
+    box_zyx = []
+    for lo, hi in boxes:
+        if any(a < 0 for a in lo) or any(b > n for b, n in zip(hi, image.size_xyz)):
+            raise PromptError(f"--box {','.join(map(str, lo + hi))} is outside the volume of size "
+                              f"{_size_ijk(image)} (IJK)")
+        box_zyx.append((lo[::-1], hi[::-1]))
+    prior = None
+    if args.mask_in is not None:
+        prior = read_image(args.mask_in)
+        if prior.shape != image.shape:
+            raise PromptError(f"--mask-in {args.mask_in}: size {_size_ijk(prior)} (IJK) differs from the image "
+                              f"size {_size_ijk(image)}")
+
+    # 3. model and session
+    from .models.loading import load_model
+    from .session import Session
+
+    model = load_model(args.model, checkpoint, device=args.device, config=config)
+    session = Session(model, device=args.device)
+    session.set_image(image)
+    if prior is not None:
+        session.add_mask(prior.array != 0)
+    for lo, hi in box_zyx:
+        session.add_box(lo, hi)
+    pred = None
+    for zyx, positive in idx:
+        pred = session.add_point(zyx, positive=positive)
+
+    # 4. outputs
+    from .io.write import write_mask
+
+    mask = session.mask
+    try:
+        out = write_mask(mask.astype(np.uint8), image, args.output)
+    except OSError as exc:
+        raise VoxpromptError(f"output {args.output}: {exc}") from None
+    score = f", predicted IoU {pred.score:.3f}" if pred is not None and pred.score is not None else ""
+    sys.stdout.write(f"wrote {out} ({int(mask.sum())} voxels{score})\n")
+    if args.overlay is not None:
+        from .overlay import save_overlay
+
+        focus = idx[0][0] if idx else (tuple((np.asarray(box_zyx[0][0]) + box_zyx[0][1]) // 2) if box_zyx else None)
+        save_overlay(image, mask, args.overlay, point_zyx=focus, title=Path(args.image).name)
+        sys.stdout.write(f"wrote {args.overlay}\n")
+    return 0
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Register ``info`` and ``segment`` on the main parser's subparsers."""
+    s = sub.add_parser("info", help="shape, spacing, orientation and intensity range of an image")
+    s.add_argument("image", help="NIfTI / NRRD / MHA file or DICOM folder")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser(
+        "segment",
+        help="segment a 3D image from point / box / mask prompts",
+        description=(
+            "Points are voxel indices in the IJK order 3D Slicer and ITK-SNAP show (i = x, the fastest "
+            "axis), positive unless suffixed ':-'. Boxes are half-open IJK ranges. The output mask has "
+            "the input's exact geometry."
+        ),
+    )
+    s.add_argument("image", help="input image")
+    s.add_argument("-o", "--output", required=True, help="output mask (.nii.gz, .nii, .nrrd, .mha)")
+    s.add_argument("--point", action="append", metavar="I,J,K[:+|:-]", help="voxel click (repeatable)")
+    s.add_argument("--point-mm", action="append", metavar="X,Y,Z[:+|:-]", help="world click in mm (repeatable; write --point-mm=-10,5,3 for a leading minus)")
+    s.add_argument("--frame", choices=("LPS", "RAS"), default="LPS", help="world frame of --point-mm (default LPS)")
+    s.add_argument("--box", action="append", metavar="I0,J0,K0,I1,J1,K1", help="half-open IJK box")
+    s.add_argument("--mask-in", metavar="MASK", help="existing segmentation to start from")
+    s.add_argument("--model", default="sam-med3d", help="model name (default sam-med3d)")
+    s.add_argument("--checkpoint", metavar="PATH", help="model weights (.pth or voxprompt .safetensors)")
+    s.add_argument("--config-json", metavar="FILE", help="architecture config overrides (smaller models)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    s.add_argument("--overlay", metavar="PNG", help="also write three orthogonal slices with the mask")
+    s.set_defaults(func=cmd_segment)
+
+
+__all__ = ["add_subcommands", "cmd_info", "cmd_segment", "default_checkpoint", "parse_point", "parse_box"]

@@ -1,0 +1,566 @@
+"""Interactive 3D segmentation over a stateless promptable model (SAM-Med3D).
+
+Axis convention
+---------------
+Every prompt (point, box, mask) is given in voxel indices of **exactly the array the session
+holds, in that array's axis order**:
+
+* ``set_image(path)`` or ``set_image(Image)``: the array is SimpleITK's, numpy order (z, y, x).
+  3D Slicer / ITK-SNAP show IJK = (i, j, k) = (x, y, z), the reverse: convert with
+  :func:`from_slicer_ijk` (and back with :func:`to_slicer_ijk`).
+* ``set_image(array, spacing=..., affine=...)``: the array is taken in the caller's axis order
+  (nibabel's (i, j, k), numpy (z, y, x), anything); ``spacing`` lists mm per array axis in that
+  order and ``affine`` (nibabel convention) maps an array index to world RAS mm. Internally the
+  array becomes an :class:`~voxprompt.io.Image` whose "(z, y, x)" axes are the caller's axes.
+
+World points convert with :meth:`Session.point_from_world` / :meth:`Session.point_to_world`.
+
+Click semantics (official SAM-Med3D ``infer_utils``)
+---------------------------------------------------
+* The first click of an object opens a 128^3 ROI at 1.5 mm in canonical RAS orientation
+  centred on the click (decided by an :class:`RoiPlanner`), with a zero ``mask_input``.
+* Later clicks inside the same ROI send all clicks so far plus the previous raw low-res logits.
+  The ROI's image embedding is cached (keyed by ROI), so such clicks run only the decoder.
+* A click outside the current ROI starts a new ROI centred on it (that click alone, zero
+  ``mask_input``); the result replaces the object's mask inside the new ROI's footprint on the
+  original grid and the earlier mask is kept outside it.
+* Mask = ``sigmoid(trilinear_upsample(low_res, 128^3, align_corners=False)) > 0.5`` mapped to
+  the original grid by nearest neighbour (:func:`~voxprompt.preprocess.postprocess_mask`).
+
+Boxes: SAM-Med3D has no box embedding. ``add_box`` opens a ROI centred on the box, sends a
+positive click at the box centre and negative clicks just outside the middle of each box face
+(in-plane faces only for a one-slice 2D box), and clips the result to the box: inside the box the
+object's mask becomes the clipped result, outside the box it is unchanged. Later clicks in that
+ROI refine as usual (the box is not applied to them).
+
+Masks: ``add_mask`` makes an existing segmentation the object's mask and the previous mask of the
+next click: the ROI is the one the official pipeline centres on the label, and the label resampled
+into it is turned into +/- ``MASK_PRIOR_LOGIT`` logits averaged down to the 32^3 low-res grid.
+
+Objects: ``new_object`` starts object 2, 3, ...; :meth:`Session.label_map` paints objects in id
+order, so later objects overwrite earlier ones where they overlap.
+
+Predictions: ``Prediction.mask`` is the current object's full-size bool mask;
+``Prediction.probabilities`` covers only the model ROI (float32 ``roi.size``, ROI tensor-axis
+order, see :mod:`voxprompt.preprocess.roi`), not the full image.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Protocol, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError, PromptError, UsageError
+from .io.image import LPS_TO_RAS, Image
+from .io.read import read_image
+from .preprocess import Roi, extract_roi_label, postprocess_mask, preprocess_roi, roi_around, roi_for_label
+
+log = logging.getLogger(__name__)
+
+ROI_SPACING_MM = 1.5
+MASK_PRIOR_LOGIT = 10.0  # |logit| of an add_mask prior (sigmoid(10) = 0.99995)
+EMBEDDING_CACHE_SIZE = 4
+BOX_NEGATIVE_MARGIN = 2  # voxels outside a box face where its negative click goes
+
+Slices = tuple[slice, ...]
+ImageLike = Union[Image, np.ndarray, str, os.PathLike]
+
+
+# ----------------------------------------------------------------------------- axis helpers
+def from_slicer_ijk(ijk: Sequence[float]) -> tuple:
+    """3D Slicer / ITK-SNAP IJK (i, j, k) -> array index (k, j, i) of a SimpleITK-read image."""
+    vals = tuple(ijk)
+    if len(vals) != 3:
+        raise PromptError(f"IJK needs three values (i, j, k), got {len(vals)}: {ijk!r}")
+    return vals[::-1]
+
+
+def to_slicer_ijk(index_zyx: Sequence[float]) -> tuple:
+    """Array index (z, y, x) of a SimpleITK-read image -> Slicer / ITK-SNAP IJK (i, j, k)."""
+    vals = tuple(index_zyx)
+    if len(vals) != 3:
+        raise PromptError(f"index needs three values (z, y, x), got {len(vals)}: {index_zyx!r}")
+    return vals[::-1]
+
+
+def image_from_array(array: np.ndarray, spacing: Optional[Sequence[float]] = None,
+                     affine: Optional[np.ndarray] = None) -> Image:
+    """Wrap an array (caller's axis order) as an Image; ``affine``: array index -> RAS mm."""
+    arr = np.asarray(array)
+    if arr.ndim != 3:
+        raise InputError(f"image array must be 3D, got shape {arr.shape} (add an axis for a 2D slice)")
+    if arr.size == 0 or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise InputError(f"image array must be non-empty and numeric, got {arr.shape} {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise InputError("image array contains NaN or infinite values")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if spacing is not None and affine is not None:
+        raise UsageError("give spacing or affine, not both (the affine holds the spacing)")
+    if affine is None:
+        sp = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
+        if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
+            raise UsageError(f"spacing must be three positive mm values (array axis order), got {spacing!r}")
+        return Image(arr, spacing=sp[::-1], origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    aff = np.asarray(affine, dtype=np.float64)
+    if aff.shape != (4, 4) or not np.isfinite(aff).all():
+        raise UsageError(f"affine must be a finite 4x4 matrix, got shape {aff.shape}")
+    lps = LPS_TO_RAS @ aff
+    cols = lps[:3, :3][:, ::-1]  # columns for sitk (i, j, k) = reversed array axes
+    sp = np.linalg.norm(cols, axis=0)
+    if np.any(sp <= 0):
+        raise UsageError("affine has a zero-length axis")
+    direction = cols / sp
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise UsageError("affine has shear (non-orthogonal axes); resample the image first")
+    return Image(arr, spacing=tuple(sp), origin=tuple(lps[:3, 3]), direction=direction)
+
+
+# ----------------------------------------------------------------------------- ROI planning
+class RoiPlanner(Protocol):
+    """Decides the model ROI for a prompt (auto-zoom planners come later)."""
+
+    def plan(self, image: Image, focus_zyx: np.ndarray, current: Optional[Roi],
+             box: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Roi:
+        """ROI for a prompt at ``focus_zyx``; returning ``current`` keeps refining in it."""
+        ...
+
+
+@dataclass
+class CenteredRoiPlanner:
+    """Official behaviour: keep the current ROI while the click lies in it, else centre on it."""
+
+    size: int = 128
+    spacing: float = ROI_SPACING_MM
+
+    def plan(self, image: Image, focus_zyx: np.ndarray, current: Optional[Roi],
+             box: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Roi:
+        if box is None and current is not None and bool(current.contains(current.from_original_index(focus_zyx))):
+            return current
+        return roi_around(image, focus_zyx, size=self.size, spacing=self.spacing)
+
+
+def roi_key(roi: Roi) -> tuple:
+    """Hashable identity of a ROI within one image."""
+    return tuple(roi.start), tuple(roi.size)
+
+
+# ----------------------------------------------------------------------------- results and state
+@dataclass
+class Prediction:
+    """Result of one session call.
+
+    ``mask``: current object's mask, bool, full image shape. ``probabilities``: sigmoid of the
+    upsampled logits over the ROI only (float32 ``roi.size``, ROI tensor-axis order) or None when
+    the object has no ROI. ``changed_bbox``: slices of the image region whose mask changed (None if
+    nothing changed). ``score``: the model's IoU prediction (None for add_mask/reset/empty).
+    """
+
+    mask: np.ndarray
+    probabilities: Optional[np.ndarray]
+    changed_bbox: Optional[Slices]
+    score: Optional[float]
+    roi: Optional[Roi]
+    object_id: int
+    roi_bbox: Optional[Slices] = None  # image region covered by the ROI
+
+
+@dataclass
+class _Step:
+    """What undo needs: the state before a call and the part of the mask it overwrote."""
+
+    roi: Optional[Roi]
+    points_roi: list
+    prompts: list
+    logits: Optional[torch.Tensor]
+    score: Optional[float]
+    bbox: Optional[Slices]
+    old_block: Optional[np.ndarray]
+
+
+@dataclass
+class _Object:
+    mask: np.ndarray
+    roi: Optional[Roi] = None
+    points_roi: list = field(default_factory=list)  # [(roi coords (3,), label)] in the current ROI
+    prompts: list = field(default_factory=list)  # [(kind, data)] everything given, array indices
+    logits: Optional[torch.Tensor] = None  # (1, 1, 32, 32, 32) raw low-res logits
+    score: Optional[float] = None
+    history: list = field(default_factory=list)
+
+
+def _bbox_of(diff: np.ndarray) -> Optional[Slices]:
+    if not diff.any():
+        return None
+    sl = []
+    for ax in range(diff.ndim):
+        other = tuple(a for a in range(diff.ndim) if a != ax)
+        nz = np.flatnonzero(diff.any(axis=other))
+        sl.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    return tuple(sl)
+
+
+class Session:
+    """Per-user interactive segmentation state around a shared, stateless model.
+
+    Prompts are voxel indices of the session's array in its own axis order (module docstring).
+    """
+
+    def __init__(self, model: torch.nn.Module, device: Optional[Union[str, torch.device]] = None,
+                 planner: Optional[RoiPlanner] = None) -> None:
+        if getattr(model, "spatial_dims", 3) != 3:
+            raise UsageError(f"Session needs a 3D model, got spatial_dims={model.spatial_dims}")
+        self.model = model
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.img_size = int(model.cfg.img_size)
+        self.planner: RoiPlanner = planner or CenteredRoiPlanner(size=self.img_size)
+        self.image: Optional[Image] = None
+        self._embeddings: dict[tuple, torch.Tensor] = {}
+        self._coverage: dict[tuple, tuple[Optional[Slices], np.ndarray]] = {}
+        self._objects: dict[int, _Object] = {}
+        self._current = 1
+
+    # ------------------------------------------------------------------ image
+    def set_image(self, image: ImageLike, spacing: Optional[Sequence[float]] = None,
+                  affine: Optional[np.ndarray] = None) -> None:
+        """Set the volume (path, Image, or array in the caller's axis order); clears all objects."""
+        if isinstance(image, Image):
+            if spacing is not None or affine is not None:
+                raise UsageError("spacing/affine apply to arrays only; an Image carries its geometry")
+            img = image
+        elif isinstance(image, (str, os.PathLike)):
+            img = read_image(image)
+        else:
+            img = image_from_array(image, spacing, affine)
+        if len(img.shape) != 3:
+            raise InputError(f"image must be 3D, got shape {img.shape}")
+        if min(img.shape) == 1:
+            log.info("image %s is one slice thick; the ROI is zero-padded (a 2D model may fit better)",
+                     img.shape)
+        self.image = img
+        self._embeddings.clear()
+        self._coverage.clear()
+        self._objects = {1: _Object(mask=np.zeros(img.shape, bool))}
+        self._current = 1
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self._img().shape
+
+    def _img(self) -> Image:
+        if self.image is None:
+            raise UsageError("no image: call set_image() before prompting")
+        return self.image
+
+    # ------------------------------------------------------------------ objects
+    @property
+    def object_id(self) -> int:
+        """Id of the object that prompts apply to."""
+        return self._current
+
+    @property
+    def object_ids(self) -> list[int]:
+        return sorted(self._objects)
+
+    def new_object(self) -> int:
+        """Start a new object (id = largest so far + 1) and make it current."""
+        img = self._img()
+        self._current = max(self._objects) + 1
+        self._objects[self._current] = _Object(mask=np.zeros(img.shape, bool))
+        return self._current
+
+    def select_object(self, object_id: int) -> None:
+        """Make an existing object current."""
+        self._img()
+        if object_id not in self._objects:
+            raise UsageError(f"no object {object_id}; objects are {self.object_ids}")
+        self._current = object_id
+
+    @property
+    def _obj(self) -> _Object:
+        self._img()
+        return self._objects[self._current]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Current object's mask (read-only bool, full image shape; later calls never change it)."""
+        m = self._obj.mask.view()
+        m.flags.writeable = False
+        return m
+
+    @property
+    def prompts(self) -> list:
+        """Prompts of the current object: ("point", (index, positive)), ("box", (lo, hi)), ("mask", None)."""
+        return list(self._obj.prompts)
+
+    def label_map(self) -> np.ndarray:
+        """All objects as labels (uint8, uint16 past 255 ids); later ids overwrite overlaps."""
+        img = self._img()
+        dtype = np.uint8 if max(self._objects) <= 255 else np.uint16
+        out = np.zeros(img.shape, dtype)
+        for oid in sorted(self._objects):
+            out[self._objects[oid].mask] = oid
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def _index(self, point: Sequence[float], what: str = "point") -> np.ndarray:
+        img = self._img()
+        try:
+            p = np.asarray(point, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise PromptError(f"{what} {point!r} is not numeric") from None
+        if p.shape != (3,):
+            raise PromptError(f"{what} needs 3 coordinates (array axis order), got {p.size}: {point!r}")
+        if not np.isfinite(p).all():
+            raise PromptError(f"{what} {point!r} is not finite")
+        idx = np.floor(p + 0.5).astype(int)
+        if np.any(idx < 0) or np.any(idx >= np.asarray(img.shape)):
+            raise PromptError(f"{what} {tuple(idx.tolist())} is outside the volume of shape {img.shape}")
+        return idx
+
+    def _box(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        img = self._img()
+        try:
+            a, b = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise PromptError(f"box corners {lo!r}, {hi!r} are not numeric") from None
+        if a.shape != (3,) or b.shape != (3,):
+            raise PromptError(f"box corners need 3 coordinates each, got {lo!r} and {hi!r}")
+        if not (np.isfinite(a).all() and np.isfinite(b).all()) or np.any(a != np.round(a)) or np.any(b != np.round(b)):
+            raise PromptError(f"box corners must be integer voxel indices, got {lo!r} and {hi!r}")
+        a, b = a.astype(int), b.astype(int)
+        if np.any(b <= a):
+            raise PromptError(f"box [{tuple(a.tolist())}, {tuple(b.tolist())}) is empty (need lo < hi on "
+                              "every axis; a 2D box spans one slice: hi = lo + 1)")
+        if np.any(a < 0) or np.any(b > np.asarray(img.shape)):
+            raise PromptError(f"box [{tuple(a.tolist())}, {tuple(b.tolist())}) is outside the volume of "
+                              f"shape {img.shape}")
+        return a, b
+
+    # ------------------------------------------------------------------ world helpers
+    def point_from_world(self, mm: Sequence[float], frame: str = "LPS") -> np.ndarray:
+        """World point (mm, ``frame`` 'LPS' or 'RAS') -> continuous array index (not rounded)."""
+        p = np.asarray(mm, dtype=np.float64)
+        if p.shape != (3,) or not np.isfinite(p).all():
+            raise PromptError(f"world point needs 3 finite mm values, got {mm!r}")
+        return self._img().world_to_index(p, frame=frame)
+
+    def point_to_world(self, index: Sequence[float], frame: str = "LPS") -> np.ndarray:
+        """Array index -> world mm in ``frame``."""
+        return self._img().index_to_world(np.asarray(index, dtype=np.float64), frame=frame)
+
+    # ------------------------------------------------------------------ model plumbing
+    def _embedding(self, roi: Roi) -> torch.Tensor:
+        key = roi_key(roi)
+        emb = self._embeddings.pop(key, None)
+        if emb is None:
+            x = torch.from_numpy(preprocess_roi(self._img(), roi))[None, None].to(self.device)
+            emb = self.model.encode(x)
+            log.debug("encoded ROI start=%s", roi.start)
+        self._embeddings[key] = emb  # most recently used last
+        while len(self._embeddings) > EMBEDDING_CACHE_SIZE:
+            self._embeddings.pop(next(iter(self._embeddings)))
+        return emb
+
+    def _roi_coverage(self, roi: Roi) -> tuple[Optional[Slices], np.ndarray]:
+        """Image region (bbox, mask inside it) that the ROI maps back onto."""
+        key = roi_key(roi)
+        if key not in self._coverage:
+            full = postprocess_mask(np.ones(roi.size, np.uint8), roi, self._img()).astype(bool)
+            bbox = _bbox_of(full)
+            self._coverage[key] = (bbox, full[bbox] if bbox else np.zeros((0, 0, 0), bool))
+        return self._coverage[key]
+
+    def _upsampled_prob(self, logits: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(logits.float(), size=(self.img_size,) * 3, mode="trilinear", align_corners=False)
+        return torch.sigmoid(up)[0, 0]
+
+    def _decode(self, roi: Roi, points_roi: list, logits: Optional[torch.Tensor]) -> tuple[torch.Tensor, float]:
+        emb = self._embedding(roi)
+        coords = torch.tensor(np.stack([p for p, _ in points_roi])[None], dtype=torch.float32, device=self.device)
+        labels = torch.tensor([[lab for _, lab in points_roi]], dtype=torch.int64, device=self.device)
+        low = self.model.low_res_size
+        if logits is None:
+            logits = torch.zeros((1, 1, low, low, low), device=self.device)
+        out, iou = self.model.decode(emb, points=(coords, labels), mask_input=logits, multimask=False)
+        return out, float(iou[0, 0])
+
+    def _roi_point(self, roi: Roi, index_zyx: np.ndarray) -> np.ndarray:
+        c = np.floor(roi.from_original_index(index_zyx.astype(float)) + 0.5)
+        return np.clip(c, 0, np.asarray(roi.size) - 1)
+
+    # ------------------------------------------------------------------ state changes
+    def _push(self, obj: _Object) -> None:
+        obj.history.append(_Step(obj.roi, list(obj.points_roi), list(obj.prompts), obj.logits, obj.score,
+                                 None, None))
+
+    def _commit(self, obj: _Object, new_mask_region: Optional[tuple[Slices, np.ndarray]],
+                replace_all: Optional[np.ndarray] = None) -> Optional[Slices]:
+        """Write a new mask (a region, or the whole mask); record the overwritten block for undo."""
+        if replace_all is not None:
+            bbox = _bbox_of(obj.mask != replace_all)
+            old = obj.mask[bbox].copy() if bbox else None
+            obj.mask = replace_all.copy()
+        elif new_mask_region is not None:
+            region, block = new_mask_region
+            diff = obj.mask[region] != block
+            local = _bbox_of(diff)
+            if local is None:
+                bbox, old = None, None
+            else:
+                bbox = tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(region, local))
+                old = obj.mask[bbox].copy()
+                obj.mask = obj.mask.copy()  # copy-on-write: masks handed out never change
+                obj.mask[region] = block
+        else:
+            bbox, old = None, None
+        step = obj.history[-1]
+        step.bbox, step.old_block = bbox, old
+        return bbox
+
+    def _prediction(self, obj: _Object, changed: Optional[Slices], prob: Optional[np.ndarray] = None) -> Prediction:
+        if prob is None and obj.logits is not None:
+            with torch.inference_mode():
+                prob = self._upsampled_prob(obj.logits).cpu().numpy()
+        roi_bbox = self._roi_coverage(obj.roi)[0] if obj.roi is not None else None
+        return Prediction(mask=self.mask, probabilities=prob, changed_bbox=changed, score=obj.score,
+                          roi=obj.roi, object_id=self._current, roi_bbox=roi_bbox)
+
+    def _run(self, obj: _Object, roi: Roi, clip: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Prediction:
+        """Decode the object's prompts in ``roi`` and paste the result on the original grid."""
+        img = self._img()
+        logits, score = self._decode(roi, obj.points_roi, obj.logits)
+        prob = self._upsampled_prob(logits)
+        mask_roi = (prob > 0.5).cpu().numpy().astype(np.uint8)
+        full = postprocess_mask(mask_roi, roi, img).astype(bool)
+        bbox, cover = self._roi_coverage(roi)
+        obj.roi, obj.logits, obj.score = roi, logits, score
+        if bbox is None:
+            changed = self._commit(obj, None)
+        elif clip is None:
+            block = np.where(cover, full[bbox], obj.mask[bbox])
+            changed = self._commit(obj, (bbox, block))
+        else:
+            lo, hi = clip
+            region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            inside = np.zeros(img.shape, bool)
+            inside[bbox] = cover
+            inside = inside[region]
+            block = np.where(inside, full[region], obj.mask[region])
+            changed = self._commit(obj, (region, block))
+        return self._prediction(obj, changed, prob.cpu().numpy())
+
+    # ------------------------------------------------------------------ prompts
+    def add_point(self, index: Sequence[float], positive: bool = True) -> Prediction:
+        """Click at an array index (caller's axis order); refine in the current ROI or open one."""
+        idx = self._index(index)
+        obj = self._obj
+        with torch.inference_mode():
+            roi = self.planner.plan(self._img(), idx.astype(float), obj.roi)
+            self._push(obj)
+            try:
+                if obj.roi is None or roi_key(roi) != roi_key(obj.roi):
+                    obj.points_roi, obj.logits = [], None  # new ROI: official first click, zero mask
+                obj.points_roi = obj.points_roi + [(self._roi_point(roi, idx), 1 if positive else 0)]
+                obj.prompts = obj.prompts + [("point", (tuple(idx.tolist()), bool(positive)))]
+                return self._run(obj, roi)
+            except BaseException:
+                self._restore(obj, obj.history.pop())
+                raise
+
+    def add_box(self, lo: Sequence[int], hi: Sequence[int]) -> Prediction:
+        """Box [lo, hi) in array indices (3D, or 2D with hi = lo + 1 on one axis); see module doc."""
+        a, b = self._box(lo, hi)
+        img = self._img()
+        obj = self._obj
+        center = np.floor((a + b - 1) / 2.0 + 0.5).astype(int)
+        extent = b - a
+        if np.any(extent * np.asarray(img.spacing[::-1]) > self.img_size * ROI_SPACING_MM):
+            log.warning("box %s..%s is larger than the %d^3 ROI at %.1f mm; the ROI covers its centre only",
+                        tuple(a.tolist()), tuple(b.tolist()), self.img_size, ROI_SPACING_MM)
+        with torch.inference_mode():
+            roi = self.planner.plan(img, center.astype(float), obj.roi, box=(a, b))
+            pts = [(self._roi_point(roi, center), 1)]
+            for ax in range(3):
+                if extent[ax] <= 1:
+                    continue  # a 2D box: no negatives above/below its slice
+                for side in (a[ax] - 1 - BOX_NEGATIVE_MARGIN, b[ax] + BOX_NEGATIVE_MARGIN):
+                    q = center.copy()
+                    q[ax] = side
+                    if 0 <= side < img.shape[ax]:
+                        c = np.floor(roi.from_original_index(q.astype(float)) + 0.5)
+                        if bool(roi.contains(c)):
+                            pts.append((c, 0))
+            self._push(obj)
+            try:
+                obj.points_roi, obj.logits = pts, None
+                obj.prompts = obj.prompts + [("box", (tuple(a.tolist()), tuple(b.tolist())))]
+                return self._run(obj, roi, clip=(a, b))
+            except BaseException:
+                self._restore(obj, obj.history.pop())
+                raise
+
+    def add_mask(self, mask: np.ndarray) -> Prediction:
+        """Make ``mask`` (nonzero = object, full image shape) the object's mask and next mask_input."""
+        img = self._img()
+        m = np.asarray(mask)
+        if m.shape != img.shape:
+            raise PromptError(f"mask shape {m.shape} does not match the image shape {img.shape}")
+        if not (np.issubdtype(m.dtype, np.number) or m.dtype == np.bool_):
+            raise PromptError(f"mask must be bool or numeric, got {m.dtype}")
+        m = m != 0
+        obj = self._obj
+        with torch.inference_mode():
+            roi, logits = None, None
+            if m.any():
+                try:
+                    roi = roi_for_label(img, m, size=self.img_size, spacing=ROI_SPACING_MM)
+                except InputError:
+                    roi = None  # too small to survive resampling: keep it without a prior
+            if roi is not None:
+                lab = torch.from_numpy(extract_roi_label(img, m, roi).astype(np.float32))[None, None]
+                frac = F.avg_pool3d(lab, kernel_size=self.img_size // self.model.low_res_size)
+                logits = ((frac * 2 - 1) * MASK_PRIOR_LOGIT).to(self.device)
+            self._push(obj)
+            obj.roi, obj.points_roi, obj.logits, obj.score = roi, [], logits, None
+            obj.prompts = obj.prompts + [("mask", None)]
+            changed = self._commit(obj, None, replace_all=m)
+            return self._prediction(obj, changed)
+
+    # ------------------------------------------------------------------ history
+    def _restore(self, obj: _Object, step: _Step) -> Optional[Slices]:
+        obj.roi, obj.points_roi, obj.prompts = step.roi, step.points_roi, step.prompts
+        obj.logits, obj.score = step.logits, step.score
+        if step.bbox is not None:
+            obj.mask = obj.mask.copy()  # copy-on-write
+            obj.mask[step.bbox] = step.old_block
+        return step.bbox
+
+    def undo(self) -> Prediction:
+        """Revert the current object's last prompt exactly (mask, prompts, logits)."""
+        obj = self._obj
+        if not obj.history:
+            raise UsageError(f"nothing to undo for object {self._current}")
+        changed = self._restore(obj, obj.history.pop())
+        return self._prediction(obj, changed)
+
+    @property
+    def can_undo(self) -> bool:
+        return self.image is not None and bool(self._obj.history)
+
+    def reset(self) -> Prediction:
+        """Clear the current object (mask, prompts, ROI and undo history)."""
+        obj = self._obj
+        bbox = _bbox_of(obj.mask)
+        self._objects[self._current] = _Object(mask=np.zeros(self._img().shape, bool))
+        return self._prediction(self._objects[self._current], bbox)
+
+
+__all__ = ["Session", "Prediction", "RoiPlanner", "CenteredRoiPlanner", "from_slicer_ijk", "to_slicer_ijk",
+           "image_from_array", "roi_key"]
