@@ -219,7 +219,8 @@ class Session:
         self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.img_size = int(model.cfg.img_size)
-        self.planner: RoiPlanner = planner or CenteredRoiPlanner(size=self.img_size)
+        self.roi_spacing = float(getattr(model.cfg, "roi_spacing_mm", ROI_SPACING_MM))
+        self.planner: RoiPlanner = planner or CenteredRoiPlanner(size=self.img_size, spacing=self.roi_spacing)
         self.image: Optional[Image] = None
         self._embeddings: dict[tuple, torch.Tensor] = {}
         self._coverage: dict[tuple, tuple[Optional[Slices], np.ndarray]] = {}
@@ -481,9 +482,9 @@ class Session:
         obj = self._obj
         center = np.floor((a + b - 1) / 2.0 + 0.5).astype(int)
         extent = b - a
-        if np.any(extent * np.asarray(img.spacing[::-1]) > self.img_size * ROI_SPACING_MM):
+        if np.any(extent * np.asarray(img.spacing[::-1]) > self.img_size * self.roi_spacing):
             log.warning("box %s..%s is larger than the %d^3 ROI at %.1f mm; the ROI covers its centre only",
-                        tuple(a.tolist()), tuple(b.tolist()), self.img_size, ROI_SPACING_MM)
+                        tuple(a.tolist()), tuple(b.tolist()), self.img_size, self.roi_spacing)
         with torch.inference_mode():
             roi = self.planner.plan(img, center.astype(float), obj.roi, box=(a, b))
             pts = [(self._roi_point(roi, center), 1)]
@@ -520,7 +521,7 @@ class Session:
             roi, logits = None, None
             if m.any():
                 try:
-                    roi = roi_for_label(img, m, size=self.img_size, spacing=ROI_SPACING_MM)
+                    roi = roi_for_label(img, m, size=self.img_size, spacing=self.roi_spacing)
                 except InputError:
                     roi = None  # too small to survive resampling: keep it without a prior
             if roi is not None:

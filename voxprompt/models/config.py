@@ -37,6 +37,8 @@ class SamConfig:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
+    roi_spacing_mm: float = 1.5  # 3D: isotropic mm per voxel of the model's input ROI
+
 
     def __post_init__(self) -> None:
         self.global_attn_indexes = tuple(int(i) for i in self.global_attn_indexes)
@@ -52,6 +54,8 @@ class SamConfig:
             raise UsageError(
                 f"prompt_embed_dim {self.prompt_embed_dim} must be a multiple of spatial_dims"
             )
+        if not self.roi_spacing_mm > 0:
+            raise UsageError(f"roi_spacing_mm must be positive, got {self.roi_spacing_mm}")
         if self.num_point_embeddings not in (2, 4):
             raise UsageError("num_point_embeddings must be 2 (points) or 4 (points and boxes)")
 
