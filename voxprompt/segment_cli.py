@@ -86,6 +86,19 @@ def _check_output(path: str, exts: tuple[str, ...], what: str) -> None:
         raise UsageError(f"{what} {path}: folder {parent} does not exist")
 
 
+def _check_seg_output(path: str, image: str) -> None:
+    """A DICOM SEG output (``.dcm`` or a folder) needs a DICOM input and an existing folder."""
+    from .io.dicom_seg import NotDicomError, seg_output_path
+
+    src = Path(image)
+    if src.exists() and not src.is_dir() and file_extension(src) != ".dcm":
+        raise NotDicomError(f"output {path}: a DICOM SEG needs a DICOM input (a series folder); {image} is "
+                            f"{file_extension(src) or 'not DICOM'}: write .nii.gz, .nrrd or .mha instead")
+    out = seg_output_path(path)
+    if not out.parent.is_dir() and not (path.endswith(("/", "\\")) and out.parent.parent.is_dir()):
+        raise UsageError(f"output {path}: folder {out.parent} does not exist")
+
+
 def _check_device(device: str) -> None:
     import torch
 
@@ -147,7 +160,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     boxes = [parse_box(t) for t in args.box or []]
     if not points and not boxes and args.mask_in is None:
         raise UsageError("segment needs a prompt: --point, --point-mm, --box or --mask-in")
-    _check_output(args.output, SUPPORTED_WRITE_EXTENSIONS, "output")
+    from .io.dicom_seg import is_dicom_seg_output
+
+    dicom_seg = is_dicom_seg_output(args.output)
+    if dicom_seg:
+        _check_seg_output(args.output, args.image)
+    else:
+        _check_output(args.output, SUPPORTED_WRITE_EXTENSIONS + (".dcm",), "output")
     if args.overlay is not None:
         _check_output(args.overlay, (".png",), "--overlay")
     get_spec(args.model)
@@ -161,6 +180,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     # 2. the image and the prompts against it
     image = read_image(args.image)
+    if dicom_seg and not image.is_dicom:
+        from .io.dicom_seg import NotDicomError
+
+        raise NotDicomError(f"output {args.output}: a DICOM SEG needs a DICOM input; {args.image} is not DICOM "
+                            "(write .nii.gz, .nrrd or .mha instead)")
     idx = [(_point_index(image, p, args.frame), p.positive) for p in points]
     box_zyx = []
     for lo, hi in boxes:
@@ -195,7 +219,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     mask = session.mask
     try:
-        out = write_mask(mask.astype(np.uint8), image, args.output)
+        if dicom_seg:
+            from .io.dicom_seg import write_dicom_seg
+
+            out = write_dicom_seg(mask, args.image, args.output, image=image, label_name=args.label_name,
+                                  model_name=args.model, parameters={"checkpoint": Path(checkpoint).name})
+        else:
+            out = write_mask(mask.astype(np.uint8), image, args.output)
     except OSError as exc:
         raise VoxpromptError(f"output {args.output}: {exc}") from None
     score = f", predicted IoU {pred.score:.3f}" if pred is not None and pred.score is not None else ""
@@ -225,7 +255,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         ),
     )
     s.add_argument("image", help="input image")
-    s.add_argument("-o", "--output", required=True, help="output mask (.nii.gz, .nii, .nrrd, .mha)")
+    s.add_argument("-o", "--output", required=True,
+                   help="output mask (.nii.gz, .nii, .nrrd, .mha); for a DICOM input also .dcm or a folder "
+                        "(DICOM SEG referencing the source instances)")
+    s.add_argument("--label-name", metavar="NAME", help="segment label of a DICOM SEG output "
+                                                        "(default 'voxprompt segment')")
     s.add_argument("--point", action="append", metavar="I,J,K[:+|:-]", help="voxel click (repeatable)")
     s.add_argument("--point-mm", action="append", metavar="X,Y,Z[:+|:-]", help="world click in mm (repeatable; write --point-mm=-10,5,3 for a leading minus)")
     s.add_argument("--frame", choices=("LPS", "RAS"), default="LPS", help="world frame of --point-mm (default LPS)")

@@ -1,0 +1,163 @@
+"""DICOM SEG output: frames reference the right source instances; CLI writes it for DICOM input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import load_golden
+from golden_configs import sam_med3d_config
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+import voxprompt
+from voxprompt.checkpoints import save_safetensors
+from voxprompt.cli import main
+from voxprompt.errors import InputError
+from voxprompt.io import read_image
+from voxprompt.io.dicom_seg import NotDicomError, write_dicom_seg
+
+SLICES, ROWS, COLS = 4, 16, 16
+PIXEL_SPACING = (0.8, 0.7)  # (row spacing, column spacing) mm
+SLICE_STEP = 2.5
+ORIGIN = np.array([-30.0, 12.0, 100.0])
+
+
+def make_series(folder: Path, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """A 4-slice CT series (axial, LPS-aligned) written in shuffled file order.
+
+    Returns the SOPInstanceUIDs in spatial (z ascending) order and the pixel volume (z, y, x).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    vol = rng.integers(0, 200, (SLICES, ROWS, COLS)).astype(np.int16)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    uids = [generate_uid() for _ in range(SLICES)]
+    order = [2, 0, 3, 1]  # file names / instance numbers do not follow the slice position
+    for n, z in enumerate(order):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = uids[z]
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uids[z]
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "P1", "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", "A1"
+        ds.ReferringPhysicianName = ""
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 3, n + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [float(v) for v in ORIGIN + np.array([0, 0, SLICE_STEP * z])]
+        ds.PixelSpacing = list(PIXEL_SPACING)
+        ds.SliceThickness = SLICE_STEP
+        ds.Rows, ds.Columns = ROWS, COLS
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.PixelData = vol[z].tobytes()
+        ds.save_as(folder / f"im{n:02d}.dcm", enforce_file_format=True)
+    return uids, vol
+
+
+def frames_by_instance(path: Path) -> dict[str, np.ndarray]:
+    """Read a SEG back with pydicom: referenced SOPInstanceUID -> frame pixels (bool)."""
+    seg = pydicom.dcmread(path)
+    assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    out = {}
+    for i, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        ref = fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        ident = fg.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+        assert ident[0].ReferencedSegmentNumber == 1
+        out[ref] = frames[i].astype(bool)
+    return out
+
+
+def test_seg_frames_reference_the_right_instances(tmp_path):
+    uids, vol = make_series(tmp_path / "ct")
+    image = read_image(tmp_path / "ct")
+    assert image.shape == (SLICES, ROWS, COLS)
+    np.testing.assert_array_equal(image.array, vol)  # SimpleITK order = spatial order
+    mask = np.zeros(image.shape, bool)
+    mask[0, 2:6, 3:9] = True
+    mask[2, 8:14, 1:4] = True
+    mask[3, 0, 15] = True  # slice 1 empty: omitted from the SEG
+    out = write_dicom_seg(mask, tmp_path / "ct", tmp_path / "seg.dcm", image=image, label_name="Liver",
+                          model_name="voxprompt-med3d-small")
+    frames = frames_by_instance(out)
+    assert set(frames) == {uids[0], uids[2], uids[3]}
+    for z in (0, 2, 3):
+        np.testing.assert_array_equal(frames[uids[z]], mask[z])
+    seg = pydicom.dcmread(out)
+    desc = seg.SegmentSequence[0]
+    assert desc.SegmentLabel == "Liver" and desc.SegmentAlgorithmType == "AUTOMATIC"
+    assert desc.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "85756007"  # Tissue
+    assert desc.SegmentedPropertyTypeCodeSequence[0].CodeValue == "91772007"  # Organ
+    alg = desc.SegmentationAlgorithmIdentificationSequence[0]
+    assert "voxprompt-med3d-small" in alg.AlgorithmName and alg.AlgorithmVersion == voxprompt.__version__
+    assert seg.StudyInstanceUID == pydicom.dcmread(tmp_path / "ct" / "im00.dcm").StudyInstanceUID
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "seg.dcm"]  # no temporary left
+    # highdicom reads it back as a volume on the source geometry
+    import highdicom as hd
+
+    hseg = hd.seg.segread(out)
+    pix = hseg.get_pixels_by_source_instance(uids, segment_numbers=[1])  # slice 1: absent -> empty
+    np.testing.assert_array_equal(pix[..., 0].astype(bool), mask)
+
+
+def test_seg_without_image_reads_the_series_and_handles_an_empty_mask(tmp_path):
+    uids, _ = make_series(tmp_path / "ct", seed=1)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = write_dicom_seg(np.zeros((SLICES, ROWS, COLS), bool), tmp_path / "ct", out_dir)
+    assert out.parent == out_dir and out.suffix == ".dcm"
+    frames = frames_by_instance(out)
+    assert set(frames) == set(uids) and not any(f.any() for f in frames.values())
+
+
+def test_seg_refuses_non_dicom_and_mismatched_masks(tmp_path):
+    make_series(tmp_path / "ct")
+    image = read_image(tmp_path / "ct")
+    with pytest.raises(InputError, match="shape"):
+        write_dicom_seg(np.zeros((3, ROWS, COLS), bool), tmp_path / "ct", tmp_path / "s.dcm", image=image)
+    import SimpleITK as sitk
+
+    sitk.WriteImage(image.to_sitk(), str(tmp_path / "ct.nii.gz"))
+    with pytest.raises(NotDicomError, match="DICOM"):
+        write_dicom_seg(np.zeros(image.shape, bool), tmp_path / "ct.nii.gz", tmp_path / "s.dcm")
+    assert not (tmp_path / "s.dcm").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    g = load_golden("sam_med3d_tiny.pt")
+    model = voxprompt.load_model("sam-med3d", g["state_dict"], config=sam_med3d_config(g["config"]))
+    return save_safetensors(model.state_dict(), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors",
+                            "sam-med3d", model.cfg.to_dict())
+
+
+def test_cli_writes_dicom_seg_for_a_dicom_series(tmp_path, tiny_ckpt, capsys):
+    uids, _ = make_series(tmp_path / "ct")
+    out = tmp_path / "seg.dcm"
+    rc = main(["segment", str(tmp_path / "ct"), "-o", str(out), "--checkpoint", str(tiny_ckpt),
+               "--point", "8,8,1", "--label-name", "Lesion"])
+    assert rc == 0, capsys.readouterr().err
+    seg = pydicom.dcmread(out)
+    assert seg.SegmentSequence[0].SegmentLabel == "Lesion"
+    frames = frames_by_instance(out)
+    assert set(frames) <= set(uids)
+    # NIfTI output of the same run still works, and a .dcm output from a NIfTI input is refused
+    nii = tmp_path / "seg.nii.gz"
+    assert main(["segment", str(tmp_path / "ct"), "-o", str(nii), "--checkpoint", str(tiny_ckpt),
+                 "--point", "8,8,1"]) == 0
+    mask = read_image(nii).array.astype(bool)
+    for z, uid in enumerate(uids):
+        np.testing.assert_array_equal(frames.get(uid, np.zeros((ROWS, COLS), bool)), mask[z])
+    rc = main(["segment", str(nii), "-o", str(tmp_path / "bad.dcm"), "--checkpoint", str(tiny_ckpt),
+               "--point", "8,8,1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "DICOM" in err and err.count("\n") == 1
+    assert not (tmp_path / "bad.dcm").exists()

@@ -1,0 +1,174 @@
+"""DICOM Segmentation (SEG) output for masks predicted on a DICOM series, via highdicom.
+
+The mask is an array in SimpleITK's (z, y, x) order, as :func:`voxprompt.io.read_image` returns
+for a DICOM folder. Frame z is matched to its source instance by ImagePositionPatient (the LPS
+position of voxel (z, 0, 0)), never by file order, so the SEG references the right instances
+however the files are named. One BINARY segment with generic codes (category Tissue, type Organ,
+SNOMED CT), AUTOMATIC algorithm type and an algorithm identification naming voxprompt and the model.
+The file is written atomically (temporary file + rename).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import InputError, UsageError
+from .image import Image
+from .read import file_extension, read_image
+from .write import _tmp_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LABEL = "voxprompt segment"
+DEFAULT_SEG_NAME = "voxprompt_seg.dcm"  # file name used when the output is a folder
+SEG_SERIES_OFFSET = 1000  # SEG series number = source series number + this
+
+
+class NotDicomError(UsageError):
+    """A DICOM SEG was asked for but the input image was not read from DICOM."""
+
+
+def is_dicom_seg_output(path: Union[str, os.PathLike]) -> bool:
+    """Whether an output path asks for DICOM SEG: ``*.dcm``, an existing folder, or ``folder/``."""
+    text = os.fspath(path)
+    return (file_extension(text) == ".dcm" or Path(text).is_dir()
+            or text.endswith(("/", os.sep)))
+
+
+def seg_output_path(path: Union[str, os.PathLike]) -> Path:
+    """The SEG file for an output argument (a folder gets :data:`DEFAULT_SEG_NAME`)."""
+    text = os.fspath(path)
+    p = Path(text)
+    if p.is_dir() or text.endswith(("/", os.sep)):
+        return p / DEFAULT_SEG_NAME
+    return p
+
+
+def _source_datasets(files: Sequence[str]) -> list:
+    import pydicom
+
+    out = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception as err:  # pydicom raises many types for a bad file
+            raise InputError(f"{f}: cannot read DICOM header ({type(err).__name__}: {err})") from None
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+            raise InputError(f"{f}: multi-frame DICOM sources are not supported for SEG output "
+                             "(use a series of single-frame files)")
+        for key in ("ImagePositionPatient", "ImageOrientationPatient", "SOPInstanceUID", "Rows", "Columns"):
+            if key not in ds:
+                raise InputError(f"{f}: DICOM file lacks {key}; cannot reference it from a SEG")
+        out.append(ds)
+    return out
+
+
+def match_frames(image: Image, datasets: Sequence) -> list:
+    """The source dataset of every z slice of ``image``, matched by ImagePositionPatient.
+
+    Raises InputError when a slice has no dataset within half a slice spacing, when two slices
+    claim the same dataset, or when the in-plane orientation or size disagrees.
+    """
+    nz, ny, nx = image.shape
+    aff = image.affine_zyx_to_lps()
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    tol = max(1e-3, 0.5 * (image.spacing[2] if nz > 1 else min(image.spacing)))
+    chosen, used = [], set()
+    for z in range(nz):
+        want = aff[:3, 3] + aff[:3, 0] * z
+        dist = np.linalg.norm(positions - want, axis=1)
+        k = int(np.argmin(dist))
+        if dist[k] > tol or k in used:
+            raise InputError(f"slice z={z} at LPS {np.round(want, 3).tolist()} has no matching DICOM instance "
+                             f"(nearest ImagePositionPatient {dist[k]:.3f} mm away)")
+        ds = datasets[k]
+        if (int(ds.Rows), int(ds.Columns)) != (ny, nx):
+            raise InputError(f"DICOM instance {ds.SOPInstanceUID} is {ds.Rows}x{ds.Columns}, the mask slice "
+                             f"{ny}x{nx}")
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        if not (np.allclose(iop[:3], image.direction[:, 0], atol=1e-3)
+                and np.allclose(iop[3:], image.direction[:, 1], atol=1e-3)):
+            raise InputError(f"DICOM instance {ds.SOPInstanceUID} has ImageOrientationPatient {iop.tolist()}, "
+                             "not the image's in-plane direction")
+        used.add(k)
+        chosen.append(ds)
+    return chosen
+
+
+def write_dicom_seg(mask_zyx: np.ndarray, source_dir: Union[str, os.PathLike], out_path: Union[str, os.PathLike],
+                    *, image: Optional[Image] = None, label_name: Optional[str] = None,
+                    model_name: str = "voxprompt", model_version: Optional[str] = None,
+                    series_number: Optional[int] = None,
+                    parameters: Optional[dict[str, str]] = None) -> Path:
+    """Write ``mask_zyx`` (bool / 0-1, (z, y, x)) as a one-segment BINARY DICOM SEG; returns the path.
+
+    ``source_dir``: the DICOM series folder the mask was predicted on; ``image``: that series as
+    read by :func:`~voxprompt.io.read_image` (read again when omitted). ``out_path``: a ``.dcm``
+    file, or a folder (gets :data:`DEFAULT_SEG_NAME`). Raises :class:`NotDicomError` when the
+    source is not DICOM, InputError when the mask does not fit the series.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from .. import __version__
+
+    src = Path(source_dir)
+    if image is None:
+        if not src.exists():
+            raise UsageError(f"DICOM SEG source {src} does not exist")
+        image = read_image(src)
+    if not image.is_dicom or not image.dicom_files:
+        raise NotDicomError(f"DICOM SEG output needs a DICOM input (a series folder); {src} is "
+                            f"{file_extension(src) or 'not DICOM'}: write .nii.gz, .nrrd or .mha instead")
+    mask = np.asarray(mask_zyx)
+    if mask.shape != image.shape:
+        raise InputError(f"mask shape {mask.shape} (z, y, x) does not match the DICOM series shape {image.shape}")
+    if not (mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer)):
+        raise InputError(f"mask dtype {mask.dtype} is not a label type; use bool or integers")
+    out = seg_output_path(out_path)
+    if not out.parent.is_dir():
+        if os.fspath(out_path).endswith(("/", os.sep)) and out.parent.parent.is_dir():
+            out.parent.mkdir()
+        else:
+            raise UsageError(f"{out}: output folder {out.parent} does not exist")
+    label = (label_name or DEFAULT_LABEL).strip() or DEFAULT_LABEL
+
+    sources = match_frames(image, _source_datasets(image.dicom_files))
+    first = sources[0]
+    version = model_version or __version__
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"voxprompt {model_name}"[:64], family=codes.cid7162.ArtificialIntelligence, version=version,
+        parameters={"model": model_name, **(parameters or {})})
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label=label[:64], segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Organ, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm)
+    if series_number is None:
+        series_number = (int(getattr(first, "SeriesNumber", 0) or 0) + SEG_SERIES_OFFSET) % (2**31 - 1) or 1
+    pixels = (mask != 0).astype(np.uint8)
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment], series_instance_uid=hd.UID(), series_number=int(series_number),
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="voxprompt",
+        manufacturer_model_name=model_name[:64], software_versions=f"voxprompt {__version__}",
+        device_serial_number="0", content_label="VOXPROMPT", content_description=label[:64],
+        series_description=f"voxprompt {label}"[:64], omit_empty_frames=bool(pixels.any()))
+    tmp, fd = _tmp_path(out, ".dcm")
+    os.close(fd)
+    try:
+        seg.save_as(str(tmp))
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.debug("wrote DICOM SEG %s (%d frames referencing %d instances)", out, int(seg.NumberOfFrames),
+              len(sources))
+    return out
+
+
+__all__ = ["write_dicom_seg", "match_frames", "is_dicom_seg_output", "seg_output_path", "NotDicomError",
+           "DEFAULT_LABEL", "DEFAULT_SEG_NAME"]
