@@ -127,6 +127,8 @@ def identify(sd: Mapping[str, torch.Tensor]) -> str:
     if patch.dim() == 5:
         if embed == 768:
             return "sam-med3d"
+        if embed == 192 and patch.shape[-1] == 8:
+            return "voxprompt-med3d-small"
         return f"a SAM-Med3D-style 3D model with a {embed}-wide encoder"
     if embed != 768:
         sizes = {1024: "SAM ViT-L", 1280: "SAM ViT-H"}
@@ -140,7 +142,10 @@ def identify(sd: Mapping[str, torch.Tensor]) -> str:
 
 
 def family(name: str) -> str:
-    return "sam-unet" if name.startswith("sam-unet") else name
+    """Architecture family: weights of one family load into any config of it."""
+    if name.startswith("sam-unet"):
+        return "sam-unet"
+    return "sam-med3d" if name == "voxprompt-med3d-small" else name
 
 
 def check_compatible(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], name: str, source: str) -> None:

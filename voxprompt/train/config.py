@@ -1,0 +1,144 @@
+"""Training configuration: dataclasses validated from YAML (unknown keys are errors)."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import yaml
+
+from ..errors import UsageError
+
+LOSSES = ("dice_ce", "focal_dice")
+AMP = ("none", "bf16", "fp16")
+CLICK_MODES = ("mixed", "cvpr25", "random")
+
+
+@dataclass
+class DataSource:
+    """One labelled dataset (nnU-Net v2 raw, MSD or SAM-Med3D layout) and its sampling weight."""
+
+    path: str
+    weight: float = 1.0
+    split: Optional[str] = "train"  # targets of this split (None: all)
+    min_voxels: int = 200
+
+
+@dataclass
+class SyntheticSource:
+    """Procedurally generated shapes (:mod:`voxprompt.train.synthetic`)."""
+
+    weight: float = 0.0
+    min_objects: int = 2
+    max_objects: int = 7
+
+
+@dataclass
+class AugmentConfig:
+    spacing_scale: tuple[float, float] = (0.8, 2.0)  # ROI spacing = model spacing x U(log range)
+    center_jitter: float = 0.25  # fraction of the ROI side
+    flip: bool = True
+    intensity_scale: tuple[float, float] = (0.8, 1.25)
+    intensity_shift: float = 0.2
+    noise_std: float = 0.05
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; ``voxprompt train CONFIG.yaml`` reads this from YAML."""
+
+    model: str = "voxprompt-med3d-small"
+    model_overrides: dict = field(default_factory=dict)  # SamConfig fields
+    init_checkpoint: Optional[str] = None
+    trust_pickle: bool = False
+    freeze: list = field(default_factory=list)  # parameter-name prefixes kept frozen
+    data: list = field(default_factory=list)  # DataSource
+    synthetic: SyntheticSource = field(default_factory=SyntheticSource)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    steps: int = 1000
+    batch_size: int = 2
+    grad_accum: int = 1
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    click_steps: int = 4  # decoder passes per sample: first click, then corrections
+    click_mode: str = "mixed"
+    loss: str = "dice_ce"
+    iou_loss_weight: float = 1.0
+    amp: str = "none"
+    ema: float = 0.0  # decay; 0 disables
+    seed: int = 0
+    out_dir: str = "runs/train"
+    save_every: int = 200
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    device: str = "cpu"
+    num_threads: int = 0  # 0: torch default
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (self.amp in AMP, f"amp must be one of {AMP}, got {self.amp!r}"),
+            (self.click_mode in CLICK_MODES, f"click_mode must be one of {CLICK_MODES}, got {self.click_mode!r}"),
+            (self.steps > 0 and self.batch_size > 0 and self.grad_accum > 0,
+             "steps, batch_size and grad_accum must be positive"),
+            (self.click_steps >= 1, f"click_steps must be >= 1, got {self.click_steps}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"),
+            (self.save_every > 0 and self.log_every > 0, "save_every and log_every must be positive"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(f"train config: {msg}")
+        self.data = [d if isinstance(d, DataSource) else _build(DataSource, d, "data[]") for d in self.data]
+        if not self.data and self.synthetic.weight <= 0:
+            raise UsageError("train config: no data: give `data:` sources and/or `synthetic: {weight: > 0}`")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    """Instantiate a config dataclass from a mapping, recursively, naming bad keys."""
+    if not isinstance(d, Mapping):
+        raise UsageError(f"train config: {where} must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise UsageError(f"train config: unknown key(s) {unknown} in {where}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in d.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            value = _build(hint, value, f"{where}.{key}")
+        elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise UsageError(f"train config: {where}: {exc}") from None
+
+
+def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
+    return _build(TrainConfig, d, "config")
+
+
+def load_config(path: Union[str, Path]) -> TrainConfig:
+    """Read and validate a YAML training config."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"train config {p}: no such file")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"train config {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        return config_from_dict(d)
+    except UsageError as exc:
+        raise UsageError(f"{p}: {exc}") from None

@@ -1,0 +1,76 @@
+"""Iterative prompt simulation during training, as the evaluation protocols click.
+
+One image embedding per sample, then ``click_steps`` decoder passes: the first click lies in
+the target, each later click in the current error (the centre of the largest error component,
+as the CVPR 2025 protocol, or a uniform error voxel, as SAM-Med3D's), and the previous low-res
+logits are fed back as ``mask_input`` (detached, as the official training loop does). The loss is
+averaged over the passes.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..eval.clicks import cvpr25_next_click, sam_med3d_random_click
+from .losses import segmentation_loss
+
+
+def next_clicks(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator, mode: str) -> list[tuple]:
+    """One click per sample of a batch ``(B, *S)``: ``[(index, label), ...]``."""
+    out = []
+    for p, g in zip(pred, gt):
+        use_centre = mode == "cvpr25" or (mode == "mixed" and rng.random() < 0.5)
+        click = cvpr25_next_click(p, g) if use_centre else None
+        if click is None:
+            click = sam_med3d_random_click(p, g, rng)
+        out.append((click.index, click.label))
+    return out
+
+
+class ClickLoop(nn.Module):
+    """Wraps a promptable 3D model so one ``forward`` runs a whole simulated interaction.
+
+    Wrapping it in DistributedDataParallel synchronises every parameter used in any pass.
+    """
+
+    def __init__(self, model: nn.Module, click_steps: int, click_mode: str, loss: str,
+                 iou_loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.click_steps, self.click_mode, self.loss = click_steps, click_mode, loss
+        self.iou_loss_weight = iou_loss_weight
+
+    def forward(self, image: torch.Tensor, gt: torch.Tensor, rng: np.random.Generator,
+                autocast: Callable[[], object]) -> tuple[torch.Tensor, dict[str, float]]:
+        m = self.model
+        size, low = m.img_size, m.low_res_size
+        gt_np = gt.bool().cpu().numpy()[:, 0]
+        pred_np = np.zeros_like(gt_np)
+        coords: list[list] = [[] for _ in range(len(gt_np))]
+        labels: list[list] = [[] for _ in range(len(gt_np))]
+        prev = torch.zeros((image.shape[0], 1) + (low,) * 3, device=image.device)
+        with autocast():
+            emb = m.encode(image)
+        total = image.new_zeros(())
+        stats: dict[str, float] = {}
+        for step in range(self.click_steps):
+            for b, (idx, lab) in enumerate(next_clicks(pred_np, gt_np, rng, self.click_mode)):
+                coords[b].append(idx)
+                labels[b].append(lab)
+            pts = (torch.tensor(coords, dtype=torch.float32, device=image.device),
+                   torch.tensor(labels, dtype=torch.int64, device=image.device))
+            with autocast():
+                logits, iou = m.decode(emb, points=pts, mask_input=prev, multimask=False)
+            up = F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False)
+            seg_loss, dice, true_iou = segmentation_loss(up, gt, self.loss)
+            iou_loss = F.mse_loss(iou.float()[:, 0], true_iou)
+            total = total + seg_loss + self.iou_loss_weight * iou_loss
+            prev = logits.detach().float()
+            pred_np = (up.detach() > 0).cpu().numpy()[:, 0]
+            stats[f"dice_{step + 1}"] = float(dice.mean())
+        stats["dice"] = stats[f"dice_{self.click_steps}"]
+        return total / self.click_steps, stats

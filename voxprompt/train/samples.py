@@ -1,0 +1,120 @@
+"""Training samples: ROIs of real labelled targets (cropped and normalised exactly as at
+inference) and synthetic volumes, with augmentation. Every sample is a pure function of its
+seed, so a resumed or distributed run draws exactly the samples it would have drawn."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UsageError
+from ..preprocess import extract_roi_label, preprocess_roi, roi_around
+from .config import AugmentConfig, DataSource, SyntheticSource
+from .synthetic import synthetic_sample
+
+log = logging.getLogger(__name__)
+
+MIN_ROI_VOXELS = 20  # a crop must show at least this much of its target
+
+
+@dataclass
+class _TargetInfo:
+    target: object  # voxprompt.data.readers.Target
+    bbox_lo: np.ndarray
+    bbox_hi: np.ndarray
+    some_voxels: np.ndarray  # up to 4096 foreground indices to centre crops on
+
+
+class TargetPool:
+    """Targets of one data source, with cached foreground geometry."""
+
+    def __init__(self, source: DataSource) -> None:
+        from ..data.readers import open_dataset  # local: data is optional for synthetic-only runs
+
+        targets = [t for t in open_dataset(source.path, split=source.split)
+                   if not t.voxels or t.voxels >= source.min_voxels]
+        if not targets:
+            raise UsageError(f"data source {source.path}: no targets (split={source.split!r}, "
+                             f"min_voxels={source.min_voxels})")
+        self.source = source
+        self.targets = targets
+        self._info: dict[int, _TargetInfo] = {}
+        log.info("data source %s: %d targets", source.path, len(targets))
+
+    def _target(self, i: int) -> tuple[object, np.ndarray, _TargetInfo]:
+        from ..data.readers import load_target
+
+        t = self.targets[i]
+        image, mask = load_target(t)
+        if i not in self._info:
+            idx = np.argwhere(mask)
+            if len(idx) == 0:
+                raise UsageError(f"target {t.case}:{t.label} ({t.name}) is empty")
+            pick = np.random.default_rng(i).choice(len(idx), size=min(4096, len(idx)), replace=False)
+            self._info[i] = _TargetInfo(t, idx.min(0), idx.max(0) + 1, idx[np.sort(pick)])
+        return image, mask, self._info[i]
+
+    def sample(self, rng: np.random.Generator, size: int, spacing: float, aug: AugmentConfig
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """A normalised ROI (``size``^3) and its target mask around a random target."""
+        for _ in range(10):
+            image, mask, info = self._target(int(rng.integers(len(self.targets))))
+            if rng.random() < 0.5:
+                center = (info.bbox_lo + info.bbox_hi - 1) / 2.0
+            else:
+                center = info.some_voxels[rng.integers(len(info.some_voxels))].astype(float)
+            roi_side_vox = size * spacing / np.asarray(image.spacing[::-1], float)
+            center = center + rng.uniform(-1, 1, 3) * aug.center_jitter * roi_side_vox
+            center = np.clip(center, 0, np.asarray(image.shape) - 1)
+            roi = roi_around(image, center, size=size, spacing=spacing)
+            label = extract_roi_label(image, mask, roi)
+            if label.sum() >= MIN_ROI_VOXELS:
+                return preprocess_roi(image, roi), label
+        raise UsageError(f"data source {self.source.path}: could not crop a non-empty target in 10 tries")
+
+
+class SampleMixer:
+    """Draws samples from the real sources and the synthetic generator by weight."""
+
+    def __init__(self, data: Sequence[DataSource], synthetic: SyntheticSource, aug: AugmentConfig,
+                 size: int, spacing: float) -> None:
+        self.pools = [TargetPool(s) for s in data]
+        self.synthetic, self.aug, self.size, self.spacing = synthetic, aug, size, spacing
+        weights = [p.source.weight for p in self.pools] + [max(synthetic.weight, 0.0)]
+        total = float(sum(weights))
+        if total <= 0:
+            raise UsageError("all data source weights are zero")
+        self.weights = np.asarray(weights) / total
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        k = int(rng.choice(len(self.weights), p=self.weights))
+        if k == len(self.pools):
+            image, label = synthetic_sample(rng, self.size, self.synthetic.min_objects, self.synthetic.max_objects)
+        else:
+            lo, hi = np.log(self.aug.spacing_scale)
+            spacing = self.spacing * float(np.exp(rng.uniform(lo, hi)))
+            image, label = self.pools[k].sample(rng, self.size, spacing, self.aug)
+        return augment(rng, image, label, self.aug)
+
+    def batch(self, seed: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` samples from the seed sequence ``seed`` (e.g. (run seed, step, rank, micro-batch))."""
+        rng = np.random.default_rng(list(seed))
+        pairs = [self.sample(rng) for _ in range(n)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def augment(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, aug: AugmentConfig
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Flips and intensity jitter on a normalised ROI (shapes unchanged)."""
+    if aug.flip:
+        for ax in range(image.ndim):
+            if rng.random() < 0.5:
+                image, label = np.flip(image, ax), np.flip(label, ax)
+    scale = float(np.exp(rng.uniform(*np.log(aug.intensity_scale))))
+    shift = float(rng.uniform(-aug.intensity_shift, aug.intensity_shift))
+    image = image * scale + shift
+    if aug.noise_std > 0:
+        image = image + rng.normal(0, rng.uniform(0, aug.noise_std), image.shape)
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label, dtype=np.uint8)

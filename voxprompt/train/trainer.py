@@ -1,0 +1,316 @@
+"""The training loop: AdamW, warm-up + cosine, autocast, gradient accumulation, optional EMA,
+exact resume, and data-parallel training under ``torchrun`` (DDP; gloo on CPU, nccl on GPU).
+
+Exact resume: every batch is a pure function of ``(seed, step, rank, micro-batch)`` and the
+learning rate a pure function of the step, so ``N`` steps equal ``N/2`` steps + resume + ``N/2``
+steps bit for bit on CPU. A checkpoint is a folder ``checkpoints/step_XXXXXXX`` holding
+``model.safetensors`` (voxprompt format, loadable by ``load_model``) and ``state.pt``
+(optimizer, EMA, step; tensors and plain types only, read with ``weights_only=True``).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from ..checkpoints import save_safetensors
+from ..errors import CheckpointError, UsageError
+from ..models.loading import load_model
+from .config import TrainConfig
+from .interaction import ClickLoop
+from .samples import SampleMixer
+
+log = logging.getLogger(__name__)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """The model to train: zoo architecture (+ overrides), optionally initialised from weights."""
+    torch.manual_seed(cfg.seed)
+    model = load_model(cfg.model, cfg.init_checkpoint, device=device, config=_config(cfg),
+                       trust_pickle=cfg.trust_pickle)
+    if getattr(model, "spatial_dims", 3) != 3:
+        raise UsageError(f"model {cfg.model}: `voxprompt train` trains 3D models; 2D training comes later")
+    for name, p in model.named_parameters():
+        if any(name.startswith(prefix) for prefix in cfg.freeze):
+            p.requires_grad_(False)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UsageError(f"freeze prefixes {cfg.freeze} freeze every parameter")
+    return model.train()
+
+
+def _config(cfg: TrainConfig) -> Optional[dict]:
+    if not cfg.model_overrides:
+        return None
+    from ..models.zoo import get_spec
+
+    base = get_spec(cfg.model).config.to_dict()
+    unknown = sorted(set(cfg.model_overrides) - set(base))
+    if unknown:
+        raise UsageError(f"model_overrides: unknown key(s) {unknown} for {cfg.model}")
+    return {**base, **cfg.model_overrides}
+
+
+class Trainer:
+    """One training run in ``cfg.out_dir`` (resumable)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.rank, self.world = _dist_info()
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        self.device = self._setup_device()
+        self.out = Path(cfg.out_dir)
+        self.model = build_model(cfg, self.device)
+        self.loop = ClickLoop(self.model, cfg.click_steps, cfg.click_mode, cfg.loss, cfg.iou_loss_weight)
+        self.ddp: Any = self.loop
+        if self.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.loop, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+        self.ema = ({k: v.detach().clone().float() for k, v in self.model.state_dict().items()}
+                    if cfg.ema > 0 else None)
+        self.scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16" and self.device.type == "cuda")
+        self.mixer = SampleMixer(cfg.data, cfg.synthetic, cfg.augment, self.model.img_size,
+                                 float(self.model.cfg.roi_spacing_mm))
+        self.step = 0
+
+    def _setup_device(self) -> torch.device:
+        dev = torch.device(self.cfg.device)
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UsageError("device cuda requested but CUDA is not available")
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(dev)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        return dev
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        found = sorted(self.ckpt_root.glob("step_*")) if self.ckpt_root.is_dir() else []
+        found = [p for p in found if (p / "state.pt").is_file()]
+        return found[-1] if found else None
+
+    def save(self) -> Optional[Path]:
+        if self.rank != 0:
+            return None
+        final = self.ckpt_root / f"step_{self.step:07d}"
+        tmp = self.ckpt_root / f".tmp_step_{self.step:07d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_safetensors(self.model.state_dict(), tmp / "model.safetensors", self.cfg.model,
+                         self.model.cfg.to_dict())
+        state = {"step": self.step, "optimizer": self.opt.state_dict(), "ema": self.ema,
+                 "scaler": self.scaler.state_dict(), "config": json.dumps(self.cfg.to_dict())}
+        torch.save(state, tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(self.ckpt_root.glob("step_*"))[:-max(1, self.cfg.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("saved %s", final)
+        return final
+
+    def resume(self, path: Optional[Path] = None) -> bool:
+        """Load the latest (or given) checkpoint; returns False when there is none."""
+        path = path or self.latest_checkpoint()
+        if path is None:
+            return False
+        try:
+            sd = load_file(str(path / "model.safetensors"))
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        except Exception as exc:  # corrupt files: name them
+            raise CheckpointError(f"cannot resume from {path}: {exc}") from None
+        self.model.load_state_dict(sd, strict=True)
+        self.opt.load_state_dict(state["optimizer"])
+        if state.get("ema") is not None:
+            self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    def export(self, path: Optional[Path] = None) -> Path:
+        """Final weights (EMA when enabled) as voxprompt safetensors."""
+        sd = self.model.state_dict()
+        if self.ema is not None:
+            sd = {k: self.ema[k].to(v.dtype) for k, v in sd.items()}
+        return save_safetensors(sd, path or self.out / "model.safetensors", self.cfg.model, self.model.cfg.to_dict())
+
+    # ------------------------------------------------------------------ training
+    def _autocast(self) -> Any:
+        if self.cfg.amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(cfg, self.step)
+        self.opt.zero_grad(set_to_none=True)
+        stats: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            seed = (cfg.seed, self.step, self.rank, micro)
+            image, gt = self.mixer.batch(seed, cfg.batch_size)
+            image_t = torch.from_numpy(image)[:, None].to(self.device)
+            gt_t = torch.from_numpy(gt)[:, None].to(self.device)
+            rng = np.random.default_rng(list(seed) + [1])
+            sync = micro == cfg.grad_accum - 1 or self.world == 1
+            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
+            with ctx:
+                loss, s = self.ddp(image_t, gt_t, rng, self._autocast)
+                self.scaler.scale(loss / cfg.grad_accum).backward()
+            s["loss"] = float(loss.detach())
+            for k, v in s.items():
+                stats[k] = stats.get(k, 0.0) + v / cfg.grad_accum
+        self.scaler.unscale_(self.opt)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        if self.ema is not None:
+            with torch.no_grad():
+                for k, v in self.model.state_dict().items():
+                    if v.is_floating_point():
+                        self.ema[k].mul_(cfg.ema).add_(v.float(), alpha=1 - cfg.ema)
+                    else:
+                        self.ema[k].copy_(v)
+        self.step += 1
+        stats["lr"] = self.opt.param_groups[0]["lr"]
+        return stats
+
+    def fit(self, steps: Optional[int] = None, progress: bool = True) -> Path:
+        """Train up to ``steps`` (default ``cfg.steps``), saving every ``save_every``; export at the end."""
+        cfg = self.cfg
+        stop = min(cfg.steps, steps if steps is not None else cfg.steps)
+        self.out.mkdir(parents=True, exist_ok=True)
+        logger = CsvLog(self.out / "log.csv", self.step) if self.rank == 0 else None
+        bar = tqdm(total=stop, initial=self.step, disable=not progress or self.rank != 0, desc="train",
+                   unit="step", dynamic_ncols=True)
+        t0, samples = time.perf_counter(), 0
+        while self.step < stop:
+            stats = self.train_step()
+            samples += cfg.batch_size * cfg.grad_accum * self.world
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == stop:
+                stats["samples_per_s"] = samples / max(1e-9, time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", dice=f"{stats['dice']:.3f}")
+                if logger:
+                    logger.write(self.step, stats)
+            if self.step % cfg.save_every == 0 or self.step == stop:
+                self.save()
+                if logger:
+                    plot_log(self.out / "log.csv", self.out / "loss_curve.png")
+        bar.close()
+        final = self.out / "model.safetensors"
+        if self.rank == 0 and self.step >= cfg.steps:
+            final = self.export()
+        if self.world > 1:
+            dist.barrier()
+        return final
+
+
+class CsvLog:
+    """Append-only CSV of training statistics; rows after ``start_step`` are dropped on resume."""
+
+    def __init__(self, path: Path, start_step: int) -> None:
+        self.path = path
+        self.fields: Optional[list[str]] = None
+        if path.is_file():
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+            if rows:
+                self.fields = list(rows[0].keys())
+                self._rewrite(rows)
+            else:
+                path.unlink()
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields)
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(self.path)
+
+    def write(self, step: int, stats: dict[str, float]) -> None:
+        row = {"step": step, **{k: f"{v:.6g}" for k, v in sorted(stats.items())}}
+        new = self.fields is None
+        if new:
+            self.fields = list(row)
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def plot_log(csv_path: Path, png: Path) -> None:
+    """Loss and Dice-per-click curves of a training log as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(steps, [float(r["loss"]) for r in rows])
+    a.set_xlabel("step")
+    a.set_ylabel("loss")
+    a.set_yscale("log")
+    for key in sorted(k for k in rows[0] if k.startswith("dice_")):
+        b.plot(steps, [float(r[key]) for r in rows], label=f"click {key.split('_')[1]}")
+    b.set_xlabel("step")
+    b.set_ylabel("training Dice")
+    b.legend()
+    fig.tight_layout()
+    tmp = png.with_name(png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(png)
+
+
+def train(cfg: TrainConfig, resume: bool = True, steps: Optional[int] = None, progress: bool = True) -> Path:
+    """Run (or resume) a training run; returns the exported model path."""
+    trainer = Trainer(cfg)
+    if resume:
+        trainer.resume()
+    return trainer.fit(steps, progress)
