@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .segment_cli import add_subcommands
 
     add_subcommands(sub)  # info, segment
+    from .eval.cli import add_subcommands as add_eval_subcommands
+    add_eval_subcommands(sub)  # eval
     from .data.cli import add_subcommands as add_data_subcommands
     add_data_subcommands(sub)  # data build, data list
     return p

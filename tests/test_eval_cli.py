@@ -1,0 +1,268 @@
+"""``voxprompt eval``: runner, report and CLI on a tiny synthetic nnU-Net v2 raw dataset."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import ROOT
+
+from voxprompt.cli import main
+from voxprompt.eval.report import TIMING_COLUMNS, structure_group
+from voxprompt.eval.runner import evaluate, random_walker_factory, session_factory, target_seed
+from voxprompt.io.image import Image
+
+SHAPE = (40, 40, 40)
+SPACING = 1.0
+# case -> modality, [(label id, name, split, kind, centre zyx, radius / half side)]
+CASES = {
+    "synth_ct": ("CT", [(1, "liver", "test", "sphere", (20, 14, 14), 7),
+                        (2, "vertebrae_T1", "train", "cube", (20, 28, 28), 5)]),
+    "synth_mr": ("MR", [(3, "Hippocampus_L", "test", "sphere", (18, 20, 22), 6)]),
+}
+
+
+@dataclass(frozen=True)
+class FakeTarget:
+    """Stand-in with the fields the runner reads (no files involved)."""
+
+    case: str
+    label: int
+    name: str
+    modality: str
+    split: str
+
+
+def _volume(objects: list, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    img = rng.normal(0.0, 5.0, SHAPE).astype(np.float32)
+    lab = np.zeros(SHAPE, np.uint8)
+    zz, yy, xx = np.indices(SHAPE)
+    for label, _, _, kind, (z, y, x), r in objects:
+        if kind == "sphere":
+            m = (zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= r ** 2
+        else:
+            m = (abs(zz - z) <= r) & (abs(yy - y) <= r) & (abs(xx - x) <= r)
+        lab[m] = label
+        img[m] += 100.0
+    return img, lab
+
+
+def _memory_targets() -> tuple[list[FakeTarget], dict]:
+    targets, data = [], {}
+    for i, (case, (modality, objects)) in enumerate(CASES.items()):
+        img, lab = _volume(objects, i)
+        image = Image(img, spacing=(SPACING,) * 3, origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+        for label, name, split, *_ in objects:
+            t = FakeTarget(case, label, name, modality, split)
+            targets.append(t)
+            data[(case, label)] = (image, lab == label)
+    return targets, data
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """nnU-Net v2 raw layout: dataset.json, imagesTr, labelsTr, targets.csv."""
+    root = tmp_path_factory.mktemp("eval") / "Dataset001_synth"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    labels, rows = {"background": 0}, []
+    for i, (case, (modality, objects)) in enumerate(CASES.items()):
+        img, lab = _volume(objects, i)
+        files = (root / "imagesTr" / f"{case}_0000.nii.gz", root / "labelsTr" / f"{case}.nii.gz")
+        for arr, path in zip((img, lab), files):
+            im = sitk.GetImageFromArray(arr)
+            im.SetSpacing((SPACING,) * 3)
+            sitk.WriteImage(im, str(path))
+        for label, name, split, *_ in objects:
+            labels[name] = label
+            rows.append([case, label, name, modality, int((lab == label).sum()), split])
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "synth", "channel_names": {"0": "image"}, "labels": labels, "numTraining": len(CASES),
+        "file_ending": ".nii.gz"}))
+    with open(root / "targets.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["case", "label", "name", "modality", "voxels", "split"])
+        w.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A randomly initialised tiny SAM-Med3D-family model (32^3 ROI) as voxprompt safetensors."""
+    import torch
+
+    import voxprompt
+    from voxprompt.checkpoints import save_safetensors
+
+    cfg = voxprompt.SamConfig(spatial_dims=3, img_size=32, in_chans=1, patch_size=8, embed_dim=32, depth=1,
+                              num_heads=2, global_attn_indexes=(0,), window_size=0, prompt_embed_dim=24,
+                              decoder_num_heads=4, num_point_embeddings=2, decoder_mlp_dim=64,
+                              iou_head_hidden_dim=32, mask_in_chans=8)
+    torch.manual_seed(0)
+    model = voxprompt.build_model(cfg, name="sam-med3d")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    return save_safetensors(model.state_dict(), path, "sam-med3d", cfg.to_dict())
+
+
+def _readers():
+    return pytest.importorskip("voxprompt.data.readers", reason="voxprompt.data.readers not available yet")
+
+
+def _read_csv(path: Path, drop_timing: bool = False) -> list[dict]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if drop_timing:
+        rows = [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+    return rows
+
+
+def _run(args: list[str], capsys) -> tuple[int, str]:
+    rc = main(["eval", *args])
+    return rc, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def test_structure_group_and_target_seed():
+    assert structure_group("vertebrae_T1", "CT") == "vertebra"
+    assert structure_group("rib_left_3", "CT") == "rib"
+    assert structure_group("lung_upper_lobe_left", "CT") == "lung"
+    assert structure_group("Hippocampus_L", "MR") == "brain-deep-gm"
+    assert structure_group("Precentral_L", "MR") == "mr-other"
+    assert structure_group("liver", "CT") == "organ"
+    assert structure_group("aorta", "CT") == "heart-vessel"
+    assert structure_group("uterine_thing", "CT") == "ct-other"
+    assert target_seed(0, "a", 1) == target_seed(0, "a", 1)
+    assert len({target_seed(0, "a", 1), target_seed(1, "a", 1), target_seed(0, "b", 1), target_seed(0, "a", 2)}) == 4
+
+
+# ----------------------------------------------------------------------------- runner in memory
+def _threshold_factory(image: Image):
+    """A fake engine: every bright voxel, with a fixed 'ROI' (instant, for plumbing tests)."""
+    def engine(clicks, box):
+        return image.array > 50, (slice(0, 30),) * 3
+    return engine
+
+
+def _strip_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+
+
+def test_runner_rows_are_per_target_seeded():
+    targets, data = _memory_targets()
+    loader = lambda t: data[(t.case, t.label)]  # noqa: E731
+    kw = dict(n_clicks=4, click_noise_mm=1.5, loader=loader)
+    a = evaluate(targets, _threshold_factory, "sam-med3d", 7, **kw)
+    b = evaluate(targets[::-1], _threshold_factory, "sam-med3d", 7, **kw)[::-1]
+    assert _strip_timing(a) == _strip_timing(b)  # independent of order (and so of sharding)
+    c = evaluate(targets, _threshold_factory, "sam-med3d", 8, **kw)
+    assert [r["clicks"] for r in a] != [r["clicks"] for r in c]
+    ct = a[0]  # two bright objects in that volume: the threshold over-segments the liver sphere
+    assert len(ct["dice"]) == len(ct["roi_dice"]) == len(ct["seconds_per_click"]) == 4
+    assert 0 < ct["final_dice"] < 1 and np.isfinite(ct["final_roi_dice"]) and np.isfinite(ct["hd95"])
+    assert a[2]["final_dice"] == 1.0 and a[2]["dsc_auc"] == pytest.approx(3.0)
+    (box,) = evaluate(targets[:1], _threshold_factory, "cvpr25", 0, n_clicks=2, loader=loader)
+    assert box["box"] is not None and box["box_dice"] == ct["final_dice"] and box["box_seconds"] >= 0
+    (nobox,) = evaluate(targets[:1], _threshold_factory, "cvpr25", 0, n_clicks=2, use_box=False, loader=loader)
+    assert nobox["box"] is None and nobox["box_dice"] is None
+
+
+def test_runner_session_tiny_model(tiny_ckpt):
+    import voxprompt
+
+    targets, data = _memory_targets()
+    loader = lambda t: data[(t.case, t.label)]  # noqa: E731
+    model = voxprompt.load_model("sam-med3d", tiny_ckpt)
+    factory = session_factory(model)
+    (row,) = evaluate(targets[:1], factory, "cvpr25", 0, n_clicks=2, loader=loader)
+    assert row["box"] is not None and row["box_dice"] is not None and len(row["dice"]) == 2
+    assert 0.0 <= row["final_dice"] <= 1.0 and row["box_seconds"] > 0
+    (row,) = evaluate(targets[1:2], factory, "sam-med3d", 0, n_clicks=2, loader=loader)
+    assert len(row["roi_dice"]) == 2 and np.isfinite(row["final_roi_dice"]) and row["box"] is None
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_bad_input(tmp_path, capsys, tiny_ckpt):
+    data = tmp_path / "data"
+    data.mkdir()
+    out = tmp_path / "out"
+    base = ["--model", "random-walker", "--protocol", "cvpr25", "--out", str(out)]
+    cases = [
+        ["--data", str(tmp_path / "missing"), *base],
+        ["--data", str(data), "--model", "random-walker", "--protocol", "nope", "--out", str(out)],
+        ["--data", str(data), "--model", "sam-med3d", "--checkpoint", str(tiny_ckpt), "--protocol", "sam-med2d",
+         "--out", str(out)],
+        ["--data", str(data), "--model", "no-such-model", "--protocol", "cvpr25", "--out", str(out)],
+    ]
+    for args in cases:
+        rc, err = _run(args, capsys)
+        assert rc == 2 and err.startswith("voxprompt: error:") and err.count("\n") == 1, (args, err)
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    rc, err = _run(["--data", str(data), *base], capsys)
+    assert rc == 2 and "not empty" in err and err.count("\n") == 1
+    assert (out / "old.txt").read_text() == "x"
+
+
+def test_cli_random_walker_report_then_tiny_model(dataset, tiny_ckpt, tmp_path, capsys):
+    _readers()
+    out = tmp_path / "report"
+    rc, err = _run(["--model", "random-walker", "--data", str(dataset), "--protocol", "cvpr25", "--out", str(out),
+                    "--targets", "all", "--clicks", "2"], capsys)
+    assert rc == 0, err
+    for name in ("results.csv", "results.json", "summary.md", "dice_vs_clicks.png", "best_case.png",
+                 "worst_case.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    rows = _read_csv(out / "results.csv")
+    assert [(r["case"], r["name"]) for r in rows] == [(c, o[1]) for c, (_, objs) in CASES.items() for o in objs]
+    by_name = {r["name"]: r for r in rows}
+    assert float(by_name["liver"]["final_dice"]) > 0.8  # an easy sphere
+    assert by_name["vertebrae_T1"]["group"] == "vertebra" and len(by_name["liver"]["dice"].split(";")) == 2
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["meta"]["model"] == "random-walker" and len(doc["results"]) == 3
+    summary = (out / "summary.md").read_text()
+    assert "| modality |" in summary and "| group |" in summary and "brain-deep-gm" in summary
+    assert "torch" in summary and "s/click" in summary
+
+    # a (random, tiny) SAM-Med3D-family model, the SAM-Med3D protocol, noisy clicks, --force
+    rc, err = _run(["--model", "sam-med3d", "--checkpoint", str(tiny_ckpt), "--data", str(dataset), "--protocol",
+                    "sam-med3d", "--out", str(out), "--targets", "test", "--clicks", "2", "--click-noise", "1",
+                    "--force"], capsys)
+    assert rc == 0, err
+    rows = _read_csv(out / "results.csv")
+    assert [r["name"] for r in rows] == ["liver", "Hippocampus_L"]
+    assert all(r["final_roi_dice"] not in ("", "nan") for r in rows)
+    summary = (out / "summary.md").read_text()
+    assert "checkpoint_sha256" in summary and "sam-med3d" in summary
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_ranks_match_single_process(dataset, tmp_path):
+    _readers()
+    args = ["--model", "random-walker", "--data", str(dataset), "--protocol", "sam-med3d", "--targets", "all",
+            "--clicks", "2", "--seed", "5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    cmds = [[sys.executable, "-m", "voxprompt", "eval", *args, "--out", str(single)],
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+             str(_free_port()), "-m", "voxprompt", "eval", *args, "--out", str(multi)]]
+    for cmd in cmds:
+        p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+        assert p.returncode == 0, p.stderr[-3000:]
+    assert _read_csv(multi / "results.csv", True) == _read_csv(single / "results.csv", True)
+    meta = json.loads((multi / "results.json").read_text())["meta"]
+    assert meta["world_size"] == 2 and meta["n_targets"] == 3

@@ -1,0 +1,236 @@
+"""``voxprompt eval``: interactive click-protocol evaluation of a model on a labelled dataset.
+
+Under ``torchrun --nproc_per_node N -m voxprompt eval ...`` (``WORLD_SIZE`` > 1) every rank takes
+``targets[rank::N]``; rank 0 gathers the rows and writes the report, the other ranks write nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import logging
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from voxprompt.errors import UsageError, VoxpromptError
+
+log = logging.getLogger(__name__)
+
+BASELINE = "random-walker"
+CLI_PROTOCOLS = ("cvpr25", "sam-med3d", "sam-med2d")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        try:
+            return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                       int(os.environ.get("LOCAL_RANK", 0)))
+        except ValueError as exc:
+            raise UsageError(f"bad torchrun environment: {exc}") from None
+
+
+def _model_dims(name: str) -> int:
+    from voxprompt.models.config import SamUNetConfig
+    from voxprompt.models.zoo import get_spec
+
+    cfg = get_spec(name).config
+    return (cfg.sam if isinstance(cfg, SamUNetConfig) else cfg).spatial_dims
+
+
+def _sha256_prefix(path: str, n: int = 12) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n]
+
+
+def _check_args(args: argparse.Namespace) -> Optional[str]:
+    """Validate everything that needs no data or model; returns the checkpoint path (or None)."""
+    from voxprompt.eval.report import check_report_dir
+
+    if not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data}: no such folder")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    if args.clicks is not None and args.clicks < 1:
+        raise UsageError(f"--clicks must be >= 1, got {args.clicks}")
+    if not args.click_noise >= 0 or args.click_noise == float("inf"):
+        raise UsageError(f"--click-noise must be a finite number of mm >= 0, got {args.click_noise}")
+    if args.device not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: CUDA is not available on this machine")
+    dims = 3 if args.model == BASELINE else _model_dims(args.model)
+    if args.protocol == "sam-med2d":
+        if dims == 3:
+            raise UsageError(f"the sam-med2d protocol is for 2D models; {args.model} is 3D: use "
+                             "--protocol cvpr25 or sam-med3d")
+        raise UsageError(f"{args.model} is a 2D model: evaluating 2D sessions is not supported yet")
+    if dims != 3:
+        raise UsageError(f"--protocol {args.protocol} needs a 3D model; {args.model} is 2D")
+    check_report_dir(Path(args.out), args.force)
+    if args.model == BASELINE:
+        if args.checkpoint:
+            log.warning("--checkpoint is ignored by the %s baseline", BASELINE)
+        return None
+    from voxprompt.segment_cli import default_checkpoint
+
+    ckpt = args.checkpoint or default_checkpoint()
+    if ckpt is None:
+        raise UsageError(f"no default {args.model} checkpoint is shipped yet; give one with --checkpoint PATH")
+    if not Path(ckpt).is_file():
+        raise UsageError(f"--checkpoint {ckpt}: no such file")
+    return ckpt
+
+
+def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> Any:
+    from voxprompt.eval.runner import random_walker_factory, session_factory
+
+    if args.model == BASELINE:
+        return random_walker_factory()
+    from voxprompt.models.loading import load_model
+
+    return session_factory(load_model(args.model, ckpt, device=device), device=device)
+
+
+def _machine(device: str) -> str:
+    import torch
+
+    desc = f"{platform.node()} ({platform.platform()}, {os.cpu_count()} CPUs"
+    if device.startswith("cuda"):
+        desc += f", {torch.cuda.get_device_name(torch.device(device))}"
+    return desc + ")"
+
+
+def _gather(dist: Dist, payload: dict) -> list[dict]:
+    if dist.world == 1:
+        return [payload]
+    import torch.distributed as tdist
+
+    out: list[Any] = [None] * dist.world
+    tdist.all_gather_object(out, payload)
+    return out
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from voxprompt.eval.report import Extremes, Report
+    from voxprompt.eval.runner import evaluate
+
+    ckpt = _check_args(args)
+    if args.model == BASELINE and args.protocol == "cvpr25" and not args.no_box:
+        log.info("the %s baseline takes clicks only: cvpr25 runs without the box", BASELINE)
+    dist = Dist.from_env()
+    device = args.device
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        if device == "cuda":
+            device = f"cuda:{dist.local_rank}"
+            torch.cuda.set_device(torch.device(device))
+        tdist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    try:
+        from voxprompt.data.readers import load_target, open_dataset
+
+        targets = list(open_dataset(args.data, split=None if args.targets == "all" else args.targets))
+        if args.limit is not None:
+            targets = targets[:args.limit]
+        if not targets:
+            hint = "" if args.targets == "all" else " (targets without a split need --targets all)"
+            raise UsageError(f"--data {args.data}: no {args.targets} targets{hint}")
+        order = {(t.case, int(t.label)): i for i, t in enumerate(targets)}
+        extremes, error = Extremes(), None
+        rows: list[dict] = []
+        try:
+            rows = evaluate(targets[dist.rank::dist.world], _factory(args, ckpt, device), args.protocol,
+                            args.seed, n_clicks=args.clicks, use_box=not args.no_box and args.model != BASELINE,
+                            click_noise_mm=args.click_noise, loader=load_target, on_result=extremes.add,
+                            progress=dist.rank == 0)
+        except Exception as exc:  # other ranks must still reach the gather
+            if dist.world == 1:
+                raise
+            error = exc
+        parts = _gather(dist, {"rows": rows, "extremes": extremes, "error": error})
+    finally:
+        if dist.world > 1:
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group()
+    if dist.rank != 0:
+        return 0  # rank 0 reports any error and sets the job's exit status
+    errors = [p["error"] for p in parts if p["error"] is not None]
+    if errors:
+        raise errors[0]
+    rows = sorted((r for p in parts for r in p["rows"]), key=lambda r: order[(r["case"], r["label"])])
+    for p in parts[1:]:
+        extremes.merge(p["extremes"])
+    meta = {
+        "protocol": args.protocol, "n_clicks": rows[0]["n_clicks"],
+        "use_box": any(r["box"] is not None for r in rows), "click_noise_mm": args.click_noise,
+        "model": args.model, "checkpoint": ckpt, "checkpoint_sha256": _sha256_prefix(ckpt) if ckpt else None,
+        "seed": args.seed, "data": str(args.data), "targets": args.targets, "n_targets": len(rows),
+        "device": args.device, "world_size": dist.world, "machine": _machine(device),
+        "torch": torch.__version__, "voxprompt": _version(), "python": platform.python_version(),
+        "started": started, "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = Path(args.out)
+    Report(rows, meta, extremes).write(out, {(t.case, int(t.label)): t for t in targets}, load_target)
+    import numpy as np
+
+    d = np.asarray([r["final_dice"] for r in rows], dtype=float)
+    sys.stdout.write(f"wrote {out} ({len(rows)} targets, final Dice {np.nanmean(d):.3f})\n")
+    return 0
+
+
+def _version() -> str:
+    from voxprompt import __version__
+
+    return __version__
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Register ``eval`` on the main parser's subparsers."""
+    s = sub.add_parser(
+        "eval",
+        help="evaluate a model (or the random-walker baseline) with a simulated click protocol",
+        description=(
+            "Run the CVPR 2025 (box + 5 clicks) or SAM-Med3D (10 clicks) protocol on every target of an "
+            "nnU-Net v2 raw dataset and write results.csv/json, summary.md and plots to --out. Launch "
+            "with torchrun --nproc_per_node N -m voxprompt eval ... to shard targets over N processes."
+        ),
+    )
+    s.add_argument("--model", required=True, help=f"zoo model name, or {BASELINE} (classical baseline)")
+    s.add_argument("--checkpoint", metavar="PATH", help="model weights (.pth or voxprompt .safetensors)")
+    s.add_argument("--data", required=True, metavar="DIR", help="dataset folder (nnU-Net v2 raw, Decathlon, SAM-Med3D)")
+    s.add_argument("--protocol", required=True, choices=CLI_PROTOCOLS, help="click protocol")
+    s.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder (new or empty)")
+    s.add_argument("--targets", choices=("test", "train", "all"), default="test", help="split (default test)")
+    s.add_argument("--limit", type=int, metavar="N", help="first N targets only")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random clicks (default 0)")
+    s.add_argument("--clicks", type=int, metavar="N", help="clicks per target (default 5 cvpr25, 10 sam-med3d)")
+    s.add_argument("--click-noise", type=float, default=0.0, metavar="MM", help="Gaussian click jitter sigma in mm")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    s.add_argument("--no-box", action="store_true", help="cvpr25 without the initial box")
+    s.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
+    s.set_defaults(func=cmd_eval)
+
+
+__all__ = ["add_subcommands", "cmd_eval"]

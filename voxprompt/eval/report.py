@@ -1,0 +1,319 @@
+"""Evaluation report: results.csv / results.json, summary.md, Dice-vs-clicks plot, overlays.
+
+Every file is written to a temporary name in the report folder and renamed into place.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from voxprompt.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = (
+    "case", "label", "name", "modality", "group", "split", "voxels", "protocol", "n_clicks",
+    "box_dice", "box_nsd", "dice", "nsd", "roi_dice", "dsc_auc", "nsd_auc", "final_dice", "final_nsd",
+    "final_roi_dice", "best_dice", "hd95", "seconds_per_click", "box_seconds", "median_click_seconds",
+    "total_seconds", "clicks", "box",
+)
+TIMING_COLUMNS = ("seconds_per_click", "box_seconds", "median_click_seconds", "total_seconds")
+
+# (group, name patterns); first match wins, names are lower-cased with separators as "_"
+_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("vertebra", (r"vertebra",)),
+    ("rib", (r"(^|_)ribs?(_|$)",)),
+    ("lung", (r"lung",)),
+    ("brain-deep-gm", (r"hippocamp", r"amygdala", r"caudate", r"putamen", r"pallid", r"thalam")),
+    ("brain-cerebellum", (r"cerebel", r"vermis")),
+    ("brain-tissue", (r"^(gm|wm|csf)$", r"(grey|gray|white)_matter", r"^brain(_mask)?$")),
+    ("bone", (r"stern", r"humer", r"scapul", r"clavic", r"costal", r"femur", r"hip", r"sacrum",
+              r"skull")),
+    ("muscle", (r"autochthon", r"iliopsoas", r"glute", r"muscle")),
+    ("heart-vessel", (r"heart", r"aort", r"vein", r"arter", r"vena", r"carotid", r"subclavian",
+                      r"brachiocephalic", r"atri", r"ventric", r"trunk")),
+    ("organ", (r"liver", r"spleen", r"kidney", r"stomach", r"pancrea", r"adrenal", r"gallbladder",
+               r"bladder", r"colon", r"duoden", r"bowel", r"esophag", r"oesophag", r"trachea",
+               r"thyroid", r"prostate")),
+)
+
+
+def structure_group(name: str, modality: str) -> str:
+    """Coarse structure family of a target name (e.g. ``vertebra``), else ``<modality>-other``."""
+    key = re.sub(r"[\s\-.]+", "_", str(name).strip().lower())
+    for group, patterns in _GROUPS:
+        if any(re.search(p, key) for p in patterns):
+            return group
+    return f"{str(modality).strip().lower() or 'unknown'}-other"
+
+
+def add_groups(rows: Iterable[dict]) -> None:
+    for row in rows:
+        row["group"] = structure_group(row["name"], row["modality"])
+
+
+# ----------------------------------------------------------------------------- extreme cases
+@dataclass
+class Extremes:
+    """Best and worst target by final Dice, with their final masks (bit-packed)."""
+
+    best: Optional[tuple] = None   # (row, packed mask, shape)
+    worst: Optional[tuple] = None
+
+    @staticmethod
+    def _dice(row: dict) -> float:
+        d = row["final_dice"]
+        return d if math.isfinite(d) else -1.0
+
+    def _best_key(self, row: dict) -> tuple:
+        return (-self._dice(row), str(row["case"]), int(row["label"]))
+
+    def _worst_key(self, row: dict) -> tuple:
+        return (self._dice(row), str(row["case"]), int(row["label"]))
+
+    def add(self, row: dict, mask: np.ndarray) -> None:
+        self._offer((row, np.packbits(np.asarray(mask, bool)), tuple(mask.shape)))
+
+    def merge(self, other: "Extremes") -> None:
+        for item in (other.best, other.worst):
+            if item is not None:
+                self._offer(item)
+
+    def _offer(self, item: tuple) -> None:
+        row = item[0]
+        if self.best is None or self._best_key(row) < self._best_key(self.best[0]):
+            self.best = item
+        if self.worst is None or self._worst_key(row) < self._worst_key(self.worst[0]):
+            self.worst = item
+
+    @staticmethod
+    def unpack(item: tuple) -> np.ndarray:
+        _, packed, shape = item
+        return np.unpackbits(packed, count=int(np.prod(shape))).astype(bool).reshape(shape)
+
+
+# ----------------------------------------------------------------------------- writing helpers
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return "nan" if math.isnan(v) else f"{float(v):.6g}"
+    return str(v)
+
+
+def _csv_cell(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        if v and isinstance(v[0], (list, tuple)):
+            return json.dumps(v, separators=(",", ":"))
+        return ";".join(_num(x) for x in v)
+    return _num(v)
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def results_csv(rows: Sequence[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for row in rows:
+        w.writerow([_csv_cell(row.get(c)) for c in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+def results_json(rows: Sequence[dict], meta: dict) -> str:
+    """``{"meta": {...}, "results": [...]}``, one target per line; NaN / inf become null."""
+    items = [json.dumps(_json_safe({c: r.get(c) for c in CSV_COLUMNS}), allow_nan=False) for r in rows]
+    return ('{"meta": ' + json.dumps(_json_safe(meta), indent=1, allow_nan=False)
+            + ',\n "results": [\n  ' + ",\n  ".join(items) + "\n ]\n}\n")
+
+
+# ----------------------------------------------------------------------------- summary
+def _finite(values: Iterable[Any]) -> np.ndarray:
+    a = np.asarray([v for v in values if v is not None], dtype=float)
+    return a[np.isfinite(a)]
+
+
+def _mean_sd(values: Iterable[Any]) -> str:
+    a = _finite(values)
+    if a.size == 0:
+        return "–"
+    sd = float(a.std(ddof=1)) if a.size > 1 else 0.0
+    return f"{a.mean():.3f} ± {sd:.3f}"
+
+
+def _median(values: Iterable[Any], fmt: str = "{:.3f}") -> str:
+    a = _finite(values)
+    return fmt.format(float(np.median(a))) if a.size else "–"
+
+
+def _table(title: str, groups: dict[str, list[dict]], roi: bool) -> list[str]:
+    head = ["n", "final Dice", "final NSD", "DSC AUC", "NSD AUC", "HD95 mm (median)", "s/click (median)"]
+    if roi:
+        head.insert(3, "final ROI Dice")
+    lines = [f"| {title} | " + " | ".join(head) + " |", "|" + "---|" * (len(head) + 1)]
+    for key in sorted(groups):
+        rs = groups[key]
+        cells = [str(len(rs)), _mean_sd(r["final_dice"] for r in rs), _mean_sd(r["final_nsd"] for r in rs),
+                 _mean_sd(r["dsc_auc"] for r in rs), _mean_sd(r["nsd_auc"] for r in rs),
+                 _median(r["hd95"] for r in rs),
+                 _median((s for r in rs for s in r["seconds_per_click"]), "{:.4f}")]
+        if roi:
+            cells.insert(3, _mean_sd(r["final_roi_dice"] for r in rs))
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _by(rows: Sequence[dict], key: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(str(r[key]), []).append(r)
+    return out
+
+
+def summary_markdown(rows: Sequence[dict], meta: dict, overlays: dict[str, dict]) -> str:
+    """The Markdown summary: run settings, overall / per-modality / per-group tables."""
+    roi = any(math.isfinite(r["final_roi_dice"]) for r in rows)
+    lines = [f"# voxprompt eval: {meta['model']} on {meta['data']}", ""]
+    for k in ("protocol", "n_clicks", "use_box", "click_noise_mm", "model", "checkpoint", "checkpoint_sha256",
+              "seed", "targets", "n_targets", "device", "world_size", "machine", "torch", "voxprompt",
+              "started", "finished"):
+        lines.append(f"- **{k}**: {meta.get(k)}")
+    n_inf = sum(1 for r in rows if not math.isfinite(r["hd95"]))
+    lines += ["", "Values are mean ± sd over targets; Dice/NSD are after the last click; NSD tolerance "
+              f"{'2 mm' if meta['protocol'] == 'cvpr25' else '1 mm'}; AUCs are trapezoids over the clicks. "
+              f"HD95 is the median of finite values ({n_inf} target(s) with an empty prediction). "
+              "Latency is the median wall time of one click.", ""]
+    lines += _table("overall", {"all": list(rows)}, roi) + [""]
+    lines += _table("modality", _by(rows, "modality"), roi) + [""]
+    lines += _table("group", _by(rows, "group"), roi) + [""]
+    n = max(len(r["dice"]) for r in rows)
+    curve = [_mean_sd(r["dice"][k] for r in rows if k < len(r["dice"])) for k in range(n)]
+    lines += ["## Dice after each click", "", "| click | " + " | ".join(str(k + 1) for k in range(n)) + " |",
+              "|" + "---|" * (n + 1), "| Dice | " + " | ".join(curve) + " |", "",
+              "![Dice vs clicks](dice_vs_clicks.png)", ""]
+    for which, info in overlays.items():
+        lines += [f"**{which} case**: {info['case']} label {info['label']} ({info['name']}), "
+                  f"final Dice {info['final_dice']:.3f}", "", f"![{which}]({info['file']})", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+def plot_dice_vs_clicks(rows: Sequence[dict], path: Path) -> None:
+    """Mean Dice after each click, one line per structure group plus the overall mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import MaxNLocator
+
+    box = all(r.get("box_dice") is not None for r in rows)  # cvpr25 with a box: step 0
+
+    def curve(rs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        steps = [([r["box_dice"]] if box else []) + list(r["dice"]) for r in rs]
+        n = max(len(s) for s in steps)
+        y = np.array([np.nanmean([s[k] for s in steps if k < len(s)]) for k in range(n)])
+        return np.arange(n) + (0 if box else 1), y
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for group, rs in sorted(_by(rows, "group").items()):
+        ax.plot(*curve(rs), marker="o", label=f"{group} (n={len(rs)})")
+    ax.plot(*curve(list(rows)), color="black", linestyle="--", linewidth=2, label="all")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("click (0 = box)" if box else "click")
+    ax.set_ylabel("mean Dice")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=90)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def write_overlays(extremes: Extremes, targets: dict[tuple, Any], loader: Callable, out: Path) -> dict[str, dict]:
+    """``best_case.png`` / ``worst_case.png``: final masks through the GT's centre of mass."""
+    from voxprompt.overlay import save_overlay
+
+    written: dict[str, dict] = {}
+    for which, item in (("best", extremes.best), ("worst", extremes.worst)):
+        if item is None:
+            continue
+        row = item[0]
+        image, gt = loader(targets[(row["case"], row["label"])])
+        centre = np.argwhere(np.asarray(gt, bool)).mean(axis=0).round().astype(int)
+        fname = f"{which}_case.png"
+        save_overlay(image, Extremes.unpack(item), out / fname, point_zyx=centre,
+                     title=f"{which}: {row['case']} {row['name']}  Dice {row['final_dice']:.3f}")
+        written[which] = {"file": fname, **{k: row[k] for k in ("case", "label", "name", "final_dice")}}
+    return written
+
+
+# ----------------------------------------------------------------------------- entry points
+def check_report_dir(path: Path, force: bool) -> None:
+    """Refuse a file, or a non-empty folder unless ``force``."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path}: exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise UsageError(f"--out {path}: folder is not empty (use --force to overwrite)")
+
+
+@dataclass
+class Report:
+    """Everything the report needs, written by :meth:`write`."""
+
+    rows: list[dict]
+    meta: dict
+    extremes: Extremes = field(default_factory=Extremes)
+
+    def write(self, out: Path, targets: dict[tuple, Any], loader: Optional[Callable]) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        add_groups(self.rows)
+        atomic_write_text(out / "results.csv", results_csv(self.rows))
+        atomic_write_text(out / "results.json", results_json(self.rows, self.meta))
+        plot_dice_vs_clicks(self.rows, out / "dice_vs_clicks.png")
+        overlays = write_overlays(self.extremes, targets, loader, out) if loader is not None else {}
+        atomic_write_text(out / "summary.md", summary_markdown(self.rows, self.meta, overlays))
+        log.info("wrote the report to %s", out)
+
+
+__all__ = ["CSV_COLUMNS", "TIMING_COLUMNS", "Extremes", "Report", "add_groups", "atomic_write_text",
+           "check_report_dir", "results_csv", "structure_group", "summary_markdown"]
