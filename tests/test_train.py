@@ -97,7 +97,7 @@ def test_resume_is_exact(tmp_path):
     second.fit(progress=False)
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
-    init = load_model("voxprompt-med3d-small", config={**load_model("voxprompt-med3d-small").cfg.to_dict(), **TINY})
+    init = load_model("voxprompt-med3d-small", pretrained=False, config={**load_model("voxprompt-med3d-small").cfg.to_dict(), **TINY})
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], v) for k, v in init.state_dict().items())  # it trained
     assert (tmp_path / "b" / "loss_curve.png").is_file()

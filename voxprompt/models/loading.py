@@ -17,6 +17,9 @@ from .sam_unet import SamUNet
 from .zoo import Config, build_model, get_spec
 
 log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_MODEL = "voxprompt-med3d-small"  # trained by us, shipped in voxprompt/weights/
 Model = Union[SamModel, SamUNet]
 
 
@@ -27,10 +30,13 @@ def load_model(
     *,
     config: Optional[Union[Config, Mapping[str, Any]]] = None,
     trust_pickle: bool = False,
+    pretrained: bool = True,
 ) -> Model:
     """Build the zoo model ``name`` and load ``checkpoint`` strictly; returns it in ``eval()`` mode.
 
-    ``checkpoint`` is ``None`` (random official initialisation), a path (``.pth``/``.pt`` in any
+    ``checkpoint`` is ``None`` (the weights shipped with the package when ``name`` has some, see
+    :func:`shipped_weights`, else random official initialisation; ``pretrained=False`` forces
+    random initialisation), a path (``.pth``/``.pt`` in any
     official layout, or voxprompt ``.safetensors``) or an in-memory state dict. ``config``
     overrides the zoo architecture (smaller models of the same family); voxprompt safetensors
     carry their own config. ``sam-unet`` picks ResNet-34 or -50 from the checkpoint's keys.
@@ -39,6 +45,8 @@ def load_model(
     """
     spec = get_spec(name)
     device = _check_device(device)
+    if checkpoint is None and pretrained and config is None:
+        checkpoint = shipped_weights(name)
     cfg: Config = spec.config
     sd = None
     source = "checkpoint"
@@ -59,6 +67,13 @@ def load_model(
         check_compatible(model, sd, name, source)
         model.load_state_dict(sd, strict=True)
     return model.to(device).eval()
+
+
+def shipped_weights(name: str) -> Optional[Path]:
+    """Path of the weights shipped in the package for zoo model ``name``, or None."""
+    get_spec(name)
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    return path if path.is_file() else None
 
 
 def _check_device(device: Union[str, torch.device]) -> torch.device:

@@ -24,6 +24,7 @@ class DataSource:
     weight: float = 1.0
     split: Optional[str] = "train"  # targets of this split (None: all)
     min_voxels: int = 200
+    cases: Optional[list] = None  # only these cases (e.g. to keep research-only labels out)
 
 
 @dataclass
@@ -51,7 +52,7 @@ class TrainConfig:
 
     model: str = "voxprompt-med3d-small"
     model_overrides: dict = field(default_factory=dict)  # SamConfig fields
-    init_checkpoint: Optional[str] = None
+    init_checkpoint: Optional[str] = None  # a checkpoint path, "shipped" (the package's weights) or None
     trust_pickle: bool = False
     freeze: list = field(default_factory=list)  # parameter-name prefixes kept frozen
     data: list = field(default_factory=list)  # DataSource

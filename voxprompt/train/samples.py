@@ -34,10 +34,11 @@ class TargetPool:
         from ..data.readers import open_dataset  # local: data is optional for synthetic-only runs
 
         targets = [t for t in open_dataset(source.path, split=source.split)
-                   if not t.voxels or t.voxels >= source.min_voxels]
+                   if (not t.voxels or t.voxels >= source.min_voxels)
+                   and (source.cases is None or t.case in source.cases)]
         if not targets:
             raise UsageError(f"data source {source.path}: no targets (split={source.split!r}, "
-                             f"min_voxels={source.min_voxels})")
+                             f"min_voxels={source.min_voxels}, cases={source.cases})")
         self.source = source
         self.targets = targets
         self._info: dict[int, _TargetInfo] = {}

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..checkpoints import save_safetensors
 from ..errors import CheckpointError, UsageError
-from ..models.loading import load_model
+from ..models.loading import load_model, shipped_weights
 from .config import TrainConfig
 from .interaction import ClickLoop
 from .samples import SampleMixer
@@ -54,8 +54,13 @@ def _dist_info() -> tuple[int, int]:
 def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     """The model to train: zoo architecture (+ overrides), optionally initialised from weights."""
     torch.manual_seed(cfg.seed)
-    model = load_model(cfg.model, cfg.init_checkpoint, device=device, config=_config(cfg),
-                       trust_pickle=cfg.trust_pickle)
+    init = cfg.init_checkpoint
+    if init == "shipped":
+        init = shipped_weights(cfg.model)
+        if init is None:
+            raise UsageError(f"init_checkpoint: shipped, but no weights are shipped for {cfg.model}")
+    model = load_model(cfg.model, init, device=device, config=_config(cfg), trust_pickle=cfg.trust_pickle,
+                       pretrained=False)
     if getattr(model, "spatial_dims", 3) != 3:
         raise UsageError(f"model {cfg.model}: `voxprompt train` trains 3D models; 2D training comes later")
     for name, p in model.named_parameters():
