@@ -23,6 +23,8 @@ from .io.write import SUPPORTED_WRITE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
+AUTOZOOM_DEFAULT = False  # --autozoom / --no-autozoom when neither is given
+
 
 def default_checkpoint() -> Optional[str]:
     """Checkpoint used when ``--checkpoint`` is not given; none is shipped yet."""
@@ -204,7 +206,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .session import Session
 
     model = load_model(args.model, checkpoint, device=args.device, config=config)
-    session = Session(model, device=args.device)
+    planner = None
+    if args.autozoom:
+        from .autozoom import AutoZoomPlanner
+
+        planner = AutoZoomPlanner()
+    session = Session(model, device=args.device, planner=planner)
     session.set_image(image)
     if prior is not None:
         session.add_mask(prior.array != 0)
@@ -229,6 +236,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise VoxpromptError(f"output {args.output}: {exc}") from None
     score = f", predicted IoU {pred.score:.3f}" if pred is not None and pred.score is not None else ""
+    if pred is not None and pred.zooms:
+        score += f", auto-zoom x{'/'.join(f'{z:g}' for z in pred.zooms)} + {pred.tiles} tile(s)"
     sys.stdout.write(f"wrote {out} ({int(mask.sum())} voxels{score})\n")
     if args.overlay is not None:
         from .overlay import save_overlay
@@ -270,6 +279,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--config-json", metavar="FILE", help="architecture config overrides (smaller models)")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     s.add_argument("--overlay", metavar="PNG", help="also write three orthogonal slices with the mask")
+    s.add_argument("--autozoom", action=argparse.BooleanOptionalAction, default=AUTOZOOM_DEFAULT,
+                   help="follow objects larger than the model's ROI: zoom out while the mask touches the ROI "
+                        "border, then refine in overlapping tiles at full resolution (default: "
+                        f"{'on' if AUTOZOOM_DEFAULT else 'off'})")
     s.set_defaults(func=cmd_segment)
 
 

@@ -37,6 +37,10 @@ Masks: ``add_mask`` makes an existing segmentation the object's mask and the pre
 next click: the ROI is the one the official pipeline centres on the label, and the label resampled
 into it is turned into +/- ``MASK_PRIOR_LOGIT`` logits averaged down to the 32^3 low-res grid.
 
+Auto-zoom: ``Session(model, planner=AutoZoomPlanner())`` (:mod:`voxprompt.autozoom`) follows a
+prediction that touches the ROI's border with zoomed-out ROIs and tiles refined at the base spacing;
+the whole multi-ROI result of one call is one undo step. The default planner is the official one.
+
 Objects: ``new_object`` starts object 2, 3, ...; :meth:`Session.label_map` paints objects in id
 order, so later objects overwrite earlier ones where they overlap.
 
@@ -66,6 +70,7 @@ log = logging.getLogger(__name__)
 ROI_SPACING_MM = 1.5
 MASK_PRIOR_LOGIT = 10.0  # |logit| of an add_mask prior (sigmoid(10) = 0.99995)
 EMBEDDING_CACHE_SIZE = 4
+COVERAGE_CACHE_SIZE = 8  # ROI footprints on the original grid kept for pasting
 BOX_NEGATIVE_MARGIN = 2  # voxels outside a box face where its negative click goes
 
 Slices = tuple[slice, ...]
@@ -123,13 +128,46 @@ def image_from_array(array: np.ndarray, spacing: Optional[Sequence[float]] = Non
 
 
 # ----------------------------------------------------------------------------- ROI planning
+Click = tuple[np.ndarray, int]  # (original-array index (z, y, x), label 1 = positive / 0 = negative)
+
+
 class RoiPlanner(Protocol):
-    """Decides the model ROI for a prompt (auto-zoom planners come later)."""
+    """Decides the model ROI for a prompt.
+
+    A planner may also define ``expand(session, base: BaseStage) -> Optional[Expansion]`` to follow
+    the base ROI's prediction with more ROIs (:class:`voxprompt.autozoom.AutoZoomPlanner`),
+    ``bind(size, spacing)`` returning a copy set up for the model, and ``cache_size`` (embeddings).
+    """
 
     def plan(self, image: Image, focus_zyx: np.ndarray, current: Optional[Roi],
              box: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Roi:
         """ROI for a prompt at ``focus_zyx``; returning ``current`` keeps refining in it."""
         ...
+
+
+@dataclass
+class BaseStage:
+    """The base ROI's prediction, handed to a planner's ``expand``.
+
+    ``mask`` is a private full-size copy of the object's mask with the base prediction pasted in
+    (the planner may modify it); ``region`` bounds where it differs from the object's mask.
+    """
+
+    roi: Roi
+    mask_roi: np.ndarray  # bool roi.size: the base prediction in the ROI
+    clicks: list  # [Click]: the object's clicks in original indices
+    mask: np.ndarray
+    region: Slices
+
+
+@dataclass
+class Expansion:
+    """A multi-ROI result: the object's new full-size ``mask``; ``region`` bounds every change."""
+
+    mask: np.ndarray
+    region: Slices
+    zooms: tuple[float, ...] = ()  # zoom factors of the zoomed-out ROIs, in order
+    tiles: int = 0  # tiles refined at the base spacing
 
 
 @dataclass
@@ -147,8 +185,18 @@ class CenteredRoiPlanner:
 
 
 def roi_key(roi: Roi) -> tuple:
-    """Hashable identity of a ROI within one image."""
-    return tuple(roi.start), tuple(roi.size)
+    """Hashable identity of a ROI within one image: start, size and spacing (zoomed ROIs differ)."""
+    return tuple(roi.start), tuple(roi.size), tuple(round(v, 6) for v in roi.spacing)
+
+
+def mask_prior_logits(label_roi: np.ndarray, low_res_size: int) -> torch.Tensor:
+    """A binary ROI label -> +/- ``MASK_PRIOR_LOGIT`` logits averaged down to the low-res grid.
+
+    Returns float32 ``(1, 1, L, L, L)`` on the CPU, the ``mask_input`` of a mask prior.
+    """
+    lab = torch.from_numpy(np.asarray(label_roi, dtype=np.float32))[None, None]
+    frac = F.avg_pool3d(lab, kernel_size=lab.shape[-1] // low_res_size)
+    return (frac * 2 - 1) * MASK_PRIOR_LOGIT
 
 
 # ----------------------------------------------------------------------------- results and state
@@ -160,6 +208,8 @@ class Prediction:
     upsampled logits over the ROI only (float32 ``roi.size``, ROI tensor-axis order) or None when
     the object has no ROI. ``changed_bbox``: slices of the image region whose mask changed (None if
     nothing changed). ``score``: the model's IoU prediction (None for add_mask/reset/empty).
+    With auto-zoom, ``roi``/``probabilities``/``score`` are the base ROI's; ``zooms`` and ``tiles``
+    say what else ran (empty / 0 for a single-ROI call).
     """
 
     mask: np.ndarray
@@ -169,6 +219,8 @@ class Prediction:
     roi: Optional[Roi]
     object_id: int
     roi_bbox: Optional[Slices] = None  # image region covered by the ROI
+    zooms: tuple[float, ...] = ()
+    tiles: int = 0
 
 
 @dataclass
@@ -195,6 +247,13 @@ class _Object:
     history: list = field(default_factory=list)
 
 
+def _union(a: Optional[Slices], b: Optional[Slices]) -> Optional[Slices]:
+    """Smallest box containing two boxes (either may be None)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+
+
 def _bbox_of(diff: np.ndarray) -> Optional[Slices]:
     if not diff.any():
         return None
@@ -204,6 +263,27 @@ def _bbox_of(diff: np.ndarray) -> Optional[Slices]:
         nz = np.flatnonzero(diff.any(axis=other))
         sl.append(slice(int(nz[0]), int(nz[-1]) + 1))
     return tuple(sl)
+
+
+def _point_clicks(prompts: list) -> list:
+    """The point prompts given since the object's last mask prompt, as clicks (original indices)."""
+    clicks: list = []
+    for kind, data in prompts:
+        if kind == "mask":
+            clicks = []
+        elif kind == "point":
+            clicks.append((np.asarray(data[0], dtype=float), 1 if data[1] else 0))
+    return clicks
+
+
+def _clip_block(old: np.ndarray, block: np.ndarray, region: Slices, clip: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``block`` inside the box ``clip`` = [lo, hi) (original indices), ``old`` elsewhere in ``region``."""
+    lo, hi = clip
+    out = old.copy()
+    inner = tuple(slice(*np.clip([int(a) - r.start, int(b) - r.start], 0, r.stop - r.start))
+                  for r, a, b in zip(region, lo, hi))
+    out[inner] = block[inner]
+    return out
 
 
 class Session:
@@ -220,7 +300,10 @@ class Session:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.img_size = int(model.cfg.img_size)
         self.roi_spacing = float(getattr(model.cfg, "roi_spacing_mm", ROI_SPACING_MM))
-        self.planner: RoiPlanner = planner or CenteredRoiPlanner(size=self.img_size, spacing=self.roi_spacing)
+        planner = planner or CenteredRoiPlanner(size=self.img_size, spacing=self.roi_spacing)
+        bind = getattr(planner, "bind", None)
+        self.planner: RoiPlanner = bind(self.img_size, self.roi_spacing) if bind is not None else planner
+        self.cache_size = max(EMBEDDING_CACHE_SIZE, int(getattr(self.planner, "cache_size", 0) or 0))
         self.image: Optional[Image] = None
         self._embeddings: dict[tuple, torch.Tensor] = {}
         self._coverage: dict[tuple, tuple[Optional[Slices], np.ndarray]] = {}
@@ -365,18 +448,40 @@ class Session:
             emb = self.model.encode(x)
             log.debug("encoded ROI start=%s", roi.start)
         self._embeddings[key] = emb  # most recently used last
-        while len(self._embeddings) > EMBEDDING_CACHE_SIZE:
+        while len(self._embeddings) > self.cache_size:
             self._embeddings.pop(next(iter(self._embeddings)))
         return emb
 
-    def _roi_coverage(self, roi: Roi) -> tuple[Optional[Slices], np.ndarray]:
-        """Image region (bbox, mask inside it) that the ROI maps back onto."""
+    def _roi_coverage(self, roi: Roi, cache: bool = True) -> tuple[Optional[Slices], np.ndarray]:
+        """Image region (bbox, mask inside it) that the ROI maps back onto (small LRU cache)."""
         key = roi_key(roi)
-        if key not in self._coverage:
+        hit = self._coverage.pop(key, None)
+        if hit is None:
             full = postprocess_mask(np.ones(roi.size, np.uint8), roi, self._img()).astype(bool)
             bbox = _bbox_of(full)
-            self._coverage[key] = (bbox, full[bbox] if bbox else np.zeros((0, 0, 0), bool))
-        return self._coverage[key]
+            hit = (bbox, full[bbox] if bbox else np.zeros((0, 0, 0), bool))
+        if cache:
+            self._coverage[key] = hit
+            while len(self._coverage) > COVERAGE_CACHE_SIZE:
+                self._coverage.pop(next(iter(self._coverage)))
+        return hit
+
+    def _pasted(self, mask: np.ndarray, roi: Roi, mask_roi: np.ndarray,
+                cache: bool = True) -> tuple[Optional[Slices], Optional[np.ndarray]]:
+        """(bbox, block): ``mask`` with a ROI prediction pasted over the ROI's footprint, on its bbox.
+
+        ``cache=False`` for large one-off ROIs (zoomed out), whose footprint is not kept.
+        """
+        bbox, cover = self._roi_coverage(roi, cache)
+        if bbox is None:
+            return None, None
+        full = postprocess_mask(mask_roi.astype(np.uint8), roi, self._img()).astype(bool)
+        return bbox, np.where(cover, full[bbox], mask[bbox])
+
+    def _mask_prior(self, mask: np.ndarray, roi: Roi) -> torch.Tensor:
+        """A full-size mask resampled into ``roi`` as +/- logits on the low-res grid (add_mask's prior)."""
+        lab = extract_roi_label(self._img(), mask, roi)
+        return mask_prior_logits(lab, self.model.low_res_size).to(self.device)
 
     def _upsampled_prob(self, logits: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(logits.float(), size=(self.img_size,) * 3, mode="trilinear", align_corners=False)
@@ -391,6 +496,12 @@ class Session:
             logits = torch.zeros((1, 1, low, low, low), device=self.device)
         out, iou = self.model.decode(emb, points=(coords, labels), mask_input=logits, multimask=False)
         return out, float(iou[0, 0])
+
+    def _predict_roi(self, roi: Roi, points_roi: list,
+                     logits: Optional[torch.Tensor]) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """Decode in ``roi``: (raw low-res logits, IoU score, upsampled probabilities ``roi.size``)."""
+        out, score = self._decode(roi, points_roi, logits)
+        return out, score, self._upsampled_prob(out)
 
     def _roi_point(self, roi: Roi, index_zyx: np.ndarray) -> np.ndarray:
         c = np.floor(roi.from_original_index(index_zyx.astype(float)) + 0.5)
@@ -425,37 +536,42 @@ class Session:
         step.bbox, step.old_block = bbox, old
         return bbox
 
-    def _prediction(self, obj: _Object, changed: Optional[Slices], prob: Optional[np.ndarray] = None) -> Prediction:
+    def _prediction(self, obj: _Object, changed: Optional[Slices], prob: Optional[np.ndarray] = None,
+                    expansion: Optional[Expansion] = None) -> Prediction:
         if prob is None and obj.logits is not None:
             with torch.inference_mode():
                 prob = self._upsampled_prob(obj.logits).cpu().numpy()
         roi_bbox = self._roi_coverage(obj.roi)[0] if obj.roi is not None else None
+        extra = {} if expansion is None else {"zooms": tuple(expansion.zooms), "tiles": expansion.tiles}
         return Prediction(mask=self.mask, probabilities=prob, changed_bbox=changed, score=obj.score,
-                          roi=obj.roi, object_id=self._current, roi_bbox=roi_bbox)
+                          roi=obj.roi, object_id=self._current, roi_bbox=roi_bbox, **extra)
 
-    def _run(self, obj: _Object, roi: Roi, clip: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Prediction:
-        """Decode the object's prompts in ``roi`` and paste the result on the original grid."""
-        img = self._img()
-        logits, score = self._decode(roi, obj.points_roi, obj.logits)
-        prob = self._upsampled_prob(logits)
-        mask_roi = (prob > 0.5).cpu().numpy().astype(np.uint8)
-        full = postprocess_mask(mask_roi, roi, img).astype(bool)
-        bbox, cover = self._roi_coverage(roi)
+    def _run(self, obj: _Object, roi: Roi, clicks: list,
+             clip: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Prediction:
+        """Decode the object's prompts in ``roi``, let the planner expand, paste on the original grid.
+
+        ``clicks``: the object's clicks in original indices (for a multi-ROI planner); ``clip``:
+        a box [lo, hi) outside which the mask does not change.
+        """
+        logits, score, prob = self._predict_roi(roi, obj.points_roi, obj.logits)
+        mask_roi = (prob > 0.5).cpu().numpy()
         obj.roi, obj.logits, obj.score = roi, logits, score
-        if bbox is None:
-            changed = self._commit(obj, None)
-        elif clip is None:
-            block = np.where(cover, full[bbox], obj.mask[bbox])
-            changed = self._commit(obj, (bbox, block))
-        else:
-            lo, hi = clip
-            region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-            inside = np.zeros(img.shape, bool)
-            inside[bbox] = cover
-            inside = inside[region]
-            block = np.where(inside, full[region], obj.mask[region])
-            changed = self._commit(obj, (region, block))
-        return self._prediction(obj, changed, prob.cpu().numpy())
+        region, block = self._pasted(obj.mask, roi, mask_roi)
+        expansion = None
+        expand = getattr(self.planner, "expand", None)
+        if expand is not None and region is not None:
+            candidate = obj.mask.copy()
+            candidate[region] = block
+            expansion = expand(self, BaseStage(roi=roi, mask_roi=mask_roi, clicks=clicks, mask=candidate,
+                                               region=region))
+            if expansion is not None:
+                region, block = expansion.region, expansion.mask[expansion.region]
+        if region is not None and clip is not None:
+            block = _clip_block(obj.mask[region], block, region, clip)
+        changed = self._commit(obj, None if region is None else (region, block))
+        if expansion is not None:  # later clicks in this ROI refine what is shown, not the cut-off logits
+            obj.logits = self._mask_prior(obj.mask, roi)
+        return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
 
     # ------------------------------------------------------------------ prompts
     def add_point(self, index: Sequence[float], positive: bool = True) -> Prediction:
@@ -470,7 +586,7 @@ class Session:
                     obj.points_roi, obj.logits = [], None  # new ROI: official first click, zero mask
                 obj.points_roi = obj.points_roi + [(self._roi_point(roi, idx), 1 if positive else 0)]
                 obj.prompts = obj.prompts + [("point", (tuple(idx.tolist()), bool(positive)))]
-                return self._run(obj, roi)
+                return self._run(obj, roi, _point_clicks(obj.prompts))
             except BaseException:
                 self._restore(obj, obj.history.pop())
                 raise
@@ -482,27 +598,31 @@ class Session:
         obj = self._obj
         center = np.floor((a + b - 1) / 2.0 + 0.5).astype(int)
         extent = b - a
-        if np.any(extent * np.asarray(img.spacing[::-1]) > self.img_size * self.roi_spacing):
+        if (np.any(extent * np.asarray(img.spacing[::-1]) > self.img_size * self.roi_spacing)
+                and getattr(self.planner, "expand", None) is None):
             log.warning("box %s..%s is larger than the %d^3 ROI at %.1f mm; the ROI covers its centre only",
                         tuple(a.tolist()), tuple(b.tolist()), self.img_size, self.roi_spacing)
+        clicks: list = [(center.astype(float), 1)]
+        for ax in range(3):
+            if extent[ax] <= 1:
+                continue  # a 2D box: no negatives above/below its slice
+            for side in (a[ax] - 1 - BOX_NEGATIVE_MARGIN, b[ax] + BOX_NEGATIVE_MARGIN):
+                q = center.copy()
+                q[ax] = side
+                if 0 <= side < img.shape[ax]:
+                    clicks.append((q.astype(float), 0))
         with torch.inference_mode():
             roi = self.planner.plan(img, center.astype(float), obj.roi, box=(a, b))
             pts = [(self._roi_point(roi, center), 1)]
-            for ax in range(3):
-                if extent[ax] <= 1:
-                    continue  # a 2D box: no negatives above/below its slice
-                for side in (a[ax] - 1 - BOX_NEGATIVE_MARGIN, b[ax] + BOX_NEGATIVE_MARGIN):
-                    q = center.copy()
-                    q[ax] = side
-                    if 0 <= side < img.shape[ax]:
-                        c = np.floor(roi.from_original_index(q.astype(float)) + 0.5)
-                        if bool(roi.contains(c)):
-                            pts.append((c, 0))
+            for q, _ in clicks[1:]:
+                c = np.floor(roi.from_original_index(q) + 0.5)
+                if bool(roi.contains(c)):
+                    pts.append((c, 0))
             self._push(obj)
             try:
                 obj.points_roi, obj.logits = pts, None
                 obj.prompts = obj.prompts + [("box", (tuple(a.tolist()), tuple(b.tolist())))]
-                return self._run(obj, roi, clip=(a, b))
+                return self._run(obj, roi, clicks, clip=(a, b))
             except BaseException:
                 self._restore(obj, obj.history.pop())
                 raise
@@ -525,9 +645,7 @@ class Session:
                 except InputError:
                     roi = None  # too small to survive resampling: keep it without a prior
             if roi is not None:
-                lab = torch.from_numpy(extract_roi_label(img, m, roi).astype(np.float32))[None, None]
-                frac = F.avg_pool3d(lab, kernel_size=self.img_size // self.model.low_res_size)
-                logits = ((frac * 2 - 1) * MASK_PRIOR_LOGIT).to(self.device)
+                logits = self._mask_prior(m, roi)
             self._push(obj)
             obj.roi, obj.points_roi, obj.logits, obj.score = roi, [], logits, None
             obj.prompts = obj.prompts + [("mask", None)]
@@ -563,5 +681,5 @@ class Session:
         return self._prediction(self._objects[self._current], bbox)
 
 
-__all__ = ["Session", "Prediction", "RoiPlanner", "CenteredRoiPlanner", "from_slicer_ijk", "to_slicer_ijk",
-           "image_from_array", "roi_key"]
+__all__ = ["Session", "Prediction", "RoiPlanner", "CenteredRoiPlanner", "BaseStage", "Expansion",
+           "from_slicer_ijk", "to_slicer_ijk", "image_from_array", "roi_key", "mask_prior_logits"]
