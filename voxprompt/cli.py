@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_subcommands(sub)  # eval
     from .data.cli import add_subcommands as add_data_subcommands
     add_data_subcommands(sub)  # data build, data list
+    from .server.cli import add_subcommands as add_server_subcommands
+    add_server_subcommands(sub)  # serve
     from .train.cli import add_subcommands as add_train_subcommands
     add_train_subcommands(sub)  # train
     return p

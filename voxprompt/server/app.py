@@ -1,0 +1,82 @@
+"""``create_app(settings) -> FastAPI``: one shared stateless model, one Session per lease.
+
+Routers: nnInteractive v2 (:mod:`.protocols.nninteractive`), MONAI Label
+(:mod:`.protocols.monailabel`) and the browser viewer (:mod:`.web`), all over the same lease table
+(:mod:`.leases`) and model (:class:`.sessions.ModelHost`). A background reaper drops expired
+leases while the app runs (uvicorn's lifespan).
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Optional
+
+import torch
+from fastapi import FastAPI
+
+from .. import __version__
+from ..errors import UsageError
+from .context import ServerContext
+from .errors import install_error_handlers
+from .leases import LeaseManager
+from .security import BodyLimitMiddleware
+from .sessions import ModelHost
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+def security_warnings(settings: ServerSettings) -> list[str]:
+    """Warnings for risky settings (a reachable host without an API key)."""
+    out = []
+    if not settings.loopback and settings.api_key is None:
+        out.append(f"binding {settings.host} (not loopback) WITHOUT an API key: anyone who can reach this "
+                   "port can upload images and run the model; use --api-key-file or --host 127.0.0.1")
+    return out
+
+
+def load_server_model(settings: ServerSettings) -> torch.nn.Module:
+    """The zoo model with its checkpoint (or shipped weights); warns when it is untrained."""
+    from ..models.loading import load_model, shipped_weights
+
+    model = load_model(settings.model, settings.checkpoint, device=settings.device)
+    if settings.checkpoint is None and shipped_weights(settings.model) is None:
+        log.warning("model %s has no shipped weights and no --checkpoint was given: it is randomly "
+                    "initialised and its masks are meaningless", settings.model)
+    return model
+
+
+def create_app(settings: ServerSettings, model: Optional[torch.nn.Module] = None) -> FastAPI:
+    """Build the server. ``model`` (already loaded, e.g. a tiny one in tests) skips loading."""
+    settings.validate()
+    if model is None:
+        model = load_server_model(settings)
+    if getattr(model, "spatial_dims", 3) != 3:
+        raise UsageError(f"the server needs a 3D model; {settings.model} is {model.spatial_dims}D")
+    model.eval()
+    for msg in security_warnings(settings):
+        log.warning(msg)
+
+    host = ModelHost(model, settings.model, autozoom_default=settings.autozoom)
+    leases = LeaseManager(host.new_session, settings.max_sessions, settings.retry_after_s)
+    ctx = ServerContext(settings=settings, host=host, leases=leases)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        leases.start_reaper(settings.reaper_interval_s)
+        try:
+            yield
+        finally:
+            leases.stop_reaper()
+            leases.close_all()
+
+    app = FastAPI(title="voxprompt server", version=__version__, lifespan=lifespan)
+    app.state.ctx = ctx
+    install_error_handlers(app)
+
+    from .protocols import monailabel, nninteractive
+
+    app.include_router(nninteractive.make_router(ctx))
+    app.include_router(monailabel.make_router(ctx))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    return app

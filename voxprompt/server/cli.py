@@ -1,0 +1,72 @@
+"""``voxprompt serve``: the nnInteractive v2 / MONAI Label / browser-viewer server (FastAPI + uvicorn)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..errors import UsageError
+from ..models.loading import DEFAULT_MODEL
+from .settings import DEFAULT_PORT, ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """Settings from parsed arguments (reads the API key file); raises UsageError on bad values."""
+    from .security import read_api_key_file
+
+    return ServerSettings(
+        host=args.host, port=args.port, model=args.model, checkpoint=args.checkpoint, device=args.device,
+        max_sessions=args.max_sessions,
+        api_key=read_api_key_file(args.api_key_file) if args.api_key_file else None,
+        data_dir=Path(args.data_dir) if args.data_dir else None, max_upload_mb=args.max_upload_mb,
+        idle_timeout_s=args.idle_timeout, liveness_timeout_s=args.liveness_timeout,
+        autozoom=args.autozoom, web=not args.no_web,
+    ).validate()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as exc:
+        raise UsageError(f"the server needs its extra packages ({exc.name} is missing): "
+                         "pip install 'voxprompt[server]'") from None
+    app = create_app(settings)
+    scheme_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    log.warning("voxprompt server on http://%s:%d (model %s, %d session(s), API key %s)", scheme_host,
+                settings.port, settings.model, settings.max_sessions, "on" if settings.api_key else "off")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info" if args.verbose else "warning")
+    return 0
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "serve",
+        help="run the segmentation server (3D Slicer nnInteractive / MONAI Label, browser viewer)",
+        description=(
+            "Serve the model over the nnInteractive v2 remote protocol (3D Slicer's nnInteractive extension, "
+            "Remote mode), a MONAI Label subset (Slicer's MONAILabel module) and a browser viewer at /. "
+            "Binds 127.0.0.1 by default; for another host give --api-key-file (clients send "
+            "'Authorization: Bearer <key>')."),
+    )
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, loopback only)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    s.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo model, 3D (default {DEFAULT_MODEL})")
+    s.add_argument("--checkpoint", help="weights file (default: the weights shipped for --model)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    s.add_argument("--max-sessions", type=int, default=4, help="concurrent leases/sessions (default 4)")
+    s.add_argument("--api-key-file", metavar="F", help="file holding the API key (one line)")
+    s.add_argument("--data-dir", metavar="D", help="folder whose volumes clients may open by relative path")
+    s.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest request body (default 1024)")
+    s.add_argument("--idle-timeout", type=float, default=600.0, metavar="S",
+                   help="drop a session after S seconds without interaction (default 600)")
+    s.add_argument("--liveness-timeout", type=float, default=60.0, metavar="S",
+                   help="drop an nnInteractive/browser lease after S seconds without any request (default 60)")
+    s.add_argument("--autozoom", action=argparse.BooleanOptionalAction, default=False,
+                   help="auto-zoom on for new sessions (clients may switch it; default off)")
+    s.add_argument("--no-web", action="store_true", help="do not serve the browser viewer")
+    s.set_defaults(func=cmd_serve)

@@ -1,0 +1,50 @@
+"""What every protocol router shares: settings, the model host, the lease table, auth."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from .leases import Lease, LeaseManager
+from .security import check_api_key, memory_limit_bytes
+from .sessions import ModelHost
+from .settings import ServerSettings
+
+T = TypeVar("T")
+
+
+@dataclass
+class ServerContext:
+    settings: ServerSettings
+    host: ModelHost
+    leases: LeaseManager
+
+    @property
+    def array_limit_bytes(self) -> int:
+        """Largest array (decompressed upload or buffer) the server accepts: 25 % of RAM."""
+        return memory_limit_bytes(0.25)
+
+    def auth(self, request: Request) -> None:
+        """FastAPI dependency: 401 unless the request carries the API key (when one is set)."""
+        check_api_key(self.settings.api_key, request.headers.get("authorization"))
+
+    async def run_locked(self, lease: Lease, fn: Callable[[], T], model: bool = False) -> T:
+        """Run ``fn`` in a worker thread under the lease's lock (and the model lock if ``model``).
+
+        Order is always lease lock, then model lock, so two leases never deadlock; heartbeats
+        are served meanwhile because the event loop stays free.
+        """
+        def call() -> T:
+            with lease.lock:
+                if not model:
+                    return fn()
+                with self.host.lock:
+                    return fn()
+
+        return await run_in_threadpool(call)
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run blocking work (file reading, NIfTI writing) in a worker thread, no lock held."""
+        return await run_in_threadpool(fn)

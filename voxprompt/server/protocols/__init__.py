@@ -1,0 +1,1 @@
+"""Protocol adapters: thin layers over the public :class:`~voxprompt.session.Session` API."""

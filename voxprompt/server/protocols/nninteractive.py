@@ -1,0 +1,353 @@
+"""nnInteractive v2 remote protocol (the subset 3D Slicer's nnInteractive extension uses).
+
+Clients: ``nninteractive-client``'s ``nnInteractiveRemoteInferenceSession`` (what SlicerNNInteractive
+runs in Remote mode). Each ``/claim`` gets a lease with its own :class:`~voxprompt.session.Session`.
+
+Axis order (explicit, and deliberately a no-op): the protocol has no affine, only an array
+``[C, X, Y, Z]`` plus spacing. Its three spatial axes are taken **as given**: the Session holds
+``image[0]`` in the client's axis order, ``spacing`` is per array axis in that order, and points
+(``coordinates``) and boxes (``bbox_coords``) are indices of that same array. Slicer sends
+``arrayFromVolume(volume)[None]`` = numpy (k, j, i), spacing reversed to (k, j, i), points as
+``ijk[::-1]`` = (k, j, i) and boxes as ``[[k0, k1+1], [j0, j1+1], [i0, i1+1]]``, so everything
+lines up without conversion. The world orientation is unknown to the server, so ROIs are
+resampled in that index space (the orientation SAM-Med3D canonicalises cannot be recovered).
+
+Mapping onto the Session API:
+
+* ``set_image`` -> ``Session.set_image(image[0], spacing=...)`` (one channel only).
+* ``set_target_buffer`` records the client's buffer shape and dtype; the server's copy of the
+  buffer is the current object's mask (``Session.mask``), which starts empty: a lease whose
+  object already has a mask is reset so that both sides agree on a zero buffer.
+* ``add_point_interaction`` -> ``Session.add_point(coordinates, positive=include_interaction)``.
+* ``add_bbox_interaction`` -> ``Session.add_box(lo, hi)`` (positive boxes only; boxes are made of
+  clicks, see :mod:`voxprompt.session`).
+* ``add_initial_seg_interaction`` -> ``Session.add_mask(seg)`` (``run_prediction`` must be false).
+* ``undo`` -> ``Session.undo()``; ``reset_interactions`` -> ``Session.reset()``.
+* ``set_do_autozoom`` switches :class:`voxprompt.autozoom.AutoZoomPlanner` for this lease.
+
+Prediction responses carry the current object's mask inside ``Prediction.changed_bbox`` (the
+region that changed), cast to the client's buffer dtype and NNIA-packed; ``X-Meta`` holds
+``{"ran_prediction", "bbox": [[lo, hi] x 3] | null, "dtype", "shape"}``.
+
+Capabilities advertise points, 2D and 3D boxes, initial labels and undo; scribble, lasso and
+zero-shot label refinement are false (the model has no such prompts), so Slicer disables those
+tools. ``channel_mapping``, ``num_interaction_channels``, ``interaction_decay`` and
+``preferred_scribble_thickness`` are placeholders that matter only to nnInteractive's internals.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Optional
+
+import numpy as np
+from fastapi import APIRouter, Depends, Header, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from ... import __version__
+from ...session import Prediction, Session, Slices
+from ..context import ServerContext
+from ..errors import BadRequest
+from ..leases import Lease
+from ..security import check_size
+from ..sessions import autozoom_on, set_autozoom
+from . import nnia
+
+log = logging.getLogger(__name__)
+
+KIND = "nninteractive"
+META_HEADER = "X-Meta"
+LEASE_HEADER = "X-Lease-Token"
+OCTET = "application/octet-stream"
+BUFFER_DTYPES = frozenset(["bool", "uint8", "int8", "uint16", "int16", "uint32", "int32"])
+
+
+# ----------------------------------------------------------------------------- request bodies
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TargetBufferBody(_Body):
+    shape: list[int]
+    dtype: str
+
+
+class AutozoomBody(_Body):
+    do_autozoom: StrictBool
+
+
+class PointBody(_Body):
+    coordinates: list[float] = Field(min_length=3, max_length=3)
+    include_interaction: StrictBool
+    run_prediction: StrictBool = True
+    override_capability_checks: StrictBool = False
+
+
+class BboxBody(_Body):
+    bbox_coords: list[list[int]] = Field(min_length=3, max_length=3)
+    include_interaction: StrictBool
+    run_prediction: StrictBool = True
+    override_capability_checks: StrictBool = False
+
+
+# ----------------------------------------------------------------------------- helpers
+def capabilities(ctx: ServerContext) -> dict[str, Any]:
+    """What this server really supports (see the module docstring for the placeholders)."""
+    roi = ctx.host.roi_size
+    return {
+        "supported_interactions": {"points": True, "bbox2d": True, "bbox3d": True, "scribble": False,
+                                   "lasso": False},
+        "channel_mapping": {"prev_seg": 0, "points": [1, 2], "bbox2d": [3, 4]},
+        "num_interaction_channels": 5,
+        "supports_initial_label": True,
+        "supports_zero_shot_label_refinement": False,
+        "preferred_scribble_thickness": [1, 1, 1],
+        "interaction_decay": None,
+        "patch_size": [roi, roi, roi],
+        "do_autozoom": bool(ctx.host.autozoom_default and ctx.host.autozoom_available),
+        "inference_session_version": f"voxprompt-{__version__}",
+        "supports_undo": True,
+        "model": ctx.host.name,
+    }
+
+
+def _meta(request: Request) -> dict[str, Any]:
+    raw = request.headers.get(META_HEADER)
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"bad {META_HEADER} header: {exc.msg}") from None
+    if not isinstance(meta, dict):
+        raise BadRequest(f"{META_HEADER} must be a JSON object")
+    return meta
+
+
+def _flag(meta: dict, key: str, default: bool) -> bool:
+    value = meta.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{META_HEADER}.{key} must be true or false, got {value!r}")
+    return value
+
+
+def _spacing(meta: dict) -> Optional[list[float]]:
+    props = meta.get("image_properties") or {}
+    if not isinstance(props, dict):
+        raise BadRequest("image_properties must be a JSON object")
+    sp = props.get("spacing")
+    if sp is None:
+        return None
+    if (not isinstance(sp, (list, tuple)) or len(sp) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sp)):
+        raise BadRequest(f"image_properties.spacing must be three numbers (mm per array axis), got {sp!r}")
+    return [float(v) for v in sp]
+
+
+def _bbox_json(bbox: Optional[Slices]) -> Optional[list[list[int]]]:
+    return None if bbox is None else [[int(s.start), int(s.stop)] for s in bbox]
+
+
+def prediction_response(lease: Lease, ran: bool, pred: Optional[Prediction]) -> Response:
+    """200 octet-stream: the target buffer's new contents inside the changed bbox (or nothing)."""
+    buf = lease.state.get("buffer")
+    bbox = pred.changed_bbox if (ran and pred is not None) else None
+    meta: dict[str, Any] = {"ran_prediction": bool(ran), "bbox": None}
+    body = b""
+    if bbox is not None and buf is not None:
+        sub = np.ascontiguousarray(pred.mask[bbox]).astype(buf[1])
+        meta.update(bbox=_bbox_json(bbox), dtype=sub.dtype.name, shape=list(sub.shape))
+        body = nnia.pack(sub)
+    return Response(content=body, media_type=OCTET, headers={META_HEADER: json.dumps(meta, separators=(",", ":"))})
+
+
+def _need_image(session: Session) -> None:
+    if session.image is None:
+        raise BadRequest("no image: call set_image first")
+
+
+def _buffer_matches_image(lease: Lease) -> None:
+    buf = lease.state.get("buffer")
+    img = lease.session.image
+    if buf is not None and img is not None and tuple(buf[0]) != tuple(img.shape):
+        raise BadRequest(f"target buffer shape {list(buf[0])} does not match the image's spatial shape "
+                         f"{list(img.shape)}; call set_target_buffer again")
+
+
+# ----------------------------------------------------------------------------- router
+def make_router(ctx: ServerContext) -> APIRouter:
+    """All nnInteractive endpoints; every one but ``/healthz`` needs the API key (if set)."""
+    auth = [Depends(ctx.auth)]
+    r = APIRouter(tags=["nnInteractive v2"])
+    caps = capabilities(ctx)
+
+    def seen(x_lease_token: Optional[str] = Header(None, alias=LEASE_HEADER)) -> Lease:
+        return ctx.leases.get(x_lease_token, kind=KIND)
+
+    def active(x_lease_token: Optional[str] = Header(None, alias=LEASE_HEADER)) -> Lease:
+        return ctx.leases.get(x_lease_token, kind=KIND, active=True)
+
+    @r.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True}
+
+    @r.get("/capabilities", dependencies=auth)
+    def get_capabilities() -> dict:
+        return caps
+
+    @r.post("/claim", dependencies=auth)
+    def claim() -> dict:
+        s = ctx.settings
+        lease = ctx.leases.claim(KIND, s.idle_timeout_s, s.liveness_timeout_s)
+        lease.state.update(buffer=None, autozoom=autozoom_on(lease.session))
+        return {"lease_token": lease.token, "idle_timeout_seconds": s.idle_timeout_s,
+                "liveness_timeout_seconds": s.liveness_timeout_s, "max_sessions": ctx.leases.max_sessions}
+
+    @r.post("/release", dependencies=auth)
+    def release(x_lease_token: Optional[str] = Header(None, alias=LEASE_HEADER)) -> dict:
+        ctx.leases.release(x_lease_token)
+        return {"released": True}
+
+    @r.post("/heartbeat", dependencies=auth)
+    def heartbeat(lease: Lease = Depends(seen)) -> dict:
+        return {"remaining_seconds": lease.remaining(ctx.leases.now())}
+
+    @r.get("/lease_status", dependencies=auth)
+    def lease_status(x_lease_token: Optional[str] = Header(None, alias=LEASE_HEADER)) -> dict:
+        lease = ctx.leases.peek(x_lease_token, kind=KIND)
+        return {"remaining_seconds": lease.remaining(ctx.leases.now()),
+                "idle_timeout_seconds": lease.idle_timeout}
+
+    @r.post("/set_image", dependencies=auth)
+    async def set_image(request: Request, lease: Lease = Depends(active)) -> dict:
+        meta = _meta(request)
+        spacing = _spacing(meta)
+        body = await request.body()
+
+        def do() -> dict:
+            arr = nnia.unpack(body, ctx.array_limit_bytes, "the image")
+            if arr.ndim != 4 or arr.shape[0] != 1:
+                raise BadRequest(f"image must be [1, X, Y, Z] (one channel), got shape {list(arr.shape)}")
+            lease.session.set_image(arr[0], spacing=spacing)
+            buf = lease.state.get("buffer")
+            if buf is not None and tuple(buf[0]) != tuple(arr.shape[1:]):
+                lease.state["buffer"] = None
+            log.info("lease %s…: image %s %s spacing %s", lease.token[:8], list(arr.shape), arr.dtype, spacing)
+            return {"original_image_shape": list(arr.shape)}
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/set_target_buffer", dependencies=auth)
+    async def set_target_buffer(body: TargetBufferBody, lease: Lease = Depends(active)) -> dict:
+        if len(body.shape) != 3 or any(n <= 0 for n in body.shape):
+            raise BadRequest(f"target buffer shape must be three positive sizes, got {body.shape}")
+        if body.dtype not in BUFFER_DTYPES:
+            raise BadRequest(f"target buffer dtype must be bool or an integer type up to 32 bits, got "
+                             f"{body.dtype!r}")
+        dtype = np.dtype(body.dtype)
+        check_size(int(np.prod(body.shape, dtype=object)) * dtype.itemsize, ctx.array_limit_bytes,
+                   "the target buffer")
+
+        def do() -> dict:
+            session = lease.session
+            if session.image is not None and tuple(body.shape) != session.shape:
+                raise BadRequest(f"target buffer shape {body.shape} does not match the image's spatial "
+                                 f"shape {list(session.shape)}")
+            lease.state["buffer"] = (tuple(body.shape), dtype)
+            if session.image is not None and session.mask.any():
+                session.reset()  # the client's new buffer is zeros: start the object afresh
+            return {}
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/set_do_autozoom", dependencies=auth)
+    async def set_do_autozoom(body: AutozoomBody, lease: Lease = Depends(active)) -> dict:
+        def do() -> dict:
+            lease.state["autozoom"] = set_autozoom(lease.session, body.do_autozoom)
+            if body.do_autozoom and not lease.state["autozoom"]:
+                log.info("lease %s…: auto-zoom requested but voxprompt.autozoom is unavailable", lease.token[:8])
+            return {}
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/reset_interactions", dependencies=auth)
+    async def reset_interactions(lease: Lease = Depends(active)) -> dict:
+        def do() -> dict:
+            if lease.session.image is not None:
+                lease.session.reset()
+            return {}
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/add_point_interaction", dependencies=auth)
+    async def add_point(body: PointBody, lease: Lease = Depends(active)) -> Response:
+        if not body.run_prediction:
+            raise BadRequest("run_prediction=false is not supported: this server predicts on every prompt")
+
+        def do() -> Response:
+            _need_image(lease.session)
+            _buffer_matches_image(lease)
+            pred = lease.session.add_point(body.coordinates, positive=body.include_interaction)
+            return prediction_response(lease, True, pred)
+
+        return await ctx.run_locked(lease, do, model=True)
+
+    @r.post("/add_bbox_interaction", dependencies=auth)
+    async def add_bbox(body: BboxBody, lease: Lease = Depends(active)) -> Response:
+        if not body.run_prediction:
+            raise BadRequest("run_prediction=false is not supported: this server predicts on every prompt")
+        if not body.include_interaction:
+            raise BadRequest("negative boxes are not supported (SAM-Med3D has no box prompt; boxes are made "
+                             "of clicks): use negative points")
+        if any(len(b) != 2 for b in body.bbox_coords):
+            raise BadRequest(f"bbox_coords must be [[lo, hi] x 3] (half-open), got {body.bbox_coords}")
+        lo = [b[0] for b in body.bbox_coords]
+        hi = [b[1] for b in body.bbox_coords]
+
+        def do() -> Response:
+            _need_image(lease.session)
+            _buffer_matches_image(lease)
+            return prediction_response(lease, True, lease.session.add_box(lo, hi))
+
+        return await ctx.run_locked(lease, do, model=True)
+
+    @r.post("/add_initial_seg_interaction", dependencies=auth)
+    async def add_initial_seg(request: Request, lease: Lease = Depends(active)) -> Response:
+        meta = _meta(request)
+        if _flag(meta, "run_prediction", False):
+            raise BadRequest("run_prediction=true is not supported for initial segmentations "
+                             "(supports_zero_shot_label_refinement is false); send false and click to refine")
+        body = await request.body()
+
+        def do() -> Response:
+            _need_image(lease.session)
+            seg = nnia.unpack(body, ctx.array_limit_bytes, "the initial segmentation")
+            if seg.dtype.kind == "f":
+                raise BadRequest(f"initial segmentation must be bool or integer, got {seg.dtype}")
+            lease.session.add_mask(seg)  # shape checked by the Session
+            return prediction_response(lease, False, None)  # the client already mirrored the seg
+
+        return await ctx.run_locked(lease, do, model=True)
+
+    @r.post("/undo", dependencies=auth)
+    async def undo(lease: Lease = Depends(active)) -> Response:
+        def do() -> Response:
+            _need_image(lease.session)
+            if not lease.session.can_undo:
+                return prediction_response(lease, False, None)
+            return prediction_response(lease, True, lease.session.undo())
+
+        return await ctx.run_locked(lease, do)
+
+    for what in ("scribble", "lasso"):
+        r.add_api_route(f"/add_{what}_interaction", _unsupported(what, active), methods=["POST"],
+                        dependencies=auth)
+
+    return r
+
+
+def _unsupported(what: str, lease_dep):
+    def endpoint(lease: Lease = Depends(lease_dep)) -> None:
+        raise BadRequest(f"{what} interactions are not supported by this server (capabilities: {what} = false)")
+
+    return endpoint

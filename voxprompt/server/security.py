@@ -1,0 +1,166 @@
+"""Request-side safety: API key check, upload size limit, and paths confined to ``--data-dir``."""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import stat
+from pathlib import Path, PurePosixPath
+from typing import Awaitable, Callable, Optional
+
+from fastapi import HTTPException
+
+from ..errors import UsageError
+from .errors import BadRequest, NotFound, TooLarge, Unauthorized
+
+log = logging.getLogger(__name__)
+
+Scope = dict
+Message = dict
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+# ----------------------------------------------------------------------------- API key
+def read_api_key_file(path: str | os.PathLike) -> str:
+    """The key in ``path`` (surrounding whitespace stripped); warns if others may read the file."""
+    p = Path(path)
+    try:
+        key = p.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--api-key-file {p}: cannot read it ({exc.__class__.__name__})") from None
+    if not key:
+        raise UsageError(f"--api-key-file {p} is empty")
+    if any(c.isspace() for c in key):
+        raise UsageError(f"--api-key-file {p}: the key must be one line without spaces")
+    if os.name == "posix" and p.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("--api-key-file %s is readable by other users; consider chmod 600", p)
+    return key
+
+
+def check_api_key(expected: Optional[str], authorization: Optional[str]) -> None:
+    """Raise Unauthorized unless ``authorization`` is ``Bearer <expected>`` (constant-time compare).
+
+    With no ``expected`` key every request passes.
+    """
+    if expected is None:
+        return
+    if not authorization:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("Authorization must be 'Bearer <key>'")
+    if not hmac.compare_digest(token.strip().encode("utf-8"), expected.encode("utf-8")):
+        raise Unauthorized("invalid API key")
+
+
+# ----------------------------------------------------------------------------- upload size
+class BodyLimitMiddleware:
+    """ASGI middleware: 413 for a request body over ``max_bytes`` (declared or streamed)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _send_json(send, 400, "Content-Length is not a number")
+                    return
+                if declared > limit:
+                    await _send_json(send, 413, _too_large(declared, limit))
+                    return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge(_too_large(seen, limit))
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_json(send, 413, _too_large(seen, limit))
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from ``receive``; an HTTPException so that FastAPI's body parsing passes it on."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=413, detail=detail)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (f"request body of {size / 2**20:.1f} MiB exceeds the server's limit of {limit / 2**20:.1f} MiB "
+            "(--max-upload-mb)")
+
+
+async def _send_json(send: Send, status: int, detail: str) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def check_size(nbytes: int, limit: int, what: str) -> None:
+    """Raise TooLarge if an array of ``nbytes`` would exceed ``limit`` bytes."""
+    if nbytes > limit:
+        raise TooLarge(f"{what} would need {nbytes / 2**20:.1f} MiB, more than the server allows "
+                       f"({limit / 2**20:.1f} MiB)")
+
+
+def memory_limit_bytes(fraction: float = 0.25) -> int:
+    """``fraction`` of physical memory (nnInteractive refuses target buffers above 25 %)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 16 * 2**30
+    return int(total * fraction)
+
+
+# ----------------------------------------------------------------------------- data dir
+def resolve_data_path(data_dir: Optional[Path], relative: str) -> Path:
+    """A file (or DICOM folder) named relative to ``data_dir``, never outside it.
+
+    Rejects absolute paths, ``..``, NUL and symlinks that lead out of ``data_dir``
+    (the resolved path must lie inside the resolved folder).
+    """
+    if data_dir is None:
+        raise BadRequest("this server has no --data-dir: upload the file instead")
+    rel = str(relative or "").replace("\\", "/")
+    if not rel or "\x00" in rel:
+        raise BadRequest("empty or malformed path")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or (len(rel) > 1 and rel[1] == ":"):
+        raise BadRequest(f"path {relative!r} must be relative to --data-dir without '..'")
+    root = Path(data_dir).resolve()
+    try:
+        target = (root / Path(*pure.parts)).resolve(strict=True)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound(f"{relative!r} does not exist under --data-dir") from None
+    except (OSError, RuntimeError) as exc:  # symlink loops, permissions
+        raise BadRequest(f"{relative!r}: {exc.__class__.__name__}") from None
+    if target != root and root not in target.parents:
+        raise BadRequest(f"{relative!r} leads outside --data-dir")
+    return target

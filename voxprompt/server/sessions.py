@@ -1,0 +1,100 @@
+"""The shared model and the per-lease Session it backs, with auto-zoom switchable per lease.
+
+Auto-zoom uses :class:`voxprompt.autozoom.AutoZoomPlanner` when that module is present
+(imported lazily); :class:`AutoZoomSwitch` is a :class:`~voxprompt.session.RoiPlanner` that
+delegates to it or to the official :class:`~voxprompt.session.CenteredRoiPlanner`, so a lease's
+``set_do_autozoom`` takes effect on its next prompt without losing the session's state.
+Without the module the flag is accepted, recorded and reported as off.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from ..session import CenteredRoiPlanner, Session
+
+log = logging.getLogger(__name__)
+
+
+def autozoom_planner() -> Optional[Any]:
+    """A fresh AutoZoomPlanner, or None when :mod:`voxprompt.autozoom` is not available."""
+    try:
+        from ..autozoom import AutoZoomPlanner
+    except ImportError:
+        return None
+    return AutoZoomPlanner()
+
+
+@dataclass
+class AutoZoomSwitch:
+    """RoiPlanner that follows ``enabled``: auto-zoom planner when on, official planner when off."""
+
+    enabled: bool = False
+    base: Any = field(default_factory=CenteredRoiPlanner)
+    zoom: Optional[Any] = None
+
+    @property
+    def available(self) -> bool:
+        return self.zoom is not None
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.zoom is not None
+
+    @property
+    def cache_size(self) -> int:
+        return int(getattr(self.zoom, "cache_size", 0) or 0)
+
+    @property
+    def expand(self):  # Session looks for ``planner.expand`` and skips expansion when it is None
+        return self.zoom.expand if self.active else None
+
+    def bind(self, size: int, spacing: float) -> "AutoZoomSwitch":
+        base = CenteredRoiPlanner(size=int(size), spacing=float(spacing))
+        zoom = self.zoom.bind(size, spacing) if self.zoom is not None and hasattr(self.zoom, "bind") else self.zoom
+        return dataclasses.replace(self, base=base, zoom=zoom)
+
+    def plan(self, image, focus_zyx, current, box=None):
+        return (self.zoom if self.active else self.base).plan(image, focus_zyx, current, box=box)
+
+
+class ModelHost:
+    """One model shared by every lease; ``lock`` serialises model calls across leases."""
+
+    def __init__(self, model: torch.nn.Module, name: str, device: Optional[str] = None,
+                 autozoom_default: bool = False) -> None:
+        self.model = model
+        self.name = name
+        self.device = device
+        self.autozoom_default = bool(autozoom_default)
+        self.lock = threading.Lock()
+        self.autozoom_available = autozoom_planner() is not None
+        if not self.autozoom_available:
+            log.info("voxprompt.autozoom is not available: set_do_autozoom is accepted and ignored")
+
+    @property
+    def roi_size(self) -> int:
+        return int(self.model.cfg.img_size)
+
+    def new_session(self) -> Session:
+        return Session(self.model, device=self.device,
+                       planner=AutoZoomSwitch(enabled=self.autozoom_default, zoom=autozoom_planner()))
+
+
+def set_autozoom(session: Session, enabled: bool) -> bool:
+    """Switch a server-made session's auto-zoom; returns whether auto-zoom is now really on."""
+    planner = session.planner
+    if not isinstance(planner, AutoZoomSwitch):
+        return False
+    planner.enabled = bool(enabled)
+    return planner.active
+
+
+def autozoom_on(session: Session) -> bool:
+    planner = session.planner
+    return isinstance(planner, AutoZoomSwitch) and planner.active

@@ -1,0 +1,73 @@
+"""Server settings: one dataclass, filled by ``voxprompt serve`` or by tests."""
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..errors import UsageError
+from ..models.loading import DEFAULT_MODEL
+
+DEFAULT_PORT = 1527  # the port 3D Slicer's nnInteractive extension suggests
+
+
+@dataclass
+class ServerSettings:
+    """Everything ``create_app`` needs. Times are seconds; sizes are MiB."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    model: str = DEFAULT_MODEL
+    checkpoint: Optional[str] = None
+    device: str = "cpu"
+    max_sessions: int = 4
+    api_key: Optional[str] = None  # read from --api-key-file, never from the command line
+    data_dir: Optional[Path] = None
+    max_upload_mb: float = 1024.0
+    idle_timeout_s: float = 600.0  # no real interaction for this long: the lease is dropped
+    liveness_timeout_s: float = 60.0  # no request at all (not even a heartbeat): dropped
+    monai_session_expiry_s: float = 3600.0  # MONAI Label ``PUT /session/?expiry=0``
+    reaper_interval_s: float = 15.0
+    autozoom: bool = False  # default of ``set_do_autozoom`` for new leases
+    retry_after_s: int = 10  # Retry-After of a 503 at capacity
+    web: bool = True  # serve the browser viewer at /
+
+    def validate(self) -> "ServerSettings":
+        """Raise UsageError naming the first bad value; returns self."""
+        if not 0 < int(self.port) < 65536:
+            raise UsageError(f"--port must be 1..65535, got {self.port}")
+        if int(self.max_sessions) < 1:
+            raise UsageError(f"--max-sessions must be at least 1, got {self.max_sessions}")
+        for name in ("max_upload_mb", "idle_timeout_s", "liveness_timeout_s", "monai_session_expiry_s",
+                     "reaper_interval_s"):
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v > 0):
+                raise UsageError(f"{name} must be a positive number, got {v}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise UsageError("the API key is empty")
+        if self.data_dir is not None:
+            d = Path(self.data_dir)
+            if not d.is_dir():
+                raise UsageError(f"--data-dir {d} is not a folder")
+            self.data_dir = d.resolve()
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` binds only the loopback interface (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: assume it may be reachable from outside
