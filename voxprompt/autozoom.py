@@ -98,6 +98,23 @@ def deepest_voxel(mask: np.ndarray, sampling=None) -> Optional[np.ndarray]:
     return np.asarray(np.unravel_index(int(np.argmax(dist)), m.shape), dtype=float)
 
 
+def _cores_hit(band: np.ndarray, origin: np.ndarray, size: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Lattice indices k (N, 3) of the tiles [k*step, k*step + size) whose core holds a ``band`` voxel.
+
+    ``band`` covers grid voxels ``origin + index``; tile k's core is the middle ``step`` voxels of
+    its window, so the cores partition the grid. Reduces ``band`` block-wise, one axis at a time.
+    """
+    hit, ks = band, []
+    for ax in range(3):
+        g = np.arange(band.shape[ax]) + origin[ax]
+        k = np.floor_divide(2 * g - (size[ax] - step[ax]), 2 * step[ax])  # non-decreasing along g
+        starts = np.flatnonzero(np.r_[True, np.diff(k) != 0])
+        hit = np.logical_or.reduceat(hit, starts, axis=ax)
+        ks.append(k[starts])
+    idx = np.argwhere(hit)
+    return np.stack([ks[a][idx[:, a]] for a in range(3)], axis=1)
+
+
 def _bbox_lohi(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sl = _bbox_of(np.asarray(mask, dtype=bool))
     return np.array([s.start for s in sl]), np.array([s.stop for s in sl])
@@ -242,26 +259,20 @@ class AutoZoomPlanner:
         inside = coarse[box]
         if not inside.any():
             return 0, None
-        padded = np.pad(inside, 1)
-        din = ndimage.distance_transform_edt(padded)[1:-1, 1:-1, 1:-1]
-        dout = ndimage.distance_transform_edt(~padded)[1:-1, 1:-1, 1:-1]
-        band = np.where(inside, din, dout) <= margin
+        # exact EDT to the coarse boundary (its inner voxel layer; the box edge counts as outside)
+        surface = inside & ~ndimage.binary_erosion(inside, border_value=0)
+        dist = ndimage.distance_transform_edt(~surface).astype(np.float32)
+        band = dist <= margin
         allowed = coarse.copy()
-        allowed[box] |= dout <= margin  # the coarse mask dilated by the margin
-
-        # tiles whose core holds band voxels
-        gpts = np.argwhere(band) + glo
-        k = np.floor_divide(2 * gpts - (size - step), 2 * step)
-        n = k_max - k_min + 1
-        flat = np.unique(np.ravel_multi_index(tuple((k - k_min).T), tuple(n)))
-        chosen = np.stack(np.unravel_index(flat, tuple(n)), axis=1) + k_min
+        allowed[box] |= band  # the coarse mask dilated by the margin
+        chosen = _cores_hit(band, glo, size, step)
         if self.max_tiles is not None and len(chosen) > int(self.max_tiles):
             log.warning("auto-zoom: %d tiles needed, above max_tiles=%d; keeping the coarse mask",
                         len(chosen), self.max_tiles)
             return 0, None
 
-        din_canvas = np.zeros(coarse.shape, np.float32)
-        din_canvas[box] = din
+        depth = np.zeros(coarse.shape, np.float32)  # distance to the boundary inside the coarse mask
+        depth[box] = np.where(inside, dist + 1, 0)
         acc = np.zeros(coarse.shape, np.float32)
         cnt = np.zeros(coarse.shape, np.uint8)
         low = session.model.low_res_size
@@ -272,7 +283,7 @@ class AutoZoomPlanner:
             sl = tuple(slice(int(a), int(a + s)) for a, s in zip(t0, size))
             points = clicks_in(tile, clicks)
             if not any(lab for _, lab in points):
-                d = din_canvas[sl]
+                d = depth[sl]
                 if d.max() > 0:
                     points.append((np.asarray(np.unravel_index(int(np.argmax(d)), d.shape), dtype=float), 1))
             if not points:
