@@ -292,8 +292,14 @@ class Session:
     Prompts are voxel indices of the session's array in its own axis order (module docstring).
     """
 
-    def __init__(self, model: torch.nn.Module, device: Optional[Union[str, torch.device]] = None,
+    def __init__(self, model: Optional[torch.nn.Module] = None, device: Optional[Union[str, torch.device]] = None,
                  planner: Optional[RoiPlanner] = None) -> None:
+        if model is None:  # the default model, with the weights shipped in the package
+            from .models.loading import DEFAULT_MODEL, load_model, shipped_weights
+
+            if shipped_weights(DEFAULT_MODEL) is None:
+                raise UsageError(f"Session(): no weights shipped for {DEFAULT_MODEL}; pass a model")
+            model = load_model(DEFAULT_MODEL, device=device or "cpu")
         if getattr(model, "spatial_dims", 3) != 3:
             raise UsageError(f"Session needs a 3D model, got spatial_dims={model.spatial_dims}")
         self.model = model

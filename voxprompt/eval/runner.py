@@ -178,8 +178,10 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------- engines
-def session_factory(model: Any, device: Any = None) -> PredictorFactory:
+def session_factory(model: Any, device: Any = None, autozoom: bool = False) -> PredictorFactory:
     """Engines driving a fresh 3D :class:`~voxprompt.session.Session` per target.
+
+    ``autozoom`` gives each session an :class:`~voxprompt.autozoom.AutoZoomPlanner`.
 
     The CVPR 2025 box (2D box on the middle slice + z range) becomes the 3D box
     ``[z_min..z_max] x`` the middle slice's y/x range, given once via ``add_box``.
@@ -187,7 +189,12 @@ def session_factory(model: Any, device: Any = None) -> PredictorFactory:
     from voxprompt.session import Session
 
     def factory(image: Image) -> Engine:
-        session = Session(model, device=device)
+        planner = None
+        if autozoom:
+            from voxprompt.autozoom import AutoZoomPlanner
+
+            planner = AutoZoomPlanner()
+        session = Session(model, device=device, planner=planner)
         session.set_image(image)
         state = {"clicks": 0, "box": False, "roi": None}
 
