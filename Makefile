@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install test demo clean web chromium
 
 $(STAMP): pyproject.toml requirements.txt requirements-ref.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,17 @@ $(STAMP): pyproject.toml requirements.txt requirements-ref.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# Debian's chromium for the browser viewer's Playwright test (skipped, with a message, without it).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium could not be installed: the browser viewer test will be skipped"
+
+# Rebuild the viewer bundle voxprompt/server/web/viewer.js (committed, so users need no npm; needs node).
+web:
+	cd web && npm ci --no-audit --no-fund && node build.mjs
 
 demo: $(STAMP)
 	$(PY) -m voxprompt.demo

@@ -1,7 +1,7 @@
 """``create_app(settings) -> FastAPI``: one shared stateless model, one Session per lease.
 
 Routers: nnInteractive v2 (:mod:`.protocols.nninteractive`), MONAI Label
-(:mod:`.protocols.monailabel`) and the browser viewer (:mod:`.web`), all over the same lease table
+(:mod:`.protocols.monailabel`) and the browser viewer at ``/`` (:mod:`.web`), all over the same lease table
 (:mod:`.leases`) and model (:class:`.sessions.ModelHost`). A background reaper drops expired
 leases while the app runs (uvicorn's lifespan).
 """
@@ -78,5 +78,9 @@ def create_app(settings: ServerSettings, model: Optional[torch.nn.Module] = None
 
     app.include_router(nninteractive.make_router(ctx))
     app.include_router(monailabel.make_router(ctx))
+    if settings.web:
+        from . import web
+
+        web.install(app, ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     return app

@@ -1,0 +1,204 @@
+"""Browser viewer: a NiiVue page at ``/`` and its small JSON API under ``/api/viewer``.
+
+The page (``voxprompt/server/web/``: ``index.html`` plus ``viewer.js``, NiiVue bundled by
+``make web``) opens a volume (an upload, or a file under ``--data-dir``), shows it with NiiVue,
+turns clicks into positive/negative points, overlays the label map after every change and
+downloads it as NIfTI. Each opened volume is a lease of kind ``web`` (idle and liveness time-outs;
+the page heartbeats), addressed by its token in the URL.
+
+Axis order: the page receives the volume as NIfTI written by SimpleITK from the Session's image, so
+the file's voxel axes are (i, j, k) and the Session's array is (k, j, i). NiiVue reports clicks in
+world mm (its voxel indices are in a RAS-reoriented grid, not the file's); the page converts mm to
+the file's (i, j, k) with the inverse of the file's affine (``mmToFileVoxel`` in ``web/src``,
+mirrored by :func:`voxprompt.server.volumes.ras_to_file_ijk`) and sends ``{"ijk": [i, j, k]}``; the
+server reverses it with :func:`~voxprompt.session.from_slicer_ijk`. ``{"mm": [x, y, z]}`` (RAS) is
+accepted as well and converted on the server.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from ..io.read import read_image
+from ..session import Session, from_slicer_ijk
+from .context import ServerContext
+from .errors import BadRequest, NotFound
+from .leases import Lease
+from .security import resolve_data_path
+from .volumes import (image_nifti_bytes, label_nifti_bytes, list_volumes, nifti_affine, ras_to_file_ijk,
+                      read_uploaded, safe_filename)
+
+log = logging.getLogger(__name__)
+
+KIND = "web"
+WEB_DIR = Path(__file__).resolve().parent / "web"
+NO_CACHE = {"Cache-Control": "no-store"}
+
+
+class PointBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ijk: Optional[list[float]] = Field(default=None, min_length=3, max_length=3)
+    mm: Optional[list[float]] = Field(default=None, min_length=3, max_length=3)
+    positive: StrictBool = True
+
+
+def _summary(lease: Lease, pred=None) -> dict[str, Any]:
+    s: Session = lease.session
+    lease.state["version"] = lease.state.get("version", 0) + 1
+    return {
+        "object_id": s.object_id, "objects": s.object_ids, "can_undo": s.can_undo,
+        "voxels": int(np.count_nonzero(s.mask)), "version": lease.state["version"],
+        "score": None if pred is None or pred.score is None else round(float(pred.score), 4),
+        "changed_bbox_kji": None if pred is None or pred.changed_bbox is None
+        else [[int(b.start), int(b.stop)] for b in pred.changed_bbox],
+    }
+
+
+def install(app: FastAPI, ctx: ServerContext) -> None:
+    """Serve the page at ``/``, its assets at ``/web/`` and the viewer API (API key required)."""
+    if not (WEB_DIR / "index.html").is_file():
+        log.warning("browser viewer files are missing in %s (run `make web`)", WEB_DIR)
+        return
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", headers=NO_CACHE)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
+    app.include_router(make_router(ctx))
+
+
+def make_router(ctx: ServerContext) -> APIRouter:
+    r = APIRouter(prefix="/api/viewer", tags=["browser viewer"])
+    auth = [Depends(ctx.auth)]
+    s = ctx.settings
+
+    def lease_of(token: str, active: bool = True) -> Lease:
+        return ctx.leases.get(token, kind=KIND, active=active)
+
+    @r.get("/config")
+    def config() -> dict:
+        return {"auth": s.api_key is not None, "data_dir": s.data_dir is not None, "model": ctx.host.name,
+                "heartbeat_s": max(1.0, s.liveness_timeout_s / 2), "max_upload_mb": s.max_upload_mb}
+
+    @r.get("/files", dependencies=auth)
+    async def files() -> dict:
+        if s.data_dir is None:
+            return {"files": []}
+        return {"files": await ctx.run_blocking(lambda: list_volumes(s.data_dir))}
+
+    @r.post("/open", dependencies=auth)
+    async def open_volume(request: Request) -> dict:
+        form = await request.form()
+        upload, path = form.get("file"), form.get("path")
+        if upload is not None and not isinstance(upload, str):
+            data, name = await upload.read(), upload.filename
+
+            def load():
+                return read_uploaded([(name, data)]), safe_filename(name, "volume")
+        elif isinstance(path, str) and path:
+            def load():
+                p = resolve_data_path(s.data_dir, path)
+                return read_image(p), p.name
+        else:
+            raise BadRequest("send a multipart 'file' (the volume) or a 'path' under --data-dir")
+
+        def do() -> dict:
+            image, fname = load()
+            lease = ctx.leases.claim(KIND, s.idle_timeout_s, s.liveness_timeout_s)
+            lease.session.set_image(image)
+            lease.state.update(name=fname)
+            return {"token": lease.token, "name": fname, "size_ijk": list(image.shape[::-1]),
+                    **_summary(lease)}
+
+        return await ctx.run_blocking(do)
+
+    @r.get("/{token}/volume.nii.gz", dependencies=auth)
+    async def volume(token: str) -> Response:
+        lease = lease_of(token)
+        data = await ctx.run_locked(lease, lambda: image_nifti_bytes(lease.session.image))
+        return Response(content=data, media_type="application/octet-stream", headers=NO_CACHE)
+
+    @r.get("/{token}/labels.nii.gz", dependencies=auth)
+    async def labels(token: str, download: bool = False) -> Response:
+        lease = lease_of(token)
+        data = await ctx.run_locked(lease, lambda: label_nifti_bytes(lease.session.label_map(), lease.session.image))
+        headers = dict(NO_CACHE)
+        if download:
+            stem = lease.state["name"].split(".")[0] or "volume"
+            headers["Content-Disposition"] = f'attachment; filename="{stem}_labels.nii.gz"'
+        return Response(content=data, media_type="application/octet-stream", headers=headers)
+
+    @r.post("/{token}/point", dependencies=auth)
+    async def point(token: str, body: PointBody) -> dict:
+        if (body.ijk is None) == (body.mm is None):
+            raise BadRequest("give exactly one of 'ijk' (file voxel i, j, k) or 'mm' (RAS world)")
+        lease = lease_of(token)
+
+        def do() -> dict:
+            img = lease.session.image
+            ijk = body.ijk if body.ijk is not None else ras_to_file_ijk(nifti_affine(img), body.mm)
+            pred = lease.session.add_point(from_slicer_ijk([float(v) for v in ijk]), positive=body.positive)
+            return _summary(lease, pred)
+
+        return await ctx.run_locked(lease, do, model=True)
+
+    @r.post("/{token}/undo", dependencies=auth)
+    async def undo(token: str) -> dict:
+        lease = lease_of(token)
+
+        def do() -> dict:
+            if not lease.session.can_undo:
+                raise BadRequest(f"nothing to undo for object {lease.session.object_id}")
+            return _summary(lease, lease.session.undo())
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/{token}/reset", dependencies=auth)
+    async def reset(token: str) -> dict:
+        lease = lease_of(token)
+        return await ctx.run_locked(lease, lambda: _summary(lease, lease.session.reset()))
+
+    @r.post("/{token}/objects", dependencies=auth)
+    async def new_object(token: str) -> dict:
+        lease = lease_of(token)
+
+        def do() -> dict:
+            lease.session.new_object()
+            return _summary(lease)
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/{token}/objects/{object_id}", dependencies=auth)
+    async def select_object(token: str, object_id: int) -> dict:
+        lease = lease_of(token)
+
+        def do() -> dict:
+            lease.session.select_object(object_id)
+            return _summary(lease)
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/{token}/heartbeat", dependencies=auth)
+    def heartbeat(token: str) -> dict:
+        lease = lease_of(token, active=False)
+        return {"remaining_seconds": lease.remaining(ctx.leases.now())}
+
+    @r.delete("/{token}", dependencies=auth)
+    def close(token: str) -> dict:
+        if not ctx.leases.release(token):
+            raise NotFound("no such viewer session")
+        return {"closed": True}
+
+    return r
