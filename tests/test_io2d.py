@@ -85,8 +85,8 @@ def test_write_mask2d_png_tiff_and_errors(tmp_path):
     assert back.dtype == np.uint8 and set(np.unique(back)) == {0, 255} and np.array_equal(back > 0, mask)
     labels = mask.astype(np.uint16) * 300
     assert np.array_equal(tifffile.imread(write_mask2d(labels, tmp_path / "l.tif")), labels)
-    stack = np.stack([mask, ~mask])
-    assert tifffile.imread(write_mask2d(stack, tmp_path / "s.tiff")).shape == (2, 60, 80)
+    stack = np.stack([mask, ~mask, mask])
+    assert tifffile.imread(write_mask2d(stack, tmp_path / "s.tiff")).shape == (3, 60, 80)
     with pytest.raises(UsageError, match="extension"):
         write_mask2d(mask, tmp_path / "m.jpg")
     with pytest.raises(UsageError, match="multi-page"):

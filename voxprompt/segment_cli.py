@@ -156,6 +156,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from .models.zoo import get_spec
+    from .segment2d_cli import cmd_segment_2d, wants_2d
+
+    if wants_2d(args):  # 2D models, 2D images: voxprompt/segment2d_cli.py
+        return cmd_segment_2d(args)
 
     # 1. everything that needs no file
     points = [parse_point(t) for t in args.point or []] + [parse_point(t, world=True) for t in args.point_mm or []]
@@ -283,6 +287,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="follow objects larger than the model's ROI: zoom out while the mask touches the ROI "
                         "border, then refine in overlapping tiles at full resolution (default: "
                         f"{'on' if AUTOZOOM_DEFAULT else 'off'})")
+    from .segment2d_cli import add_2d_arguments
+
+    add_2d_arguments(s)
     s.set_defaults(func=cmd_segment)
 
 

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 BASELINE = "random-walker"
 CLI_PROTOCOLS = ("cvpr25", "sam-med3d", "sam-med2d")
+SLICE_AXES = {"i": 2, "j": 1, "k": 0}  # 2D models: slice direction (IJK) -> numpy (z, y, x) axis
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,11 @@ def _check_args(args: argparse.Namespace) -> Optional[str]:
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: CUDA is not available on this machine")
     dims = 3 if args.model == BASELINE else _model_dims(args.model)
-    if args.protocol == "sam-med2d":
-        if dims == 3:
-            raise UsageError(f"the sam-med2d protocol is for 2D models; {args.model} is 3D: use "
-                             "--protocol cvpr25 or sam-med3d")
-        raise UsageError(f"{args.model} is a 2D model: evaluating 2D sessions is not supported yet")
-    if dims != 3:
-        raise UsageError(f"--protocol {args.protocol} needs a 3D model; {args.model} is 2D")
+    if args.protocol == "sam-med2d" and dims == 3:
+        raise UsageError(f"the sam-med2d protocol is for 2D models; {args.model} is 3D: use "
+                         "--protocol cvpr25 or sam-med3d")
+    if args.slices < 1:
+        raise UsageError(f"--slices must be >= 1, got {args.slices}")
     check_report_dir(Path(args.out), args.force)
     if args.model == BASELINE:
         if args.checkpoint:
@@ -106,7 +105,28 @@ def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> Any:
         return random_walker_factory()
     from voxprompt.models.loading import load_model
 
-    return session_factory(load_model(args.model, ckpt, device=device), device=device)
+    model = load_model(args.model, ckpt, device=device)
+    if _model_dims(args.model) == 2:  # a 2D model on 3D targets: prompt a slice, propagate
+        from voxprompt.eval.runner2d import slice_session_factory
+
+        return slice_session_factory(model, axis=SLICE_AXES[args.slice_axis], device=device)
+    return session_factory(model, device=device)
+
+
+def _run_eval(args: argparse.Namespace, ckpt: Optional[str], device: str, targets: list, **kw: Any) -> list[dict]:
+    """Rows of one rank: the SAM-Med2D slice protocol, or a click protocol through a session."""
+    if args.protocol == "sam-med2d":
+        from voxprompt.eval.runner2d import evaluate_slices
+        from voxprompt.models.loading import load_model
+
+        model = load_model(args.model, ckpt, device=device)
+        return evaluate_slices(targets, model, args.seed, n_clicks=args.clicks, use_box=not args.no_box,
+                               click_noise_mm=args.click_noise, axis=SLICE_AXES[args.slice_axis],
+                               slices=args.slices, device=device, **kw)
+    from voxprompt.eval.runner import evaluate
+
+    return evaluate(targets, _factory(args, ckpt, device), args.protocol, args.seed, n_clicks=args.clicks,
+                    use_box=not args.no_box and args.model != BASELINE, click_noise_mm=args.click_noise, **kw)
 
 
 def _machine(device: str) -> str:
@@ -132,7 +152,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from voxprompt.eval.report import Extremes, Report
-    from voxprompt.eval.runner import evaluate
 
     ckpt = _check_args(args)
     if args.model == BASELINE and args.protocol == "cvpr25" and not args.no_box:
@@ -160,10 +179,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extremes, error = Extremes(), None
         rows: list[dict] = []
         try:
-            rows = evaluate(targets[dist.rank::dist.world], _factory(args, ckpt, device), args.protocol,
-                            args.seed, n_clicks=args.clicks, use_box=not args.no_box and args.model != BASELINE,
-                            click_noise_mm=args.click_noise, loader=load_target, on_result=extremes.add,
-                            progress=dist.rank == 0)
+            rows = _run_eval(args, ckpt, device, targets[dist.rank::dist.world], loader=load_target,
+                             on_result=extremes.add, progress=dist.rank == 0)
         except Exception as exc:  # other ranks must still reach the gather
             if dist.world == 1:
                 raise
@@ -188,6 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "model": args.model, "checkpoint": ckpt, "checkpoint_sha256": _sha256_prefix(ckpt) if ckpt else None,
         "seed": args.seed, "data": str(args.data), "targets": args.targets, "n_targets": len(rows),
         "device": args.device, "world_size": dist.world, "machine": _machine(device),
+        **_meta_2d(args),
         "torch": torch.__version__, "voxprompt": _version(), "python": platform.python_version(),
         "started": started, "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -198,6 +216,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     d = np.asarray([r["final_dice"] for r in rows], dtype=float)
     sys.stdout.write(f"wrote {out} ({len(rows)} targets, final Dice {np.nanmean(d):.3f})\n")
     return 0
+
+
+def _meta_2d(args: argparse.Namespace) -> dict:
+    """Report settings specific to 2D models (slice direction, slices per target)."""
+    if args.model == BASELINE or _model_dims(args.model) != 2:
+        return {}
+    meta = {"slice_axis": args.slice_axis}
+    if args.protocol == "sam-med2d":
+        meta["slices_per_target"] = args.slices
+    return meta
 
 
 def _version() -> str:
@@ -213,7 +241,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         help="evaluate a model (or the random-walker baseline) with a simulated click protocol",
         description=(
             "Run the CVPR 2025 (box + 5 clicks) or SAM-Med3D (10 clicks) protocol on every target of an "
-            "nnU-Net v2 raw dataset and write results.csv/json, summary.md and plots to --out. Launch "
+            "nnU-Net v2 raw dataset and write results.csv/json, summary.md and plots to --out. 2D models run "
+            "on the volumes slice by slice (prompt a slice, propagate), or with --protocol sam-med2d on slices "
+            "of each target (box, then 5 iterative points). Launch "
             "with torchrun --nproc_per_node N -m voxprompt eval ... to shard targets over N processes."
         ),
     )
@@ -225,10 +255,15 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--targets", choices=("test", "train", "all"), default="test", help="split (default test)")
     s.add_argument("--limit", type=int, metavar="N", help="first N targets only")
     s.add_argument("--seed", type=int, default=0, help="seed of the random clicks (default 0)")
-    s.add_argument("--clicks", type=int, metavar="N", help="clicks per target (default 5 cvpr25, 10 sam-med3d)")
+    s.add_argument("--clicks", type=int, metavar="N",
+                   help="clicks per target (default 5 cvpr25, 10 sam-med3d, 5 sam-med2d)")
     s.add_argument("--click-noise", type=float, default=0.0, metavar="MM", help="Gaussian click jitter sigma in mm")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    s.add_argument("--no-box", action="store_true", help="cvpr25 without the initial box")
+    s.add_argument("--no-box", action="store_true", help="cvpr25 without the initial box; sam-med2d without box mode")
+    s.add_argument("--slice-axis", choices=tuple(SLICE_AXES), default="k",
+                   help="2D models: slice direction, IJK (default k = the array's first axis)")
+    s.add_argument("--slices", type=int, default=3, metavar="N",
+                   help="sam-med2d: slices evaluated per target (default 3: through the centre of mass, then spread)")
     s.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
     s.set_defaults(func=cmd_eval)
 

@@ -295,7 +295,7 @@ def write_mask2d(mask: np.ndarray, out_path: PathLike) -> Path:
         else:
             import tifffile
 
-            tifffile.imwrite(tmp, px, compression="zlib")
+            tifffile.imwrite(tmp, px, photometric="minisblack", compression="zlib")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

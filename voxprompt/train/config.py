@@ -14,6 +14,7 @@ from ..errors import UsageError
 LOSSES = ("dice_ce", "focal_dice")
 AMP = ("none", "bf16", "fp16")
 CLICK_MODES = ("mixed", "cvpr25", "random")
+INIT_MODES = ("strict", "load_from")
 
 
 @dataclass
@@ -47,17 +48,53 @@ class AugmentConfig:
 
 
 @dataclass
+class Train2DConfig:
+    """2D models only: how slices and prompts are drawn (SAM-Med2D's recipe by default)."""
+
+    slice_axes: list = field(default_factory=lambda: [0])  # array axes along which 3D targets are sliced
+    min_fraction: float = 100 / 256**2  # a slice's foreground must exceed this fraction (SAM-UNet's rule)
+    window: Optional[str] = None  # CT window of the slices (preset or "W,L"); None: volume 0.5-99.5 percentiles
+    box_prob: Optional[float] = None  # first prompt is a box with this probability (None: SAM-UNet 1, else 0.5)
+    point_choices: list = field(default_factory=lambda: [1, 3, 5, 9])  # points per correction round
+    mask_only_last: bool = True  # with click_steps >= 3 the last round feeds only the previous mask
+    box_jitter: int = 5  # max box translation in pixels (SAM-Med2D's get_boxes_from_mask)
+    channel_order: Optional[str] = None  # None: the model's official colour order
+    synthetic_size: int = 64  # side of the synthetic volumes that 2D synthetic samples are sliced from
+
+    def __post_init__(self) -> None:
+        axes = list(self.slice_axes)
+        checks = [
+            (bool(axes) and all(a in (0, 1, 2) for a in axes), f"slice_axes must list 0, 1 or 2, got {axes}"),
+            (0 <= self.min_fraction < 1, f"min_fraction must be in [0, 1), got {self.min_fraction}"),
+            (self.box_prob is None or 0 <= self.box_prob <= 1, f"box_prob must be in [0, 1], got {self.box_prob}"),
+            (bool(self.point_choices) and all(isinstance(n, int) and n >= 1 for n in self.point_choices),
+             f"point_choices must be positive integers, got {self.point_choices}"),
+            (self.box_jitter >= 0 and self.synthetic_size >= 16, "box_jitter must be >= 0, synthetic_size >= 16"),
+            (self.channel_order in (None, "rgb", "bgr"), f"channel_order must be rgb or bgr, got {self.channel_order!r}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(f"train config: train2d: {msg}")
+        if self.window is not None:
+            from ..preprocess.image2d import parse_window
+
+            parse_window(self.window)
+
+
+@dataclass
 class TrainConfig:
     """Everything a run needs; ``voxprompt train CONFIG.yaml`` reads this from YAML."""
 
     model: str = "voxprompt-med3d-small"
     model_overrides: dict = field(default_factory=dict)  # SamConfig fields
     init_checkpoint: Optional[str] = None  # a checkpoint path, "shipped" (the package's weights) or None
+    init_mode: str = "strict"  # "load_from": SAM-Med2D's resize of SAM weights of another input size
     trust_pickle: bool = False
-    freeze: list = field(default_factory=list)  # parameter-name prefixes kept frozen
+    freeze: Union[str, list] = field(default_factory=list)  # frozen name prefixes, or paper / decoder / none
     data: list = field(default_factory=list)  # DataSource
     synthetic: SyntheticSource = field(default_factory=SyntheticSource)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train2d: Train2DConfig = field(default_factory=Train2DConfig)  # 2D models only
     steps: int = 1000
     batch_size: int = 2
     grad_accum: int = 1
@@ -91,6 +128,9 @@ class TrainConfig:
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"),
             (self.save_every > 0 and self.log_every > 0, "save_every and log_every must be positive"),
+            (self.init_mode in INIT_MODES, f"init_mode must be one of {INIT_MODES}, got {self.init_mode!r}"),
+            (self.init_mode == "strict" or self.init_checkpoint is not None, "init_mode load_from needs init_checkpoint"),
+            (isinstance(self.freeze, (str, list)), f"freeze must be a preset name or a list, got {self.freeze!r}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -30,6 +30,7 @@ from ..checkpoints import save_safetensors
 from ..errors import CheckpointError, UsageError
 from ..models.loading import load_model, shipped_weights
 from .config import TrainConfig
+from .freeze import apply_freeze
 from .interaction import ClickLoop
 from .samples import SampleMixer
 
@@ -59,16 +60,37 @@ def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
         init = shipped_weights(cfg.model)
         if init is None:
             raise UsageError(f"init_checkpoint: shipped, but no weights are shipped for {cfg.model}")
-    model = load_model(cfg.model, init, device=device, config=_config(cfg), trust_pickle=cfg.trust_pickle,
-                       pretrained=False)
-    if getattr(model, "spatial_dims", 3) != 3:
-        raise UsageError(f"model {cfg.model}: `voxprompt train` trains 3D models; 2D training comes later")
-    for name, p in model.named_parameters():
-        if any(name.startswith(prefix) for prefix in cfg.freeze):
-            p.requires_grad_(False)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise UsageError(f"freeze prefixes {cfg.freeze} freeze every parameter")
+    if cfg.init_mode == "load_from":  # SAM-Med2D: SAM weights of another input size, resized
+        from ..checkpoints import read_checkpoint
+        from ..models.load_from import load_from
+
+        model = load_model(cfg.model, None, device=device, config=_config(cfg), pretrained=False)
+        sd, _ = read_checkpoint(init, trust_pickle=cfg.trust_pickle)
+        model.load_state_dict(load_from(model, sd), strict=True)
+    else:
+        model = load_model(cfg.model, init, device=device, config=_config(cfg), trust_pickle=cfg.trust_pickle,
+                           pretrained=False)
+    apply_freeze(model, cfg.freeze)
     return model.train()
+
+
+def _is_2d(model: torch.nn.Module) -> bool:
+    return getattr(model, "spatial_dims", 3) == 2
+
+
+def _loop_and_mixer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
+    """The interaction loop and sample source: 3D ROIs and clicks, or 2D slices/images and SAM-Med2D's prompts."""
+    if not _is_2d(model):
+        loop = ClickLoop(model, cfg.click_steps, cfg.click_mode, cfg.loss, cfg.iou_loss_weight)
+        mixer = SampleMixer(cfg.data, cfg.synthetic, cfg.augment, model.img_size, float(model.cfg.roi_spacing_mm))
+        return loop, mixer
+    from ..preprocess.image2d import policy_for
+    from .interaction2d import ClickLoop2D
+    from .samples2d import SampleMixer2D
+
+    policy = policy_for(model, cfg.train2d.channel_order)
+    loop = ClickLoop2D(model, policy, cfg.train2d, cfg.click_steps, cfg.loss, cfg.iou_loss_weight)
+    return loop, SampleMixer2D(cfg.data, cfg.synthetic, cfg.augment, cfg.train2d, policy)
 
 
 def _config(cfg: TrainConfig) -> Optional[dict]:
@@ -94,7 +116,7 @@ class Trainer:
         self.device = self._setup_device()
         self.out = Path(cfg.out_dir)
         self.model = build_model(cfg, self.device)
-        self.loop = ClickLoop(self.model, cfg.click_steps, cfg.click_mode, cfg.loss, cfg.iou_loss_weight)
+        self.loop, self.mixer = _loop_and_mixer(cfg, self.model)
         self.ddp: Any = self.loop
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -105,8 +127,6 @@ class Trainer:
         self.ema = ({k: v.detach().clone().float() for k, v in self.model.state_dict().items()}
                     if cfg.ema > 0 else None)
         self.scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16" and self.device.type == "cuda")
-        self.mixer = SampleMixer(cfg.data, cfg.synthetic, cfg.augment, self.model.img_size,
-                                 float(self.model.cfg.roi_spacing_mm))
         self.step = 0
 
     def _setup_device(self) -> torch.device:
@@ -191,7 +211,8 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             seed = (cfg.seed, self.step, self.rank, micro)
             image, gt = self.mixer.batch(seed, cfg.batch_size)
-            image_t = torch.from_numpy(image)[:, None].to(self.device)
+            image_t = torch.from_numpy(image)
+            image_t = (image_t[:, None] if image.ndim == gt.ndim else image_t).to(self.device)  # 2D: (B, 3, S, S)
             gt_t = torch.from_numpy(gt)[:, None].to(self.device)
             rng = np.random.default_rng(list(seed) + [1])
             sync = micro == cfg.grad_accum - 1 or self.world == 1

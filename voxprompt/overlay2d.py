@@ -1,0 +1,55 @@
+"""PNG overlay of a 2D mask on its image, with the prompts drawn."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+
+def save_overlay_2d(rgb: np.ndarray, mask: np.ndarray, out_path: str | os.PathLike,
+                    points: Sequence[tuple[Sequence[float], bool]] = (),
+                    box: Optional[Sequence[float]] = None, title: str = "") -> Path:
+    """Write the (H, W, 3) uint8 image with the mask in colour, points (+ green, - red) and the box.
+
+    Points are ``((x, y), positive)``; the box is XYXY, in original pixels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    m = np.asarray(mask) != 0
+    if m.shape != tuple(rgb.shape[:2]):
+        raise InputError(f"overlay mask shape {m.shape} does not match the image {tuple(rgb.shape[:2])}")
+    h, w = m.shape
+    fig, ax = plt.subplots(figsize=(6, 6 * h / max(w, 1) + 0.4))
+    ax.imshow(rgb, interpolation="nearest")
+    ax.imshow(np.ma.masked_where(~m, m.astype(float)), cmap="autumn", alpha=0.45, vmin=0, vmax=1,
+              interpolation="nearest")
+    for (x, y), positive in points:
+        ax.plot([x], [y], marker="+" if positive else "x", color="lime" if positive else "red",
+                markersize=12, mew=2)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", lw=1.5))
+    if title:
+        ax.set_title(title)
+    ax.set_axis_off()
+    fig.tight_layout()
+    out = Path(out_path)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=80)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+__all__ = ["save_overlay_2d"]

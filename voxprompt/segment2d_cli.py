@@ -1,0 +1,301 @@
+"""``voxprompt segment`` with 2D models (SAM ViT-B, SAM-Med2D, SAM-UNet) and 2D images.
+
+* 2D images (PNG, JPEG, TIFF, single-frame DICOM): ``--point X,Y[:+|:-]`` in pixels (x = column,
+  y = row), ``--box X0,Y0,X1,Y1`` (top-left first), ``--mask-in MASK.png``; output PNG / TIFF
+  (0/255), same size as the input.
+* Volumes (NIfTI, NRRD, MHA, DICOM series, multi-frame DICOM / multi-page TIFF) with a 2D model:
+  points and boxes in IJK as for 3D models; ``--slice-axis i|j|k`` picks the slice direction
+  (default k, the slices of an axial scan), ``--slice N`` the prompted slice (default: the
+  prompts' slice); ``--propagate`` follows the object to neighbouring slices; output on the
+  volume's grid (3D formats, DICOM SEG for a DICOM series, multi-page TIFF for multi-frame files).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import PromptError, UsageError, VoxpromptError
+from .io.image2d import RASTER_EXTENSIONS, WRITE_EXTENSIONS_2D, count_frames, is_2d_file
+from .io.read import file_extension
+
+log = logging.getLogger(__name__)
+
+AXES_IJK = {"i": 2, "j": 1, "k": 0}  # IJK slice axis -> numpy (z, y, x) axis
+VOLUME_WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def model_dims(name: str) -> Optional[int]:
+    """Spatial dims of a zoo model, or None for an unknown name (the 3D path words that error)."""
+    from .errors import UnknownModelError
+    from .models.config import SamUNetConfig
+    from .models.zoo import get_spec
+
+    try:
+        cfg = get_spec(name).config
+    except UnknownModelError:
+        return None
+    return (cfg.sam if isinstance(cfg, SamUNetConfig) else cfg).spatial_dims
+
+
+def wants_2d(args: argparse.Namespace) -> bool:
+    """Whether ``segment`` goes through this module: a 2D model, or a PNG/JPEG/TIFF input."""
+    return model_dims(args.model) == 2 or file_extension(args.image) in RASTER_EXTENSIONS
+
+
+def parse_point2d(text: str) -> tuple[tuple[float, float], bool]:
+    """``x,y`` with an optional ``:+`` / ``:-`` suffix -> ((x, y), positive)."""
+    body, sign = text, "+"
+    if ":" in text:
+        body, sign = text.rsplit(":", 1)
+        if sign not in ("+", "-"):
+            raise UsageError(f"point {text!r}: polarity must be ':+' or ':-'")
+    parts = body.split(",")
+    if len(parts) != 2:
+        raise UsageError(f"point {text!r}: a 2D image takes two values x,y (pixel column, row)")
+    try:
+        x, y = (float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"point {text!r}: expected numbers x,y") from None
+    if not (np.isfinite(x) and np.isfinite(y)):
+        raise UsageError(f"point {text!r}: values must be finite")
+    return (x, y), sign == "+"
+
+
+def parse_box2d(text: str) -> tuple[float, float, float, float]:
+    """``x0,y0,x1,y1`` (top-left corner first) -> XYXY."""
+    try:
+        vals = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise UsageError(f"box {text!r}: expected four numbers x0,y0,x1,y1") from None
+    if len(vals) != 4 or not all(np.isfinite(vals)):
+        raise UsageError(f"box {text!r}: expected four numbers x0,y0,x1,y1 (a 2D image), got {len(vals)}")
+    x0, y0, x1, y1 = vals
+    if x1 <= x0 or y1 <= y0:
+        raise UsageError(f"box {text!r} is empty or in the wrong order: give x0,y0,x1,y1 with x0 < x1 and y0 < y1")
+    return vals
+
+
+def _check_common(args: argparse.Namespace) -> str:
+    """Model, device, checkpoint and overlay checks; returns the checkpoint path."""
+    import torch
+
+    from .models.zoo import get_spec
+
+    get_spec(args.model)
+    if model_dims(args.model) != 2:
+        raise UsageError(f"{args.image}: a 2D image needs a 2D model (--model sam-med2d, sam-unet or sam-vit-b); "
+                         f"{args.model} is 3D")
+    if args.device != "cpu" and (not args.device.startswith("cuda") or not torch.cuda.is_available()):
+        raise UsageError(f"--device {args.device}: use cpu, or cuda on a machine with CUDA")
+    if args.overlay is not None:
+        _check_out(args.overlay, (".png",), "--overlay")
+    if getattr(args, "autozoom", False):
+        raise UsageError("--autozoom is for 3D models; 2D models follow objects with --propagate")
+    from .models.loading import shipped_weights
+
+    ckpt = args.checkpoint or shipped_weights(args.model)
+    if ckpt is None:
+        raise UsageError(f"no weights are shipped for {args.model}; give a checkpoint with --checkpoint PATH")
+    if not Path(ckpt).is_file():
+        raise UsageError(f"--checkpoint {ckpt}: no such file")
+    return str(ckpt)
+
+
+def _check_out(path: str, exts: tuple[str, ...], what: str) -> None:
+    ext = file_extension(path)
+    if ext not in exts:
+        raise UsageError(f"{what} {path}: unsupported extension {ext or '(none)'!r}; use {', '.join(exts)}")
+    if not Path(path).parent.is_dir():
+        raise UsageError(f"{what} {path}: folder {Path(path).parent} does not exist")
+
+
+def _config(path: Optional[str]) -> Optional[dict]:
+    if path is None:
+        return None
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--config-json {path}: cannot read a JSON object ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"--config-json {path}: expected a JSON object")
+    return cfg
+
+
+def _load(args: argparse.Namespace, ckpt: str):
+    from .models.loading import load_model
+
+    return load_model(args.model, ckpt, device=args.device, config=_config(args.config_json))
+
+
+def cmd_segment_2d(args: argparse.Namespace) -> int:
+    """``segment`` for a 2D model or a 2D image (dispatched from :func:`voxprompt.segment_cli.cmd_segment`)."""
+    from .preprocess.image2d import parse_window
+
+    window = parse_window(args.window)
+    if not (args.point or args.point_mm or args.box or args.mask_in):
+        raise UsageError("segment needs a prompt: --point, --box or --mask-in")
+    ckpt = _check_common(args)
+    flat = is_2d_file(args.image) and count_frames(args.image) == 1
+    if flat:
+        return _segment_image(args, ckpt, window)
+    return _segment_volume(args, ckpt, window)
+
+
+# ----------------------------------------------------------------------------- 2D images
+def _segment_image(args: argparse.Namespace, ckpt: str, window) -> int:
+    from .io.image2d import read_image2d, write_mask2d
+    from .session2d import Session2D
+
+    for what, given in (("--point-mm", args.point_mm), ("--slice", args.slice), ("--propagate", args.propagate)):
+        if given:
+            raise UsageError(f"{what} is for volumes; {args.image} is a 2D image")
+    points = [parse_point2d(t) for t in args.point or []]
+    boxes = [parse_box2d(t) for t in args.box or []]
+    if len(boxes) > 1:
+        raise UsageError("a 2D object takes one --box (SAM-style models accept a single box per prompt)")
+    _check_out(args.output, WRITE_EXTENSIONS_2D, "output")
+    image = read_image2d(args.image)
+    prior = None
+    if args.mask_in is not None:
+        prior = read_image2d(args.mask_in).array
+        prior = prior.any(axis=-1) if prior.ndim == 3 else prior
+        if prior.shape != image.shape:
+            raise PromptError(f"--mask-in {args.mask_in}: size {prior.shape[1]}x{prior.shape[0]} differs from the "
+                              f"image {image.shape[1]}x{image.shape[0]} (width x height)")
+    model = _load(args, ckpt)
+    session = Session2D(model, device=args.device, channel_order=args.channel_order)
+    session.set_image(image, window=window)
+    pred = None
+    if prior is not None:
+        pred = session.add_mask(prior)
+    if points or boxes:
+        pred = session.add_prompts([p for p, _ in points], [s for _, s in points], box=boxes[0] if boxes else None)
+    try:
+        out = write_mask2d(session.mask, args.output)
+    except OSError as exc:
+        raise VoxpromptError(f"output {args.output}: {exc}") from None
+    score = f", predicted IoU {pred.score:.3f}" if pred is not None and pred.score is not None else ""
+    sys.stdout.write(f"wrote {out} ({int(session.mask.sum())} pixels{score})\n")
+    if args.overlay is not None:
+        from .overlay2d import save_overlay_2d
+
+        save_overlay_2d(session.rgb, session.mask, args.overlay, points, boxes[0] if boxes else None,
+                        title=f"{Path(args.image).name} ({args.model})")
+        sys.stdout.write(f"wrote {args.overlay}\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------- volumes
+def _read_volume(path: str):
+    from .io.image2d import read_frames
+    from .io.read import read_image
+
+    return read_frames(path) if is_2d_file(path) else read_image(path)
+
+
+def _ijk_to_zyx(image, text: str, world: bool, frame: str) -> tuple[tuple[int, int, int], bool]:
+    from .segment_cli import parse_point
+
+    p = parse_point(text, world=world)
+    if world:
+        zyx = np.floor(image.world_to_index(np.asarray(p.values), frame=frame) + 0.5).astype(int)
+    else:
+        zyx = np.asarray(p.values[::-1], dtype=int)
+    if np.any(zyx < 0) or np.any(zyx >= np.asarray(image.shape)):
+        size = "x".join(map(str, image.size_xyz))
+        raise PromptError(f"point {text} is outside the volume of size {size} (IJK)")
+    return tuple(int(v) for v in zyx), p.positive
+
+
+def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
+    from .io.dicom_seg import is_dicom_seg_output
+    from .preprocess.image2d import policy_for
+    from .propagate import PropagationConfig
+    from .segment_cli import parse_box
+    from .slice_session import SliceSession
+
+    if args.mask_in is not None:
+        raise UsageError("--mask-in is not supported with a 2D model on a volume; prompt with --point / --box")
+    multi_frame = is_2d_file(args.image)
+    dicom_seg = is_dicom_seg_output(args.output)
+    out_exts = VOLUME_WRITE_EXTENSIONS + ((".tif", ".tiff") if multi_frame else ())
+    if not dicom_seg:
+        _check_out(args.output, out_exts, "output")
+    axis = AXES_IJK[args.slice_axis]
+    boxes = [parse_box(t) for t in args.box or []]
+    if len(boxes) > 1:
+        raise UsageError("give one --box (SAM-style models accept a single box per prompt)")
+    image = _read_volume(args.image)
+    if dicom_seg and not image.is_dicom:
+        raise UsageError(f"output {args.output}: a DICOM SEG needs a DICOM series input")
+    points = [_ijk_to_zyx(image, t, False, args.frame) for t in args.point or []]
+    points += [_ijk_to_zyx(image, t, True, args.frame) for t in args.point_mm or []]
+    box = None
+    if boxes:
+        lo, hi = boxes[0]
+        if any(a < 0 for a in lo) or any(b > n for b, n in zip(hi, image.size_xyz)):
+            raise PromptError(f"--box {args.box[0]} is outside the volume of size "
+                              f"{'x'.join(map(str, image.size_xyz))} (IJK)")
+        box = (lo[::-1], hi[::-1])
+    if args.slice is not None and not 0 <= args.slice < image.shape[axis]:
+        raise UsageError(f"--slice {args.slice} is outside 0..{image.shape[axis] - 1} along {args.slice_axis}")
+    model = _load(args, ckpt)
+    session = SliceSession(model, axis=axis, config=PropagationConfig(), propagate=args.propagate, window=window,
+                           device=args.device, policy=policy_for(model, args.channel_order))
+    session.set_image(image)
+    pred = session.add_prompts(points, box=box, slice_index=args.slice)
+    mask = session.mask
+    try:
+        if dicom_seg:
+            from .io.dicom_seg import write_dicom_seg
+
+            out = write_dicom_seg(mask, args.image, args.output, image=image, label_name=args.label_name,
+                                  model_name=args.model, parameters={"checkpoint": Path(ckpt).name})
+        elif file_extension(args.output) in (".tif", ".tiff"):
+            from .io.image2d import write_mask2d
+
+            out = write_mask2d(mask, args.output)
+        else:
+            from .io.write import write_mask
+
+            out = write_mask(mask.astype(np.uint8), image, args.output)
+    except OSError as exc:
+        raise VoxpromptError(f"output {args.output}: {exc}") from None
+    n_slices = int(np.count_nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))))
+    score = f", predicted IoU {pred.score:.3f} on slice {pred.anchor}" if pred.score is not None else ""
+    sys.stdout.write(f"wrote {out} ({int(mask.sum())} voxels on {n_slices} slice(s){score})\n")
+    if args.overlay is not None:
+        from .overlay import save_overlay
+
+        focus = points[0][0] if points else None
+        save_overlay(image, mask, args.overlay, point_zyx=focus, title=f"{Path(args.image).name} ({args.model})")
+        sys.stdout.write(f"wrote {args.overlay}\n")
+    return 0
+
+
+def add_2d_arguments(s: argparse.ArgumentParser) -> None:
+    """The 2D options of ``segment`` (called by :func:`voxprompt.segment_cli.add_subcommands`)."""
+    s.description = (s.description or "") + (
+        " 2D images (PNG, JPEG, TIFF, DICOM) need a 2D model (--model sam-med2d, sam-unet, sam-vit-b) and take "
+        "--point X,Y (pixel column,row) and --box X0,Y0,X1,Y1; on volumes a 2D model segments one slice "
+        "(--slice-axis, --slice) and follows the object with --propagate.")
+    g = s.add_argument_group("2D models and 2D images")
+    g.add_argument("--window", metavar="PRESET|W,L",
+                   help="intensity window for 2D models: soft-tissue, lung, bone, brain or W,L in HU "
+                        "(default: the image's min..max; for volumes its 0.5-99.5 percentiles)")
+    g.add_argument("--slice-axis", choices=tuple(AXES_IJK), default="k",
+                   help="2D model on a volume: slice direction, IJK (default k)")
+    g.add_argument("--slice", type=int, metavar="N", help="2D model on a volume: the prompted slice index")
+    g.add_argument("--propagate", action="store_true",
+                   help="2D model on a volume: propagate the mask slice by slice (box from the previous slice)")
+    g.add_argument("--channel-order", choices=("rgb", "bgr"),
+                   help="colour order the 2D model sees (default: the official one; SAM-Med2D: bgr)")
+
+
+__all__ = ["add_2d_arguments", "cmd_segment_2d", "parse_box2d", "parse_point2d", "wants_2d"]

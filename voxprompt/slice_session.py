@@ -1,0 +1,253 @@
+"""A 2D model on a 3D volume: prompt on slices, propagate slice by slice, one 3D mask.
+
+Prompts are 3D array indices (the volume's own axis order, as :class:`voxprompt.session.Session`);
+``axis`` picks the slice direction. A prompted slice becomes an *anchor*: a
+:class:`~voxprompt.session2d.Session2D` on that slice (points accumulate, the previous mask is fed
+back). A click on a slice that already has a mask (e.g. propagated) seeds the anchor with that
+mask, its box and the click, so a click refines rather than restarts.
+
+After each prompt the anchor's mask is propagated to both sides (:mod:`voxprompt.propagate`).
+Each non-anchor slice belongs to the anchor that produced it; an anchor re-propagates over its own
+slices and over those of another anchor that lie nearer to it than to their own anchor, and stops
+at anchor slices. ``propagate=False`` segments the prompted slices only. :meth:`SliceSession.undo`
+reverts a whole call (anchor and propagated slices).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .errors import PromptError, UsageError
+from .io.image import Image
+from .preprocess.image2d import Policy2D, Window, parse_window, policy_for
+from .propagate import PropagationConfig, SliceEncoder, SliceStack, box_of, inplane, propagate, slice_region
+from .session2d import Session2D
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VolumePrediction:
+    """Result of one :class:`SliceSession` call: the (read-only) 3D mask, the slices it changed,
+    the anchor slice, its predicted IoU and each propagated slice's score."""
+
+    mask: np.ndarray
+    anchor: int
+    score: Optional[float]
+    slices: list  # indices written or cleared by this call
+    scores: dict = field(default_factory=dict)  # propagated slice -> predicted IoU (or None)
+    stopped: dict = field(default_factory=dict)  # direction (+1 / -1) -> reason
+
+
+@dataclass
+class _Step:
+    anchor: int
+    new_anchor: bool
+    anchor_calls: int
+    old: dict  # slice -> (old mask slice, old owner)
+
+
+class SliceSession:
+    """Interactive segmentation of a volume with a 2D model (single object)."""
+
+    def __init__(self, model: torch.nn.Module, axis: int = 0, config: PropagationConfig = PropagationConfig(),
+                 propagate: bool = True, window: Union[str, Window, None] = None,
+                 device: Optional[Union[str, torch.device]] = None, policy: Optional[Policy2D] = None) -> None:
+        if getattr(model, "spatial_dims", 2) != 2:
+            raise UsageError(f"SliceSession needs a 2D model; {model.name} is 3D (use Session)")
+        if axis not in (0, 1, 2):
+            raise UsageError(f"slice axis must be 0, 1 or 2, got {axis!r}")
+        self.model, self.axis, self.config, self.do_propagate = model, axis, config, propagate
+        self.window = parse_window(window) if isinstance(window, str) else window
+        self.device = device
+        self.policy = policy or policy_for(model)
+        self.image: Optional[Image] = None
+        self.encoder: Optional[SliceEncoder] = None
+        self._mask = np.zeros((0, 0, 0), bool)
+        self._owner = np.zeros(0, np.int64)  # per slice: anchor slice that produced it, -1 = none
+        self._anchors: dict[int, Session2D] = {}
+        self._history: list[_Step] = []
+
+    # ------------------------------------------------------------------ image
+    def set_image(self, image: Union[Image, np.ndarray], value_range: Optional[tuple[float, float]] = None) -> None:
+        """Set the volume (an Image or a 3D array); clears the mask and all anchors."""
+        arr = image.array if isinstance(image, Image) else np.asarray(image)
+        stack = SliceStack(arr, self.axis, self.window, value_range)
+        self.image = image if isinstance(image, Image) else None
+        self.encoder = SliceEncoder(self.model, stack, self.policy, self.device)
+        self._mask = np.zeros(arr.shape, bool)
+        self._owner = np.full(len(stack), -1, np.int64)
+        self._anchors, self._history = {}, []
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self._stack().volume.shape)
+
+    def _stack(self) -> SliceStack:
+        if self.encoder is None:
+            raise UsageError("no image: call set_image() before prompting")
+        return self.encoder.stack
+
+    @property
+    def mask(self) -> np.ndarray:
+        m = self._mask.view()
+        m.flags.writeable = False
+        return m
+
+    @property
+    def anchors(self) -> list[int]:
+        return sorted(self._anchors)
+
+    # ------------------------------------------------------------------ prompts
+    def _index(self, index: Sequence[float], what: str = "point") -> np.ndarray:
+        shape = self.shape
+        try:
+            p = np.asarray(index, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise PromptError(f"{what} {index!r} is not numeric") from None
+        if p.shape != (3,) or not np.isfinite(p).all():
+            raise PromptError(f"{what} needs 3 finite coordinates (array axis order), got {index!r}")
+        idx = np.floor(p + 0.5).astype(int)
+        if np.any(idx < 0) or np.any(idx >= np.asarray(shape)):
+            raise PromptError(f"{what} {tuple(idx.tolist())} is outside the volume of shape {shape}")
+        return idx
+
+    def add_point(self, index: Sequence[float], positive: bool = True) -> VolumePrediction:
+        """Click at a 3D array index; its slice along ``axis`` is prompted, then propagated."""
+        return self.add_prompts(points=[(index, positive)])
+
+    def add_box(self, lo: Sequence[int], hi: Sequence[int], slice_index: Optional[int] = None) -> VolumePrediction:
+        """Box [lo, hi) in array indices. One slice thick along ``axis``: a 2D box on that slice.
+        Thicker: the in-plane box on ``slice_index`` (default the middle slice), and propagation
+        is limited to the box's slice range."""
+        return self.add_prompts(box=(lo, hi), slice_index=slice_index)
+
+    def add_prompts(self, points: Sequence[tuple] = (), box: Optional[tuple] = None,
+                    slice_index: Optional[int] = None) -> VolumePrediction:
+        """Points ``[(index, positive), ...]`` and/or a box ``(lo, hi)`` on one slice, one decoder
+        call (one undo step). The slice is ``slice_index``, else the points' / the box's."""
+        idx = [(self._index(p), bool(pos)) for p, pos in points]
+        limits, xyxy, s = None, None, slice_index
+        if box is not None:
+            a, b = self._box(*box)
+            lo_s, hi_s = int(a[self.axis]), int(b[self.axis])
+            if s is None:
+                on = {int(p[self.axis]) for p, _ in idx}
+                s = on.pop() if len(on) == 1 else (lo_s + hi_s - 1) // 2
+            if not lo_s <= s < hi_s:
+                raise PromptError(f"slice {s} is outside the box's slice range [{lo_s}, {hi_s})")
+            r0, c0 = inplane(tuple(a), self.axis)
+            r1, c1 = inplane(tuple(b), self.axis)
+            xyxy = (c0, r0, c1, r1)
+            limits = None if hi_s - lo_s == 1 else (lo_s, hi_s)
+        if not idx and xyxy is None:
+            raise PromptError("no prompt: give points and/or a box")
+        on = {int(p[self.axis]) for p, _ in idx}
+        if s is None:
+            s = on.pop() if len(on) == 1 else -1
+        if s < 0 or any(v != s for v in on):
+            raise PromptError(f"the points lie on slices {sorted({int(p[self.axis]) for p, _ in idx})} along axis "
+                              f"{self.axis}; 2D prompts of one call must share one slice")
+        if not 0 <= s < self.shape[self.axis]:
+            raise PromptError(f"slice {s} is outside 0..{self.shape[self.axis] - 1} along axis {self.axis}")
+        xy = [inplane(tuple(p), self.axis)[::-1] for p, _ in idx]
+        return self._prompt(s, xy, [pos for _, pos in idx], xyxy, limits)
+
+    def _box(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self._index(lo, "box corner"), np.asarray(hi, dtype=np.float64)
+        if b.shape != (3,) or not np.isfinite(b).all():
+            raise PromptError(f"box corner needs 3 finite coordinates, got {hi!r}")
+        b = b.astype(int)
+        if np.any(b <= a):
+            raise PromptError(f"box [{tuple(a.tolist())}, {tuple(b.tolist())}) is empty or in the wrong order "
+                              "(need lo < hi on every axis; one slice thick: hi = lo + 1)")
+        if np.any(b > np.asarray(self.shape)):
+            raise PromptError(f"box [{tuple(a.tolist())}, {tuple(b.tolist())}) is outside the volume of shape {self.shape}")
+        return a, b
+
+    def _prompt(self, s: int, points: list, positive: list, box: Optional[tuple],
+                limits: Optional[tuple[int, int]]) -> VolumePrediction:
+        enc = self.encoder
+        step = _Step(s, s not in self._anchors, 0, {})
+        with torch.inference_mode():
+            try:
+                anchor = self._anchors.get(s)
+                if anchor is None:
+                    anchor = Session2D(self.model, device=self.device, policy=self.policy)
+                    anchor.attach(enc(s), enc.stack.rgb(s))
+                    self._anchors[s] = anchor
+                    current = self._mask[slice_region(self.axis, s)]
+                    if current.any() and points:  # refine what is shown on this slice
+                        anchor.add_mask(current)
+                        step.anchor_calls += 1
+                        box = box_of(current)
+                pred = anchor.add_prompts(points, positive, box=box)
+                step.anchor_calls += 1
+                self._write(step, s, pred.mask, s)
+                result = VolumePrediction(self.mask, s, pred.score, [])
+                if self.do_propagate:
+                    self._propagate(step, s, pred.mask, pred.low_res, limits, result)
+            except BaseException:
+                self._undo_step(step)
+                raise
+        self._history.append(step)
+        result.mask, result.slices = self.mask, sorted(step.old)
+        return result
+
+    def _write(self, step: _Step, i: int, mask2d: Optional[np.ndarray], owner: int) -> None:
+        region = slice_region(self.axis, i)
+        if i not in step.old:
+            step.old[i] = (self._mask[region].copy(), int(self._owner[i]))
+        self._mask[region] = False if mask2d is None else mask2d
+        self._owner[i] = owner
+
+    def _may_claim(self, anchor: int):
+        def ok(i: int) -> bool:
+            if i in self._anchors:
+                return False
+            other = int(self._owner[i])
+            return other in (-1, anchor) or other not in self._anchors or abs(i - anchor) < abs(i - other)
+        return ok
+
+    def _propagate(self, step: _Step, s: int, mask: np.ndarray, low_res: Optional[torch.Tensor],
+                   limits: Optional[tuple[int, int]], result: VolumePrediction) -> None:
+        for i in np.flatnonzero(self._owner == s):
+            if int(i) != s:
+                self._write(step, int(i), None, -1)
+        res = propagate(self.encoder, s, mask, self.config, low_res, limits, self._may_claim(s))
+        for i, r in res.slices.items():
+            self._write(step, i, r.mask, s)
+        result.scores = {i: r.score for i, r in res.slices.items()}
+        result.stopped = dict(res.stopped)
+
+    # ------------------------------------------------------------------ history
+    def _undo_step(self, step: _Step) -> None:
+        for i, (old, owner) in step.old.items():
+            self._mask[slice_region(self.axis, i)] = old
+            self._owner[i] = owner
+        anchor = self._anchors.get(step.anchor)
+        if anchor is not None:
+            if step.new_anchor:
+                del self._anchors[step.anchor]
+            else:
+                for _ in range(step.anchor_calls):
+                    anchor.undo()
+
+    def undo(self) -> VolumePrediction:
+        """Revert the last call (the anchor's prompt and every slice it changed)."""
+        if not self._history:
+            raise UsageError("nothing to undo")
+        step = self._history.pop()
+        self._undo_step(step)
+        return VolumePrediction(self.mask, step.anchor, None, sorted(step.old))
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._history)
+
+
+__all__ = ["SliceSession", "VolumePrediction"]
