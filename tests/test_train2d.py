@@ -44,13 +44,15 @@ def _cfg(name: str, out: Path, **kw) -> dict:
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_paper_freezing_keeps_frozen_weights_bit_identical(name, tmp_path):
-    trainer = Trainer(config_from_dict(_cfg(name, tmp_path, batch_size=2 if name != "sam-unet" else 1)))
+    loss = "focal_20dice" if name == "sam-unet" else "focal_dice"  # SAM-UNet reverses the weighting
+    trainer = Trainer(config_from_dict(_cfg(name, tmp_path, batch_size=2 if name != "sam-unet" else 1, loss=loss)))
     expected = FAMILIES[name][2]
     params = dict(trainer.model.named_parameters())
     assert {n for n, p in params.items() if p.requires_grad} == {n for n in params if expected(n)}
     before = {n: p.detach().clone() for n, p in params.items()}
     stats = [trainer.train_step() for _ in range(2)]
     assert all(np.isfinite(s["loss"]) and 0 <= s["dice"] <= 1 for s in stats)
+    assert trainer.cfg.loss == ("focal_20dice" if name == "sam-unet" else "focal_dice")
     frozen = [n for n, p in params.items() if not p.requires_grad]
     trained = [n for n, p in params.items() if p.requires_grad]
     assert frozen and all(torch.equal(before[n], params[n]) for n in frozen)

@@ -22,7 +22,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
-        "train", help="train or fine-tune a 3D model from a YAML config",
+        "train", help="train or fine-tune a model (3D, or the 2D SAM ViT-B / SAM-Med2D / SAM-UNet) from a YAML config",
         description="Train (or resume: the latest checkpoint in the run folder is picked up) a model. "
                     "Run under `torchrun --nproc_per_node N -m voxprompt train ...` for data-parallel training.")
     s.add_argument("config", help="training config (YAML, see configs/)")

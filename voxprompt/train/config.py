@@ -11,7 +11,7 @@ import yaml
 
 from ..errors import UsageError
 
-LOSSES = ("dice_ce", "focal_dice")
+LOSSES = ("dice_ce", "focal_dice", "focal_20dice")
 AMP = ("none", "bf16", "fp16")
 CLICK_MODES = ("mixed", "cvpr25", "random")
 INIT_MODES = ("strict", "load_from")

@@ -1,7 +1,8 @@
 """Segmentation losses on full-resolution logits ``(B, 1, *S)`` against a binary target.
 
 * ``dice_ce``: soft Dice + binary cross-entropy, equal weights (SAM-Med3D's DiceCELoss).
-* ``focal_dice``: 20 x focal + 1 x Dice (SAM's and SAM-Med2D's weighting; SAM-UNet uses it too).
+* ``focal_dice``: 20 x focal + 1 x Dice (SAM's and SAM-Med2D's weighting).
+* ``focal_20dice``: 1 x focal + 20 x Dice (SAM-UNet's training scripts: the weighting reversed).
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str
         loss = dice_l + ce
     elif kind == "focal_dice":
         loss = FOCAL_WEIGHT * focal_loss(logits, target) + dice_l
+    elif kind == "focal_20dice":
+        loss = focal_loss(logits, target) + FOCAL_WEIGHT * dice_l
     else:
         raise ValueError(f"unknown loss {kind!r}")
     with torch.no_grad():
