@@ -7,6 +7,10 @@ weights depend on, reproduced on purpose:
   and attend over the whole padded window without masking (SAM-Med3D: an 8^3 grid padded to
   14^3; the padded tokens act as keys/values with ``k = b_k``, ``v = b_v``);
 * decomposed relative positions (one table per axis) are added with the *unscaled* query.
+
+Outside :func:`.fast.reference_mode` the attention takes the exact fast paths of
+:mod:`.fast_attention` (real queries only, padded keys folded, ``scaled_dot_product_attention``).
+``ImageEncoder.gradient_checkpointing = True`` recomputes each block in the backward pass.
 """
 from __future__ import annotations
 
@@ -16,10 +20,13 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .adapter import Adapter
 from .common import LayerNormNd, MLPBlock, channels_first, channels_last, conv_cls
 from .config import SamConfig
+from .fast import reference_enabled, reference_mode
+from .fast_attention import window_attention, windowed_block_attention
 
 REL_POS_NAMES = {2: ("rel_pos_h", "rel_pos_w"), 3: ("rel_pos_d", "rel_pos_h", "rel_pos_w")}
 
@@ -46,8 +53,9 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
             rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear"
         )
         rel_pos = rel_pos.reshape(-1, max_rel_dist).permute(1, 0)
-    q_coords = torch.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
-    k_coords = torch.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
+    dev = rel_pos.device
+    q_coords = torch.arange(q_size, device=dev)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=dev)[None, :] * max(q_size / k_size, 1.0)
     relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
     return rel_pos[relative.long()]
 
@@ -107,7 +115,26 @@ class Attention(nn.Module):
     def rel_pos_tables(self) -> list[torch.Tensor]:
         return [getattr(self, n) for n in self.rel_pos_names]
 
+    def rel_pos_rows(self, size: Sequence[int]) -> Optional[list[torch.Tensor]]:
+        """Per-axis relative-position rows ``(s, s, head_dim)`` for a ``size`` grid, or None."""
+        if not self.use_rel_pos:
+            return None
+        return [get_rel_pos(s, s, t) for s, t in zip(size, self.rel_pos_tables())]
+
+    def forward_windows(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        """Fast path of a windowed block: ``(B, *size, C)`` normalised tokens -> attention output,
+        exactly the official zero-padded windowed attention cropped to the real tokens."""
+        out = windowed_block_attention(
+            self.qkv(x), self.qkv.bias, self.num_heads, self.scale,
+            self.rel_pos_rows([window] * (x.dim() - 2)), window,
+        )
+        return self.proj(out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not reference_enabled():
+            size = list(x.shape[1:-1])
+            out = window_attention(self.qkv(x), self.num_heads, self.scale, self.rel_pos_rows(size), size)
+            return self.proj(out)
         b, *size, _ = x.shape
         n_tok = math.prod(size)
         qkv = self.qkv(x).reshape(b, n_tok, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
@@ -179,7 +206,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.norm1(x)
-        if self.window_size > 0:
+        if self.window_size > 0 and not reference_enabled():
+            x = self.attn.forward_windows(x, self.window_size)
+        elif self.window_size > 0:
             size = x.shape[1:-1]
             x, padded = window_partition(x, self.window_size)
             x = self.attn(x)
@@ -200,6 +229,7 @@ class ImageEncoder(nn.Module):
         super().__init__()
         d = cfg.spatial_dims
         self.cfg = cfg
+        self.gradient_checkpointing = False  # runtime switch, not stored in checkpoints
         self.patch_embed = PatchEmbed(d, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, *([cfg.grid_size] * d), cfg.embed_dim))
         self.blocks = nn.ModuleList(
@@ -221,8 +251,21 @@ class ImageEncoder(nn.Module):
     def forward_neck(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.neck(channels_first(tokens))
 
+    def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Block ``index``, recomputed in the backward pass when ``gradient_checkpointing`` is on."""
+        blk = self.blocks[index]
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            ref = reference_enabled()  # the recomputation may run on another thread
+
+            def run(t: torch.Tensor) -> torch.Tensor:
+                with reference_mode(ref):
+                    return blk(t)
+
+            return checkpoint(run, x, use_reentrant=False)
+        return blk(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)
-        for blk in self.blocks:
-            x = blk(x)
+        for i in range(len(self.blocks)):
+            x = self.run_block(i, x)
         return self.forward_neck(x)

@@ -4,13 +4,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .channels_last import PatchSequential, run_patch_layout, unshuffle
 from .common import MLP, LayerNormNd, conv_transpose_cls
 from .config import SamConfig
+from .fast import reference_enabled
 from .transformer import TwoWayTransformer
 
 
 def upscaler(spatial_dims: int, cin: int, cmid: int, cout: int, final_act: bool = True) -> nn.Sequential:
-    """Two stride-2 transposed convs (cin -> cmid -> cout) with LayerNorm + GELU between: 4x larger."""
+    """Two stride-2 transposed convs (cin -> cmid -> cout) with LayerNorm + GELU between: 4x larger.
+
+    Outside reference mode it runs as channels-last GEMMs (:mod:`.channels_last`)."""
     convt = conv_transpose_cls(spatial_dims)
     layers = [
         convt(cin, cmid, kernel_size=2, stride=2),
@@ -20,13 +24,15 @@ def upscaler(spatial_dims: int, cin: int, cmid: int, cout: int, final_act: bool 
     ]
     if final_act:
         layers.append(nn.GELU())
-    return nn.Sequential(*layers)
+    return PatchSequential(*layers)
 
 
 def broadcast_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
     """Repeat a batch-1 tensor to ``batch`` rows (one image embedding for several prompts)."""
     if x.shape[0] == batch:
         return x
+    if x.shape[0] == 1 and not reference_enabled():
+        return x.expand(batch, *x.shape[1:])
     return torch.repeat_interleave(x, batch, dim=0)
 
 
@@ -81,11 +87,15 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns masks ``(B, M, *low_res)`` and IoU ``(B, M)``: M = 1 (token 0) or the
         multimask tokens 1.."""
-        masks, iou = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
         sl = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, sl], iou[:, sl]
+        if reference_enabled():
+            masks, iou = self.predict_masks(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            )
+            return masks[:, sl], iou[:, sl]
+        return self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, sl
+        )
 
     def predict_masks(
         self,
@@ -93,8 +103,54 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        tokens: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All mask tokens: ``(B, 1 + num_multimask_outputs, *low_res)`` and their IoU."""
+        """Mask tokens ``tokens`` (default all): ``(B, M, *low_res)`` and their IoU."""
+        if not reference_enabled():
+            return self._predict_masks_fast(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, tokens
+            )
+        masks, iou = self._predict_masks_ref(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        return masks[:, tokens], iou[:, tokens]
+
+    def _predict_masks_fast(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        tokens: slice,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Only the requested mask tokens' hypernetworks and products; channels-last upscaling."""
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        hs, src = run_two_way(
+            self.transformer, output_tokens, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        b = hs.shape[0]
+        idx = range(self.num_mask_tokens)[tokens]
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in idx], dim=1)
+        iou = self.iou_prediction_head(hs[:, 0, :])[:, tokens]
+        patched = run_patch_layout(self.output_upscaling, src)
+        if patched is not None:  # dot products in patch order, then unshuffle M channels only
+            y, levels = patched
+            masks = hyper_in @ y.reshape(b, -1, y.shape[-1]).transpose(1, 2)
+            masks = masks.view(b, len(idx), *y.shape[1:-1])
+            return unshuffle(masks, src.dim() - 2, levels), iou
+        upscaled = self.output_upscaling(src)
+        c_up, up_grid = upscaled.shape[1], upscaled.shape[2:]
+        masks = (hyper_in @ upscaled.reshape(b, c_up, -1)).view(b, len(idx), *up_grid)
+        return masks, iou
+
+    def _predict_masks_ref(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official computation of all mask tokens."""
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         hs, src = run_two_way(
             self.transformer, output_tokens, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings

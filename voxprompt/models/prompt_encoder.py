@@ -5,17 +5,23 @@ coordinate 0 is paired with tensor axis 1 of the image and coordinate 1 with ten
 further coordinate with its own axis. In 2D that is SAM's (x, y) = (column, row). In 3D it is
 SAM-Med3D's "dense-PE axis swap": points are given in tensor-axis order, but the dense PE of cell
 (i, j, k) encodes ((j+.5)/8, (i+.5)/8, (k+.5)/8). The Fourier PE is always computed in float32.
+
+Outside reference mode the dense PE is computed once and cached (keyed by the Gaussian matrix's
+device, storage and version counter, and cleared by ``.to()`` and ``load_state_dict``), and the
+mask downscaler runs as channels-last GEMMs.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
+from .channels_last import PatchSequential
 from .common import LayerNormNd, conv_cls
 from .config import SamConfig
+from .fast import reference_enabled
 
 
 def _swap01(values: list) -> list:
@@ -72,7 +78,8 @@ class PromptEncoder(nn.Module):
         self.not_a_point_embed = nn.Embedding(1, self.embed_dim)
         conv = conv_cls(d)
         mic = cfg.mask_in_chans
-        self.mask_downscaling = nn.Sequential(
+        self._dense_pe: Optional[tuple[tuple, torch.Tensor]] = None  # cache, not a buffer
+        self.mask_downscaling = PatchSequential(
             conv(1, mic // 4, kernel_size=2, stride=2),
             LayerNormNd(mic // 4),
             nn.GELU(),
@@ -88,8 +95,30 @@ class PromptEncoder(nn.Module):
         return tuple(4 * s for s in self.image_embedding_size)
 
     def get_dense_pe(self) -> torch.Tensor:
-        """``(1, C, *grid)`` positional encoding of the image embedding grid (float32)."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """``(1, C, *grid)`` positional encoding of the image embedding grid (float32).
+
+        Cached outside reference mode: treat the returned tensor as read-only."""
+        if reference_enabled():
+            return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        g = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (g.device, g.data_ptr(), g._version, torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+        if self._dense_pe is None or self._dense_pe[0] != key:
+            with torch.no_grad():
+                pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+            self._dense_pe = (key, pe)
+        return self._dense_pe[1]
+
+    def clear_cache(self) -> None:
+        """Forget the cached dense PE (done automatically on ``.to()`` and ``load_state_dict``)."""
+        self._dense_pe = None
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "PromptEncoder":
+        self.clear_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self.clear_cache()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # centre of the pixel/voxel

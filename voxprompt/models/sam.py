@@ -6,18 +6,20 @@ or upsampling). Per-user state (cached embeddings, previous logits) lives in a S
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+import contextlib
+from typing import Any, ContextManager, Optional, Union
 
 import torch
 from torch import nn
 
-from ..errors import InputError, PromptError
+from ..errors import InputError, PromptError, UsageError
 from .config import SamConfig
 from .image_encoder import ImageEncoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
 Points = Optional[tuple[torch.Tensor, torch.Tensor]]
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class PromptableModel(nn.Module):
@@ -29,6 +31,30 @@ class PromptableModel(nn.Module):
     in_chans: int
     low_res_size: int
     supports_boxes: bool
+    amp_dtype: Optional[torch.dtype] = None  # runtime setting (set_precision), not in checkpoints
+
+    def set_precision(self, precision: str) -> "PromptableModel":
+        """Run ``encode``/``decode`` under autocast: ``fp32`` (default, exact), ``bf16`` or ``fp16``
+        (GPU). Outputs stay float32. Returns the model."""
+        if precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.amp_dtype = PRECISIONS[precision]
+        return self
+
+    def autocast(self) -> ContextManager[Any]:
+        """The autocast context of ``encode``/``decode`` (a no-op in fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self._device_dtype()[0].type, dtype=self.amp_dtype)
+
+    def compile_decoder(self, mode: Optional[str] = None) -> "PromptableModel":
+        """``torch.compile`` the mask decoder in place (state-dict keys unchanged). ``mode``
+        defaults to ``reduce-overhead`` (CUDA graphs) on GPU, ``default`` elsewhere. The compiled
+        decoder always takes the fast paths."""
+        if mode is None:
+            mode = "reduce-overhead" if self._device_dtype()[0].type == "cuda" else "default"
+        self.mask_decoder.compile(mode=mode, dynamic=False)
+        return self
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         p = next(self.parameters())
@@ -145,7 +171,10 @@ class SamModel(PromptableModel):
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """``(B, C, *S)`` normalised, padded input -> image embedding ``(B, C_emb, *grid)``."""
-        return self.image_encoder(self.check_image(image))
+        image = self.check_image(image)
+        with self.autocast():
+            emb = self.image_encoder(image)
+        return emb.float() if self.amp_dtype is not None else emb
 
     def decode(
         self,
@@ -158,14 +187,18 @@ class SamModel(PromptableModel):
         """Raw low-res logits ``(B, M, *low_res)`` and IoU ``(B, M)``; M = 1, or 3 with multimask."""
         emb = self._check_embedding(emb)
         points, boxes, mask_input = self.check_prompts(emb.shape[0], points, boxes, mask_input)
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        return self.mask_decoder(
-            image_embeddings=emb,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
+        with self.autocast():
+            sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+            low, iou = self.mask_decoder(
+                image_embeddings=emb,
+                image_pe=self.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+        if self.amp_dtype is not None:
+            return low.float(), iou.float()
+        return low, iou
 
     def forward(self, image: torch.Tensor, **prompts: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode then decode (training and export)."""

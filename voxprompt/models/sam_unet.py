@@ -134,14 +134,21 @@ class SamUNet(PromptableModel):
     def encode(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised, padded ``(B,3,256,256)`` -> ``{"image_embeddings", "multi_scale_feature"}``."""
         image = self.check_image(image)
+        with self.autocast():
+            out = self._encode(image)
+        if self.amp_dtype is not None:
+            out = {k: v.float() for k, v in out.items()}
+        return out
+
+    def _encode(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.resnet(image)
         tokens = self.vit.embed(image)
         bridges: list[Optional[torch.Tensor]] = [None] * 3
         for stage, g in enumerate(self.cfg.sam.global_attn_indexes):
             for j in range(2):
-                tokens = self.vit.blocks[stage * 3 + j](tokens)
+                tokens = self.vit.run_block(stage * 3 + j, tokens)
             tokens = tokens + channels_last(self.adapters_in[stage](feats[stage]))
-            tokens = self.vit.blocks[g](tokens)
+            tokens = self.vit.run_block(g, tokens)
             if stage < 3:  # U-Net order: the shallowest ViT stage feeds bridge 2
                 bridges[2 - stage] = self.adapters_bridge[2 - stage](channels_first(tokens))
         emb = self.vit.forward_neck(tokens)
@@ -165,9 +172,10 @@ class SamUNet(PromptableModel):
             raise InputError(f"{self.name}: embedding must be the dict returned by encode()")
         image_embeddings, msf = emb["image_embeddings"], emb["multi_scale_feature"]
         points, boxes, mask_input = self.check_prompts(image_embeddings.shape[0], points, boxes, mask_input)
-        sparse, dense = self.prompts(points=points, boxes=boxes, masks=mask_input)
-        low = self.mask_decoder(image_embeddings, self.prompts.get_dense_pe(), sparse, dense, msf)
-        return low, None
+        with self.autocast():
+            sparse, dense = self.prompts(points=points, boxes=boxes, masks=mask_input)
+            low = self.mask_decoder(image_embeddings, self.prompts.get_dense_pe(), sparse, dense, msf)
+        return low.float(), None
 
     def forward(self, image: torch.Tensor, **prompts: Any) -> tuple[torch.Tensor, None]:
         return self.decode(self.encode(image), **prompts)

@@ -1,14 +1,25 @@
 """SAM's two-way transformer (token <-> image cross-attention). Works on flattened tokens, so the
-same code serves 2D and 3D."""
+same code serves 2D and 3D.
+
+Fast path (outside reference mode), exact up to fp32 rounding: a cross-attention between a few
+prompt tokens and thousands of image tokens never projects the image tokens. Few queries: the
+scores ``(W_k x_j + b_k).q = x_j.(W_k^T q) + const`` and the output
+``sum_j a_j (W_v x_j + b_v) = W_v (sum_j a_j x_j) + b_v``. Few keys: the scores
+``(W_q x_j + b_q).k_t = x_j.(W_q^T k_t) + b_q.k_t`` and the output projection folds into the values,
+``W_o concat_h(sum_t a_jt v_t) = sum_(h,t) a_jt (W_o^h v_t)``. Both are two GEMMs of size
+``n_image x C x (heads * n_tokens)`` instead of ``n_image x C x internal_dim`` projections.
+"""
 from __future__ import annotations
 
 import math
 from typing import Type
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import MLPBlock
+from .fast import reference_enabled
 
 
 class Attention(nn.Module):
@@ -30,12 +41,58 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if not reference_enabled():
+            return self._forward_fast(q, k, v)
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
         attn = q @ k.permute(0, 1, 3, 2)
         attn = torch.softmax(attn / math.sqrt(q.shape[-1]), dim=-1)
         out = attn @ v
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+    def _forward_fast(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        nq, nk, h = q.shape[1], k.shape[1], self.num_heads
+        if h * nq < self.internal_dim and nk > nq:
+            return self._few_queries(q, k, v)
+        if h * nk < self.internal_dim and nq > nk:
+            return self._few_keys(q, k, v)
+        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        b, h, n, c = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+    def _few_queries(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Keys and values stay unprojected: one-head attention of ``heads * nq`` back-projected
+        queries over the raw inputs, then the value projection of the ``heads * nq`` results."""
+        b, nq, _ = q.shape
+        h, d = self.num_heads, self.internal_dim // self.num_heads
+        qh = self._heads(self.q_proj(q))  # (B, H, nq, d)
+        wk = self.k_proj.weight.view(h, d, -1)
+        qk = torch.matmul(qh, wk.to(qh.dtype))  # (B, H, nq, C); the b_k term is softmax-invariant
+        z = F.scaled_dot_product_attention(
+            qk.reshape(b, 1, h * nq, -1), k.unsqueeze(1).to(qk.dtype), v.unsqueeze(1).to(qk.dtype), scale=d**-0.5
+        ).view(b, h, nq, -1)
+        wv = self.v_proj.weight.view(h, d, -1).transpose(1, 2)
+        out = torch.matmul(z, wv.to(z.dtype)) + self.v_proj.bias.view(h, 1, d)  # (B, H, nq, d)
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, h * d))
+
+    def _few_keys(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Queries stay unprojected: scores ``x_j . (W_q^h)^T k_t + b_q^h . k_t`` for all (head,
+        token) pairs in one GEMM, softmax per head, and the output projection folded into the
+        values ``W_o^h v_t`` -- so the head concat + projection is the second GEMM."""
+        b, nk, _ = k.shape
+        h, d = self.num_heads, self.internal_dim // self.num_heads
+        scale = d**-0.5
+        kh = self._heads(self.k_proj(k))  # (B, H, nk, d)
+        vh = self._heads(self.v_proj(v))
+        wq = self.q_proj.weight.view(h, d, -1)
+        kq = (torch.matmul(kh, wq.to(kh.dtype)) * scale).reshape(b, h * nk, -1)  # (B, H*nk, C)
+        const = ((kh * self.q_proj.bias.view(h, 1, d)).sum(-1) * scale).reshape(b, 1, h * nk)
+        wo = self.out_proj.weight.view(-1, h, d).permute(1, 2, 0)  # (H, d, C_out)
+        u = torch.matmul(vh, wo.to(vh.dtype)).reshape(b, h * nk, -1)  # (B, H*nk, C_out)
+        scores = torch.baddbmm(const.to(kq.dtype), q.to(kq.dtype), kq.transpose(1, 2))  # (B, nq, H*nk)
+        attn = scores.view(b, -1, h, nk).softmax(dim=-1).view(b, -1, h * nk)
+        return torch.baddbmm(self.out_proj.bias.to(u.dtype), attn.to(u.dtype), u)
 
 
 class TwoWayAttentionBlock(nn.Module):

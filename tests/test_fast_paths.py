@@ -1,0 +1,244 @@
+"""Fast paths vs the reference (official) computation: equal within fp32 rounding, forward and
+backward; golden fixtures in reference mode too; dense-PE cache invalidation; bf16 tolerance;
+activation checkpointing. Measured max errors are in benchmarks/results/ and the README."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import test_golden as golden
+import voxprompt
+from voxprompt import SamConfig
+from voxprompt.models.fast import reference_enabled, reference_mode
+
+FP32_REL = 2e-6  # relative L2, fast vs reference (measured: <= 6e-7 on every tiny model)
+BF16_REL = 3e-2  # relative L2 of bf16 autocast vs fp32 reference (measured: <= 1.1e-2)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial values for every floating tensor (rel-pos tables and pos_embed included)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if not t.is_floating_point():
+                continue
+            noise = torch.randn(t.shape, generator=gen)
+            if t.dim() >= 2 and "pos_embed" not in name and "rel_pos" not in name:
+                t.copy_(noise / t[0].numel() ** 0.5)
+            elif name.endswith("weight") and t.dim() == 1:
+                t.copy_(1 + 0.1 * noise)
+            else:
+                t.copy_(0.3 * noise)
+    return model
+
+
+def test_mode_switch_is_scoped():
+    assert not reference_enabled()
+    with reference_mode():
+        assert reference_enabled()
+        with reference_mode(False):
+            assert not reference_enabled()
+        assert reference_enabled()
+    assert not reference_enabled()
+
+
+# ------------------------------------------------------------ golden fixtures in reference mode
+@pytest.fixture(scope="module")
+def ref_fixtures(tiny_med3d, tiny_sam, tiny_med2d, tiny_unet):
+    out = {}
+    for key, (g, model, _) in {"med3d": tiny_med3d, "sam": tiny_sam, "med2d": tiny_med2d, "unet": tiny_unet}.items():
+        image = g["image_encoder_input"] if "image_encoder_input" in g else g["image"]
+        with reference_mode(), torch.no_grad():
+            out[key] = (g, model, model.encode(image.float()))
+    return out
+
+
+def test_golden_embeddings_in_reference_mode(ref_fixtures):
+    with reference_mode():
+        golden.test_med3d_embedding_and_dense_pe(ref_fixtures["med3d"])
+        golden.test_sam_embedding(ref_fixtures["sam"])
+        golden.test_med2d_embedding(ref_fixtures["med2d"])
+        golden.test_unet_encoder_and_intermediates(ref_fixtures["unet"])
+
+
+@pytest.mark.parametrize("case", list(golden.MED3D_CASES))
+def test_golden_med3d_in_reference_mode(ref_fixtures, case):
+    with reference_mode():
+        golden.test_med3d_cases(ref_fixtures["med3d"], case)
+
+
+@pytest.mark.parametrize("case", ["a_box", "b_one_point", "c_two_points_with_mask"])
+def test_golden_2d_in_reference_mode(ref_fixtures, case):
+    with reference_mode():
+        golden.test_sam_cases(ref_fixtures["sam"], case)
+        golden.test_med2d_cases(ref_fixtures["med2d"], case)
+        golden.test_unet_cases(ref_fixtures["unet"], case)
+
+
+def test_fixture_embeddings_fast_vs_reference(tiny_med3d, tiny_sam, tiny_med2d, tiny_unet, ref_fixtures):
+    for key, fast in {"med3d": tiny_med3d, "sam": tiny_sam, "med2d": tiny_med2d, "unet": tiny_unet}.items():
+        a, b = fast[2], ref_fixtures[key][2]
+        pairs = [(a[k], b[k]) for k in a] if isinstance(a, dict) else [(a, b)]
+        for x, y in pairs:
+            assert rel(x, y) < FP32_REL, key
+
+
+# ------------------------------------------------------------ random weights, edge-case geometries
+CONFIGS = {
+    # 3D, 8^3 tokens in one 14^3 window (SAM-Med3D's geometry)
+    "3d_one_window": SamConfig(spatial_dims=3, img_size=128, in_chans=1, embed_dim=32, depth=2, num_heads=2,
+                               global_attn_indexes=(1,), window_size=14, prompt_embed_dim=48, num_point_embeddings=2,
+                               decoder_mlp_dim=64, iou_head_hidden_dim=32),
+    # 3D, 10^3 tokens in 4^3 windows: interior, border and corner windows
+    "3d_many_windows": SamConfig(spatial_dims=3, img_size=80, in_chans=1, patch_size=8, embed_dim=32, depth=2,
+                                 num_heads=2, global_attn_indexes=(1,), window_size=4, prompt_embed_dim=48,
+                                 num_point_embeddings=2, decoder_mlp_dim=64, iou_head_hidden_dim=32),
+    # 3D without relative positions (padded keys folded with log(n_pad))
+    "3d_no_rel_pos": SamConfig(spatial_dims=3, img_size=64, in_chans=1, patch_size=8, embed_dim=32, depth=1,
+                               num_heads=2, global_attn_indexes=(), window_size=5, use_rel_pos=False,
+                               prompt_embed_dim=48, num_point_embeddings=2, decoder_mlp_dim=64),
+    # 2D, 16^2 tokens in 6^2 windows (partial border windows), adapters
+    "2d_windows_adapter": SamConfig(img_size=256, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,),
+                                    window_size=6, prompt_embed_dim=32, decoder_mlp_dim=64, adapter=True,
+                                    iou_head_hidden_dim=32),
+    # 2D, exact multiple (no padding)
+    "2d_no_padding": SamConfig(img_size=128, embed_dim=32, depth=2, num_heads=4, global_attn_indexes=(0,),
+                               window_size=4, prompt_embed_dim=32, decoder_mlp_dim=64, iou_head_hidden_dim=32),
+}
+
+
+def _prompts(model, batch: int, n: int, gen: torch.Generator):
+    d = model.spatial_dims
+    coords = torch.rand(batch, n, d, generator=gen) * (model.img_size - 1)
+    labels = torch.randint(0, 2, (batch, n), generator=gen)
+    mask = torch.randn(batch, 1, *([model.low_res_size] * d), generator=gen)
+    return (coords, labels), mask
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_random_model_fast_vs_reference(name):
+    cfg = CONFIGS[name]
+    model = randomise(voxprompt.build_model(cfg, name)).eval()
+    gen = torch.Generator().manual_seed(1)
+    image = torch.randn(2, cfg.in_chans, *([cfg.img_size] * cfg.spatial_dims), generator=gen)
+    with torch.no_grad():
+        with reference_mode():
+            e_ref = model.encode(image)
+        e_fast = model.encode(image)
+        assert rel(e_fast, e_ref) < FP32_REL
+        for n, multimask in ((1, False), (3, True)):
+            pts, mask = _prompts(model, 2, n, gen)
+            with reference_mode():
+                r = model.decode(e_ref, points=pts, mask_input=mask, multimask=multimask)
+            f = model.decode(e_ref, points=pts, mask_input=mask, multimask=multimask)
+            assert rel(f[0], r[0]) < FP32_REL and rel(f[1], r[1]) < FP32_REL
+        # one embedding, several prompt rows (broadcast)
+        pts, _ = _prompts(model, 3, 2, gen)
+        with reference_mode():
+            r = model.decode(e_ref[:1], points=pts)
+        f = model.decode(e_ref[:1], points=pts)
+        assert rel(f[0], r[0]) < FP32_REL
+
+
+@pytest.mark.parametrize("name", ["3d_one_window", "2d_windows_adapter"])
+def test_gradients_fast_vs_reference_and_checkpointing(name):
+    cfg = CONFIGS[name]
+    model = randomise(voxprompt.build_model(cfg, name)).train()
+    gen = torch.Generator().manual_seed(2)
+    image = torch.randn(1, cfg.in_chans, *([cfg.img_size] * cfg.spatial_dims), generator=gen)
+    pts, mask = _prompts(model, 1, 2, gen)
+
+    def grads(reference: bool, ckpt: bool) -> dict:
+        model.zero_grad(set_to_none=True)
+        model.image_encoder.gradient_checkpointing = ckpt
+        with reference_mode(reference):
+            low, iou = model(image, points=pts, mask_input=mask)
+            (low.square().mean() + iou.sum()).backward()
+        model.image_encoder.gradient_checkpointing = False
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    ref = grads(True, False)
+    fast = grads(False, False)
+    ckpt = grads(False, True)
+    # the fast decoder skips the hypernetworks of unused mask tokens (zero gradient in reference)
+    assert fast.keys() == ckpt.keys() and fast.keys() <= ref.keys()
+    assert all(not ref[k].any() for k in ref.keys() - fast.keys())
+    scale = max(g.abs().max().item() for g in ref.values())
+    for k in fast:  # some gradients are exactly zero in math (k_proj.bias): compare to the scale
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-4, atol=1e-6 * scale, msg=k)
+        torch.testing.assert_close(ckpt[k], fast[k], rtol=1e-6, atol=1e-8 * scale, msg=k)
+
+
+def test_dense_pe_cache_invalidation():
+    model = randomise(voxprompt.build_model(CONFIGS["3d_one_window"], "m")).eval()
+    pe = model.prompt_encoder
+    first = pe.get_dense_pe()
+    assert pe.get_dense_pe() is first  # cached
+    with reference_mode():
+        assert torch.equal(pe.get_dense_pe(), first)
+    sd = model.state_dict()
+    key = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+    sd[key] = sd[key] * 2
+    model.load_state_dict(sd)
+    changed = pe.get_dense_pe()
+    assert not torch.equal(changed, first)
+    with reference_mode():
+        assert torch.equal(pe.get_dense_pe(), changed)
+    with torch.no_grad():
+        pe.pe_layer.positional_encoding_gaussian_matrix.mul_(0.5)  # in-place edit: version bump
+    assert torch.equal(pe.get_dense_pe(), first)
+    model.double()
+    assert pe.get_dense_pe().dtype == torch.float32  # the Fourier PE is always float32
+    assert pe._dense_pe is not None and pe._dense_pe[1].device == first.device
+
+
+def test_bf16_autocast_within_tolerance(tiny_med3d, tiny_med2d):
+    for g, model, _ in (tiny_med3d, tiny_med2d):
+        image = (g["image"]).float()
+        pts = (g["points"][:, :1], g["labels"][:, :1]) if "points" in g else (
+            g["prompts"]["b_one_point"]["point_coords"], g["prompts"]["b_one_point"]["point_labels"])
+        with torch.no_grad(), reference_mode():
+            e_ref = model.encode(image)
+            low_ref, _ = model.decode(e_ref, points=pts)
+        try:
+            model.set_precision("bf16")
+            with torch.no_grad():
+                e_bf = model.encode(image)
+                low_bf, _ = model.decode(e_bf, points=pts)
+        finally:
+            model.set_precision("fp32")
+        assert e_bf.dtype == low_bf.dtype == torch.float32
+        assert rel(e_bf, e_ref) < BF16_REL
+        assert rel(low_bf, low_ref) < 2 * BF16_REL
+
+
+def test_bad_precision_is_a_usage_error(tiny_med3d):
+    with pytest.raises(voxprompt.UsageError):
+        tiny_med3d[1].set_precision("int8")
+
+
+# ------------------------------------------------------------ full size (slow)
+FULL = ["sam-med3d", "voxprompt-med3d-small", "sam-med2d", "sam-unet", "sam-vit-b"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FULL)
+def test_full_size_fast_vs_reference(name):
+    model = randomise(voxprompt.load_model(name, pretrained=False), seed=3)
+    gen = torch.Generator().manual_seed(4)
+    image = torch.randn(1, model.in_chans, *([model.img_size] * model.spatial_dims), generator=gen)
+    pts, mask = _prompts(model, 1, 2, gen)
+    with torch.no_grad():
+        with reference_mode():
+            e_ref = model.encode(image)
+            low_ref, _ = model.decode(e_ref, points=pts, mask_input=mask)
+        e_fast = model.encode(image)
+        low_fast, _ = model.decode(e_ref, points=pts, mask_input=mask)
+    pairs = [(e_fast[k], e_ref[k]) for k in e_ref] if isinstance(e_ref, dict) else [(e_fast, e_ref)]
+    for a, b in pairs + [(low_fast, low_ref)]:
+        assert rel(a, b) < 1e-5
