@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_subcommands(sub)  # serve
     from .train.cli import add_subcommands as add_train_subcommands
     add_train_subcommands(sub)  # train
+    from .onnx_cli import add_subcommands as add_onnx_subcommands
+    add_onnx_subcommands(sub)  # export-onnx
     return p
 
 

@@ -86,7 +86,7 @@ def run_channels_last(seq: nn.Sequential, x: Tensor) -> Tensor:
         elif isinstance(m, _CONVS):
             y = conv_patches(y, m)
         elif isinstance(m, LayerNormNd):
-            y = F.layer_norm(y, (y.shape[-1],), m.weight, m.bias, m.eps)
+            y = F.layer_norm(y, (m.weight.shape[0],), m.weight, m.bias, m.eps)
         else:
             y = m(y)
     return channels_first(y)
@@ -111,7 +111,7 @@ def run_patch_layout(seq: nn.Sequential, x: Tensor) -> Optional[tuple[Tensor, in
             y = F.linear(y, w.t(), bias).view(*y.shape[:-1], *([k] * nd), cout)
             levels += 1
         elif isinstance(m, LayerNormNd):
-            y = F.layer_norm(y, (y.shape[-1],), m.weight, m.bias, m.eps)
+            y = F.layer_norm(y, (m.weight.shape[0],), m.weight, m.bias, m.eps)
         else:
             y = m(y)
     return y, levels
