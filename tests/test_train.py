@@ -108,6 +108,15 @@ def test_resume_is_exact(tmp_path):
     assert m.cfg.img_size == 32
 
 
+def test_dataloader_workers_give_the_same_run(tmp_path):
+    a = Trainer(config_from_dict(tiny_cfg(tmp_path / "a", steps=2)))
+    a.fit(progress=False)
+    b = Trainer(config_from_dict(tiny_cfg(tmp_path / "b", steps=2, num_workers=1)))
+    b.fit(progress=False)
+    wa, wb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 DDP_SCRIPT = """
 import sys, torch
 from safetensors.torch import save_file

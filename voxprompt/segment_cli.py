@@ -20,15 +20,17 @@ from .errors import PromptError, UsageError, VoxpromptError
 from .io.image import Image
 from .io.read import file_extension, read_image
 from .io.write import SUPPORTED_WRITE_EXTENSIONS
+from .models.loading import DEFAULT_MODEL, shipped_weights
 
 log = logging.getLogger(__name__)
 
 AUTOZOOM_DEFAULT = False  # --autozoom / --no-autozoom when neither is given
 
 
-def default_checkpoint() -> Optional[str]:
-    """Checkpoint used when ``--checkpoint`` is not given; none is shipped yet."""
-    return None
+def default_checkpoint(model: str = DEFAULT_MODEL) -> Optional[str]:
+    """Checkpoint used when ``--checkpoint`` is not given: the weights shipped for ``model``, if any."""
+    path = shipped_weights(model)
+    return str(path) if path is not None else None
 
 
 @dataclass
@@ -177,9 +179,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         _check_output(args.overlay, (".png",), "--overlay")
     get_spec(args.model)
     _check_device(args.device)
-    checkpoint = args.checkpoint or default_checkpoint()
+    checkpoint = args.checkpoint or default_checkpoint(args.model)
     if checkpoint is None:
-        raise UsageError(f"no default {args.model} checkpoint is shipped yet; give one with --checkpoint PATH")
+        raise UsageError(f"no weights are shipped for {args.model}; give a checkpoint with --checkpoint PATH")
     if not Path(checkpoint).is_file():
         raise UsageError(f"--checkpoint {checkpoint}: no such file")
     config = _read_config(args.config_json)
@@ -278,7 +280,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--frame", choices=("LPS", "RAS"), default="LPS", help="world frame of --point-mm (default LPS)")
     s.add_argument("--box", action="append", metavar="I0,J0,K0,I1,J1,K1", help="half-open IJK box")
     s.add_argument("--mask-in", metavar="MASK", help="existing segmentation to start from")
-    s.add_argument("--model", default="sam-med3d", help="model name (default sam-med3d)")
+    s.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"model name (default {DEFAULT_MODEL}: our compact SAM-Med3D-family model, shipped)")
     s.add_argument("--checkpoint", metavar="PATH", help="model weights (.pth or voxprompt .safetensors)")
     s.add_argument("--config-json", metavar="FILE", help="architecture config overrides (smaller models)")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

@@ -90,9 +90,9 @@ def _check_args(args: argparse.Namespace) -> Optional[str]:
         return None
     from voxprompt.segment_cli import default_checkpoint
 
-    ckpt = args.checkpoint or default_checkpoint()
+    ckpt = args.checkpoint or default_checkpoint(args.model)
     if ckpt is None:
-        raise UsageError(f"no default {args.model} checkpoint is shipped yet; give one with --checkpoint PATH")
+        raise UsageError(f"no weights are shipped for {args.model}; give a checkpoint with --checkpoint PATH")
     if not Path(ckpt).is_file():
         raise UsageError(f"--checkpoint {ckpt}: no such file")
     return ckpt
@@ -110,7 +110,7 @@ def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> Any:
         from voxprompt.eval.runner2d import slice_session_factory
 
         return slice_session_factory(model, axis=SLICE_AXES[args.slice_axis], device=device)
-    return session_factory(model, device=device)
+    return session_factory(model, device=device, autozoom=args.autozoom)
 
 
 def _run_eval(args: argparse.Namespace, ckpt: Optional[str], device: str, targets: list, **kw: Any) -> list[dict]:
@@ -204,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "use_box": any(r["box"] is not None for r in rows), "click_noise_mm": args.click_noise,
         "model": args.model, "checkpoint": ckpt, "checkpoint_sha256": _sha256_prefix(ckpt) if ckpt else None,
         "seed": args.seed, "data": str(args.data), "targets": args.targets, "n_targets": len(rows),
-        "device": args.device, "world_size": dist.world, "machine": _machine(device),
+        "device": args.device, "autozoom": bool(getattr(args, "autozoom", False)), "world_size": dist.world, "machine": _machine(device),
         **_meta_2d(args),
         "torch": torch.__version__, "voxprompt": _version(), "python": platform.python_version(),
         "started": started, "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -259,6 +259,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="clicks per target (default 5 cvpr25, 10 sam-med3d, 5 sam-med2d)")
     s.add_argument("--click-noise", type=float, default=0.0, metavar="MM", help="Gaussian click jitter sigma in mm")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    s.add_argument("--autozoom", action="store_true",
+                   help="3D sessions use the auto-zoom ROI planner (zoom out + tiles for large structures)")
     s.add_argument("--no-box", action="store_true", help="cvpr25 without the initial box; sam-med2d without box mode")
     s.add_argument("--slice-axis", choices=tuple(SLICE_AXES), default="k",
                    help="2D models: slice direction, IJK (default k = the array's first axis)")

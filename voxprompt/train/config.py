@@ -116,6 +116,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     device: str = "cpu"
     num_threads: int = 0  # 0: torch default
+    num_workers: int = 0  # DataLoader processes drawing batches (GPU runs); 0: in the main process
 
     def __post_init__(self) -> None:
         checks = [

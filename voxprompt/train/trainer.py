@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -202,15 +202,23 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def train_step(self) -> dict[str, float]:
+    def micro_batches(self, step: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The ``grad_accum`` micro-batches of ``step`` on this rank (a pure function of the seed)."""
+        return [self.mixer.batch((self.cfg.seed, step, self.rank, m), self.cfg.batch_size)
+                for m in range(self.cfg.grad_accum)]
+
+    def train_step(self, batches: Optional[list] = None) -> dict[str, float]:
+        """One optimizer step; ``batches`` are this step's micro-batches (drawn here when None)."""
         cfg = self.cfg
         for g in self.opt.param_groups:
             g["lr"] = lr_at(cfg, self.step)
         self.opt.zero_grad(set_to_none=True)
         stats: dict[str, float] = {}
-        for micro in range(cfg.grad_accum):
+        if batches is None:
+            batches = self.micro_batches(self.step)
+        for micro, (image, gt) in enumerate(batches):
             seed = (cfg.seed, self.step, self.rank, micro)
-            image, gt = self.mixer.batch(seed, cfg.batch_size)
+            image, gt = np.asarray(image), np.asarray(gt)
             image_t = torch.from_numpy(image)
             image_t = (image_t[:, None] if image.ndim == gt.ndim else image_t).to(self.device)  # 2D: (B, 3, S, S)
             gt_t = torch.from_numpy(gt)[:, None].to(self.device)
@@ -239,6 +247,15 @@ class Trainer:
         stats["lr"] = self.opt.param_groups[0]["lr"]
         return stats
 
+    def _batch_iter(self, stop: int) -> Iterator[list]:
+        """This rank's micro-batches for steps ``self.step .. stop-1`` (``num_workers`` processes)."""
+        if self.cfg.num_workers <= 0:
+            return (self.micro_batches(s) for s in range(self.step, stop))
+        loader = torch.utils.data.DataLoader(
+            _StepBatches(self), batch_size=None, sampler=range(self.step, stop), num_workers=self.cfg.num_workers,
+            worker_init_fn=_worker_init, prefetch_factor=4, collate_fn=_as_is)
+        return iter(loader)
+
     def fit(self, steps: Optional[int] = None, progress: bool = True) -> Path:
         """Train up to ``steps`` (default ``cfg.steps``), saving every ``save_every``; export at the end."""
         cfg = self.cfg
@@ -248,8 +265,9 @@ class Trainer:
         bar = tqdm(total=stop, initial=self.step, disable=not progress or self.rank != 0, desc="train",
                    unit="step", dynamic_ncols=True)
         t0, samples = time.perf_counter(), 0
+        batches = self._batch_iter(stop)
         while self.step < stop:
-            stats = self.train_step()
+            stats = self.train_step(next(batches))
             samples += cfg.batch_size * cfg.grad_accum * self.world
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == stop:
@@ -268,6 +286,28 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return final
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Map-style view ``step -> micro-batches`` so DataLoader workers draw batches in parallel
+    while the result stays a pure function of the step (exact resume is unaffected)."""
+
+    def __init__(self, trainer: "Trainer") -> None:
+        self.trainer = trainer
+
+    def __len__(self) -> int:
+        return self.trainer.cfg.steps
+
+    def __getitem__(self, step: int) -> list:
+        return self.trainer.micro_batches(int(step))
+
+
+def _as_is(batch: list) -> list:
+    return batch
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
 
 
 class CsvLog:
