@@ -155,3 +155,19 @@ def test_ddp_two_cpu_ranks_stay_identical(tmp_path):
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     b0, b1 = torch.load(tmp_path / "batch0.pt"), torch.load(tmp_path / "batch1.pt")
     assert not torch.equal(b0, b1)  # the ranks saw different data
+
+
+@pytest.mark.parametrize("swap", [True, False])
+def test_point_pe_matches_its_cell_only_without_the_official_swap(swap):
+    from voxprompt.models.config import SamConfig
+    from voxprompt.models.prompt_encoder import PromptEncoder
+
+    cfg = SamConfig(spatial_dims=3, img_size=32, patch_size=8, in_chans=1, prompt_embed_dim=24,
+                    num_point_embeddings=2, pe_axis_swap=swap)
+    pe = PromptEncoder(cfg).pe_layer
+    dense = pe((4, 4, 4))  # (C, 4, 4, 4)
+    i, j, k = 0, 3, 1
+    point = pe.forward_with_coords(torch.tensor([[(i + .5) * 8, (j + .5) * 8, (k + .5) * 8]]), (32, 32, 32))[0]
+    own, mirrored = dense[:, i, j, k], dense[:, j, i, k]
+    assert torch.allclose(point, mirrored if swap else own, atol=1e-5)
+    assert not torch.allclose(point, own if swap else mirrored, atol=1e-3)

@@ -38,6 +38,7 @@ class SamConfig:
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
     roi_spacing_mm: float = 1.5  # 3D: isotropic mm per voxel of the model's input ROI
+    pe_axis_swap: bool = True  # 3D: SAM-Med3D's dense-PE axis-0/1 swap (official); False for our models
 
 
     def __post_init__(self) -> None:

@@ -4,7 +4,10 @@ Coordinate convention (the official one, kept because trained weights depend on 
 coordinate 0 is paired with tensor axis 1 of the image and coordinate 1 with tensor axis 0; any
 further coordinate with its own axis. In 2D that is SAM's (x, y) = (column, row). In 3D it is
 SAM-Med3D's "dense-PE axis swap": points are given in tensor-axis order, but the dense PE of cell
-(i, j, k) encodes ((j+.5)/8, (i+.5)/8, (k+.5)/8). The Fourier PE is always computed in float32.
+(i, j, k) encodes ((j+.5)/8, (i+.5)/8, (k+.5)/8), so a point's PE matches the dense PE of the cell
+mirrored across i = j. Models trained by us set ``SamConfig.pe_axis_swap = False`` (3D only): then
+cell (i, j, k) encodes ((i+.5)/8, (j+.5)/8, (k+.5)/8) and a point's PE matches its own cell, which
+makes clicks far easier to learn. The Fourier PE is always computed in float32.
 
 Outside reference mode the dense PE is computed once and cached (keyed by the Gaussian matrix's
 device, storage and version counter, and cleared by ``.to()`` and ``load_state_dict``), and the
@@ -31,9 +34,10 @@ def _swap01(values: list) -> list:
 class PositionEmbeddingRandom(nn.Module):
     """Random Fourier features: ``[sin, cos, sin, ...](2*pi*(2c-1) @ G)``, one part per axis."""
 
-    def __init__(self, spatial_dims: int, num_pos_feats: int) -> None:
+    def __init__(self, spatial_dims: int, num_pos_feats: int, swap01: bool = True) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
+        self.order = _swap01 if swap01 else list
         self.register_buffer(
             "positional_encoding_gaussian_matrix", torch.randn((spatial_dims, num_pos_feats))
         )
@@ -51,12 +55,12 @@ class PositionEmbeddingRandom(nn.Module):
         device = self.positional_encoding_gaussian_matrix.device
         grid = torch.ones(size, device=device, dtype=torch.float32)
         embeds = [(grid.cumsum(dim=a) - 0.5) / size[a] for a in range(len(size))]
-        pe = self._pe_encoding(torch.stack(_swap01(embeds), dim=-1))
+        pe = self._pe_encoding(torch.stack(self.order(embeds), dim=-1))
         return pe.permute(pe.dim() - 1, *range(pe.dim() - 1))
 
     def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, ...]) -> torch.Tensor:
         """PE of points given in input-image pixels/voxels (coordinate order as documented)."""
-        norm = torch.tensor(_swap01(list(image_size)), dtype=torch.float32, device=coords.device)
+        norm = torch.tensor(self.order(list(image_size)), dtype=torch.float32, device=coords.device)
         return self._pe_encoding(coords.float() / norm)
 
 
@@ -70,7 +74,7 @@ class PromptEncoder(nn.Module):
         self.embed_dim = cfg.prompt_embed_dim
         self.input_image_size = (cfg.img_size,) * d
         self.image_embedding_size = (cfg.grid_size,) * d
-        self.pe_layer = PositionEmbeddingRandom(d, cfg.prompt_embed_dim // d)
+        self.pe_layer = PositionEmbeddingRandom(d, cfg.prompt_embed_dim // d, swap01=d == 2 or cfg.pe_axis_swap)
         self.num_point_embeddings = cfg.num_point_embeddings
         self.point_embeddings = nn.ModuleList(
             nn.Embedding(1, self.embed_dim) for _ in range(cfg.num_point_embeddings)

@@ -29,7 +29,7 @@ def _sam_unet(depth: int) -> SamUNetConfig:
 SMALL_MED3D = SamConfig(
     spatial_dims=3, img_size=64, in_chans=1, patch_size=8, embed_dim=192, depth=6, num_heads=6,
     global_attn_indexes=(0, 1, 2, 3, 4, 5), window_size=0, prompt_embed_dim=192, num_point_embeddings=2,
-    decoder_mlp_dim=768, iou_head_hidden_dim=192, roi_spacing_mm=1.5,
+    decoder_mlp_dim=768, iou_head_hidden_dim=192, roi_spacing_mm=1.5, pe_axis_swap=False,
 )
 
 ZOO: dict[str, ModelSpec] = {
