@@ -12,6 +12,7 @@ import torch
 from ..checkpoints import CheckpointLike, check_compatible, family, identify, read_checkpoint, save_safetensors
 from ..errors import CheckpointError, UsageError
 from .config import SamConfig, SamUNetConfig
+from .fast import configure_cpu_threads
 from .sam import SamModel
 from .sam_unet import SamUNet
 from .zoo import Config, build_model, get_spec
@@ -66,6 +67,8 @@ def load_model(
     if sd is not None:
         check_compatible(model, sd, name, source)
         model.load_state_dict(sd, strict=True)
+    if device.type == "cpu":
+        configure_cpu_threads()  # never more threads than the CPUs this process may use
     return model.to(device).eval()
 
 
