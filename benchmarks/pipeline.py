@@ -1,6 +1,8 @@
 """Whole-pipeline cost on a synthetic 512x512x300 CT with the 3D Session: read the NIfTI, set the
 image, first click (ROI crop + resample + normalise, encode, decode, paste), a second click
 (decoder only, cached embedding) and writing the mask -- reference vs fast paths side by side.
+Also the end-to-end CLI latency of ``voxprompt segment CT --point ... -o MASK`` (a fresh process:
+imports, model load, read, one click, write), reference via ``VOXPROMPT_REFERENCE=1``.
 
     python benchmarks/pipeline.py [--models voxprompt-med3d-small,sam-med3d] [--device cpu]
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,28 +91,49 @@ def run_pipeline(model: torch.nn.Module, ct: Path, out: Path, reference: bool) -
     return t
 
 
+def cli_latency_ms(name: str, ckpt: Path, ct: Path, out: Path, reference: bool, threads: int) -> float:
+    """Wall time of one ``voxprompt segment`` process with a single click at the volume centre."""
+    env = dict(os.environ, VOXPROMPT_REFERENCE="1" if reference else "0")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    z, y, x = (s // 2 for s in SHAPE_ZYX)
+    cmd = [sys.executable, "-m", "voxprompt", "segment", str(ct), "--model", name, "--checkpoint", str(ckpt), "--no-autozoom",
+           "--point", f"{x},{y},{z}", "-o", str(out)]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return (time.perf_counter() - t) * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="voxprompt-med3d-small,sam-med3d")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--note", default="")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all available)")
     args = ap.parse_args()
     import voxprompt
+    from voxprompt.checkpoints import save_safetensors
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ct = Path(tmp) / "ct.nii.gz"
         synthetic_ct(ct)
-        cols = ["read", "set_image", "crop_resample", "encode", "decode", "first_click", "second_click", "write", "total"]
+        cols = ["read", "set_image", "crop_resample", "encode", "decode", "first_click", "second_click", "write", "total",
+                "cli_segment"]
         print(f"{'model':22s} {'mode':9s} " + " ".join(f"{c:>13s}" for c in cols))
         for name in args.models.split(","):
             model = voxprompt.load_model(name, device=args.device)  # shipped weights when there are some
+            ckpt = save_safetensors(model.state_dict(), Path(tmp) / f"{name}.safetensors", name, model.cfg.to_dict())
             for reference in (True, False):
                 run_pipeline(model, ct, Path(tmp) / "warm.nii.gz", reference)  # warm-up (allocator, caches)
                 t = run_pipeline(model, ct, Path(tmp) / "mask.nii.gz", reference)
                 row = {"model": name, "mode": "reference" if reference else "fast", **t}
+                row["cli_segment_ms"] = cli_latency_ms(name, ckpt, ct, Path(tmp) / "cli.nii.gz", reference, args.threads)
                 rows.append(row)
-                print(f"{name:22s} {row['mode']:9s} " + " ".join(f"{t[c + '_ms']:11.0f}ms" for c in cols), flush=True)
+                print(f"{name:22s} {row['mode']:9s} " + " ".join(f"{row[c + '_ms']:11.0f}ms" for c in cols), flush=True)
     result = {"benchmark": "pipeline", "machine": machine(args.device), "note": args.note,
               "volume": {"shape_zyx": SHAPE_ZYX, "spacing_xyz_mm": SPACING_XYZ, "format": "NIfTI .nii.gz int16"},
               "rows": rows}
