@@ -76,6 +76,19 @@ def test_synthetic_sample_deterministic_and_valid():
     assert abs(image[image > image.min()].mean()) < 2  # normalised
 
 
+def test_centred_first_click_lies_in_the_target_after_flips():
+    from voxprompt.train.config import AugmentConfig, SyntheticSource
+    from voxprompt.train.samples import SampleMixer
+
+    mixer = SampleMixer([], SyntheticSource(1.0, max_objects=3), AugmentConfig(centered_click=1.0), 32, 1.5)
+    images, labels, clicks = mixer.batch((0, 1), 6)
+    for label, click in zip(labels, clicks):
+        assert label[tuple(click)] == 1
+        assert all(c in (15, 16) for c in click)  # the ROI centre, mirrored or not
+    _, _, none = SampleMixer([], SyntheticSource(1.0), AugmentConfig(), 32, 1.5).batch((0, 1), 2)
+    assert (none == -1).all()
+
+
 def test_losses_perfect_prediction():
     gt = torch.zeros(1, 1, 8, 8, 8)
     gt[..., 2:6, 2:6, 2:6] = 1
@@ -127,7 +140,7 @@ t = Trainer(cfg)
 t.fit(progress=False)
 rank = torch.distributed.get_rank()
 save_file({k: v.contiguous() for k, v in t.model.state_dict().items()}, f"{cfg.out_dir}/rank{rank}.safetensors")
-im, _ = t.mixer.batch((cfg.seed, 0, rank, 0), 1)
+im = t.mixer.batch((cfg.seed, 0, rank, 0), 1)[0]
 torch.save(torch.from_numpy(im), f"{cfg.out_dir}/batch{rank}.pt")
 """
 

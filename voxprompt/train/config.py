@@ -45,6 +45,7 @@ class AugmentConfig:
     intensity_scale: tuple[float, float] = (0.8, 1.25)
     intensity_shift: float = 0.2
     noise_std: float = 0.05
+    centered_click: float = 0.0  # share of samples whose ROI is centred on their first click, as at inference
 
 
 @dataclass

@@ -8,7 +8,7 @@ averaged over the passes.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -45,7 +45,10 @@ class ClickLoop(nn.Module):
         self.iou_loss_weight = iou_loss_weight
 
     def forward(self, image: torch.Tensor, gt: torch.Tensor, rng: np.random.Generator,
-                autocast: Callable[[], object]) -> tuple[torch.Tensor, dict[str, float]]:
+                autocast: Callable[[], object], first: Optional[np.ndarray] = None
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss averaged over the click passes; ``first`` (B, 3) gives positive first clicks
+        (rows of -1: simulated like the later ones)."""
         m = self.model
         size, low = m.img_size, m.low_res_size
         gt_np = gt.bool().cpu().numpy()[:, 0]
@@ -59,6 +62,8 @@ class ClickLoop(nn.Module):
         stats: dict[str, float] = {}
         for step in range(self.click_steps):
             for b, (idx, lab) in enumerate(next_clicks(pred_np, gt_np, rng, self.click_mode)):
+                if step == 0 and first is not None and first[b][0] >= 0:
+                    idx, lab = tuple(int(i) for i in first[b]), 1
                 coords[b].append(idx)
                 labels[b].append(lab)
             pts = (torch.tensor(coords, dtype=torch.float32, device=image.device),

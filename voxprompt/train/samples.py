@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from ..errors import UsageError
 from ..preprocess import extract_roi_label, preprocess_roi, roi_around
@@ -17,6 +18,7 @@ from .synthetic import synthetic_sample
 log = logging.getLogger(__name__)
 
 MIN_ROI_VOXELS = 20  # a crop must show at least this much of its target
+NO_CLICK = np.full(3, -1)  # "no first click given: the click simulator places it"
 
 
 @dataclass
@@ -25,6 +27,7 @@ class _TargetInfo:
     bbox_lo: np.ndarray
     bbox_hi: np.ndarray
     some_voxels: np.ndarray  # up to 4096 foreground indices to centre crops on
+    deepest: np.ndarray  # the voxel farthest from the boundary (CVPR 2025's first click)
 
 
 class TargetPool:
@@ -54,14 +57,29 @@ class TargetPool:
             if len(idx) == 0:
                 raise UsageError(f"target {t.case}:{t.label} ({t.name}) is empty")
             pick = np.random.default_rng(i).choice(len(idx), size=min(4096, len(idx)), replace=False)
-            self._info[i] = _TargetInfo(t, idx.min(0), idx.max(0) + 1, idx[np.sort(pick)])
+            lo, hi = idx.min(0), idx.max(0) + 1
+            self._info[i] = _TargetInfo(t, lo, hi, idx[np.sort(pick)],
+                                        lo + deepest_voxel(mask[tuple(slice(a, b) for a, b in zip(lo, hi))]))
         return image, mask, self._info[i]
 
     def sample(self, rng: np.random.Generator, size: int, spacing: float, aug: AugmentConfig
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """A normalised ROI (``size``^3) and its target mask around a random target."""
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A normalised ROI (``size``^3), its target mask and the first click (ROI index, or -1s).
+
+        With probability ``aug.centered_click`` the ROI is centred on a first click (the target's
+        deepest voxel or a uniform target voxel), exactly as a session opens the ROI of a first
+        click; otherwise it is centred near the target with jitter and the click is simulated later.
+        """
         for _ in range(10):
             image, mask, info = self._target(int(rng.integers(len(self.targets))))
+            if aug.centered_click > 0 and rng.random() < aug.centered_click:
+                click = info.deepest if rng.random() < 0.5 else info.some_voxels[rng.integers(len(info.some_voxels))]
+                roi = roi_around(image, click.astype(float), size=size, spacing=spacing)
+                label = extract_roi_label(image, mask, roi)
+                c = np.clip(np.floor(roi.from_original_index(click.astype(float)) + 0.5), 0, size - 1).astype(int)
+                if label.sum() >= MIN_ROI_VOXELS and label[tuple(c)]:
+                    return preprocess_roi(image, roi), label, c
+                continue
             if rng.random() < 0.5:
                 center = (info.bbox_lo + info.bbox_hi - 1) / 2.0
             else:
@@ -72,7 +90,7 @@ class TargetPool:
             roi = roi_around(image, center, size=size, spacing=spacing)
             label = extract_roi_label(image, mask, roi)
             if label.sum() >= MIN_ROI_VOXELS:
-                return preprocess_roi(image, roi), label
+                return preprocess_roi(image, roi), label, NO_CLICK
         raise UsageError(f"data source {self.source.path}: could not crop a non-empty target in 10 tries")
 
 
@@ -89,33 +107,62 @@ class SampleMixer:
             raise UsageError("all data source weights are zero")
         self.weights = np.asarray(weights) / total
 
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         k = int(rng.choice(len(self.weights), p=self.weights))
         if k == len(self.pools):
             image, label = synthetic_sample(rng, self.size, self.synthetic.min_objects, self.synthetic.max_objects)
+            click = NO_CLICK
+            if self.aug.centered_click > 0 and rng.random() < self.aug.centered_click:
+                image, label, click = centre_on_click(rng, image, label)
         else:
             lo, hi = np.log(self.aug.spacing_scale)
             spacing = self.spacing * float(np.exp(rng.uniform(lo, hi)))
-            image, label = self.pools[k].sample(rng, self.size, spacing, self.aug)
-        return augment(rng, image, label, self.aug)
+            image, label, click = self.pools[k].sample(rng, self.size, spacing, self.aug)
+        return augment(rng, image, label, self.aug, click)
 
-    def batch(self, seed: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` samples from the seed sequence ``seed`` (e.g. (run seed, step, rank, micro-batch))."""
+    def batch(self, seed: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``n`` samples from the seed sequence ``seed`` (e.g. (run seed, step, rank, micro-batch)):
+        images, masks and first clicks ``(n, 3)`` (-1 where the click is left to the simulator)."""
         rng = np.random.default_rng(list(seed))
-        pairs = [self.sample(rng) for _ in range(n)]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        triples = [self.sample(rng) for _ in range(n)]
+        return tuple(np.stack([t[i] for t in triples]) for i in range(3))  # type: ignore[return-value]
 
 
-def augment(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, aug: AugmentConfig
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Flips and intensity jitter on a normalised ROI (shapes unchanged)."""
+def deepest_voxel(mask: np.ndarray) -> np.ndarray:
+    """Index of the mask voxel farthest from its boundary (array border counts as background)."""
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
+    return np.asarray(np.unravel_index(int(np.argmax(dist)), mask.shape))
+
+
+def centre_on_click(rng: np.random.Generator, image: np.ndarray, label: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shift a synthetic volume (mirror-padded) so a first click in the target lies at its centre."""
+    size = image.shape[0]
+    if rng.random() < 0.5:
+        click = deepest_voxel(label.astype(bool))
+    else:
+        fg = np.argwhere(label)
+        click = fg[rng.integers(len(fg))]
+    half = size // 2
+    window = tuple(slice(int(c), int(c) + size) for c in click)
+    image = np.pad(image, half, mode="reflect")[window]
+    label = np.pad(label, half, mode="reflect")[window]
+    return image, label, np.full(3, half)
+
+
+def augment(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, aug: AugmentConfig,
+            click: np.ndarray = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flips and intensity jitter on a normalised ROI (shapes unchanged; the click follows flips)."""
+    click = NO_CLICK.copy() if click is None else np.array(click)
     if aug.flip:
         for ax in range(image.ndim):
             if rng.random() < 0.5:
                 image, label = np.flip(image, ax), np.flip(label, ax)
+                if click[ax] >= 0:
+                    click[ax] = image.shape[ax] - 1 - click[ax]
     scale = float(np.exp(rng.uniform(*np.log(aug.intensity_scale))))
     shift = float(rng.uniform(-aug.intensity_shift, aug.intensity_shift))
     image = image * scale + shift
     if aug.noise_std > 0:
         image = image + rng.normal(0, rng.uniform(0, aug.noise_std), image.shape)
-    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label, dtype=np.uint8)
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label, dtype=np.uint8), click

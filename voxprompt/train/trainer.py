@@ -216,9 +216,10 @@ class Trainer:
         stats: dict[str, float] = {}
         if batches is None:
             batches = self.micro_batches(self.step)
-        for micro, (image, gt) in enumerate(batches):
+        for micro, (image, gt, *rest) in enumerate(batches):
             seed = (cfg.seed, self.step, self.rank, micro)
             image, gt = np.asarray(image), np.asarray(gt)
+            extra = (np.asarray(rest[0]),) if rest else ()  # 3D: first clicks
             image_t = torch.from_numpy(image)
             image_t = (image_t[:, None] if image.ndim == gt.ndim else image_t).to(self.device)  # 2D: (B, 3, S, S)
             gt_t = torch.from_numpy(gt)[:, None].to(self.device)
@@ -226,7 +227,7 @@ class Trainer:
             sync = micro == cfg.grad_accum - 1 or self.world == 1
             ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
             with ctx:
-                loss, s = self.ddp(image_t, gt_t, rng, self._autocast)
+                loss, s = self.ddp(image_t, gt_t, rng, self._autocast, *extra)
                 self.scaler.scale(loss / cfg.grad_accum).backward()
             s["loss"] = float(loss.detach())
             for k, v in s.items():
