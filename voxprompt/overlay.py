@@ -11,7 +11,13 @@ from .errors import InputError
 from .io.image import Image
 
 
+CT_SOFT_TISSUE = (-160.0, 240.0)  # W 400 / L 40 HU
+
+
 def _window(arr: np.ndarray) -> tuple[float, float]:
+    """Display range: a soft-tissue window for CT in HU (air below -500), else the 1-99th percentiles."""
+    if arr.size and float(arr.min()) < -500 and float(arr.max()) > 100:
+        return CT_SOFT_TISSUE
     lo, hi = np.percentile(arr, [1, 99]) if arr.size else (0.0, 1.0)
     return float(lo), float(hi if hi > lo else lo + 1)
 
