@@ -133,8 +133,8 @@ def test_segment_errors(files, capsys, extra, code, words):
 
 
 def test_segment_needs_a_checkpoint_and_valid_output(files, capsys):
-    assert segment_cli.default_checkpoint() is None
-    rc, err = _run_err(files, capsys, "--point", "1,2,3")
+    assert segment_cli.default_checkpoint("sam-med3d") is None  # official weights cannot be shipped
+    rc, err = _run_err(files, capsys, "--model", "sam-med3d", "--point", "1,2,3")
     assert rc == 2 and "--checkpoint" in err
     rc, err = _run_err(files, capsys, "--checkpoint", str(files["ckpt"]), "--point", "1,2,3", output="bad.png")
     assert rc == 2 and "extension" in err
