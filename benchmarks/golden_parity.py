@@ -1,7 +1,10 @@
 """Measure voxprompt against every golden fixture (official code, fp32 CPU): max abs and
 relative L2 error per output. Prints a table and writes benchmarks/results/golden_parity.json.
 
-    python benchmarks/golden_parity.py [--shared ../shared]
+    python benchmarks/golden_parity.py [--shared ../shared] [--fast]
+
+Runs in ``reference_mode()`` (the official computation); ``--fast`` measures the default fast paths
+(equal within fp32 rounding) and writes golden_parity_fast.json.
 """
 from __future__ import annotations
 
@@ -95,10 +98,16 @@ def run(golden: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "golden_parity.json")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--fast", action="store_true", help="measure the fast paths instead of reference mode")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    rows = run(args.shared / "golden")
+    from voxprompt.models.fast import reference_mode
+
+    with reference_mode(not args.fast):
+        rows = run(args.shared / "golden")
+    name = "golden_parity_fast.json" if args.fast else "golden_parity.json"
+    args.out = args.out or ROOT / "benchmarks" / "results" / name
     print(f"{'fixture':16s} {'output':45s} {'max abs':>10s} {'rel L2':>10s}")
     for r in rows:
         print(f"{r['fixture']:16s} {r['output']:45s} {r['max_abs']:10.2e} {r['rel_l2']:10.2e}")
@@ -110,6 +119,7 @@ def main() -> None:
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
+        "mode": "fast paths" if args.fast else "reference_mode()",
         "summary": summary,
         "rows": rows,
     }
