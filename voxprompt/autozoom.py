@@ -44,8 +44,9 @@ from scipy import ndimage
 
 from .errors import UsageError
 from .io.image import Image, apply_affine
+from .objects import bbox_of
 from .preprocess import Roi, extract_roi_label, postprocess_mask, roi_around
-from .session import BaseStage, CenteredRoiPlanner, Expansion, Slices, _bbox_of, _union, mask_prior_logits
+from .session import BaseStage, CenteredRoiPlanner, Expansion, Slices, _union, mask_prior_logits
 
 if TYPE_CHECKING:
     from .session import Session
@@ -116,7 +117,7 @@ def _cores_hit(band: np.ndarray, origin: np.ndarray, size: np.ndarray, step: np.
 
 
 def _bbox_lohi(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    sl = _bbox_of(np.asarray(mask, dtype=bool))
+    sl = bbox_of(np.asarray(mask, dtype=bool))
     return np.array([s.start for s in sl]), np.array([s.stop for s in sl])
 
 
@@ -301,7 +302,7 @@ class AutoZoomPlanner:
         refined[covered] = acc[covered] / cnt[covered] > 0.5
         refined &= allowed
         cov_full = postprocess_mask(covered.astype(np.uint8), canvas, image).astype(bool)
-        bbox = _bbox_of(cov_full)
+        bbox = bbox_of(cov_full)
         if bbox is None:
             return done, None
         ref_full = postprocess_mask(refined.astype(np.uint8), canvas, image).astype(bool)

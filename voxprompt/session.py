@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from .errors import InputError, PromptError, UsageError
 from .io.image import LPS_TO_RAS, Image
 from .io.read import read_image
+from .objects import ObjectsMixin, Slices, bbox_of
 from .preprocess import Roi, extract_roi_label, postprocess_mask, preprocess_roi, roi_around, roi_for_label
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,6 @@ EMBEDDING_CACHE_SIZE = 4
 COVERAGE_CACHE_SIZE = 8  # ROI footprints on the original grid kept for pasting
 BOX_NEGATIVE_MARGIN = 2  # voxels outside a box face where its negative click goes
 
-Slices = tuple[slice, ...]
 ImageLike = Union[Image, np.ndarray, str, os.PathLike]
 
 
@@ -254,17 +254,6 @@ def _union(a: Optional[Slices], b: Optional[Slices]) -> Optional[Slices]:
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
-def _bbox_of(diff: np.ndarray) -> Optional[Slices]:
-    if not diff.any():
-        return None
-    sl = []
-    for ax in range(diff.ndim):
-        other = tuple(a for a in range(diff.ndim) if a != ax)
-        nz = np.flatnonzero(diff.any(axis=other))
-        sl.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    return tuple(sl)
-
-
 def _point_clicks(prompts: list) -> list:
     """The point prompts given since the object's last mask prompt, as clicks (original indices)."""
     clicks: list = []
@@ -286,11 +275,13 @@ def _clip_block(old: np.ndarray, block: np.ndarray, region: Slices, clip: tuple[
     return out
 
 
-class Session:
+class Session(ObjectsMixin):
     """Per-user interactive segmentation state around a shared, stateless model.
 
     Prompts are voxel indices of the session's array in its own axis order (module docstring).
     """
+
+    _object_type = _Object
 
     def __init__(self, model: Optional[torch.nn.Module] = None, device: Optional[Union[str, torch.device]] = None,
                  planner: Optional[RoiPlanner] = None) -> None:
@@ -336,8 +327,7 @@ class Session:
         self.image = img
         self._embeddings.clear()
         self._coverage.clear()
-        self._objects = {1: _Object(mask=np.zeros(img.shape, bool))}
-        self._current = 1
+        self._clear_objects(img.shape)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -347,56 +337,6 @@ class Session:
         if self.image is None:
             raise UsageError("no image: call set_image() before prompting")
         return self.image
-
-    # ------------------------------------------------------------------ objects
-    @property
-    def object_id(self) -> int:
-        """Id of the object that prompts apply to."""
-        return self._current
-
-    @property
-    def object_ids(self) -> list[int]:
-        return sorted(self._objects)
-
-    def new_object(self) -> int:
-        """Start a new object (id = largest so far + 1) and make it current."""
-        img = self._img()
-        self._current = max(self._objects) + 1
-        self._objects[self._current] = _Object(mask=np.zeros(img.shape, bool))
-        return self._current
-
-    def select_object(self, object_id: int) -> None:
-        """Make an existing object current."""
-        self._img()
-        if object_id not in self._objects:
-            raise UsageError(f"no object {object_id}; objects are {self.object_ids}")
-        self._current = object_id
-
-    @property
-    def _obj(self) -> _Object:
-        self._img()
-        return self._objects[self._current]
-
-    @property
-    def mask(self) -> np.ndarray:
-        """Current object's mask (read-only bool, full image shape; later calls never change it)."""
-        m = self._obj.mask.view()
-        m.flags.writeable = False
-        return m
-
-    @property
-    def prompts(self) -> list:
-        """Prompts of the current object: ("point", (index, positive)), ("box", (lo, hi)), ("mask", None)."""
-        return list(self._obj.prompts)
-
-    def label_map(self) -> np.ndarray:
-        """All objects as labels (uint8, uint16 past 255 ids); later ids overwrite overlaps."""
-        img = self._img()
-        dtype = np.uint8 if max(self._objects) <= 255 else np.uint16
-        out = np.zeros(img.shape, dtype)
-        for oid in sorted(self._objects):
-            out[self._objects[oid].mask] = oid
-        return out
 
     # ------------------------------------------------------------------ validation
     def _index(self, point: Sequence[float], what: str = "point") -> np.ndarray:
@@ -464,7 +404,7 @@ class Session:
         hit = self._coverage.pop(key, None)
         if hit is None:
             full = postprocess_mask(np.ones(roi.size, np.uint8), roi, self._img()).astype(bool)
-            bbox = _bbox_of(full)
+            bbox = bbox_of(full)
             hit = (bbox, full[bbox] if bbox else np.zeros((0, 0, 0), bool))
         if cache:
             self._coverage[key] = hit
@@ -522,13 +462,13 @@ class Session:
                 replace_all: Optional[np.ndarray] = None) -> Optional[Slices]:
         """Write a new mask (a region, or the whole mask); record the overwritten block for undo."""
         if replace_all is not None:
-            bbox = _bbox_of(obj.mask != replace_all)
+            bbox = bbox_of(obj.mask != replace_all)
             old = obj.mask[bbox].copy() if bbox else None
             obj.mask = replace_all.copy()
         elif new_mask_region is not None:
             region, block = new_mask_region
             diff = obj.mask[region] != block
-            local = _bbox_of(diff)
+            local = bbox_of(diff)
             if local is None:
                 bbox, old = None, None
             else:
@@ -669,22 +609,13 @@ class Session:
 
     def undo(self) -> Prediction:
         """Revert the current object's last prompt exactly (mask, prompts, logits)."""
-        obj = self._obj
-        if not obj.history:
-            raise UsageError(f"nothing to undo for object {self._current}")
-        changed = self._restore(obj, obj.history.pop())
-        return self._prediction(obj, changed)
-
-    @property
-    def can_undo(self) -> bool:
-        return self.image is not None and bool(self._obj.history)
+        changed = self._undo_last()
+        return self._prediction(self._obj, changed)
 
     def reset(self) -> Prediction:
         """Clear the current object (mask, prompts, ROI and undo history)."""
-        obj = self._obj
-        bbox = _bbox_of(obj.mask)
-        self._objects[self._current] = _Object(mask=np.zeros(self._img().shape, bool))
-        return self._prediction(self._objects[self._current], bbox)
+        changed = self._clear_current()
+        return self._prediction(self._obj, changed)
 
 
 __all__ = ["Session", "Prediction", "RoiPlanner", "CenteredRoiPlanner", "BaseStage", "Expansion",

@@ -19,7 +19,7 @@ Prompt semantics (per object)
   :attr:`Prediction2D.candidates` (:meth:`Session2D.select_candidate` switches).
 * ``mask = logits > 0`` at the original size (= ``sigmoid > 0.5``, SAM-Med2D).
 
-Objects and undo mirror the 3D :class:`voxprompt.session.Session`.
+Objects and undo are the 3D :class:`voxprompt.session.Session`'s (:mod:`voxprompt.objects`).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import torch
 
 from .errors import PromptError, UsageError
 from .io.image2d import Image2D, image2d_from_array, read_image2d
+from .objects import ObjectsMixin, bbox_of
 from .preprocess.image2d import (Frame2D, Policy2D, Window, mask_prior, parse_window, policy_for,
                                  preprocess_image, rgb_uint8)
 
@@ -170,13 +171,6 @@ class _Object2D:
         return replace(self, history=[])
 
 
-def _bbox(diff: np.ndarray) -> Optional[Slices2D]:
-    if not diff.any():
-        return None
-    rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
-
-
 def load_image2d(image: ImageLike2D, window: Union[str, Window, None] = None,
                  value_range: Optional[tuple[float, float]] = None) -> tuple[np.ndarray, Image2D]:
     """A path, :class:`Image2D` or array -> ((H, W, 3) uint8 RGB, the Image2D)."""
@@ -190,12 +184,14 @@ def load_image2d(image: ImageLike2D, window: Union[str, Window, None] = None,
     return rgb_uint8(img.array, win, value_range), img
 
 
-class Session2D:
+class Session2D(ObjectsMixin):
     """Per-user interactive 2D segmentation around a shared, stateless 2D model.
 
     ``policy`` defaults to the model's official one; ``channel_order`` overrides its colour order
     (SAM-Med2D defaults to ``"bgr"``, what its weights were trained on).
     """
+
+    _object_type = _Object2D
 
     def __init__(self, model: torch.nn.Module, device: Optional[Union[str, torch.device]] = None,
                  policy: Optional[Policy2D] = None, channel_order: Optional[str] = None) -> None:
@@ -242,58 +238,11 @@ class Session2D:
 
     def _start(self, img: Image2D, rgb: np.ndarray) -> None:
         self.image, self.rgb = img, rgb
-        self._objects = {1: _Object2D(mask=np.zeros(rgb.shape[:2], bool))}
-        self._current = 1
+        self._clear_objects(rgb.shape[:2])
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.predictor.shape
-
-    # ------------------------------------------------------------------ objects
-    @property
-    def object_id(self) -> int:
-        return self._current
-
-    @property
-    def object_ids(self) -> list[int]:
-        return sorted(self._objects)
-
-    def new_object(self) -> int:
-        """Start a new object (id = largest so far + 1) and make it current."""
-        shape = self.shape
-        self._current = max(self._objects) + 1
-        self._objects[self._current] = _Object2D(mask=np.zeros(shape, bool))
-        return self._current
-
-    def select_object(self, object_id: int) -> None:
-        self.shape  # noqa: B018 - raises without an image
-        if object_id not in self._objects:
-            raise UsageError(f"no object {object_id}; objects are {self.object_ids}")
-        self._current = object_id
-
-    @property
-    def _obj(self) -> _Object2D:
-        self.shape  # noqa: B018
-        return self._objects[self._current]
-
-    @property
-    def mask(self) -> np.ndarray:
-        """Current object's mask (read-only bool (H, W))."""
-        m = self._obj.mask.view()
-        m.flags.writeable = False
-        return m
-
-    @property
-    def prompts(self) -> list:
-        return list(self._obj.prompts)
-
-    def label_map(self) -> np.ndarray:
-        """All objects as labels (uint8, uint16 past 255 ids); later ids overwrite overlaps."""
-        dtype = np.uint8 if max(self._objects) <= 255 else np.uint16
-        out = np.zeros(self.shape, dtype)
-        for oid in sorted(self._objects):
-            out[self._objects[oid].mask] = oid
-        return out
 
     # ------------------------------------------------------------------ validation
     def _xy(self, xy: Sequence[float]) -> tuple[float, float]:
@@ -339,7 +288,7 @@ class Session2D:
         logits = self.predictor.to_original(decoded.low_res)  # (M, H, W)
         masks = (logits > 0).numpy()
         new = masks[decoded.selected]
-        changed = _bbox(obj.mask != new)
+        changed = bbox_of(obj.mask != new)
         obj.mask = new
         obj.low_res = decoded.best
         obj.feedback = self.policy.feedback(decoded.best)
@@ -409,7 +358,7 @@ class Session2D:
         obj = self._obj
         obj.history.append(obj.snapshot())
         prior = self.predictor.prior(m)
-        changed = _bbox(obj.mask != m)
+        changed = bbox_of(obj.mask != m)
         obj.mask, obj.points, obj.box, obj.score, obj.decoded = m, (), None, None, None
         obj.feedback = prior
         obj.low_res = prior if self.policy.mask_feedback == "logits" else None
@@ -429,29 +378,20 @@ class Session2D:
 
     # ------------------------------------------------------------------ history
     def _restore(self, obj: _Object2D, state: _Object2D) -> Optional[Slices2D]:
-        changed = _bbox(obj.mask != state.mask)
+        changed = bbox_of(obj.mask != state.mask)
         history = obj.history
         self._objects[self._current] = replace(state, history=history)
         return changed
 
     def undo(self) -> Prediction2D:
         """Revert the current object's last call exactly (mask, prompts, fed-back mask)."""
-        obj = self._obj
-        if not obj.history:
-            raise UsageError(f"nothing to undo for object {self._current}")
-        changed = self._restore(obj, obj.history.pop())
+        changed = self._undo_last()
         o = self._obj
         return Prediction2D(self.mask, None, o.score, changed, self._current, low_res=o.low_res)
 
-    @property
-    def can_undo(self) -> bool:
-        return self.image is not None and bool(self._obj.history)
-
     def reset(self) -> Prediction2D:
         """Clear the current object (mask, prompts and undo history)."""
-        obj = self._obj
-        changed = _bbox(obj.mask)
-        self._objects[self._current] = _Object2D(mask=np.zeros(self.shape, bool))
+        changed = self._clear_current()
         return Prediction2D(self.mask, None, None, changed, self._current)
 
 

@@ -1,0 +1,113 @@
+"""Objects and undo shared by :class:`~voxprompt.session.Session` and :class:`~voxprompt.session2d.Session2D`."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import UsageError
+
+Slices = tuple[slice, ...]
+
+
+def bbox_of(diff: np.ndarray) -> Optional[Slices]:
+    """Slices bounding the nonzero entries of ``diff`` (None when there are none)."""
+    if not diff.any():
+        return None
+    sl = []
+    for ax in range(diff.ndim):
+        other = tuple(a for a in range(diff.ndim) if a != ax)
+        nz = np.flatnonzero(diff.any(axis=other))
+        sl.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    return tuple(sl)
+
+
+class ObjectsMixin:
+    """Several objects per image, one of them current, each with its own undo history.
+
+    The host sets ``_object_type`` (a state dataclass built from ``mask=``, with ``prompts`` and
+    ``history``), defines ``shape`` (raising :class:`UsageError` without an image) and
+    ``_restore(obj, step)`` (reverts one step, returns the changed bbox).
+    """
+
+    _object_type: type
+    _objects: dict[int, Any]
+    _current: int
+
+    def _blank(self, shape: tuple[int, ...]) -> Any:
+        return self._object_type(mask=np.zeros(shape, bool))
+
+    def _clear_objects(self, shape: tuple[int, ...]) -> None:
+        """Start over with one empty object, id 1 (a new image)."""
+        self._objects = {1: self._blank(shape)}
+        self._current = 1
+
+    @property
+    def object_id(self) -> int:
+        """Id of the object that prompts apply to."""
+        return self._current
+
+    @property
+    def object_ids(self) -> list[int]:
+        return sorted(self._objects)
+
+    def new_object(self) -> int:
+        """Start a new object (id = largest so far + 1) and make it current."""
+        shape = self.shape
+        self._current = max(self._objects) + 1
+        self._objects[self._current] = self._blank(shape)
+        return self._current
+
+    def select_object(self, object_id: int) -> None:
+        """Make an existing object current."""
+        self.shape  # noqa: B018 - raises without an image
+        if object_id not in self._objects:
+            raise UsageError(f"no object {object_id}; objects are {self.object_ids}")
+        self._current = object_id
+
+    @property
+    def _obj(self) -> Any:
+        self.shape  # noqa: B018
+        return self._objects[self._current]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Current object's mask (read-only bool, image shape; later calls never change it)."""
+        m = self._obj.mask.view()
+        m.flags.writeable = False
+        return m
+
+    @property
+    def prompts(self) -> list:
+        """Prompts of the current object, oldest first: ("point", ...), ("box", ...), ("mask", None)."""
+        return list(self._obj.prompts)
+
+    def label_map(self) -> np.ndarray:
+        """All objects as labels (uint8, uint16 past 255 ids); later ids overwrite overlaps."""
+        shape = self.shape
+        dtype = np.uint8 if max(self._objects) <= 255 else np.uint16
+        out = np.zeros(shape, dtype)
+        for oid in sorted(self._objects):
+            out[self._objects[oid].mask] = oid
+        return out
+
+    # ------------------------------------------------------------------ history
+    def _undo_last(self) -> Optional[Slices]:
+        """Revert the current object's last step; the bbox it changed."""
+        obj = self._obj
+        if not obj.history:
+            raise UsageError(f"nothing to undo for object {self._current}")
+        return self._restore(obj, obj.history.pop())
+
+    @property
+    def can_undo(self) -> bool:
+        return self.image is not None and bool(self._obj.history)
+
+    def _clear_current(self) -> Optional[Slices]:
+        """Replace the current object by an empty one; the bbox its mask covered."""
+        changed = bbox_of(self._obj.mask)
+        self._objects[self._current] = self._blank(self.shape)
+        return changed
+
+
+__all__ = ["ObjectsMixin", "Slices", "bbox_of"]
