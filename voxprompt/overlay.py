@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import InputError
+from .figures import draw_mask, pyplot, save_figure
 from .io.image import Image
 
 
@@ -30,10 +31,7 @@ def save_overlay(image: Image, mask_zyx: np.ndarray, out_path: str | os.PathLike
     otherwise; no left-right flip); pixel aspect follows the
     spacing. ``point_zyx`` defaults to the mask's centre of mass, or the volume centre.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     arr = image.array
     mask = np.asarray(mask_zyx) != 0
@@ -53,23 +51,14 @@ def save_overlay(image: Image, mask_zyx: np.ndarray, out_path: str | os.PathLike
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
     for ax, (name, im, m, aspect, (c, r), origin) in zip(axes, views):
         ax.imshow(im, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest", origin=origin)
-        ax.imshow(np.ma.masked_where(~m, m.astype(float)), cmap="autumn", alpha=0.45, vmin=0, vmax=1,
-                  aspect=aspect, interpolation="nearest", origin=origin)
+        draw_mask(ax, m, aspect=aspect, origin=origin)
         ax.plot([c], [r], marker="+", color="cyan", markersize=12, mew=2)
         ax.set_title(name)
         ax.set_axis_off()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out_path)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return out
+    return save_figure(fig, Path(out_path), dpi=80)
 
 
 __all__ = ["save_overlay"]

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import InputError
+from .figures import draw_mask, pyplot, save_figure
 
 
 def save_overlay_2d(rgb: np.ndarray, mask: np.ndarray, out_path: str | os.PathLike,
@@ -17,10 +18,7 @@ def save_overlay_2d(rgb: np.ndarray, mask: np.ndarray, out_path: str | os.PathLi
 
     Points are ``((x, y), positive)``; the box is XYXY, in original pixels.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     m = np.asarray(mask) != 0
@@ -29,8 +27,7 @@ def save_overlay_2d(rgb: np.ndarray, mask: np.ndarray, out_path: str | os.PathLi
     h, w = m.shape
     fig, ax = plt.subplots(figsize=(6, 6 * h / max(w, 1) + 0.4))
     ax.imshow(rgb, interpolation="nearest")
-    ax.imshow(np.ma.masked_where(~m, m.astype(float)), cmap="autumn", alpha=0.45, vmin=0, vmax=1,
-              interpolation="nearest")
+    draw_mask(ax, m)
     for (x, y), positive in points:
         ax.plot([x], [y], marker="+" if positive else "x", color="lime" if positive else "red",
                 markersize=12, mew=2)
@@ -41,15 +38,7 @@ def save_overlay_2d(rgb: np.ndarray, mask: np.ndarray, out_path: str | os.PathLi
         ax.set_title(title)
     ax.set_axis_off()
     fig.tight_layout()
-    out = Path(out_path)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return out
+    return save_figure(fig, Path(out_path), dpi=80)
 
 
 __all__ = ["save_overlay_2d"]

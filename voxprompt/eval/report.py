@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from voxprompt.errors import UsageError
+from voxprompt.figures import pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +235,7 @@ def summary_markdown(rows: Sequence[dict], meta: dict, overlays: dict[str, dict]
 # ----------------------------------------------------------------------------- plots
 def plot_dice_vs_clicks(rows: Sequence[dict], path: Path) -> None:
     """Mean Dice after each click, one line per structure group plus the overall mean."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     box = all(r.get("box_dice") is not None for r in rows)  # cvpr25 with a box: step 0
@@ -260,13 +257,7 @@ def plot_dice_vs_clicks(rows: Sequence[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    save_figure(fig, path, dpi=90)
 
 
 def write_overlays(extremes: Extremes, targets: dict[tuple, Any], loader: Callable, out: Path) -> dict[str, dict]:
