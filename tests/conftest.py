@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,17 @@ def golden_path(name: str) -> Path:
 
 def load_golden(name: str) -> dict:
     return torch.load(golden_path(name), weights_only=True)
+
+
+@dataclass(frozen=True)
+class FakeTarget:
+    """Stand-in for an eval target with the fields the runner reads (no files involved)."""
+
+    case: str
+    label: int
+    name: str
+    modality: str
+    split: str
 
 
 def _tiny(fixture: str, name: str, config_fn, image_key: str):

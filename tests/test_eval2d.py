@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import load_golden
+from conftest import FakeTarget, load_golden
 from fake2d import BrightInBox
 from golden_configs import sam_med2d_config
 
@@ -21,15 +20,6 @@ from voxprompt.eval.runner2d import evaluate_slices, pick_slices, slice_session_
 from voxprompt.io.image import Image
 
 SHAPE = (24, 40, 40)
-
-
-@dataclass(frozen=True)
-class FakeTarget:
-    case: str
-    label: int
-    name: str
-    modality: str
-    split: str
 
 
 def _volume() -> tuple[np.ndarray, np.ndarray]:

@@ -7,13 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import ROOT
+from conftest import ROOT, FakeTarget
 
 from voxprompt.cli import main
 from voxprompt.eval.report import TIMING_COLUMNS, structure_group
@@ -28,17 +27,6 @@ CASES = {
                         (2, "vertebrae_T1", "train", "cube", (20, 28, 28), 5)]),
     "synth_mr": ("MR", [(3, "Hippocampus_L", "test", "sphere", (18, 20, 22), 6)]),
 }
-
-
-@dataclass(frozen=True)
-class FakeTarget:
-    """Stand-in with the fields the runner reads (no files involved)."""
-
-    case: str
-    label: int
-    name: str
-    modality: str
-    split: str
 
 
 def _volume(objects: list, seed: int) -> tuple[np.ndarray, np.ndarray]:
