@@ -30,18 +30,33 @@ class _TargetInfo:
     deepest: np.ndarray  # the voxel farthest from the boundary (CVPR 2025's first click)
 
 
+def source_targets(source: DataSource) -> list:
+    """The targets of a data source that pass its filters (split, ``min_voxels``, ``cases``)."""
+    from ..data.readers import open_dataset  # local: data is optional for synthetic-only runs
+
+    targets = [t for t in open_dataset(source.path, split=source.split)
+               if (not t.voxels or t.voxels >= source.min_voxels)
+               and (source.cases is None or t.case in source.cases)]
+    if not targets:
+        raise UsageError(f"data source {source.path}: no targets (split={source.split!r}, "
+                         f"min_voxels={source.min_voxels}, cases={source.cases})")
+    return targets
+
+
+def mix_weights(pools: Sequence, synthetic: SyntheticSource) -> np.ndarray:
+    """Normalised draw weights: one per pool (its ``source.weight``), then the synthetic generator."""
+    weights = [p.source.weight for p in pools] + [max(synthetic.weight, 0.0)]
+    total = float(sum(weights))
+    if total <= 0:
+        raise UsageError("all data source weights are zero")
+    return np.asarray(weights) / total
+
+
 class TargetPool:
     """Targets of one data source, with cached foreground geometry."""
 
     def __init__(self, source: DataSource) -> None:
-        from ..data.readers import open_dataset  # local: data is optional for synthetic-only runs
-
-        targets = [t for t in open_dataset(source.path, split=source.split)
-                   if (not t.voxels or t.voxels >= source.min_voxels)
-                   and (source.cases is None or t.case in source.cases)]
-        if not targets:
-            raise UsageError(f"data source {source.path}: no targets (split={source.split!r}, "
-                             f"min_voxels={source.min_voxels}, cases={source.cases})")
+        targets = source_targets(source)
         self.source = source
         self.targets = targets
         self._info: dict[int, _TargetInfo] = {}
@@ -101,11 +116,7 @@ class SampleMixer:
                  size: int, spacing: float) -> None:
         self.pools = [TargetPool(s) for s in data]
         self.synthetic, self.aug, self.size, self.spacing = synthetic, aug, size, spacing
-        weights = [p.source.weight for p in self.pools] + [max(synthetic.weight, 0.0)]
-        total = float(sum(weights))
-        if total <= 0:
-            raise UsageError("all data source weights are zero")
-        self.weights = np.asarray(weights) / total
+        self.weights = mix_weights(self.pools, synthetic)
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         k = int(rng.choice(len(self.weights), p=self.weights))

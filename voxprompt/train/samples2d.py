@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import UsageError
 from ..preprocess.image2d import Policy2D, intensity_range, parse_window, preprocess_image, rgb_uint8
 from .config import AugmentConfig, DataSource, SyntheticSource, Train2DConfig
+from .samples import mix_weights, source_targets
 from .synthetic import synthetic_sample
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,7 @@ class SlicePool:
     """2D slices of the 3D targets of one data source."""
 
     def __init__(self, source: DataSource, opts: Train2DConfig) -> None:
-        from ..data.readers import open_dataset
-
-        targets = [t for t in open_dataset(source.path, split=source.split)
-                   if (not t.voxels or t.voxels >= source.min_voxels)
-                   and (source.cases is None or t.case in source.cases)]
-        if not targets:
-            raise UsageError(f"data source {source.path}: no targets (split={source.split!r}, "
-                             f"min_voxels={source.min_voxels}, cases={source.cases})")
+        targets = source_targets(source)
         self.source, self.targets, self.opts = source, targets, opts
         self.window = parse_window(opts.window)
         self._slices: dict[tuple[int, int], np.ndarray] = {}
@@ -193,11 +187,7 @@ class SampleMixer2D:
                  opts: Train2DConfig, policy: Policy2D) -> None:
         self.pools = [PairPool(s) if is_pair_source(s.path) else SlicePool(s, opts) for s in data]
         self.synthetic, self.aug, self.opts, self.policy = synthetic, aug, opts, policy
-        weights = [p.source.weight for p in self.pools] + [max(synthetic.weight, 0.0)]
-        total = float(sum(weights))
-        if total <= 0:
-            raise UsageError("all data source weights are zero")
-        self.weights = np.asarray(weights) / total
+        self.weights = mix_weights(self.pools, synthetic)
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         k = int(rng.choice(len(self.weights), p=self.weights))
