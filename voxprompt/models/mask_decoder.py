@@ -129,19 +129,22 @@ class MaskDecoder(nn.Module):
             self.transformer, output_tokens, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
         b = hs.shape[0]
-        idx = range(self.num_mask_tokens)[tokens]
+        # with autograd on, every token takes part (unused ones get zero gradients, as in the
+        # official code, so optimizer state and weight decay evolve identically)
+        keep = slice(None) if torch.is_grad_enabled() else tokens
+        idx = range(self.num_mask_tokens)[keep]
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in idx], dim=1)
         iou = self.iou_prediction_head(hs[:, 0, :])[:, tokens]
         patched = run_patch_layout(self.output_upscaling, src)
         if patched is not None:  # dot products in patch order, then unshuffle M channels only
             y, levels = patched
             masks = hyper_in @ y.reshape(b, -1, y.shape[-1]).transpose(1, 2)
-            masks = masks.view(b, len(idx), *y.shape[1:-1])
-            return unshuffle(masks, src.dim() - 2, levels), iou
-        upscaled = self.output_upscaling(src)
-        c_up, up_grid = upscaled.shape[1], upscaled.shape[2:]
-        masks = (hyper_in @ upscaled.reshape(b, c_up, -1)).view(b, len(idx), *up_grid)
-        return masks, iou
+            masks = unshuffle(masks.view(b, len(idx), *y.shape[1:-1]), src.dim() - 2, levels)
+        else:
+            upscaled = self.output_upscaling(src)
+            c_up, up_grid = upscaled.shape[1], upscaled.shape[2:]
+            masks = (hyper_in @ upscaled.reshape(b, c_up, -1)).view(b, len(idx), *up_grid)
+        return (masks[:, tokens] if keep != tokens else masks), iou
 
     def _predict_masks_ref(
         self,
