@@ -99,6 +99,24 @@ class _Recorder:
         return mask
 
 
+def checked_gt(target: Any, image: Image, gt: np.ndarray) -> np.ndarray:
+    """A target's mask as bool; InputError when its shape differs from the image's or it is empty."""
+    gt = np.asarray(gt, dtype=bool)
+    if gt.shape != image.shape:
+        raise InputError(f"{target.case} label {target.label}: mask shape {gt.shape} differs from "
+                         f"the image shape {image.shape}")
+    if not gt.any():
+        raise InputError(f"{target.case} label {target.label} ({target.name}): the mask is empty")
+    return gt
+
+
+def target_rngs(seed: int, target: Any) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent (protocol, click noise) generators of one target."""
+    streams = np.random.SeedSequence(target_seed(seed, target.case, target.label)).spawn(2)
+    proto_rng, noise_rng = (np.random.default_rng(s) for s in streams)
+    return proto_rng, noise_rng
+
+
 def _auc(values: list[float]) -> float:
     return auc_trapezoid(values) if len(values) >= 2 else float("nan")
 
@@ -106,15 +124,9 @@ def _auc(values: list[float]) -> float:
 def evaluate_target(target: Any, image: Image, gt: np.ndarray, factory: PredictorFactory,
                     config: EvalConfig) -> tuple[dict, np.ndarray]:
     """Run the protocol on one target; returns its result row and the final mask."""
-    gt = np.asarray(gt, dtype=bool)
-    if gt.shape != image.shape:
-        raise InputError(f"{target.case} label {target.label}: mask shape {gt.shape} differs from "
-                         f"the image shape {image.shape}")
-    if not gt.any():
-        raise InputError(f"{target.case} label {target.label} ({target.name}): the mask is empty")
+    gt = checked_gt(target, image, gt)
     spacing = tuple(float(s) for s in image.spacing[::-1])  # mm per array axis (z, y, x)
-    streams = np.random.SeedSequence(target_seed(config.seed, target.case, target.label)).spawn(2)
-    proto_rng, noise_rng = (np.random.default_rng(s) for s in streams)
+    proto_rng, noise_rng = target_rngs(config.seed, target)
     rec = _Recorder(factory(image), gt, spacing, config.click_noise_mm, noise_rng)
     name, _ = PROTOCOL_SPECS[config.protocol]
     t0 = time.perf_counter()
@@ -225,5 +237,5 @@ def random_walker_factory(config: Any = None) -> PredictorFactory:
     return factory
 
 
-__all__ = ["EvalConfig", "PROTOCOL_SPECS", "evaluate", "evaluate_target", "random_walker_factory",
-           "session_factory", "target_seed"]
+__all__ = ["EvalConfig", "PROTOCOL_SPECS", "checked_gt", "evaluate", "evaluate_target", "random_walker_factory",
+           "session_factory", "target_rngs", "target_seed"]

@@ -27,7 +27,7 @@ import torch
 from voxprompt.errors import InputError, UsageError
 from voxprompt.eval.clicks import Box3D, Click, jitter_click, sam_med2d_box, sam_med2d_points, sam_med3d_random_click
 from voxprompt.eval.metrics import auc_trapezoid, dice, hd95, nsd
-from voxprompt.eval.runner import Engine, PredictorFactory, Slices, target_seed
+from voxprompt.eval.runner import Engine, PredictorFactory, Slices, checked_gt, target_rngs
 from voxprompt.io.image import Image
 
 log = logging.getLogger(__name__)
@@ -121,17 +121,11 @@ def evaluate_target_slices(target: Any, image: Image, gt: np.ndarray, model: Any
     from voxprompt.propagate import SliceEncoder, SliceStack, take_slice
     from voxprompt.session2d import Session2D
 
-    gt = np.asarray(gt, dtype=bool)
-    if gt.shape != image.shape:
-        raise InputError(f"{target.case} label {target.label}: mask shape {gt.shape} differs from the image "
-                         f"shape {image.shape}")
-    if not gt.any():
-        raise InputError(f"{target.case} label {target.label} ({target.name}): the mask is empty")
+    gt = checked_gt(target, image, gt)
     ax = config.axis
     spacing3 = tuple(float(s) for s in image.spacing[::-1])
     sp2 = tuple(s for a, s in enumerate(spacing3) if a != ax)
-    streams = np.random.SeedSequence(target_seed(config.seed, target.case, target.label)).spawn(2)
-    rng, noise_rng = (np.random.default_rng(s) for s in streams)
+    rng, noise_rng = target_rngs(config.seed, target)
     sigma = tuple(config.click_noise_mm / s for s in sp2)
     slices = pick_slices(gt, ax, config.slices, config.min_fraction)
     if not slices:
