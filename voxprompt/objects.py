@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import PromptError, UsageError
 
 Slices = tuple[slice, ...]
 
@@ -90,6 +90,16 @@ class ObjectsMixin:
         for oid in sorted(self._objects):
             out[self._objects[oid].mask] = oid
         return out
+
+    def _mask_prompt(self, mask: np.ndarray) -> np.ndarray:
+        """A mask prompt (nonzero = object, image shape) as bool; PromptError otherwise."""
+        shape = self.shape
+        m = np.asarray(mask)
+        if m.shape != shape:
+            raise PromptError(f"mask shape {m.shape} does not match the image shape {shape}")
+        if not (np.issubdtype(m.dtype, np.number) or m.dtype == np.bool_):
+            raise PromptError(f"mask must be bool or numeric, got {m.dtype}")
+        return m != 0
 
     # ------------------------------------------------------------------ history
     def _undo_last(self) -> Optional[Slices]:

@@ -576,12 +576,7 @@ class Session(ObjectsMixin):
     def add_mask(self, mask: np.ndarray) -> Prediction:
         """Make ``mask`` (nonzero = object, full image shape) the object's mask and next mask_input."""
         img = self._img()
-        m = np.asarray(mask)
-        if m.shape != img.shape:
-            raise PromptError(f"mask shape {m.shape} does not match the image shape {img.shape}")
-        if not (np.issubdtype(m.dtype, np.number) or m.dtype == np.bool_):
-            raise PromptError(f"mask must be bool or numeric, got {m.dtype}")
-        m = m != 0
+        m = self._mask_prompt(mask)
         obj = self._obj
         with torch.inference_mode():
             roi, logits = None, None

@@ -349,12 +349,7 @@ class Session2D(ObjectsMixin):
     def add_mask(self, mask: np.ndarray) -> Prediction2D:
         """Make ``mask`` (nonzero = object, (H, W)) the object's mask and the next ``mask_input``;
         the object's points and box are cleared (later prompts refine this mask)."""
-        m = np.asarray(mask)
-        if m.shape != self.shape:
-            raise PromptError(f"mask shape {m.shape} does not match the image shape {self.shape}")
-        if not (np.issubdtype(m.dtype, np.number) or m.dtype == np.bool_):
-            raise PromptError(f"mask must be bool or numeric, got {m.dtype}")
-        m = m != 0
+        m = self._mask_prompt(mask)
         obj = self._obj
         obj.history.append(obj.snapshot())
         prior = self.predictor.prior(m)
