@@ -20,6 +20,7 @@ needs only the ``onnx`` package).
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -142,7 +143,7 @@ def export_onnx(model: Model, out_dir: Union[str, Path], name: Optional[str] = N
         raise UsageError(f"{name}: SAM-UNet predicts a single mask; export without --multimask")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
+    model = copy.deepcopy(model).eval()  # tracing must not touch the caller's model or its caches
     unet = isinstance(model, SamUNet)
     image, dec_inputs = _example_inputs(model)
     emb_names = ["image_embeddings", "multi_scale_feature"] if unet else ["image_embeddings"]
