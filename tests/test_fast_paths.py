@@ -28,7 +28,9 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if not t.is_floating_point():
                 continue
             noise = torch.randn(t.shape, generator=gen)
-            if t.dim() >= 2 and "pos_embed" not in name and "rel_pos" not in name:
+            if name.endswith("running_var"):  # BatchNorm variances must stay positive
+                t.copy_(0.5 + 0.5 * noise.abs())
+            elif t.dim() >= 2 and "pos_embed" not in name and "rel_pos" not in name:
                 t.copy_(noise / t[0].numel() ** 0.5)
             elif name.endswith("weight") and t.dim() == 1:
                 t.copy_(1 + 0.1 * noise)
