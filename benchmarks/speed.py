@@ -64,8 +64,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
         out["first_click_ms"] = timeit(first_click, dev, args.repeats, warmup=0)["median_ms"]
         out["per_volume_ms"] = {"1": out["encoder_ms"]}
+        skip = {int(x.split(":")[1]) for x in args.skip_batches.split(",") if x.split(":")[0] == args.model}
         for b in args.batches:
-            if b == 1:
+            if b == 1 or b in skip:
                 continue
             batch = image.expand(b, *image.shape[1:]).contiguous()
             reset_peak(dev)
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all available)")
     ap.add_argument("--quick", action="store_true", help="1 encoder run, batch 1 only, 5 clicks")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. CPU contention)")
+    ap.add_argument("--skip-batches", default="", help="MODEL:B pairs not to run, e.g. sam-vit-b:4")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     args = ap.parse_args()
     args.batches = [int(b) for b in str(args.batches).split(",")]
@@ -108,7 +110,8 @@ def main() -> None:
             for mode, precision in GPU_CONFIGS if dev == "cuda" else CPU_CONFIGS:
                 extra = ["--model", name, "--mode", mode, "--precision", precision, "--device", dev,
                          "--batches", ",".join(map(str, args.batches)), "--repeats", str(args.repeats),
-                         "--click-repeats", str(args.click_repeats), "--threads", str(args.threads)]
+                         "--click-repeats", str(args.click_repeats), "--threads", str(args.threads),
+                         "--skip-batches", args.skip_batches]
                 row = run_worker(Path(__file__), extra, args.timeout)
                 row.update(model=name, mode=mode, precision=precision)
                 rows.append(row)
