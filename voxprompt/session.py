@@ -385,6 +385,44 @@ class Session(ObjectsMixin):
         """Array index -> world mm in ``frame``."""
         return self._img().index_to_world(np.asarray(index, dtype=np.float64), frame=frame)
 
+    # ------------------------------------------------------------------ memory
+    def memory_bytes(self) -> int:
+        """Estimated bytes held: image, object masks, undo blocks and logits, cached embeddings/coverage."""
+        def t(x: Optional[torch.Tensor]) -> int:
+            return 0 if x is None else int(x.element_size() * x.nelement())
+
+        total = 0 if self.image is None else int(self.image.array.nbytes)
+        for obj in self._objects.values():
+            total += int(obj.mask.nbytes) + t(obj.logits)
+            for step in obj.history:
+                total += t(step.logits) + (0 if step.old_block is None else int(step.old_block.nbytes))
+        total += self.cache_bytes()
+        total += sum(int(m.nbytes) for _, m in self._coverage.values())
+        return total
+
+    def cache_bytes(self) -> int:
+        """Bytes of the cached image embeddings (re-computable on demand)."""
+        return sum(int(e.element_size() * e.nelement()) for e in self._embeddings.values())
+
+    def trim_cache(self, max_bytes: int) -> int:
+        """Drop cached embeddings, least recently used first, until :meth:`memory_bytes` <= ``max_bytes``.
+
+        Results are unchanged: a dropped embedding is re-encoded when next needed. Returns bytes freed.
+        """
+        freed = 0
+        over = self.memory_bytes() - int(max_bytes)
+        while over > 0 and self._embeddings:
+            emb = self._embeddings.pop(next(iter(self._embeddings)))
+            n = int(emb.element_size() * emb.nelement())
+            freed += n
+            over -= n
+        if over > 0 and self._coverage:
+            freed += sum(int(m.nbytes) for _, m in self._coverage.values())
+            self._coverage.clear()
+        if freed:
+            log.debug("trimmed %d bytes of cache", freed)
+        return freed
+
     # ------------------------------------------------------------------ model plumbing
     def _embedding(self, roi: Roi) -> torch.Tensor:
         key = roi_key(roi)

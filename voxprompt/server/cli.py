@@ -23,6 +23,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         data_dir=Path(args.data_dir) if args.data_dir else None, max_upload_mb=args.max_upload_mb,
         idle_timeout_s=args.idle_timeout, liveness_timeout_s=args.liveness_timeout,
         autozoom=args.autozoom, web=not args.no_web,
+        session_memory_mb=args.session_memory_mb, max_memory_mb=args.max_memory_mb,
     ).validate()
 
 
@@ -68,5 +69,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="drop an nnInteractive/browser lease after S seconds without any request (default 60)")
     s.add_argument("--autozoom", action=argparse.BooleanOptionalAction, default=False,
                    help="auto-zoom on for new sessions (clients may switch it; default off)")
+    s.add_argument("--session-memory-mb", type=float, default=2048.0, metavar="MB",
+                   help="per-session memory cap: cached embeddings are trimmed above it and a larger "
+                        "image is refused with 413 (default 2048)")
+    s.add_argument("--max-memory-mb", type=float, default=8192.0, metavar="MB",
+                   help="memory cap of all sessions together: least recently used idle sessions are "
+                        "evicted above it (their clients get 410; default 8192)")
     s.add_argument("--no-web", action="store_true", help="do not serve the browser viewer")
     s.set_defaults(func=cmd_serve)

@@ -7,6 +7,7 @@ from typing import Callable, TypeVar
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from .errors import LeaseGone, TooLarge
 from .leases import Lease, LeaseManager
 from .security import check_api_key, memory_limit_bytes
 from .sessions import ModelHost
@@ -26,6 +27,17 @@ class ServerContext:
         """Largest array (decompressed upload or buffer) the server accepts: 25 % of RAM."""
         return memory_limit_bytes(0.25)
 
+    def check_image_bytes(self, nbytes: int) -> None:
+        """413 when an image alone exceeds the per-session memory cap."""
+        cap = self.settings.session_memory_bytes
+        if int(nbytes) > cap:
+            raise TooLarge(f"the image needs {int(nbytes) / 2**20:.1f} MiB, more than this server's "
+                           f"per-session cap of {cap / 2**20:.0f} MiB (--session-memory-mb)")
+
+    def account(self, lease: Lease) -> None:
+        """Apply the memory caps after ``lease`` changed (caller holds its lock)."""
+        self.leases.account(lease, self.settings.session_memory_bytes, self.settings.max_memory_bytes)
+
     def auth(self, request: Request) -> None:
         """FastAPI dependency: 401 unless the request carries the API key (when one is set)."""
         check_api_key(self.settings.api_key, request.headers.get("authorization"))
@@ -38,10 +50,15 @@ class ServerContext:
         """
         def call() -> T:
             with lease.lock:
-                if not model:
-                    return fn()
-                with self.host.lock:
-                    return fn()
+                if lease.closed:
+                    raise LeaseGone("lease expired or unknown")
+                try:
+                    if not model:
+                        return fn()
+                    with self.host.lock:
+                        return fn()
+                finally:
+                    self.account(lease)
 
         return await run_in_threadpool(call)
 

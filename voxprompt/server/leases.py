@@ -42,6 +42,8 @@ class Lease:
     last_seen: float
     lock: threading.RLock = field(default_factory=threading.RLock)
     state: dict[str, Any] = field(default_factory=dict)
+    memory_bytes: int = 0  # last estimate, taken under ``lock`` (see LeaseManager.account)
+    closed: bool = False  # released, reaped or evicted
 
     def expiry_reason(self, now: float) -> Optional[str]:
         if self.liveness_timeout is not None and now - self.last_seen > self.liveness_timeout:
@@ -113,6 +115,7 @@ class LeaseManager:
                 lease = None
             if lease is not None and lease.expiry_reason(self._clock()) is not None:
                 self._leases.pop(token, None)
+                lease.closed = True
                 log.info("dropped expired %s lease %s…", lease.kind, token[:8])
                 lease = None
         if lease is None:
@@ -126,6 +129,7 @@ class LeaseManager:
         with self._mu:
             lease = self._leases.pop(token, None)
         if lease is not None:
+            lease.closed = True
             log.info("released %s lease %s…", lease.kind, token[:8])
         return lease is not None
 
@@ -134,11 +138,59 @@ class LeaseManager:
         now = self._clock()
         with self._mu:
             dead = [(t, lease, r) for t, lease in self._leases.items() if (r := lease.expiry_reason(now))]
-            for token, _, _ in dead:
+            for token, lease, _ in dead:
                 self._leases.pop(token, None)
+                lease.closed = True
         for token, lease, reason in dead:
             log.info("reaped %s %s lease %s…", reason, lease.kind, token[:8])
         return len(dead)
+
+    # ------------------------------------------------------------------ memory
+    def total_memory_bytes(self) -> int:
+        """Sum of the leases' last memory estimates."""
+        with self._mu:
+            return sum(lease.memory_bytes for lease in self._leases.values())
+
+    def account(self, lease: Lease, session_cap: int, total_cap: int) -> list[str]:
+        """Trim ``lease``'s cache to ``session_cap``, then evict LRU idle leases while over ``total_cap``.
+
+        The caller holds ``lease.lock``. A lease is idle when its lock is free; evicted leases are
+        dropped like expired ones (their clients get 410). Returns the evicted tokens.
+        """
+        session = lease.session
+        if session.memory_bytes() > session_cap:
+            freed = session.trim_cache(session_cap)
+            log.info("lease %s…: over its %d MiB cap, trimmed %d KiB of cached embeddings", lease.token[:8],
+                     session_cap >> 20, freed >> 10)
+        lease.memory_bytes = session.memory_bytes()
+        evicted: list[str] = []
+        with self._mu:
+            total = sum(x.memory_bytes for x in self._leases.values())
+            if total <= total_cap:
+                return evicted
+            others = sorted((x for x in self._leases.values() if x is not lease and x.memory_bytes > 0),
+                            key=lambda x: x.last_active)
+        for other in others:
+            if total <= total_cap:
+                break
+            if not other.lock.acquire(blocking=False):
+                continue  # busy: not idle
+            try:
+                with self._mu:
+                    if self._leases.get(other.token) is not other:
+                        continue
+                    self._leases.pop(other.token)
+                    other.closed = True
+                total -= other.memory_bytes
+                evicted.append(other.token)
+                log.warning("evicted idle %s lease %s… (%d MiB) : sessions use more than --max-memory-mb %d",
+                            other.kind, other.token[:8], other.memory_bytes >> 20, total_cap >> 20)
+            finally:
+                other.lock.release()
+        if total > total_cap:
+            log.warning("sessions use %d MiB, above --max-memory-mb %d, and no idle session is left to evict",
+                        total >> 20, total_cap >> 20)
+        return evicted
 
     def close_all(self) -> None:
         with self._mu:

@@ -33,6 +33,8 @@ class ServerSettings:
     autozoom: bool = False  # default of ``set_do_autozoom`` for new leases
     retry_after_s: int = 10  # Retry-After of a 503 at capacity
     web: bool = True  # serve the browser viewer at /
+    session_memory_mb: float = 2048.0  # per session: embedding cache trimmed above it; larger images: 413
+    max_memory_mb: float = 8192.0  # all sessions: least recently used idle sessions evicted above it
 
     def validate(self) -> "ServerSettings":
         """Raise UsageError naming the first bad value; returns self."""
@@ -41,7 +43,7 @@ class ServerSettings:
         if int(self.max_sessions) < 1:
             raise UsageError(f"--max-sessions must be at least 1, got {self.max_sessions}")
         for name in ("max_upload_mb", "idle_timeout_s", "liveness_timeout_s", "monai_session_expiry_s",
-                     "reaper_interval_s"):
+                     "reaper_interval_s", "session_memory_mb", "max_memory_mb"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0):
                 raise UsageError(f"{name} must be a positive number, got {v}")
@@ -57,6 +59,14 @@ class ServerSettings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def session_memory_bytes(self) -> int:
+        return int(self.session_memory_mb * 1024 * 1024)
+
+    @property
+    def max_memory_bytes(self) -> int:
+        return int(self.max_memory_mb * 1024 * 1024)
 
     @property
     def loopback(self) -> bool:

@@ -116,8 +116,11 @@ def make_router(ctx: ServerContext) -> APIRouter:
 
         def do() -> dict:
             image, fname = load()
+            ctx.check_image_bytes(image.array.nbytes)
             lease = ctx.leases.claim(KIND, s.idle_timeout_s, s.liveness_timeout_s)
-            lease.session.set_image(image)
+            with lease.lock:
+                lease.session.set_image(image)
+                ctx.account(lease)
             lease.state.update(name=fname)
             return {"token": lease.token, "name": fname, "size_ijk": list(image.shape[::-1]),
                     **_summary(lease)}

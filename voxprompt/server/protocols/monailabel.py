@@ -153,8 +153,11 @@ def make_router(ctx: ServerContext) -> APIRouter:
     data_mu = threading.Lock()
 
     def new_lease(image: Image, name: str, expiry: float) -> Lease:
+        ctx.check_image_bytes(image.array.nbytes)
         lease = ctx.leases.claim(KIND, expiry, None)
-        lease.session.set_image(image)
+        with lease.lock:
+            lease.session.set_image(image)
+            ctx.account(lease)
         lease.state.update(image=image, name=name, labels={}, create_ts=time.time())
         return lease
 
@@ -258,6 +261,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
         elif upload_bytes is not None:
             def one_off() -> tuple[dict, np.ndarray, Image]:
                 im = read_uploaded([(upload.filename, upload_bytes)])
+                ctx.check_image_bytes(im.array.nbytes)
                 s = ctx.host.new_session()
                 s.set_image(im)
                 d, m = run(s, im, {})

@@ -228,6 +228,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
             arr = nnia.unpack(body, ctx.array_limit_bytes, "the image")
             if arr.ndim != 4 or arr.shape[0] != 1:
                 raise BadRequest(f"image must be [1, X, Y, Z] (one channel), got shape {list(arr.shape)}")
+            ctx.check_image_bytes(arr[0].nbytes)
             lease.session.set_image(arr[0], spacing=spacing)
             buf = lease.state.get("buffer")
             if buf is not None and tuple(buf[0]) != tuple(arr.shape[1:]):
