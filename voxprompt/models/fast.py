@@ -58,7 +58,8 @@ def available_cpus() -> int:
     except (AttributeError, OSError):
         n = os.cpu_count() or 1
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
         if quota != "max":
             n = min(n, max(1, int(int(quota) // int(period))))
     except (OSError, ValueError):
