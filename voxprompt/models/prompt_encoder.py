@@ -102,7 +102,7 @@ class PromptEncoder(nn.Module):
         """``(1, C, *grid)`` positional encoding of the image embedding grid (float32).
 
         Cached outside reference mode: treat the returned tensor as read-only."""
-        if reference_enabled():
+        if reference_enabled() or torch.jit.is_tracing():  # a trace must not leak into the cache
             return self.pe_layer(self.image_embedding_size).unsqueeze(0)
         g = self.pe_layer.positional_encoding_gaussian_matrix
         key = (g.device, g.data_ptr(), g._version, torch.is_inference_mode_enabled(), torch.is_grad_enabled())
