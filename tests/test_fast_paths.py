@@ -243,3 +243,24 @@ def test_full_size_fast_vs_reference(name):
     pairs = [(e_fast[k], e_ref[k]) for k in e_ref] if isinstance(e_ref, dict) else [(e_fast, e_ref)]
     for a, b in pairs + [(low_fast, low_ref)]:
         assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_patch_layout_dot_matches_upscaler_then_dot(nd):
+    """The chunked inference upscaler (last conv + activation + hypernetwork dot per row chunk)
+    equals the official upscaler followed by the dot, batch > 1, several tokens, ragged chunks."""
+    from voxprompt.models.channels_last import patch_layout_dot, unshuffle
+    from voxprompt.models.mask_decoder import upscaler
+
+    torch.manual_seed(0)
+    seq = upscaler(nd, 32, 8, 4)
+    x = torch.randn(2, 32, *([5] * nd))
+    hyper = torch.randn(2, 3, 4)
+    with torch.no_grad(), reference_mode():
+        up = seq(x)
+        ref = (hyper @ up.flatten(2)).view(2, 3, *up.shape[2:])
+    with torch.no_grad():
+        got, levels = patch_layout_dot(seq, x, hyper, chunk=7)
+        got = unshuffle(got, nd, levels)
+    assert got.shape == ref.shape
+    assert ((got - ref).norm() / ref.norm()).item() < 1e-6

@@ -39,6 +39,12 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+def iou_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """IoU scores are O(1) quantities: a relative error of one score near 0 (random weights) is
+    ill-conditioned, so compare relative to max(|score|, 1)."""
+    return ((a.double() - b.double()).norm() / max(b.double().norm().item(), 1.0)).item()
+
+
 def test_sam_med3d_full_size_matches_medim():
     ref_mod = medim_sam_med3d()
     ref = ref_mod.build_sam3D_vit_b_ori().eval()
@@ -66,7 +72,7 @@ def test_sam_med3d_full_size_matches_medim():
                 multimask_output=False,
             )
             low, iou = ours.decode(emb, points=pts, mask_input=mask)
-            assert rel_err(low, low_ref) < 1e-5 and rel_err(iou, iou_ref) < 1e-5
+            assert rel_err(low, low_ref) < 1e-5 and iou_err(iou, iou_ref) < 1e-5
             prev = low_ref
 
 
@@ -128,4 +134,4 @@ def test_sam_vit_b_full_size_matches_segment_anything():
                 multimask_output=c["multimask"],
             )
             low, iou = ours.decode(emb, points=c["points"], boxes=c["boxes"], mask_input=c["masks"], multimask=c["multimask"])
-            assert rel_err(low, low_ref) < 1e-5 and rel_err(iou, iou_ref) < 1e-5
+            assert rel_err(low, low_ref) < 1e-5 and iou_err(iou, iou_ref) < 1e-5

@@ -1,4 +1,4 @@
-"""``voxprompt data build | list``: build the real labelled dataset and list prompt targets."""
+"""``voxprompt data build | pseudo | list``: build the real labelled dataset, derive region labels, list targets."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,18 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pseudo(args: argparse.Namespace) -> int:
+    from .pseudo import DEFAULT_EXCLUDE_CASES, build_pseudo
+
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else None
+    exclude = [c.strip() for c in args.exclude_cases.split(",") if c.strip()] if args.exclude_cases is not None \
+        else list(DEFAULT_EXCLUDE_CASES)
+    res = build_pseudo(args.src, args.out_dir, cases=cases, exclude_cases=exclude, force=args.force)
+    sys.stdout.write(f"wrote {res['out_dir']}: {len(res['cases'])} label maps ({', '.join(res['cases'])}), "
+                     f"{res['targets']} region targets, {res['seconds']} s\n")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .readers import open_dataset
 
@@ -39,7 +51,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Register ``data build`` and ``data list`` on the main parser's subparsers."""
+    """Register ``data build``, ``data pseudo`` and ``data list`` on the main parser's subparsers."""
     d = sub.add_parser("data", help="build the real labelled dataset; list its prompt targets")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=type(d))
 
@@ -60,6 +72,24 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cache", metavar="DIR", help="download cache (default $VOXPROMPT_CACHE or ~/.cache/voxprompt)")
     s.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     s.set_defaults(func=cmd_build)
+
+    s = dsub.add_parser(
+        "pseudo",
+        help="unsupervised region labels (watershed supervoxels + merging) on a built dataset's images, for training",
+        description=(
+            "For each case of the built dataset SRC, write label maps of intensity-homogeneous "
+            "regions (watershed supervoxels of the intensity gradient, merged at three tolerances; no "
+            "annotation used) as an nnU-Net v2 raw dataset in OUT_DIR with every region a train "
+            "target. Regions overlapping a held-out (test) target of their case are dropped; "
+            "colin27_aal (the held-out brain subject) is left out by default."
+        ),
+    )
+    s.add_argument("src", metavar="SRC", help="dataset written by `voxprompt data build`")
+    s.add_argument("out_dir", metavar="OUT_DIR", help="output folder (must be empty or absent)")
+    s.add_argument("--cases", help="comma list of cases to label (default: all but the excluded)")
+    s.add_argument("--exclude-cases", help="comma list of cases never to label (default colin27_aal; '' for none)")
+    s.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    s.set_defaults(func=cmd_pseudo)
 
     s = dsub.add_parser(
         "list",

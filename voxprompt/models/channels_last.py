@@ -98,23 +98,78 @@ def run_patch_layout(seq: nn.Sequential, x: Tensor) -> Optional[tuple[Tensor, in
     ``k`` group per transposed conv, ``levels`` of them), and None for any other stack. Per-voxel
     products (the mask decoder's hypernetwork dot) can run in this layout and be unshuffled
     afterwards with :func:`unshuffle`, on far fewer channels."""
-    if not all(isinstance(m, _ELEMENTWISE + (LayerNormNd,)) or (isinstance(m, _CONVTS) and _patch_conv(m)) for m in seq):
+    if not run_patch_layout_supported(seq):
         return None
     y = channels_last(x)
     nd = x.dim() - 2
     levels = 0
     for m in seq:
         if isinstance(m, _CONVTS):
-            k, cin, cout = m.kernel_size[0], m.in_channels, m.out_channels
-            w = m.weight.reshape(cin, cout, k**nd).permute(0, 2, 1).reshape(cin, -1)
-            bias = None if m.bias is None else m.bias.repeat(k**nd)
-            y = F.linear(y, w.t(), bias).view(*y.shape[:-1], *([k] * nd), cout)
+            w, bias = _convt_matrix(m, nd)
+            y = F.linear(y, w.t(), bias).view(*y.shape[:-1], *([m.kernel_size[0]] * nd), m.out_channels)
             levels += 1
         elif isinstance(m, LayerNormNd):
             y = F.layer_norm(y, (m.weight.shape[0],), m.weight, m.bias, m.eps)
         else:
             y = m(y)
     return y, levels
+
+
+def _convt_matrix(m: nn.Module, nd: int) -> tuple[Tensor, Optional[Tensor]]:
+    """A kernel==stride transposed conv as ``(Cin, k^n * Cout)`` and its bias, patch-major."""
+    k, cin, cout = m.kernel_size[0], m.in_channels, m.out_channels
+    w = m.weight.reshape(cin, cout, k**nd).transpose(1, 2).reshape(cin, -1)
+    return w, None if m.bias is None else m.bias.repeat(k**nd)
+
+
+def patch_layout_dot(seq: nn.Sequential, x: Tensor, hyper: Tensor, chunk: int = 512) -> Optional[tuple[Tensor, int]]:
+    """``hyper @ seq(x)`` per voxel, for inference, in patch layout without ever materialising the
+    full-resolution features: ``(B, M, *S, *k, .., *k)`` and the number of levels (for
+    :func:`unshuffle`), or None when ``seq`` is not transposed convs ending in ``[ConvT, act]``.
+
+    Every GEMM is 2-D on contiguous rows, and the last transposed conv, its activation and the
+    dot with ``hyper`` (``(B, M, C)``) run on row chunks that stay in cache -- the same products
+    and activations as :func:`run_patch_layout`, in fp32 rounding.
+    """
+    layers = list(seq)
+    if (len(layers) < 2 or not isinstance(layers[-2], _CONVTS) or not isinstance(layers[-1], _ELEMENTWISE)
+            or not run_patch_layout_supported(seq)):
+        return None
+    nd = x.dim() - 2
+    b = x.shape[0]
+    rows = x.movedim(1, -1).reshape(b, -1, x.shape[1])
+    shape = list(x.shape[2:])
+    levels = 0
+    for m in layers[:-2]:
+        if isinstance(m, _CONVTS):
+            w, bias = _convt_matrix(m, nd)
+            rows = (rows @ w if bias is None else torch.baddbmm(bias, rows, w.expand(b, *w.shape))
+                    ).view(b, -1, m.out_channels)
+            shape += [m.kernel_size[0]] * nd
+            levels += 1
+        elif isinstance(m, LayerNormNd):
+            rows = F.layer_norm(rows, (m.weight.shape[0],), m.weight, m.bias, m.eps)
+        else:
+            rows = m(rows)
+    last, act = layers[-2], layers[-1]
+    w, bias = _convt_matrix(last, nd)
+    k, cout = last.kernel_size[0], last.out_channels
+    n_rows, n_hyper = rows.shape[1], hyper.shape[1]
+    out = rows.new_empty(b, n_rows * k**nd, n_hyper)
+    for i in range(b):
+        h = hyper[i].t().to(rows.dtype)  # (C, M)
+        for start in range(0, n_rows, chunk):
+            part = rows[i, start:start + chunk]
+            z = part @ w if bias is None else torch.addmm(bias, part, w)
+            z = act(z).view(-1, cout)
+            torch.mm(z, h, out=out[i, start * k**nd:(start + part.shape[0]) * k**nd])
+    shape += [k] * nd
+    return out.transpose(1, 2).reshape(b, n_hyper, *shape), levels + 1
+
+
+def run_patch_layout_supported(seq: nn.Sequential) -> bool:
+    """True when :func:`run_patch_layout` can run ``seq``."""
+    return all(isinstance(m, _ELEMENTWISE + (LayerNormNd,)) or (isinstance(m, _CONVTS) and _patch_conv(m)) for m in seq)
 
 
 def unshuffle(t: Tensor, nd: int, levels: int) -> Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .channels_last import PatchSequential, run_patch_layout, unshuffle
+from .channels_last import PatchSequential, patch_layout_dot, run_patch_layout, unshuffle
 from .common import MLP, LayerNormNd, conv_transpose_cls
 from .config import SamConfig
 from .fast import reference_enabled
@@ -135,8 +135,11 @@ class MaskDecoder(nn.Module):
         idx = range(self.num_mask_tokens)[keep]
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in idx], dim=1)
         iou = self.iou_prediction_head(hs[:, 0, :])[:, tokens]
-        patched = run_patch_layout(self.output_upscaling, src)
-        if patched is not None:  # dot products in patch order, then unshuffle M channels only
+        fused = None if torch.is_grad_enabled() else patch_layout_dot(self.output_upscaling, src, hyper_in)
+        patched = None if fused is not None else run_patch_layout(self.output_upscaling, src)
+        if fused is not None:  # inference: chunked last conv + activation + dot, then unshuffle
+            masks = unshuffle(fused[0], src.dim() - 2, fused[1])
+        elif patched is not None:  # dot products in patch order, then unshuffle M channels only
             y, levels = patched
             masks = hyper_in @ y.reshape(b, -1, y.shape[-1]).transpose(1, 2)
             masks = unshuffle(masks.view(b, len(idx), *y.shape[1:-1]), src.dim() - 2, levels)

@@ -91,8 +91,15 @@ class Attention(nn.Module):
         wo = self.out_proj.weight.view(-1, h, d).permute(1, 2, 0)  # (H, d, C_out)
         u = torch.matmul(vh, wo.to(vh.dtype)).reshape(b, h * nk, -1)  # (B, H*nk, C_out)
         scores = torch.baddbmm(const.to(kq.dtype), q.to(kq.dtype), kq.transpose(1, 2))  # (B, nq, H*nk)
-        attn = scores.view(b, -1, h, nk).softmax(dim=-1).view(b, -1, h * nk)
+        attn = _softmax_short(scores.view(b, -1, h, nk)).view(b, -1, h * nk)
         return torch.baddbmm(self.out_proj.bias.to(u.dtype), attn.to(u.dtype), u)
+
+
+def _softmax_short(x: Tensor) -> Tensor:
+    """Softmax over a short last axis (a few prompt tokens): the same math as ``softmax(-1)``,
+    written out because the fused kernel vectorises poorly when that axis has ~7 entries."""
+    e = torch.exp(x - x.amax(dim=-1, keepdim=True))
+    return e / e.sum(dim=-1, keepdim=True)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -132,8 +139,7 @@ class TwoWayAttentionBlock(nn.Module):
 
         queries = self.norm3(queries + self.mlp(queries))
 
-        q = queries + query_pe
-        k = keys + key_pe
+        q = queries + query_pe  # keys are unchanged since k was formed above
         keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
         return queries, keys
 
