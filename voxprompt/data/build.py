@@ -10,6 +10,10 @@ Layout written (atomically: built in a temporary folder next to ``out_dir``, the
 Label ids are made global over the dataset (one id per structure name, in source order), so
 ``dataset.json`` holds one consistent name -> id map; ``dataset.json["cases"][case]
 ["source_label_ids"]`` keeps the original ids.
+
+The ``split`` column follows the structure-name rule of :mod:`voxprompt.data.split`, unless the
+source fixes it for all its targets (``SourceCase.split``, recorded as ``dataset.json["cases"]
+[case]["split"]``): the external evaluation sources (``robex``, ``itk_t1``) are always ``test``.
 """
 from __future__ import annotations
 
@@ -197,6 +201,8 @@ def _write_case(sc: SourceCase, tmp: Path, spacing: float, global_ids: dict[str,
     """Resample and write one case; extend ``global_ids``; return its dataset.json entry and rows."""
     if not np.issubdtype(sc.labels.array.dtype, np.integer) or sc.labels.array.min() < 0:
         raise VoxpromptError(f"source {sc.case}: label map must hold non-negative integers")
+    if sc.split is not None and sc.split not in ("train", "test"):
+        raise VoxpromptError(f"source {sc.case}: split {sc.split!r} must be 'train', 'test' or None")
     image = resample_isotropic(sc.image, spacing, nearest=False)
     labels = resample_isotropic(sc.labels, spacing, nearest=True, reference=image)
     counts = np.bincount(labels.array.ravel().astype(np.int64))
@@ -217,7 +223,7 @@ def _write_case(sc: SourceCase, tmp: Path, spacing: float, global_ids: dict[str,
     out = lut[labels.array]
     write_mask(out, image, tmp / "labelsTr" / f"{sc.case}.nii.gz")
     _write_image(image, tmp / "imagesTr" / f"{sc.case}_0000.nii.gz")
-    rows = [TargetRow(sc.case, int(lut[i]), name, sc.modality, int(counts[i]), split_for(name))
+    rows = [TargetRow(sc.case, int(lut[i]), name, sc.modality, int(counts[i]), sc.split or split_for(name))
             for name, i in native.items() if counts[i] >= min_voxels]
     log.info("%s: grid %s at %.2f mm, %d structures, %d targets", sc.case, image.shape, spacing,
              len(native), len(rows))
@@ -225,6 +231,8 @@ def _write_case(sc: SourceCase, tmp: Path, spacing: float, global_ids: dict[str,
              "shape_zyx": list(image.shape),
              "labels": {name: int(lut[i]) for name, i in native.items()},
              "source_label_ids": native}
+    if sc.split is not None:
+        entry["split"] = sc.split
     return entry, rows
 
 

