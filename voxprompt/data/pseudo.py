@@ -38,6 +38,7 @@ from scipy import ndimage
 from ..errors import UsageError
 from ..io.read import read_image
 from ..io.write import write_mask
+from .sources import body_mask as largest_component
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,11 @@ class PseudoConfig:
 def body_mask(array: np.ndarray, modality: str) -> np.ndarray:
     """Foreground (body or head): above air, largest connected component, holes filled."""
     if modality == "CT":
-        fg = array > -950
+        threshold = -950.0
     else:
-        fg = array > 0.1 * np.percentile(array[array > 0], 50) if (array > 0).any() else array > 0
-    lab, n = ndimage.label(fg)
-    if n == 0:
-        return fg
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return ndimage.binary_fill_holes(lab == int(np.argmax(sizes)))
+        positive = array[array > 0]
+        threshold = 0.1 * float(np.percentile(positive, 50)) if positive.size else 0.0
+    return ndimage.binary_fill_holes(largest_component(array, threshold))
 
 
 def intensity_scale(array: np.ndarray, modality: str, body: np.ndarray) -> np.ndarray:
