@@ -135,7 +135,9 @@ class MaskDecoder(nn.Module):
         idx = range(self.num_mask_tokens)[keep]
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in idx], dim=1)
         iou = self.iou_prediction_head(hs[:, 0, :])[:, tokens]
-        fused = None if torch.is_grad_enabled() else patch_layout_dot(self.output_upscaling, src, hyper_in)
+        # inference only: autograd needs the plain graph, and a trace cannot record the out= writes
+        eager = not (torch.is_grad_enabled() or torch.jit.is_tracing())
+        fused = patch_layout_dot(self.output_upscaling, src, hyper_in) if eager else None
         patched = None if fused is not None else run_patch_layout(self.output_upscaling, src)
         if fused is not None:  # inference: chunked last conv + activation + dot, then unshuffle
             masks = unshuffle(fused[0], src.dim() - 2, fused[1])
