@@ -253,7 +253,12 @@ def _write_index(tmp: Path, spacing: float, global_ids: dict[str, int], cases: d
                   for case, c in cases.items()},
     }
     (tmp / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
-    with open(tmp / "targets.csv", "w", newline="") as fh:
+    write_targets(tmp / "targets.csv", rows)
+
+
+def write_targets(path: Path, rows: Iterable[TargetRow]) -> None:
+    """Write ``targets.csv`` (columns :data:`TARGET_COLUMNS`)."""
+    with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(TARGET_COLUMNS)
         for r in rows:

@@ -22,7 +22,6 @@ all targets ``train``), cases named ``{case}_pl{level}``; use it as a training `
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import shutil
@@ -38,6 +37,8 @@ from scipy import ndimage
 from ..errors import UsageError
 from ..io.read import read_image
 from ..io.write import write_mask
+from .build import TargetRow, write_targets
+from .readers import open_dataset
 from .sources import body_mask as largest_component
 
 log = logging.getLogger(__name__)
@@ -176,22 +177,16 @@ def region_maps(array: np.ndarray, modality: str, cfg: PseudoConfig,
     return maps
 
 
-def _read_targets(src: Path) -> list[dict]:
-    table = src / "targets.csv"
-    if not table.is_file():
-        raise UsageError(f"{src}: no targets.csv (build it with `voxprompt data build {src}`)")
-    with open(table, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def build_pseudo(src: str | Path, out_dir: str | Path, cases: Optional[Sequence[str]] = None,
                  exclude_cases: Sequence[str] = DEFAULT_EXCLUDE_CASES, cfg: PseudoConfig = PseudoConfig(),
                  force: bool = False) -> dict:
     """Write the pseudo-label dataset of the built dataset ``src`` to ``out_dir`` (atomically)."""
     src, out_dir = Path(src), Path(out_dir)
-    rows = _read_targets(src)
-    meta = json.loads((src / "dataset.json").read_text()) if (src / "dataset.json").is_file() else {}
-    available = list(dict.fromkeys(r["case"] for r in rows))
+    if not (src / "targets.csv").is_file():  # the held-out split lives there
+        raise UsageError(f"{src}: no targets.csv (build it with `voxprompt data build {src}`)")
+    rows = open_dataset(src)
+    meta = json.loads((src / "dataset.json").read_text())
+    available = list(dict.fromkeys(t.case for t in rows))
     chosen = [c for c in (cases or available) if c not in exclude_cases]
     unknown = [c for c in chosen if c not in available]
     if unknown:
@@ -206,37 +201,32 @@ def build_pseudo(src: str | Path, out_dir: str | Path, cases: Optional[Sequence[
     try:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
-        targets: list[tuple] = []
+        targets: list[TargetRow] = []
         case_meta = {}
         for case in chosen:
-            case_rows = [r for r in rows if r["case"] == case]
-            modality = (case_rows[0].get("modality") or "").upper() or "MR"
-            image = read_image(src / "imagesTr" / f"{case}_0000.nii.gz")
-            label_path = src / "labelsTr" / f"{case}.nii.gz"
+            case_rows = [t for t in rows if t.case == case]
+            modality = case_rows[0].modality or "MR"
+            image = read_image(case_rows[0].image_path)
             exclude = None
-            held_out = [int(r["label"]) for r in case_rows if r.get("split") == "test"]
+            held_out = [t.label for t in case_rows if t.split == "test"]
             if held_out:
-                labels = read_image(label_path).array
-                exclude = np.isin(labels, held_out)
+                exclude = np.isin(read_image(case_rows[0].label_path).array, held_out)
             log.info("pseudo labels for %s (%s, %s)", case, modality, "x".join(map(str, image.shape)))
             for level, regions in enumerate(region_maps(image.array, modality, cfg, exclude)):
                 name = f"{case}_pl{level}"
-                shutil.copyfile(src / "imagesTr" / f"{case}_0000.nii.gz", tmp / "imagesTr" / f"{name}_0000.nii.gz")
+                shutil.copyfile(case_rows[0].image_path, tmp / "imagesTr" / f"{name}_0000.nii.gz")
                 write_mask(regions, image, tmp / "labelsTr" / f"{name}.nii.gz")
                 count = np.bincount(regions.ravel())
-                targets += [(name, k, f"region_{k}", modality, int(count[k]), "train")
+                targets += [TargetRow(name, k, f"region_{k}", modality, int(count[k]), "train")
                             for k in range(1, len(count)) if count[k]]
                 case_meta[name] = {"source_case": case, "tolerance": cfg.tolerances[level],
                                    "regions": int(len(count) - 1),
                                    "licence": meta.get("cases", {}).get(case, {}).get("licence", "")}
-        with open(tmp / "targets.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(("case", "label", "name", "modality", "voxels", "split"))
-            w.writerows(targets)
+        write_targets(tmp / "targets.csv", targets)
         dataset = {
             "name": "voxprompt pseudo-label regions",
-            "description": "unsupervised intensity regions (compact watershed + merging) on real images; no annotation used",
-            "channel_names": {"0": "CT" if all(m[3] == "CT" for m in targets) else "image"},
+            "description": "unsupervised intensity regions (watershed supervoxels + merging) on real images; no annotation used",
+            "channel_names": {"0": "CT" if all(t.modality == "CT" for t in targets) else "image"},
             "labels": {"background": 0},
             "numTraining": len(case_meta),
             "file_ending": ".nii.gz",

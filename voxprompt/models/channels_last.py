@@ -9,7 +9,7 @@ rounding. Stacks holding any other layer run the official way.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +92,7 @@ def run_channels_last(seq: nn.Sequential, x: Tensor) -> Tensor:
     return channels_first(y)
 
 
-def run_patch_layout(seq: nn.Sequential, x: Tensor) -> Optional[tuple[Tensor, int]]:
+def run_patch_layout(seq: Iterable[nn.Module], x: Tensor) -> Optional[tuple[Tensor, int]]:
     """Run a stack of kernel==stride transposed convs (+ LayerNorms, activations) without ever
     reordering voxels: returns ``(y, levels)``, ``y`` of shape ``(B, *S, *k, *k, ..., C)`` (one
     ``k`` group per transposed conv, ``levels`` of them), and None for any other stack. Per-voxel
@@ -100,7 +100,7 @@ def run_patch_layout(seq: nn.Sequential, x: Tensor) -> Optional[tuple[Tensor, in
     afterwards with :func:`unshuffle`, on far fewer channels."""
     if not run_patch_layout_supported(seq):
         return None
-    y = channels_last(x)
+    y = channels_last(x).contiguous()  # contiguous rows: each conv is one 2-D GEMM
     nd = x.dim() - 2
     levels = 0
     for m in seq:
@@ -137,20 +137,9 @@ def patch_layout_dot(seq: nn.Sequential, x: Tensor, hyper: Tensor, chunk: int = 
         return None
     nd = x.dim() - 2
     b = x.shape[0]
-    rows = x.movedim(1, -1).reshape(b, -1, x.shape[1])
-    shape = list(x.shape[2:])
-    levels = 0
-    for m in layers[:-2]:
-        if isinstance(m, _CONVTS):
-            w, bias = _convt_matrix(m, nd)
-            rows = (rows @ w if bias is None else torch.baddbmm(bias, rows, w.expand(b, *w.shape))
-                    ).view(b, -1, m.out_channels)
-            shape += [m.kernel_size[0]] * nd
-            levels += 1
-        elif isinstance(m, LayerNormNd):
-            rows = F.layer_norm(rows, (m.weight.shape[0],), m.weight, m.bias, m.eps)
-        else:
-            rows = m(rows)
+    head, levels = run_patch_layout(layers[:-2], x)  # type: ignore[misc]
+    shape = list(head.shape[1:-1])
+    rows = head.reshape(b, -1, head.shape[-1])
     last, act = layers[-2], layers[-1]
     w, bias = _convt_matrix(last, nd)
     k, cout = last.kernel_size[0], last.out_channels
@@ -167,7 +156,7 @@ def patch_layout_dot(seq: nn.Sequential, x: Tensor, hyper: Tensor, chunk: int = 
     return out.transpose(1, 2).reshape(b, n_hyper, *shape), levels + 1
 
 
-def run_patch_layout_supported(seq: nn.Sequential) -> bool:
+def run_patch_layout_supported(seq: Iterable[nn.Module]) -> bool:
     """True when :func:`run_patch_layout` can run ``seq``."""
     return all(isinstance(m, _ELEMENTWISE + (LayerNormNd,)) or (isinstance(m, _CONVTS) and _patch_conv(m)) for m in seq)
 
