@@ -264,3 +264,74 @@ def test_patch_layout_dot_matches_upscaler_then_dot(nd):
         got = unshuffle(got, nd, levels)
     assert got.shape == ref.shape
     assert ((got - ref).norm() / ref.norm()).item() < 1e-6
+
+
+def test_low_precision_decoder_copy(tiny_med3d):
+    """bf16 inference keeps a cached bf16-weight copy of the decoder: its output equals plain
+    autocast bit for bit, it is reused, rebuilt when the weights change, never used under autograd
+    and never part of the state dict."""
+    g, model, _ = tiny_med3d
+    pts = (g["points"][:, :1], g["labels"][:, :1])
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        emb = model.encode(g["image"].float())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain, _ = model.decode(emb, points=pts)  # fp32 weights, cast by autocast
+    try:
+        model.set_precision("bf16")
+        with torch.no_grad():
+            copy1 = model.low_precision(model.mask_decoder)
+            low, _ = model.decode(emb, points=pts)
+            assert model.low_precision(model.mask_decoder) is copy1
+        assert copy1 is not model.mask_decoder
+        assert copy1.transformer.layers[0].mlp.lin1.weight.dtype == torch.bfloat16
+        assert model.mask_decoder.transformer.layers[0].mlp.lin1.weight.dtype == torch.float32
+        assert torch.equal(low, plain.float())
+        assert set(model.state_dict()) == keys
+        assert model.low_precision(model.mask_decoder) is model.mask_decoder  # autograd on: the real one
+        sd = model.state_dict()
+        with torch.no_grad():
+            model.mask_decoder.iou_token.weight.add_(1.0)
+            assert model.low_precision(model.mask_decoder) is not copy1
+        model.load_state_dict(sd)
+    finally:
+        model.set_precision("fp32")
+    with torch.no_grad():
+        assert model.low_precision(model.mask_decoder) is model.mask_decoder
+
+
+def test_permuted_gather_and_token_major_layout(tiny_med3d):
+    """The cached-index gather equals permute + contiguous; embeddings and the dense PE come back
+    token-major (same values as reference mode, rows contiguous)."""
+    from voxprompt.models.channels_last import permuted
+
+    x = torch.randn(2, 3, 4, 2, 2, 5)
+    order = (0, 2, 4, 1, 5, 3)
+    with torch.no_grad():
+        assert torch.equal(permuted(x, order), x.permute(*order).contiguous())
+        assert torch.equal(permuted(x, order), x.permute(*order).contiguous())  # cached index
+    g, model, _ = tiny_med3d
+    with torch.no_grad():
+        emb = model.encode(g["image"].float())
+        pe = model.prompt_encoder.get_dense_pe()
+        with reference_mode():
+            emb_ref = model.encode(g["image"].float())
+            pe_ref = model.prompt_encoder.get_dense_pe()
+    assert torch.equal(pe, pe_ref)
+    assert rel(emb, emb_ref) < FP32_REL
+    for t in (emb, pe):
+        assert t.flatten(2).transpose(1, 2).is_contiguous()
+
+
+def test_convt_matrix_cache_follows_weights():
+    from voxprompt.models.channels_last import _convt_matrix
+
+    conv = torch.nn.ConvTranspose3d(4, 3, kernel_size=2, stride=2)
+    with torch.no_grad():
+        w1, _ = _convt_matrix(conv, 3)
+        assert _convt_matrix(conv, 3)[0] is w1
+        conv.weight.mul_(2)
+        w2, _ = _convt_matrix(conv, 3)
+    assert torch.allclose(w2, 2 * w1)
+    w3, _ = _convt_matrix(conv, 3)  # autograd on: computed from the weights, never cached
+    assert w3.requires_grad

@@ -73,3 +73,10 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 def channels_first(x: torch.Tensor) -> torch.Tensor:
     """(B, *S, C) -> (B, C, *S)."""
     return x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
+
+
+def token_major(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, C, *S)`` with its memory laid out as ``(B, *S, C)``: same shape and values, but the
+    decoder's token rows ``x.flatten(2).transpose(1, 2)`` are then contiguous (no transposing copy,
+    and no strided adds and norms, on every click)."""
+    return channels_first(channels_last(x).contiguous())

@@ -21,7 +21,7 @@ import contextlib
 import contextvars
 import logging
 import os
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -49,6 +49,13 @@ def reference_mode(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _REFERENCE.reset(token)
+
+
+def tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
+    """Identity of a tensor's current contents, for caches of values derived from weights: storage,
+    dtype and version counter (inference tensors have none; they cannot change outside inference
+    mode)."""
+    return (t.device, t.dtype, t.data_ptr(), -1 if t.is_inference() else t._version)
 
 
 def available_cpus() -> int:

@@ -49,7 +49,7 @@ def run_two_way(
     features reshaped back to ``(B, C, *grid)``."""
     b = sparse_prompt_embeddings.size(0)
     tokens = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), dim=1)
-    src = broadcast_batch(image_embeddings, b) + dense_prompt_embeddings
+    src = broadcast_batch(image_embeddings, b) + dense_prompt_embeddings.to(image_embeddings.dtype)
     pos_src = broadcast_batch(image_pe, b)
     c, grid = src.shape[1], src.shape[2:]
     hs, src = transformer(src, pos_src, tokens)

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from .channels_last import PatchSequential
-from .common import LayerNormNd, conv_cls
+from .common import LayerNormNd, conv_cls, token_major
 from .config import SamConfig
-from .fast import reference_enabled
+from .fast import reference_enabled, tensor_key
 
 
 def _swap01(values: list) -> list:
@@ -105,10 +105,10 @@ class PromptEncoder(nn.Module):
         if reference_enabled() or torch.jit.is_tracing():  # a trace must not leak into the cache
             return self.pe_layer(self.image_embedding_size).unsqueeze(0)
         g = self.pe_layer.positional_encoding_gaussian_matrix
-        key = (g.device, g.data_ptr(), g._version, torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+        key = (tensor_key(g), torch.is_inference_mode_enabled(), torch.is_grad_enabled())
         if self._dense_pe is None or self._dense_pe[0] != key:
             with torch.no_grad():
-                pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+                pe = token_major(self.pe_layer(self.image_embedding_size).unsqueeze(0))
             self._dense_pe = (key, pe)
         return self._dense_pe[1]
 

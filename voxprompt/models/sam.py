@@ -7,13 +7,16 @@ or upsampling). Per-user state (cached embeddings, previous logits) lives in a S
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, ContextManager, Optional, Union
 
 import torch
 from torch import nn
 
 from ..errors import InputError, PromptError, UsageError
+from .common import token_major
 from .config import SamConfig
+from .fast import reference_enabled, tensor_key
 from .image_encoder import Block, ImageEncoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -47,13 +50,39 @@ class PromptableModel(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self._device_dtype()[0].type, dtype=self.amp_dtype)
 
+    def low_precision(self, module: nn.Module) -> nn.Module:
+        """``module`` itself, or, for bf16/fp16 inference (autograd off), a cached copy whose linear
+        and convolution weights are stored in that dtype, so that autocast does not cast them again
+        on every call (on a 2-core CPU the casts cost as much as the decoder's bf16 GEMMs save).
+        Biases, norms and embeddings stay float32: the products equal plain autocast's. The copy
+        is not part of the model (no state-dict keys) and is rebuilt whenever a parameter of
+        ``module`` changes (``load_state_dict``, an optimizer step, ``.to()``)."""
+        if self.amp_dtype is None or torch.is_grad_enabled():
+            return module
+        key = (self.amp_dtype, tuple(tensor_key(p) for p in module.parameters()))
+        cache: dict[int, tuple[Any, nn.Module]] = self.__dict__.setdefault("_low_precision", {})
+        hit = cache.get(id(module))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.inference_mode(False), torch.no_grad():
+            shadow = copy.deepcopy(module)
+            for dst in shadow.modules():
+                if isinstance(dst, _WEIGHT_CAST):
+                    dst.weight = nn.Parameter(dst.weight.to(self.amp_dtype), requires_grad=False)
+        for src, dst in zip(module.modules(), shadow.modules()):
+            if getattr(src, "_compiled_call_impl", None) is not None:  # a copy would call the original
+                dst._compiled_call_impl = None
+                dst.compile(**getattr(src, "_voxprompt_compile", {}))
+        cache[id(module)] = (key, shadow)
+        return shadow
+
     def compile_decoder(self, mode: Optional[str] = None) -> "PromptableModel":
         """``torch.compile`` the mask decoder in place (state-dict keys unchanged). ``mode``
         defaults to ``reduce-overhead`` (CUDA graphs) on GPU, ``default`` elsewhere. The compiled
         decoder always takes the fast paths."""
         if mode is None:
             mode = "reduce-overhead" if self._device_dtype()[0].type == "cuda" else "default"
-        self.mask_decoder.compile(mode=mode, dynamic=False)
+        _compile(self.mask_decoder, mode)
         return self
 
     def compile_encoder(self, mode: Optional[str] = None) -> "PromptableModel":
@@ -63,7 +92,7 @@ class PromptableModel(nn.Module):
             mode = "reduce-overhead" if self._device_dtype()[0].type == "cuda" else "default"
         for module in self.modules():
             if isinstance(module, Block):
-                module.compile(mode=mode, dynamic=False)
+                _compile(module, mode)
         return self
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
@@ -153,6 +182,15 @@ class PromptableModel(nn.Module):
         return points, boxes, mask_input
 
 
+_WEIGHT_CAST = (nn.Linear, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _compile(module: nn.Module, mode: str) -> None:
+    """``module.compile`` in place, remembering the settings (for :meth:`low_precision` copies)."""
+    module._voxprompt_compile = {"mode": mode, "dynamic": False}
+    module.compile(mode=mode, dynamic=False)
+
+
 def _check_range(name: str, what: str, coords: torch.Tensor, size: float) -> None:
     if not torch.isfinite(coords).all():
         raise PromptError(f"{name}: {what} coordinates contain NaN or infinite values")
@@ -184,7 +222,8 @@ class SamModel(PromptableModel):
         image = self.check_image(image)
         with self.autocast():
             emb = self.image_encoder(image)
-        return emb.float() if self.amp_dtype is not None else emb
+        emb = emb.float() if self.amp_dtype is not None else emb
+        return emb if reference_enabled() else token_major(emb)
 
     def decode(
         self,
@@ -199,7 +238,7 @@ class SamModel(PromptableModel):
         points, boxes, mask_input = self.check_prompts(emb.shape[0], points, boxes, mask_input)
         with self.autocast():
             sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            low, iou = self.mask_decoder(
+            low, iou = self.low_precision(self.mask_decoder)(
                 image_embeddings=emb,
                 image_pe=self.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,

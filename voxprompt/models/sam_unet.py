@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from ..errors import InputError, PromptError
-from .common import MLP, LayerNormNd, channels_first, channels_last
+from .common import MLP, LayerNormNd, channels_first, channels_last, token_major
 from .config import SamUNetConfig
 from .image_encoder import ImageEncoder
 from .mask_decoder import broadcast_batch, run_two_way, upscaler
 from .prompt_encoder import PromptEncoder
 from .resnet import ResNetBranch
+from .fast import reference_enabled
 from .sam import Points, PromptableModel
 from .transformer import TwoWayTransformer
 
@@ -138,6 +139,8 @@ class SamUNet(PromptableModel):
             out = self._encode(image)
         if self.amp_dtype is not None:
             out = {k: v.float() for k, v in out.items()}
+        if not reference_enabled():
+            out["image_embeddings"] = token_major(out["image_embeddings"])
         return out
 
     def _encode(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -174,7 +177,7 @@ class SamUNet(PromptableModel):
         points, boxes, mask_input = self.check_prompts(image_embeddings.shape[0], points, boxes, mask_input)
         with self.autocast():
             sparse, dense = self.prompts(points=points, boxes=boxes, masks=mask_input)
-            low = self.mask_decoder(image_embeddings, self.prompts.get_dense_pe(), sparse, dense, msf)
+            low = self.low_precision(self.mask_decoder)(image_embeddings, self.prompts.get_dense_pe(), sparse, dense, msf)
         return low.float(), None
 
     def forward(self, image: torch.Tensor, **prompts: Any) -> tuple[torch.Tensor, None]:

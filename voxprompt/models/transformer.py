@@ -140,7 +140,9 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe  # keys are unchanged since k was formed above
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        # under autocast the attention comes back in bf16/fp16: a mixed-dtype add is several times
+        # slower on CPU than the explicit cast (same result)
+        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries).to(keys.dtype))
         return queries, keys
 
 
@@ -177,6 +179,8 @@ class TwoWayTransformer(nn.Module):
         Returns the processed tokens ``(B, N, C)`` and image tokens ``(B, prod(grid), C)``."""
         keys = image_embedding.flatten(2).permute(0, 2, 1)
         key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        if not reference_enabled():  # token-major rows: adds and norms on strided views are ~10x slower
+            keys, key_pe = keys.contiguous(), key_pe.contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe)
