@@ -7,7 +7,9 @@ import sys
 import pytest
 import torch
 
+import voxprompt
 from voxprompt import load_model
+from voxprompt.checkpoints import save_safetensors
 from voxprompt.cli import main
 
 
@@ -50,3 +52,29 @@ def test_convert_refuses_corrupt_input_without_partial_output(tmp_path, content)
     out = tmp_path / "o.safetensors"
     assert main(["convert", str(src), str(out)]) == 3
     assert not out.exists() and not list(tmp_path.glob(".*tmp"))
+
+
+def test_convert_sets_roi_spacing(tmp_path, capsys, tiny_med2d):
+    """--roi-spacing stores the inference spacing with the weights; Session uses it; bad values and
+    2D models are refused without output."""
+    from voxprompt.session import Session
+
+    src = tmp_path / "small.safetensors"
+    model = load_model("voxprompt-med3d-small", pretrained=False)
+    save_safetensors(model.state_dict(), src, "voxprompt-med3d-small", model.cfg.to_dict())
+    out = tmp_path / "small-2mm.safetensors"
+    assert main(["convert", str(src), str(out), "--roi-spacing", "2"]) == 0
+    converted = load_model("voxprompt-med3d-small", out)
+    assert converted.cfg.roi_spacing_mm == 2.0 and model.cfg.roi_spacing_mm != 2.0
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), converted.state_dict().values()))
+    assert Session(converted).roi_spacing == 2.0
+    bad = tmp_path / "bad.safetensors"
+    assert main(["convert", str(src), str(bad), "--roi-spacing", "-1"]) == 2
+    assert "roi_spacing_mm must be positive" in capsys.readouterr().err
+    assert main(["convert", str(src), str(bad), "--model", "sam-med2d"]) == 3  # holds a 3D model
+    assert "not sam-med2d" in capsys.readouterr().err
+    _, model2d, _ = tiny_med2d
+    with pytest.raises(voxprompt.UsageError, match="not a 3D model"):
+        voxprompt.convert_checkpoint(model2d.state_dict(), bad, name="sam-med2d", config=model2d.cfg.to_dict(),
+                                     roi_spacing_mm=1.0)
+    assert not bad.exists()

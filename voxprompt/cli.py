@@ -32,7 +32,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .models.loading import convert_checkpoint
 
-    path, name = convert_checkpoint(args.checkpoint, args.output, name=args.model, trust_pickle=args.trust_pickle)
+    path, name = convert_checkpoint(args.checkpoint, args.output, name=args.model, trust_pickle=args.trust_pickle,
+                                    roi_spacing_mm=args.roi_spacing)
     sys.stdout.write(f"wrote {path} ({name})\n")
     return 0
 
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("output", help="output .safetensors")
     s.add_argument("--model", help="architecture name (default: detected from the weights)")
     s.add_argument("--trust-pickle", action="store_true", help="allow full pickle for a trusted legacy file")
+    s.add_argument("--roi-spacing", type=float, metavar="MM",
+                   help="3D models: inference ROI spacing in mm to store with the weights (default: keep)")
     s.set_defaults(func=cmd_convert)
 
     from .segment_cli import add_subcommands

@@ -102,18 +102,29 @@ def convert_checkpoint(
     name: Optional[str] = None,
     trust_pickle: bool = False,
     config: Optional[Mapping[str, Any]] = None,
+    roi_spacing_mm: Optional[float] = None,
 ) -> tuple[Path, str]:
     """Read any official checkpoint, verify it loads strictly, write voxprompt safetensors.
 
-    ``name`` defaults to the architecture the weights look like. Returns ``(path, name)``."""
+    ``name`` defaults to the architecture the weights look like. ``roi_spacing_mm`` (3D models)
+    sets the inference ROI spacing stored with the weights (what ``Session`` and ``voxprompt
+    segment`` use; see ``benchmarks/roi_spacing.py`` to choose it). Returns ``(path, name)``."""
     if Path(dst).suffix != ".safetensors":
         raise UsageError(f"output {dst}: the file name must end in .safetensors")
     sd, meta = read_checkpoint(src, trust_pickle=trust_pickle)
     if name is None:
         name = meta.get("voxprompt_model") or identify(sd)
         get_spec(name)  # a description of an unsupported model raises UnknownModelError here
+    stored = meta.get("voxprompt_model")
+    if stored and family(stored) != family(name):
+        raise CheckpointError(f"{src} holds a {stored} model, not {name}; convert it with --model {stored}")
     if config is None and "config" in meta:
         config = json.loads(meta["config"])
     model = load_model(name, sd, config=config)
-    path = save_safetensors(model.state_dict(), dst, name, model.cfg.to_dict())
+    cfg = model.cfg.to_dict()
+    if roi_spacing_mm is not None:
+        if cfg.get("spatial_dims") != 3:
+            raise UsageError(f"--roi-spacing: {name} is not a 3D model (its input is a whole 2D image)")
+        cfg = _config_from(type(model.cfg), {**cfg, "roi_spacing_mm": float(roi_spacing_mm)}).to_dict()
+    path = save_safetensors(model.state_dict(), dst, name, cfg)
     return path, name
