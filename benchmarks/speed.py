@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. CPU contention)")
     ap.add_argument("--skip-batches", default="", help="MODEL:B pairs not to run, e.g. sam-vit-b:4")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+    ap.add_argument("--out", help="JSON path (default benchmarks/results/speed_<device>.json)")
     args = ap.parse_args()
     args.batches = [int(b) for b in str(args.batches).split(",")]
     if args.quick:
@@ -120,7 +121,8 @@ def main() -> None:
                   "batches": args.batches, "rows": rows, "speedups": speedups(rows)}
         if dev == "cpu" and not torch.cuda.is_available():
             result["gpu"] = "no GPU available in this run: GPU numbers (and the H100 targets) remain to be measured"
-        write_json(RESULTS / f"speed_{dev}{'_quick' if args.quick else ''}.json", result)
+        default = RESULTS / f"speed_{dev}{'_quick' if args.quick else ''}.json"
+        write_json(Path(args.out) if args.out and len(devices) == 1 else default, result)
 
 
 def speedups(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

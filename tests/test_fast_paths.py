@@ -289,7 +289,7 @@ def test_low_precision_decoder_copy(tiny_med3d):
         assert torch.equal(low, plain.float())
         assert set(model.state_dict()) == keys
         assert model.low_precision(model.mask_decoder) is model.mask_decoder  # autograd on: the real one
-        sd = model.state_dict()
+        sd = {k: v.clone() for k, v in model.state_dict().items()}  # the fixture is shared: restore it
         with torch.no_grad():
             model.mask_decoder.iou_token.weight.add_(1.0)
             assert model.low_precision(model.mask_decoder) is not copy1
