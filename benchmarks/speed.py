@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,8 @@ def main() -> None:
     ap.add_argument("--skip-batches", default="", help="MODEL:B pairs not to run, e.g. sam-vit-b:4")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/speed_<device>.json)")
+    ap.add_argument("--rounds", type=int, default=1, help="run every configuration N times, alternating; "
+                    "report the median of the rounds (a shared machine's speed drifts by tens of %%)")
     args = ap.parse_args()
     args.batches = [int(b) for b in str(args.batches).split(",")]
     if args.quick:
@@ -106,23 +109,45 @@ def main() -> None:
         if dev == "cuda" and not torch.cuda.is_available():
             print("no GPU on this machine: CUDA benchmarks skipped")
             continue
-        rows = []
-        for name in args.models.split(","):
-            for mode, precision in GPU_CONFIGS if dev == "cuda" else CPU_CONFIGS:
-                extra = ["--model", name, "--mode", mode, "--precision", precision, "--device", dev,
-                         "--batches", ",".join(map(str, args.batches)), "--repeats", str(args.repeats),
-                         "--click-repeats", str(args.click_repeats), "--threads", str(args.threads),
-                         "--skip-batches", args.skip_batches]
-                row = run_worker(Path(__file__), extra, args.timeout)
-                row.update(model=name, mode=mode, precision=precision)
-                rows.append(row)
+        runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for r in range(args.rounds):  # rounds alternate the configurations: slow spells hit all of them
+            for name in args.models.split(","):
+                for mode, precision in GPU_CONFIGS if dev == "cuda" else CPU_CONFIGS:
+                    extra = ["--model", name, "--mode", mode, "--precision", precision, "--device", dev,
+                             "--batches", ",".join(map(str, args.batches)), "--repeats", str(args.repeats),
+                             "--click-repeats", str(args.click_repeats), "--threads", str(args.threads),
+                             "--skip-batches", args.skip_batches]
+                    row = run_worker(Path(__file__), extra, args.timeout)
+                    row.update(model=name, mode=mode, precision=precision)
+                    runs.setdefault((name, mode, precision), []).append(row)
+                    if args.rounds > 1:
+                        print(f"round {r + 1}/{args.rounds}: ", end="")
+                    print_row(row, args.batches)
+        rows = [median_row(v) for v in runs.values()]
+        if args.rounds > 1:
+            print(f"median of {args.rounds} rounds:")
+            for row in rows:
                 print_row(row, args.batches)
         result = {"benchmark": "speed", "machine": machine(dev), "quick": args.quick, "note": args.note,
-                  "batches": args.batches, "rows": rows, "speedups": speedups(rows)}
+                  "rounds": args.rounds, "batches": args.batches, "rows": rows, "speedups": speedups(rows)}
         if dev == "cpu" and not torch.cuda.is_available():
             result["gpu"] = "no GPU available in this run: GPU numbers (and the H100 targets) remain to be measured"
         default = RESULTS / f"speed_{dev}{'_quick' if args.quick else ''}.json"
         write_json(Path(args.out) if args.out and len(devices) == 1 else default, result)
+
+
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from several rounds of a configuration: the median of every number (per key)."""
+    if len(rows) == 1 or any("error" in r for r in rows):
+        return rows[0]
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in rows)
+        elif isinstance(value, dict):
+            out[key] = {k: statistics.median(r[key][k] for r in rows) for k in value}
+    out["rounds"] = len(rows)
+    return out
 
 
 def speedups(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
