@@ -17,8 +17,9 @@ World points convert with :meth:`Session.point_from_world` / :meth:`Session.poin
 
 Click semantics (official SAM-Med3D ``infer_utils``)
 ---------------------------------------------------
-* The first click of an object opens a 128^3 ROI at 1.5 mm in canonical RAS orientation
-  centred on the click (decided by an :class:`RoiPlanner`), with a zero ``mask_input``.
+* The first click of an object opens a ROI of the model's size and ``roi_spacing_mm`` (SAM-Med3D:
+  128^3 at 1.5 mm; the default model: 64^3 at 2.25 mm) in canonical RAS orientation centred on the
+  click (decided by an :class:`RoiPlanner`), with a zero ``mask_input``.
 * Later clicks inside the same ROI send all clicks so far plus the previous raw low-res logits.
   The ROI's image embedding is cached (keyed by ROI), so such clicks run only the decoder.
 * A click outside the current ROI starts a new ROI centred on it (that click alone, zero
