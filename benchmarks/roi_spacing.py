@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from default_model import summarise  # noqa: E402  (same means and groups as the model-vs-baseline table)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -45,16 +47,7 @@ def run(args: argparse.Namespace) -> dict:
         rows = evaluate(targets, session_factory(model), "cvpr25", args.seed, n_clicks=args.clicks,
                         use_box=False, loader=load_target, progress=True)
         add_groups(rows)
-        groups: dict[str, list[float]] = {}
-        for r in rows:
-            groups.setdefault(r["group"], []).append(r["final_dice"])
-        out[f"{spacing:g}"] = {
-            "spacing_mm": spacing, "field_of_view_mm": spacing * model.img_size, "n": len(rows),
-            "dsc_auc": statistics.fmean(r["dsc_auc"] for r in rows),
-            "final_dice": statistics.fmean(r["final_dice"] for r in rows),
-            "dice_per_click": [statistics.fmean(r["dice"][k] for r in rows) for k in range(len(rows[0]["dice"]))],
-            "final_dice_by_group": {g: statistics.fmean(v) for g, v in sorted(groups.items())},
-        }
+        out[f"{spacing:g}"] = {"spacing_mm": spacing, "field_of_view_mm": spacing * model.img_size, **summarise(rows)}
     return out
 
 

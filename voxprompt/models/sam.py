@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import InputError, PromptError, UsageError
 from .common import token_major
 from .config import SamConfig
-from .fast import reference_enabled, tensor_key
+from .fast import reference_enabled
 from .image_encoder import Block, ImageEncoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -56,14 +56,16 @@ class PromptableModel(nn.Module):
         on every call (on a 2-core CPU the casts cost as much as the decoder's bf16 GEMMs save).
         Biases, norms and embeddings stay float32: the products equal plain autocast's. The copy
         is not part of the model (no state-dict keys) and is rebuilt whenever a parameter of
-        ``module`` changes (``load_state_dict``, an optimizer step, ``.to()``)."""
+        ``module`` changes in place or moves (``load_state_dict``, an optimizer step, ``.to()``);
+        the check reads the parameters it recorded, so it costs ~20 us per call, not a module walk
+        (assigning a new ``nn.Parameter`` object to a submodule is not tracked)."""
         if self.amp_dtype is None or torch.is_grad_enabled():
             return module
-        key = (self.amp_dtype, tuple(tensor_key(p) for p in module.parameters()))
-        cache: dict[int, tuple[Any, nn.Module]] = self.__dict__.setdefault("_low_precision", {})
+        cache: dict[int, tuple[Any, list, Any, nn.Module]] = self.__dict__.setdefault("_low_precision", {})
         hit = cache.get(id(module))
-        if hit is not None and hit[0] == key:
-            return hit[1]
+        if hit is not None and hit[0] == self.amp_dtype and _param_state(hit[1]) == hit[2]:
+            return hit[3]
+        params = list(module.parameters())
         with torch.inference_mode(False), torch.no_grad():
             shadow = copy.deepcopy(module)
             for dst in shadow.modules():
@@ -73,7 +75,7 @@ class PromptableModel(nn.Module):
             if getattr(src, "_compiled_call_impl", None) is not None:  # a copy would call the original
                 dst._compiled_call_impl = None
                 dst.compile(**getattr(src, "_voxprompt_compile", {}))
-        cache[id(module)] = (key, shadow)
+        cache[id(module)] = (self.amp_dtype, params, _param_state(params), shadow)
         return shadow
 
     def compile_decoder(self, mode: Optional[str] = None) -> "PromptableModel":
@@ -183,6 +185,11 @@ class PromptableModel(nn.Module):
 
 
 _WEIGHT_CAST = (nn.Linear, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _param_state(params: list) -> list:
+    """Storage and version counter of each parameter (inference tensors have no counter)."""
+    return [(p.data_ptr(), -1 if p.is_inference() else p._version) for p in params]
 
 
 def _compile(module: nn.Module, mode: str) -> None:

@@ -13,11 +13,11 @@ from torch import nn
 from ..errors import InputError, PromptError
 from .common import MLP, LayerNormNd, channels_first, channels_last, token_major
 from .config import SamUNetConfig
+from .fast import reference_enabled
 from .image_encoder import ImageEncoder
 from .mask_decoder import broadcast_batch, run_two_way, upscaler
 from .prompt_encoder import PromptEncoder
 from .resnet import ResNetBranch
-from .fast import reference_enabled
 from .sam import Points, PromptableModel
 from .transformer import TwoWayTransformer
 
