@@ -48,6 +48,9 @@ def main() -> int:
     p.add_argument("--reports", default="benchmarks/results/default_model_reports")
     p.add_argument("--out", default="benchmarks/results/default_model.json")
     p.add_argument("--only", nargs="*", help="subset of the runs")
+    p.add_argument("--reuse", nargs="*", default=[],
+                   help="runs summarised from their existing report instead of re-run (e.g. random-walker "
+                        "when only the model changed)")
     args = p.parse_args()
     results = {}
     for name, extra in RUNS.items():
@@ -58,7 +61,8 @@ def main() -> int:
                "--no-box", "--targets", args.targets, "--out", str(report), "--force"]
         if args.checkpoint and name != "random-walker":
             cmd += ["--checkpoint", args.checkpoint]
-        subprocess.run(cmd, check=True)
+        if name not in args.reuse or not (report / "results.json").is_file():
+            subprocess.run(cmd, check=True)
         rows = json.loads((report / "results.json").read_text())["results"]
         results[name] = summarise(rows)
     print(f"{'method':36s} {'n':>3s} {'DSC AUC':>8s} {'NSD AUC':>8s} {'final DSC':>9s} {'final NSD':>9s} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import test_golden as golden
 import voxprompt
@@ -267,24 +268,25 @@ def test_patch_layout_dot_matches_upscaler_then_dot(nd):
 
 
 def test_low_precision_decoder_copy(tiny_med3d):
-    """bf16 inference keeps a cached bf16-weight copy of the decoder: its output equals plain
-    autocast bit for bit, it is reused, rebuilt when the weights change, never used under autograd
-    and never part of the state dict."""
+    """Low-precision inference keeps a cached copy of the decoder with low-precision weights: with
+    autocast (fp16 here; bf16 on GPU) its output equals plain autocast bit for bit; it is reused,
+    rebuilt when the weights change, never used under autograd and never part of the state dict."""
     g, model, _ = tiny_med3d
     pts = (g["points"][:, :1], g["labels"][:, :1])
     keys = set(model.state_dict())
     with torch.no_grad():
         emb = model.encode(g["image"].float())
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.float16):
             plain, _ = model.decode(emb, points=pts)  # fp32 weights, cast by autocast
     try:
-        model.set_precision("bf16")
+        model.set_precision("fp16")
         with torch.no_grad():
+            assert not model.mixed_cpu()
             copy1 = model.low_precision(model.mask_decoder)
             low, _ = model.decode(emb, points=pts)
             assert model.low_precision(model.mask_decoder) is copy1
         assert copy1 is not model.mask_decoder
-        assert copy1.transformer.layers[0].mlp.lin1.weight.dtype == torch.bfloat16
+        assert copy1.transformer.layers[0].cross_attn_token_to_image.q_proj.weight.dtype == torch.float16
         assert model.mask_decoder.transformer.layers[0].mlp.lin1.weight.dtype == torch.float32
         assert torch.equal(low, plain.float())
         assert set(model.state_dict()) == keys
@@ -298,6 +300,56 @@ def test_low_precision_decoder_copy(tiny_med3d):
         model.set_precision("fp32")
     with torch.no_grad():
         assert model.low_precision(model.mask_decoder) is model.mask_decoder
+
+
+def test_mixed_bf16_decoder_on_cpu(tiny_med3d):
+    """bf16 decoding on CPU is mixed: bf16 weights only in the token MLPs and the mask upscaler,
+    attention weights float32 with bf16 image-side GEMMs, no autocast; the result is within the
+    bf16 tolerance of float32, and reference mode or autograd turn the mixing off."""
+    g, model, _ = tiny_med3d
+    pts = (g["points"][:, :1], g["labels"][:, :1])
+    with torch.no_grad():
+        emb = model.encode(g["image"].float())
+        ref, _ = model.decode(emb, points=pts)
+    try:
+        model.set_precision("bf16")
+        with torch.no_grad():
+            assert model.mixed_cpu()
+            with reference_mode():
+                assert not model.mixed_cpu()
+            copy1 = model.low_precision(model.mask_decoder)
+            low, _ = model.decode(emb, points=pts)
+        assert not model.mixed_cpu()  # autograd on
+        layer = copy1.transformer.layers[0]
+        assert layer.mlp.lin1.weight.dtype == layer.mlp.lin2.bias.dtype == torch.bfloat16
+        assert layer.mlp.gemm_dtype == layer.cross_attn_image_to_token.gemm_dtype == torch.bfloat16
+        assert layer.cross_attn_image_to_token.q_proj.weight.dtype == torch.float32
+        assert copy1.output_upscaling[0].weight.dtype == copy1.output_upscaling[3].weight.dtype == torch.bfloat16
+        assert copy1.iou_prediction_head.layers[0].weight.dtype == torch.float32
+        assert model.mask_decoder.transformer.layers[0].mlp.gemm_dtype is None
+    finally:
+        model.set_precision("fp32")
+    assert low.dtype == torch.float32 and not torch.equal(low, ref)
+    assert rel(low, ref) < BF16_REL
+
+
+@pytest.mark.parametrize("few", ["queries", "keys"])
+def test_attention_mixed_gemms(few):
+    """The few-queries / few-keys attention with bf16 image-side GEMMs stays within the bf16
+    tolerance of the float32 result (and really runs in bf16: it differs from it)."""
+    from voxprompt.models.transformer import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(64, 8, downsample_rate=2)  # internal 32: fewer than 4 rows take a short path
+    tokens, image = torch.randn(1, 3, 64), torch.randn(1, 200, 64)
+    q, k = (tokens, image) if few == "queries" else (image, tokens)
+    with torch.no_grad():
+        with reference_mode():
+            ref = attn(q, k, k)
+        attn.gemm_dtype = torch.bfloat16
+        got = attn(q, k, k)
+    assert got.dtype == torch.float32 and not torch.equal(got, ref)
+    assert rel(got, ref) < BF16_REL
 
 
 def test_permuted_gather_and_token_major_layout(tiny_med3d):
@@ -335,3 +387,31 @@ def test_convt_matrix_cache_follows_weights():
     assert torch.allclose(w2, 2 * w1)
     w3, _ = _convt_matrix(conv, 3)  # autograd on: computed from the weights, never cached
     assert w3.requires_grad
+
+
+def test_packed_linear_for_few_rows():
+    """The oneDNN packed-weight linear of the token MLPs equals the plain layers in fp32 rounding
+    (ReLU and GELU fused), steps aside where it does not apply, follows weight changes, and a used
+    module can still be deep-copied (the packed tensor lives outside it)."""
+    import copy
+
+    from voxprompt.models import fast
+    from voxprompt.models.common import MLPBlock
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 7, 32)
+    for act in (nn.ReLU, nn.GELU):
+        mlp = MLPBlock(32, 128, act)
+        with torch.no_grad():
+            ref = mlp.lin2(mlp.act(mlp.lin1(x)))
+            h = fast.packed_linear(mlp.lin1, x, mlp.act)
+            if h is None:
+                pytest.skip("this torch build has no oneDNN")
+            assert rel(h, mlp.act(mlp.lin1(x))) < 1e-6
+            assert rel(mlp(x), ref) < 1e-6
+            assert fast.packed_linear(mlp.lin1, torch.randn(100, 32)) is None  # many rows: plain GEMM
+            assert fast.packed_linear(mlp.lin1, x, nn.GELU(approximate="tanh")) is None
+            mlp.lin1.weight.mul_(2.0)  # in-place change: repacked
+            assert rel(fast.packed_linear(mlp.lin1, x), mlp.lin1(x)) < 1e-6
+        assert fast.packed_linear(mlp.lin1, x) is None  # autograd on
+        copy.deepcopy(mlp)

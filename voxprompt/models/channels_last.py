@@ -5,6 +5,11 @@ non-overlapping patches, and so is its transposed twin (each input voxel writes 
 Run channels-last, each layer is one GEMM plus a permutation, and the channel LayerNorms become
 ``F.layer_norm`` over the last axis -- the same math as the official convolutions, in fp32
 rounding. Stacks holding any other layer run the official way.
+
+Conv weights stored in another dtype than the input (the CPU mixed-precision inference copy of the
+mask upscaler, outside autocast) make each GEMM run in the weights' dtype and return to the
+input's; the final conv + activation + hypernetwork dot of :func:`patch_layout_dot` stays in the
+weights' dtype, on larger chunks.
 """
 from __future__ import annotations
 
@@ -60,7 +65,7 @@ def conv_patches(x: Tensor, conv: nn.Module) -> Tensor:
         # (B, s0, s1, .., Cin, k0, k1, ..): the weight's (Cin, k0, k1, ..) order
         order = [0] + [1 + 2 * i for i in range(nd)] + [1 + 2 * nd] + [2 + 2 * i for i in range(nd)]
         x = permuted(x, order).reshape(b, *size, cin * k**nd)
-    return F.linear(x, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+    return _gemm(x, conv.weight.reshape(conv.out_channels, -1), conv.bias)
 
 
 def convt_patches(x: Tensor, conv: nn.Module) -> Tensor:
@@ -71,7 +76,7 @@ def convt_patches(x: Tensor, conv: nn.Module) -> Tensor:
     cout = conv.out_channels
     w = conv.weight.reshape(cin, cout, k**nd).permute(0, 2, 1).reshape(cin, -1)  # (Cin, k^n * Cout)
     bias = None if conv.bias is None else conv.bias.repeat(k**nd)
-    y = F.linear(x, w.t(), bias).view(b, *size, *([k] * nd), cout)
+    y = _gemm(x, w.t(), bias).view(b, *size, *([k] * nd), cout)
     order = [0]
     for i in range(nd):
         order += [1 + i, 1 + nd + i]
@@ -107,13 +112,21 @@ def run_patch_layout(seq: Iterable[nn.Module], x: Tensor) -> Optional[tuple[Tens
     for m in seq:
         if isinstance(m, _CONVTS):
             w, bias = _convt_matrix(m, nd)
-            y = F.linear(y, w.t(), bias).view(*y.shape[:-1], *([m.kernel_size[0]] * nd), m.out_channels)
+            y = _gemm(y, w.t(), bias).view(*y.shape[:-1], *([m.kernel_size[0]] * nd), m.out_channels)
             levels += 1
         elif isinstance(m, LayerNormNd):
             y = F.layer_norm(y, (m.weight.shape[0],), m.weight, m.bias, m.eps)
         else:
             y = m(y)
     return y, levels
+
+
+def _gemm(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``F.linear(x, w, bias)``; a weight stored in another dtype (mixed precision) runs the
+    product in the weight's dtype and returns ``x``'s."""
+    if w.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+        return F.linear(x, w, bias)
+    return F.linear(x.to(w.dtype), w, None if bias is None else bias.to(w.dtype)).to(x.dtype)
 
 
 def _convt_matrix(m: nn.Module, nd: int) -> tuple[Tensor, Optional[Tensor]]:
@@ -169,16 +182,26 @@ def patch_layout_dot(seq: nn.Sequential, x: Tensor, hyper: Tensor, chunk: int = 
     rows = head.reshape(b, -1, head.shape[-1])
     last, act = layers[-2], layers[-1]
     w, bias = _convt_matrix(last, nd)
+    dt = w.dtype  # mixed precision: this stage runs in the weights' dtype, on larger chunks
+    if dt != rows.dtype and not torch.is_autocast_enabled(rows.device.type):
+        chunk = max(chunk, 4096)
+    else:
+        dt = rows.dtype
     k, cout = last.kernel_size[0], last.out_channels
     n_rows, n_hyper = rows.shape[1], hyper.shape[1]
     out = rows.new_empty(b, n_rows * k**nd, n_hyper)
+    bias = None if bias is None else bias.to(dt)
     for i in range(b):
-        h = hyper[i].t().to(rows.dtype)  # (C, M)
+        h = hyper[i].t().to(dt)  # (C, M)
         for start in range(0, n_rows, chunk):
-            part = rows[i, start:start + chunk]
+            part = rows[i, start:start + chunk].to(dt)
             z = part @ w if bias is None else torch.addmm(bias, part, w)
             z = act(z).view(-1, cout)
-            torch.mm(z, h, out=out[i, start * k**nd:(start + part.shape[0]) * k**nd])
+            dst = out[i, start * k**nd:(start + part.shape[0]) * k**nd]
+            if dt == out.dtype:
+                torch.mm(z, h, out=dst)
+            else:
+                dst.copy_(z @ h)
     shape += [k] * nd
     return out.transpose(1, 2).reshape(b, n_hyper, *shape), levels + 1
 

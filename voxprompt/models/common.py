@@ -1,10 +1,12 @@
 """Small building blocks shared by every model, generic in the number of spatial dimensions."""
 from __future__ import annotations
 
-from typing import Type
+from typing import Optional, Type
 
 import torch
 from torch import nn
+
+from .fast import packed_linear, reference_enabled
 
 
 def conv_cls(spatial_dims: int) -> Type[nn.Module]:
@@ -35,7 +37,13 @@ class LayerNormNd(nn.Module):
 
 
 class MLPBlock(nn.Module):
-    """Two linear layers with an activation between (keys ``lin1``, ``lin2``)."""
+    """Two linear layers with an activation between (keys ``lin1``, ``lin2``).
+
+    ``gemm_dtype`` (set only on the mixed-precision inference copy, see
+    ``PromptableModel.low_precision``): the block runs in that dtype (its weights are stored in it)
+    and returns the input's dtype."""
+
+    gemm_dtype: Optional[torch.dtype] = None
 
     def __init__(self, embedding_dim: int, mlp_dim: int, act: Type[nn.Module] = nn.GELU) -> None:
         super().__init__()
@@ -44,6 +52,13 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gemm_dtype is not None and x.dtype != self.gemm_dtype:
+            return self.forward(x.to(self.gemm_dtype)).to(x.dtype)
+        if not reference_enabled():  # a few rows on CPU: oneDNN with packed weights
+            h = packed_linear(self.lin1, x, self.act)
+            y = None if h is None else packed_linear(self.lin2, h)
+            if y is not None:
+                return y
         return self.lin2(self.act(self.lin1(x)))
 
 

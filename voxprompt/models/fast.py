@@ -21,9 +21,11 @@ import contextlib
 import contextvars
 import logging
 import os
+import weakref
 from typing import Any, Iterator, Optional
 
 import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +91,39 @@ def configure_cpu_threads(num_threads: Optional[int] = None) -> int:
             log.debug("lowering torch threads from %d to %d (available CPUs)", torch.get_num_threads(), cpus)
             torch.set_num_threads(cpus)
     return torch.get_num_threads()
+
+
+_PACKED_FAILED: set[torch.dtype] = set()  # dtypes whose oneDNN packed linear failed here (no oneDNN)
+# layer -> (weight key, packed weight); outside the module so that copies of it never carry the
+# opaque packed tensor (it cannot be deep-copied)
+_PACKED: "weakref.WeakKeyDictionary[nn.Linear, tuple[Any, torch.Tensor]]" = weakref.WeakKeyDictionary()
+_PACKED_ACTS = {nn.ReLU: ("relu", ""), nn.GELU: ("gelu", "none")}
+
+
+def packed_linear(linear: nn.Linear, x: torch.Tensor, act: Optional[nn.Module] = None) -> Optional[torch.Tensor]:
+    """``act(linear(x))`` through oneDNN with a pre-packed weight, for CPU inference on a few rows
+    (the decoder's token MLPs: about 3x faster than the plain GEMM at 7 rows on a 2-core CPU, same
+    math in the weight's precision); ``None`` where it does not apply (autograd, tracing, GPU, many
+    rows, another activation, no oneDNN), and the caller runs the plain layers. The packed weight
+    is cached on the layer until its weight changes."""
+    if (x.dtype not in (torch.float32, torch.bfloat16) or x.dtype in _PACKED_FAILED or x.device.type != "cpu"
+            or x.dtype != linear.weight.dtype or x.dim() < 2 or x.numel() > 64 * x.shape[-1]
+            or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled() or torch.jit.is_tracing()
+            or torch.compiler.is_compiling() or (act is not None and type(act) not in _PACKED_ACTS)
+            or (isinstance(act, nn.GELU) and act.approximate != "none")):
+        return None
+    attr, algorithm = _PACKED_ACTS[type(act)] if act is not None else ("none", "")
+    key = tensor_key(linear.weight)
+    hit = _PACKED.get(linear)
+    try:
+        if hit is None or hit[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                hit = (key, torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 8))
+            _PACKED[linear] = hit
+        rows = x.reshape(-1, x.shape[-1])
+        y = torch.ops.mkldnn._linear_pointwise(rows, hit[1], linear.bias, attr, [], algorithm)
+    except (RuntimeError, AttributeError, NotImplementedError) as e:  # a build without oneDNN
+        log.debug("oneDNN packed %s linear unavailable, using the plain GEMM: %s", x.dtype, e)
+        _PACKED_FAILED.add(x.dtype)
+        return None
+    return y.view(*x.shape[:-1], y.shape[-1])

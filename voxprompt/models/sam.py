@@ -14,12 +14,14 @@ import torch
 from torch import nn
 
 from ..errors import InputError, PromptError, UsageError
-from .common import token_major
+from .channels_last import PatchSequential, run_patch_layout_supported
+from .common import MLPBlock, token_major
 from .config import SamConfig
 from .fast import reference_enabled
 from .image_encoder import Block, ImageEncoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
+from .transformer import Attention
 
 Points = Optional[tuple[torch.Tensor, torch.Tensor]]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -38,7 +40,8 @@ class PromptableModel(nn.Module):
 
     def set_precision(self, precision: str) -> "PromptableModel":
         """Run ``encode``/``decode`` under autocast: ``fp32`` (default, exact), ``bf16`` or ``fp16``
-        (GPU). Outputs stay float32. Returns the model."""
+        (GPU); on CPU, bf16 decoding is mixed (:meth:`low_precision`). Outputs stay float32.
+        Returns the model."""
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.amp_dtype = PRECISIONS[precision]
@@ -51,32 +54,52 @@ class PromptableModel(nn.Module):
         return torch.autocast(self._device_dtype()[0].type, dtype=self.amp_dtype)
 
     def low_precision(self, module: nn.Module) -> nn.Module:
-        """``module`` itself, or, for bf16/fp16 inference (autograd off), a cached copy whose linear
-        and convolution weights are stored in that dtype, so that autocast does not cast them again
-        on every call (on a 2-core CPU the casts cost as much as the decoder's bf16 GEMMs save).
-        Biases, norms and embeddings stay float32: the products equal plain autocast's. The copy
-        is not part of the model (no state-dict keys) and is rebuilt whenever a parameter of
-        ``module`` changes in place or moves (``load_state_dict``, an optimizer step, ``.to()``);
-        the check reads the parameters it recorded, so it costs ~20 us per call, not a module walk
-        (assigning a new ``nn.Parameter`` object to a submodule is not tracked)."""
+        """``module`` itself, or, for bf16/fp16 inference (autograd off), a cached copy whose
+        weights are stored in that dtype, so that they are not cast again on every call (on a
+        2-core CPU the casts cost as much as the decoder's bf16 GEMMs save). The copy is not part
+        of the model (no state-dict keys) and is rebuilt whenever a parameter of ``module``
+        changes in place or moves (``load_state_dict``, an optimizer step, ``.to()``); the check
+        reads the parameters it recorded, so it costs ~20 us per call, not a module walk
+        (assigning a new ``nn.Parameter`` object to a submodule is not tracked).
+
+        On GPU, and for fp16, every linear and convolution weight is cast and the copy runs under
+        autocast: its output equals plain autocast's. On CPU, bf16 is *mixed* (:meth:`mixed_cpu`):
+        only the large GEMMs run in bf16 -- the token MLPs and the mask upscaler (weights stored
+        in bf16) and the image-side products of the cross-attentions -- and the rest in float32,
+        without autocast: bf16 elementwise work and small-GEMM casts are slower than float32
+        there."""
         if self.amp_dtype is None or torch.is_grad_enabled():
             return module
+        mixed = self.mixed_cpu()
         cache: dict[int, tuple[Any, list, Any, nn.Module]] = self.__dict__.setdefault("_low_precision", {})
         hit = cache.get(id(module))
-        if hit is not None and hit[0] == self.amp_dtype and _param_state(hit[1]) == hit[2]:
+        if hit is not None and hit[0] == (self.amp_dtype, mixed) and _param_state(hit[1]) == hit[2]:
             return hit[3]
         params = list(module.parameters())
         with torch.inference_mode(False), torch.no_grad():
             shadow = copy.deepcopy(module)
-            for dst in shadow.modules():
-                if isinstance(dst, _WEIGHT_CAST):
-                    dst.weight = nn.Parameter(dst.weight.to(self.amp_dtype), requires_grad=False)
+            if mixed:
+                _mix_precision(shadow, self.amp_dtype)
+            else:
+                for dst in shadow.modules():
+                    if isinstance(dst, _WEIGHT_CAST):
+                        dst.weight = nn.Parameter(dst.weight.to(self.amp_dtype), requires_grad=False)
         for src, dst in zip(module.modules(), shadow.modules()):
             if getattr(src, "_compiled_call_impl", None) is not None:  # a copy would call the original
                 dst._compiled_call_impl = None
                 dst.compile(**getattr(src, "_voxprompt_compile", {}))
-        cache[id(module)] = (self.amp_dtype, params, _param_state(params), shadow)
+        cache[id(module)] = ((self.amp_dtype, mixed), params, _param_state(params), shadow)
         return shadow
+
+    def mixed_cpu(self) -> bool:
+        """True when decoding runs mixed precision instead of autocast: bf16 on CPU, autograd off,
+        fast paths (see :meth:`low_precision`)."""
+        return (self.amp_dtype == torch.bfloat16 and not torch.is_grad_enabled() and not reference_enabled()
+                and self._device_dtype()[0].type == "cpu")
+
+    def decode_autocast(self) -> ContextManager[Any]:
+        """The context of the decoder: :meth:`autocast`, or none when decoding is mixed."""
+        return contextlib.nullcontext() if self.mixed_cpu() else self.autocast()
 
     def compile_decoder(self, mode: Optional[str] = None) -> "PromptableModel":
         """``torch.compile`` the mask decoder in place (state-dict keys unchanged). ``mode``
@@ -187,6 +210,20 @@ class PromptableModel(nn.Module):
 _WEIGHT_CAST = (nn.Linear, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
+def _mix_precision(module: nn.Module, dtype: torch.dtype) -> None:
+    """CPU mixed precision in place: token MLPs and kernel==stride upscalers get ``dtype`` weights
+    and biases (their GEMMs run in it), attentions run their image-side GEMMs in ``dtype`` with
+    float32 weights; everything else stays float32."""
+    for m in module.modules():
+        if isinstance(m, (Attention, MLPBlock)):
+            m.gemm_dtype = dtype
+        if isinstance(m, MLPBlock) or (isinstance(m, PatchSequential) and run_patch_layout_supported(m)):
+            for layer in m.modules():
+                if isinstance(layer, _WEIGHT_CAST):
+                    for name, p in list(layer.named_parameters(recurse=False)):
+                        setattr(layer, name, nn.Parameter(p.to(dtype), requires_grad=False))
+
+
 def _param_state(params: list) -> list:
     """Storage and version counter of each parameter (inference tensors have no counter)."""
     return [(p.data_ptr(), -1 if p.is_inference() else p._version) for p in params]
@@ -243,7 +280,7 @@ class SamModel(PromptableModel):
         """Raw low-res logits ``(B, M, *low_res)`` and IoU ``(B, M)``; M = 1, or 3 with multimask."""
         emb = self._check_embedding(emb)
         points, boxes, mask_input = self.check_prompts(emb.shape[0], points, boxes, mask_input)
-        with self.autocast():
+        with self.decode_autocast():
             sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             low, iou = self.low_precision(self.mask_decoder)(
                 image_embeddings=emb,

@@ -175,7 +175,7 @@ class SamUNet(PromptableModel):
             raise InputError(f"{self.name}: embedding must be the dict returned by encode()")
         image_embeddings, msf = emb["image_embeddings"], emb["multi_scale_feature"]
         points, boxes, mask_input = self.check_prompts(image_embeddings.shape[0], points, boxes, mask_input)
-        with self.autocast():
+        with self.decode_autocast():
             sparse, dense = self.prompts(points=points, boxes=boxes, masks=mask_input)
             low = self.low_precision(self.mask_decoder)(image_embeddings, self.prompts.get_dense_pe(), sparse, dense, msf)
         return low.float(), None

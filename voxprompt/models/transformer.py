@@ -8,11 +8,14 @@ scores ``(W_k x_j + b_k).q = x_j.(W_k^T q) + const`` and the output
 ``(W_q x_j + b_q).k_t = x_j.(W_q^T k_t) + b_q.k_t`` and the output projection folds into the values,
 ``W_o concat_h(sum_t a_jt v_t) = sum_(h,t) a_jt (W_o^h v_t)``. Both are two GEMMs of size
 ``n_image x C x (heads * n_tokens)`` instead of ``n_image x C x internal_dim`` projections.
+
+With ``gemm_dtype`` set (the CPU mixed-precision inference copy), those two image-side GEMMs run in
+that dtype and everything else, token-side products and softmax included, in float32.
 """
 from __future__ import annotations
 
 import math
-from typing import Type
+from typing import Optional, Type
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +27,8 @@ from .fast import reference_enabled
 
 class Attention(nn.Module):
     """Attention with separate q/k/v projections and an optional internal downsampling."""
+
+    gemm_dtype: Optional[torch.dtype] = None  # see the module docstring
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -68,10 +73,15 @@ class Attention(nn.Module):
         h, d = self.num_heads, self.internal_dim // self.num_heads
         qh = self._heads(self.q_proj(q))  # (B, H, nq, d)
         wk = self.k_proj.weight.view(h, d, -1)
-        qk = torch.matmul(qh, wk.to(qh.dtype))  # (B, H, nq, C); the b_k term is softmax-invariant
-        z = F.scaled_dot_product_attention(
-            qk.reshape(b, 1, h * nq, -1), k.unsqueeze(1).to(qk.dtype), v.unsqueeze(1).to(qk.dtype), scale=d**-0.5
-        ).view(b, h, nq, -1)
+        qk = torch.matmul(qh, wk.to(qh.dtype)).reshape(b, h * nq, -1)  # (B, H*nq, C); b_k is softmax-invariant
+        dt = self.gemm_dtype
+        if dt is None:
+            z = F.scaled_dot_product_attention(
+                qk.unsqueeze(1), k.unsqueeze(1).to(qk.dtype), v.unsqueeze(1).to(qk.dtype), scale=d**-0.5
+            ).view(b, h, nq, -1)
+        else:  # the two image-side GEMMs in ``dt``, the softmax in float32
+            scores = torch.bmm((qk * d**-0.5).to(dt), k.to(dt).transpose(1, 2)).to(qk.dtype)
+            z = torch.bmm(torch.softmax(scores, dim=-1).to(dt), v.to(dt)).to(qk.dtype).view(b, h, nq, -1)
         wv = self.v_proj.weight.view(h, d, -1).transpose(1, 2)
         out = torch.matmul(z, wv.to(z.dtype)) + self.v_proj.bias.view(h, 1, d)  # (B, H, nq, d)
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, h * d))
@@ -90,9 +100,11 @@ class Attention(nn.Module):
         const = ((kh * self.q_proj.bias.view(h, 1, d)).sum(-1) * scale).reshape(b, 1, h * nk)
         wo = self.out_proj.weight.view(-1, h, d).permute(1, 2, 0)  # (H, d, C_out)
         u = torch.matmul(vh, wo.to(vh.dtype)).reshape(b, h * nk, -1)  # (B, H*nk, C_out)
-        scores = torch.baddbmm(const.to(kq.dtype), q.to(kq.dtype), kq.transpose(1, 2))  # (B, nq, H*nk)
+        dt = self.gemm_dtype or kq.dtype  # the two image-side GEMMs run in ``dt``
+        scores = torch.baddbmm(const.to(dt), q.to(dt), kq.to(dt).transpose(1, 2)).to(kq.dtype)  # (B, nq, H*nk)
         attn = _softmax_short(scores.view(b, -1, h, nk)).view(b, -1, h * nk)
-        return torch.baddbmm(self.out_proj.bias.to(u.dtype), attn.to(u.dtype), u)
+        out = torch.baddbmm(self.out_proj.bias.to(dt), attn.to(dt), u.to(dt))
+        return out if self.gemm_dtype is None else out.to(q.dtype)
 
 
 def _softmax_short(x: Tensor) -> Tensor:
