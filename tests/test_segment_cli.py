@@ -71,6 +71,20 @@ def test_segment_in_process_points_box_overlay(files, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_segment_bf16_matches_fp32_mask(files, capsys):
+    """``--precision bf16`` (mixed on CPU) segments the same structure as fp32: near-identical mask."""
+    masks = {}
+    for prec in ("fp32", "bf16"):
+        out = files["dir"] / f"seg_{prec}.nii.gz"
+        rc = main(["segment", str(files["img"]), "-o", str(out), "--checkpoint", str(files["ckpt"]),
+                   "--point", "18,20,8", "--precision", prec])
+        assert rc == 0, capsys.readouterr().err
+        masks[prec] = sitk.GetArrayFromImage(_read(out)).astype(bool)
+    a, b = masks["fp32"], masks["bf16"]
+    assert a.any()
+    assert (a ^ b).sum() <= 0.02 * a.sum()  # bf16 flips only a few boundary voxels
+
+
 def test_point_mm_mask_in_and_ijk_order(files, monkeypatch):
     seen = []
     from voxprompt import session as session_mod
@@ -117,6 +131,7 @@ def _run_err(files, capsys, *extra, output="bad.nii.gz"):
     (["--box", "0,0,0,10,10,17"], 3, "outside"),
     (["--model", "nope", "--point", "1,2,3"], 2, "unknown model"),
     (["--device", "cuda", "--point", "1,2,3"], 2, "cuda"),
+    (["--precision", "int8", "--point", "1,2,3"], 2, "--precision"),
     (["--point-mm=999,999,999"], 3, "outside"),
     ([], 2, "needs a prompt"),
 ])

@@ -26,6 +26,10 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
     assert main(["serve", "--api-key-file", str(tmp_path / "empty")]) == 2
     assert "empty" in capsys.readouterr().err
     assert main(["serve", "--max-sessions", "0"]) == 2
+    assert main(["serve", "--precision", "fp64"]) == 2
+    with pytest.raises(UsageError):
+        ServerSettings(precision="int8").validate()
+    assert ServerSettings(precision="bf16").validate().precision == "bf16"
 
 
 def test_security_defaults(tmp_path):

@@ -130,7 +130,8 @@ def _config(path: Optional[str]) -> Optional[dict]:
 def _load(args: argparse.Namespace, ckpt: str):
     from .models.loading import load_model
 
-    return load_model(args.model, ckpt, device=args.device, config=_config(args.config_json))
+    model = load_model(args.model, ckpt, device=args.device, config=_config(args.config_json))
+    return model.set_precision(getattr(args, "precision", "fp32"))
 
 
 def cmd_segment_2d(args: argparse.Namespace) -> int:

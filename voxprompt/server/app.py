@@ -40,6 +40,7 @@ def load_server_model(settings: ServerSettings) -> torch.nn.Module:
     from ..models.loading import load_model, shipped_weights
 
     model = load_model(settings.model, settings.checkpoint, device=settings.device)
+    model.set_precision(settings.precision)
     if settings.checkpoint is None and shipped_weights(settings.model) is None:
         log.warning("model %s has no shipped weights and no --checkpoint was given: it is randomly "
                     "initialised and its masks are meaningless", settings.model)

@@ -22,6 +22,7 @@ class ServerSettings:
     model: str = DEFAULT_MODEL
     checkpoint: Optional[str] = None
     device: str = "cpu"
+    precision: str = "fp32"  # fp32, bf16 or fp16 (model.set_precision)
     max_sessions: int = 4
     api_key: Optional[str] = None  # read from --api-key-file, never from the command line
     data_dir: Optional[Path] = None
@@ -47,6 +48,8 @@ class ServerSettings:
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0):
                 raise UsageError(f"{name} must be a positive number, got {v}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise UsageError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise UsageError("the API key is empty")
         if self.data_dir is not None:
