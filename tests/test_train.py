@@ -184,3 +184,16 @@ def test_point_pe_matches_its_cell_only_without_the_official_swap(swap):
     own, mirrored = dense[:, i, j, k], dense[:, j, i, k]
     assert torch.allclose(point, mirrored if swap else own, atol=1e-5)
     assert not torch.allclose(point, own if swap else mirrored, atol=1e-3)
+
+
+def test_bounding_box_matches_argwhere():
+    from voxprompt.train.samples import bounding_box
+
+    rng = np.random.default_rng(0)
+    for shape in ((9, 7, 5), (4, 6)):
+        mask = np.zeros(shape, dtype=bool)
+        assert bounding_box(mask) is None
+        mask[tuple(rng.integers(0, s, size=5) for s in shape)] = True
+        idx = np.argwhere(mask)
+        lo, hi = bounding_box(mask)
+        assert np.array_equal(lo, idx.min(0)) and np.array_equal(hi, idx.max(0) + 1)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
+from ..autozoom import deepest_voxel
 from ..errors import UsageError
 from ..preprocess import extract_roi_label, preprocess_roi, roi_around
 from .config import AugmentConfig, DataSource, SyntheticSource
@@ -68,13 +68,14 @@ class TargetPool:
         t = self.targets[i]
         image, mask = load_target(t)
         if i not in self._info:
-            idx = np.argwhere(mask)
-            if len(idx) == 0:
+            box = bounding_box(mask)
+            if box is None:
                 raise UsageError(f"target {t.case}:{t.label} ({t.name}) is empty")
+            lo, hi = box
+            crop = mask[tuple(slice(a, b) for a, b in zip(lo, hi))]
+            idx = np.argwhere(crop) + lo  # the full volume's argwhere, in the same order, ~10x faster
             pick = np.random.default_rng(i).choice(len(idx), size=min(4096, len(idx)), replace=False)
-            lo, hi = idx.min(0), idx.max(0) + 1
-            self._info[i] = _TargetInfo(t, lo, hi, idx[np.sort(pick)],
-                                        lo + deepest_voxel(mask[tuple(slice(a, b) for a, b in zip(lo, hi))]))
+            self._info[i] = _TargetInfo(t, lo, hi, idx[np.sort(pick)], lo + deepest_voxel(crop).astype(int))
         return image, mask, self._info[i]
 
     def sample(self, rng: np.random.Generator, size: int, spacing: float, aug: AugmentConfig
@@ -139,10 +140,16 @@ class SampleMixer:
         return tuple(np.stack([t[i] for t in triples]) for i in range(3))  # type: ignore[return-value]
 
 
-def deepest_voxel(mask: np.ndarray) -> np.ndarray:
-    """Index of the mask voxel farthest from its boundary (array border counts as background)."""
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
-    return np.asarray(np.unravel_index(int(np.argmax(dist)), mask.shape))
+def bounding_box(mask: np.ndarray) -> "tuple[np.ndarray, np.ndarray] | None":
+    """Half-open index box ``(lo, hi)`` of a mask's voxels (None when empty), from axis projections."""
+    lo, hi = [], []
+    for ax in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        if len(hit) == 0:
+            return None
+        lo.append(hit[0])
+        hi.append(hit[-1] + 1)
+    return np.array(lo), np.array(hi)
 
 
 def centre_on_click(rng: np.random.Generator, image: np.ndarray, label: np.ndarray
@@ -150,7 +157,7 @@ def centre_on_click(rng: np.random.Generator, image: np.ndarray, label: np.ndarr
     """Shift a synthetic volume (mirror-padded) so a first click in the target lies at its centre."""
     size = image.shape[0]
     if rng.random() < 0.5:
-        click = deepest_voxel(label.astype(bool))
+        click = deepest_voxel(label.astype(bool)).astype(int)
     else:
         fg = np.argwhere(label)
         click = fg[rng.integers(len(fg))]
