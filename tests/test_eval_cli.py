@@ -224,13 +224,13 @@ def test_cli_random_walker_report_then_tiny_model(dataset, tiny_ckpt, tmp_path, 
     # a (random, tiny) SAM-Med3D-family model, the SAM-Med3D protocol, noisy clicks, --force
     rc, err = _run(["--model", "sam-med3d", "--checkpoint", str(tiny_ckpt), "--data", str(dataset), "--protocol",
                     "sam-med3d", "--out", str(out), "--targets", "test", "--clicks", "2", "--click-noise", "1",
-                    "--force"], capsys)
+                    "--force", "--precision", "bf16"], capsys)
     assert rc == 0, err
     rows = _read_csv(out / "results.csv")
     assert [r["name"] for r in rows] == ["liver", "Hippocampus_L"]
     assert all(r["final_roi_dice"] not in ("", "nan") for r in rows)
     summary = (out / "summary.md").read_text()
-    assert "checkpoint_sha256" in summary and "sam-med3d" in summary
+    assert "checkpoint_sha256" in summary and "sam-med3d" in summary and "**precision**: bf16" in summary
 
 
 def _free_port() -> int:

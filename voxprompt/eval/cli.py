@@ -105,7 +105,7 @@ def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> Any:
         return random_walker_factory()
     from voxprompt.models.loading import load_model
 
-    model = load_model(args.model, ckpt, device=device)
+    model = load_model(args.model, ckpt, device=device).set_precision(getattr(args, "precision", "fp32"))
     if _model_dims(args.model) == 2:  # a 2D model on 3D targets: prompt a slice, propagate
         from voxprompt.eval.runner2d import slice_session_factory
 
@@ -204,7 +204,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "use_box": any(r["box"] is not None for r in rows), "click_noise_mm": args.click_noise,
         "model": args.model, "checkpoint": ckpt, "checkpoint_sha256": _sha256_prefix(ckpt) if ckpt else None,
         "seed": args.seed, "data": str(args.data), "targets": args.targets, "n_targets": len(rows),
-        "device": args.device, "autozoom": bool(getattr(args, "autozoom", False)), "world_size": dist.world, "machine": _machine(device),
+        "device": args.device, "precision": None if args.model == BASELINE else getattr(args, "precision", "fp32"),
+        "autozoom": bool(getattr(args, "autozoom", False)), "world_size": dist.world, "machine": _machine(device),
         **_meta_2d(args),
         "torch": torch.__version__, "voxprompt": _version(), "python": platform.python_version(),
         "started": started, "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -259,6 +260,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="clicks per target (default 5 cvpr25, 10 sam-med3d, 5 sam-med2d)")
     s.add_argument("--click-noise", type=float, default=0.0, metavar="MM", help="Gaussian click jitter sigma in mm")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="model precision (default fp32; the random walker ignores it)")
     s.add_argument("--autozoom", action="store_true",
                    help="3D sessions use the auto-zoom ROI planner (zoom out + tiles for large structures)")
     s.add_argument("--no-box", action="store_true", help="cvpr25 without the initial box; sam-med2d without box mode")

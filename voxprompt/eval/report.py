@@ -210,7 +210,7 @@ def summary_markdown(rows: Sequence[dict], meta: dict, overlays: dict[str, dict]
     roi = any(math.isfinite(r["final_roi_dice"]) for r in rows)
     lines = [f"# voxprompt eval: {meta['model']} on {meta['data']}", ""]
     for k in ("protocol", "n_clicks", "use_box", "click_noise_mm", "model", "checkpoint", "checkpoint_sha256",
-              "seed", "targets", "n_targets", "device", "world_size", "machine", "torch", "voxprompt",
+              "seed", "targets", "n_targets", "device", "precision", "world_size", "machine", "torch", "voxprompt",
               "started", "finished"):
         lines.append(f"- **{k}**: {meta.get(k)}")
     n_inf = sum(1 for r in rows if not math.isfinite(r["hd95"]))
