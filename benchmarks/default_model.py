@@ -1,8 +1,9 @@
 """The default model against the classical baseline on the held-out structures (CVPR 2025 clicks).
 
 Runs ``voxprompt eval`` (protocol ``cvpr25``, 5 clicks, no box so every method gets exactly the
-same prompts) for the random-walker baseline and for the shipped ``voxprompt-med3d-small``
-(official single ROI, and with auto-zoom), then prints a table and writes
+same prompts) for the random-walker baseline and for the shipped ``voxprompt-med3d-small`` (with
+its stored settings, i.e. boundary refinement on; without refinement; with auto-zoom), then
+prints a table and writes
 ``benchmarks/results/default_model.json``; each full report (CSV/JSON/Markdown/plots) stays in
 ``--reports``.
 
@@ -18,10 +19,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-RUNS = {
-    "random-walker": ["--model", "random-walker"],
-    "voxprompt-med3d-small": ["--model", "voxprompt-med3d-small"],
-    "voxprompt-med3d-small + auto-zoom": ["--model", "voxprompt-med3d-small", "--autozoom"],
+RUNS = {  # name: (report folder, eval arguments)
+    "random-walker": ("random-walker", ["--model", "random-walker"]),
+    "voxprompt-med3d-small": ("voxprompt-med3d-small", ["--model", "voxprompt-med3d-small"]),
+    "voxprompt-med3d-small, no refinement": ("voxprompt-med3d-small-no-refine",
+                                             ["--model", "voxprompt-med3d-small", "--no-refine"]),
+    "voxprompt-med3d-small + auto-zoom": ("voxprompt-med3d-small-auto-zoom",
+                                          ["--model", "voxprompt-med3d-small", "--autozoom"]),
 }
 
 
@@ -53,10 +57,10 @@ def main() -> int:
                         "when only the model changed)")
     args = p.parse_args()
     results = {}
-    for name, extra in RUNS.items():
+    for name, (folder, extra) in RUNS.items():
         if args.only and name not in args.only:
             continue
-        report = Path(args.reports) / name.replace(" + ", "-").replace(" ", "-")
+        report = Path(args.reports) / folder
         cmd = [sys.executable, "-m", "voxprompt", "eval", *extra, "--data", args.data, "--protocol", "cvpr25",
                "--no-box", "--targets", args.targets, "--out", str(report), "--force"]
         if args.checkpoint and name != "random-walker":

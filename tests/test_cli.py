@@ -68,9 +68,19 @@ def test_convert_sets_roi_spacing(tmp_path, capsys, tiny_med2d):
     assert converted.cfg.roi_spacing_mm == 2.0 and model.cfg.roi_spacing_mm != 2.0
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), converted.state_dict().values()))
     assert Session(converted).roi_spacing == 2.0
+    # --refine-band: the sessions' default boundary refinement, kept by a later conversion
+    banded = tmp_path / "small-refine.safetensors"
+    assert main(["convert", str(out), str(banded), "--refine-band", "6"]) == 0
+    session = Session(load_model("voxprompt-med3d-small", banded))
+    assert session.refine is not None and session.refine.band_mm == 6.0 and session.roi_spacing == 2.0
+    assert Session(load_model("voxprompt-med3d-small", banded), refine=False).refine is None
+    assert main(["convert", str(banded), str(out), "--refine-band", "0"]) == 0
+    assert Session(load_model("voxprompt-med3d-small", out)).refine is None
     bad = tmp_path / "bad.safetensors"
     assert main(["convert", str(src), str(bad), "--roi-spacing", "-1"]) == 2
     assert "roi_spacing_mm must be positive" in capsys.readouterr().err
+    assert main(["convert", str(src), str(bad), "--refine-band", "-3"]) == 2
+    assert "refine_band_mm must be >= 0" in capsys.readouterr().err
     assert main(["convert", str(src), str(bad), "--model", "sam-med2d"]) == 3  # holds a 3D model
     assert "not sam-med2d" in capsys.readouterr().err
     _, model2d, _ = tiny_med2d

@@ -33,7 +33,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .models.loading import convert_checkpoint
 
     path, name = convert_checkpoint(args.checkpoint, args.output, name=args.model, trust_pickle=args.trust_pickle,
-                                    roi_spacing_mm=args.roi_spacing)
+                                    roi_spacing_mm=args.roi_spacing, refine_band_mm=args.refine_band)
     sys.stdout.write(f"wrote {path} ({name})\n")
     return 0
 
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trust-pickle", action="store_true", help="allow full pickle for a trusted legacy file")
     s.add_argument("--roi-spacing", type=float, metavar="MM",
                    help="3D models: inference ROI spacing in mm to store with the weights (default: keep)")
+    s.add_argument("--refine-band", type=float, metavar="MM",
+                   help="3D models: default boundary refinement band in mm to store with the weights "
+                        "(0 = off; default: keep)")
     s.set_defaults(func=cmd_convert)
 
     from .segment_cli import add_subcommands

@@ -40,7 +40,8 @@ def interior_point(mask: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[int,
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(dist)), mask.shape))
 
 
-def run(out_dir: Path, structure: str = "kidney_right", clicks: int = 1, autozoom: bool = False) -> dict:
+def run(out_dir: Path, structure: str = "kidney_right", clicks: int = 1, autozoom: bool = False,
+        refine: Optional[bool] = None) -> dict:
     from .data.fetch import fetch_chest_ct
     from .eval.clicks import cvpr25_next_click
     from .eval.metrics import dice, nsd
@@ -63,7 +64,7 @@ def run(out_dir: Path, structure: str = "kidney_right", clicks: int = 1, autozoo
         from .autozoom import AutoZoomPlanner
 
         planner = AutoZoomPlanner()
-    session = Session(model, planner=planner)
+    session = Session(model, planner=planner, refine=refine)
     session.set_image(image)
     point = interior_point(reference, spacing)
     times, dices = [], []
@@ -94,10 +95,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--structure", default="kidney_right", help="TotalSegmentator structure name (default kidney_right)")
     p.add_argument("--clicks", type=int, default=1, help="clicks in total (default 1)")
     p.add_argument("--autozoom", action="store_true", help="auto-zoom planner (default: the official single ROI)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="boundary refinement at the CT's resolution (voxprompt.refine; default: the "
+                        "model's stored setting)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        r = run(Path(args.out), args.structure, max(1, args.clicks), autozoom=args.autozoom)
+        r = run(Path(args.out), args.structure, max(1, args.clicks), autozoom=args.autozoom, refine=args.refine)
     except VoxpromptError as exc:
         sys.stderr.write(f"voxprompt demo: error: {exc}\n")
         return exc.exit_code

@@ -217,7 +217,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from .autozoom import AutoZoomPlanner
 
         planner = AutoZoomPlanner()
-    session = Session(model, device=args.device, planner=planner)
+    session = Session(model, device=args.device, planner=planner, refine=args.refine)
     session.set_image(image)
     if prior is not None:
         session.add_mask(prior.array != 0)
@@ -293,6 +293,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="follow objects larger than the model's ROI: zoom out while the mask touches the ROI "
                         "border, then refine in overlapping tiles at full resolution (default: "
                         f"{'on' if AUTOZOOM_DEFAULT else 'off'})")
+    s.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-decide a band around the model's boundary at the image's resolution with a random "
+                        "walker seeded by the model and the clicks (voxprompt.refine; default: the model's "
+                        "stored setting, on for the default model, off for the official ones)")
     from .segment2d_cli import add_2d_arguments
 
     add_2d_arguments(s)

@@ -42,6 +42,13 @@ Auto-zoom: ``Session(model, planner=AutoZoomPlanner())`` (:mod:`voxprompt.autozo
 prediction that touches the ROI's border with zoomed-out ROIs and tiles refined at the base spacing;
 the whole multi-ROI result of one call is one undo step. The default planner is the official one.
 
+Boundary refinement: ``Session(model, refine=True)`` (or a :class:`~voxprompt.refine.RefineConfig`;
+the default ``None`` follows the model config's ``refine_band_mm``, on for the default model)
+re-decides a band of ``band_mm`` around each click's new boundary on the original grid with a
+random walker seeded by the model's confident interior/exterior and the clicks
+(:mod:`voxprompt.refine`). The model's logits fed back to the next click are unchanged; the mask
+shown (and its undo step) is the refined one. Off for the official models (published behaviour).
+
 Objects: ``new_object`` starts object 2, 3, ...; :meth:`Session.label_map` paints objects in id
 order, so later objects overwrite earlier ones where they overlap.
 
@@ -66,6 +73,7 @@ from .io.image import LPS_TO_RAS, Image
 from .io.read import read_image
 from .objects import ObjectsMixin, Slices, bbox_of
 from .preprocess import Roi, extract_roi_label, postprocess_mask, preprocess_roi, roi_around, roi_for_label
+from .refine import RefineConfig, refine_mask, resolve_refine
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +293,7 @@ class Session(ObjectsMixin):
     _object_type = _Object
 
     def __init__(self, model: Optional[torch.nn.Module] = None, device: Optional[Union[str, torch.device]] = None,
-                 planner: Optional[RoiPlanner] = None) -> None:
+                 planner: Optional[RoiPlanner] = None, refine: Union[bool, RefineConfig, None] = None) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from .models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
@@ -302,6 +310,7 @@ class Session(ObjectsMixin):
         bind = getattr(planner, "bind", None)
         self.planner: RoiPlanner = bind(self.img_size, self.roi_spacing) if bind is not None else planner
         self.cache_size = max(EMBEDDING_CACHE_SIZE, int(getattr(self.planner, "cache_size", 0) or 0))
+        self.refine: Optional[RefineConfig] = resolve_refine(refine, model.cfg)
         self.image: Optional[Image] = None
         self._embeddings: dict[tuple, torch.Tensor] = {}
         self._coverage: dict[tuple, tuple[Optional[Slices], np.ndarray]] = {}
@@ -551,12 +560,21 @@ class Session(ObjectsMixin):
                                                region=region))
             if expansion is not None:
                 region, block = expansion.region, expansion.mask[expansion.region]
+        if region is not None and self.refine is not None:
+            block = self._refined(region, block, clicks)
         if region is not None and clip is not None:
             block = _clip_block(obj.mask[region], block, region, clip)
         changed = self._commit(obj, None if region is None else (region, block))
         if expansion is not None:  # later clicks in this ROI refine what is shown, not the cut-off logits
             obj.logits = self._mask_prior(obj.mask, roi)
         return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
+
+    def _refined(self, region: Slices, block: np.ndarray, clicks: list) -> np.ndarray:
+        """``block`` (the object's new mask on ``region``) with its boundary refined on the image grid."""
+        img = self._img()
+        start = np.array([r.start for r in region])
+        points = [(np.floor(np.asarray(p, dtype=float) + 0.5).astype(int) - start, lab) for p, lab in clicks]
+        return refine_mask(img.array[region], block, points, img.spacing[::-1], self.refine)
 
     # ------------------------------------------------------------------ prompts
     def add_point(self, index: Sequence[float], positive: bool = True) -> Prediction:

@@ -8,7 +8,6 @@ inner crop edge the margin doubles (up to ``max_expansions`` times).
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from scipy import ndimage
 from voxprompt.errors import InputError, UsageError
 from voxprompt.eval.clicks import Box3D, Click
 from voxprompt.eval.metrics import as_spacing
+from voxprompt.refine import draw_seed_balls, normalise_window, solve_random_walker
 
 logger = logging.getLogger(__name__)
 
@@ -45,45 +45,18 @@ class RandomWalkerConfig:
             raise UsageError(f"percentiles need 0 <= lo < hi <= 100, got {self.percentiles}")
 
 
-def _normalise(crop: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    """Map the ``percentiles`` window of ``crop`` linearly onto [0, 1] (clipped)."""
-    lo, hi = np.percentile(crop, percentiles)
-    if hi <= lo:
-        return np.zeros(crop.shape, dtype=np.float64)
-    return np.clip((crop.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
-
-
-def _ball(radius: int, ndim: int) -> np.ndarray:
-    grid = np.indices((2 * radius + 1,) * ndim) - radius
-    return (grid ** 2).sum(axis=0) <= radius ** 2
-
-
 def _seeds(shape: tuple[int, ...], clicks: list[tuple[np.ndarray, int]], cfg: RandomWalkerConfig,
            inner_faces: list[tuple[int, int]]) -> np.ndarray:
     """Seed labels in the crop: 1 positive, 2 negative / background, 0 unknown."""
     seeds = np.zeros(shape, dtype=np.int32)
-    pos = np.zeros(shape, dtype=bool)
     # background seed: inner crop faces (faces on the image border may hold the object)
     border = np.zeros(shape, dtype=bool)
     for axis, side in inner_faces:
         idx = [slice(None)] * len(shape)
         idx[axis] = 0 if side == 0 else shape[axis] - 1
         border[tuple(idx)] = True
-    ball = _ball(cfg.seed_radius, len(shape))
-    for label in (2, 1):  # positives drawn last win on overlap
-        for local, lab in clicks:
-            if lab != (1 if label == 1 else 0):
-                continue
-            lo = local - cfg.seed_radius
-            sl_img, sl_ball = [], []
-            for ax, (a, n) in enumerate(zip(lo, shape)):
-                a0, a1 = max(a, 0), min(a + ball.shape[ax], n)
-                sl_img.append(slice(a0, a1))
-                sl_ball.append(slice(a0 - a, a1 - a))
-            region = seeds[tuple(sl_img)]
-            region[ball[tuple(sl_ball)]] = label
-            if label == 1:
-                pos[tuple(sl_img)] |= ball[tuple(sl_ball)]
+    draw_seed_balls(seeds, [(p, 2) for p, lab in clicks if lab != 1], cfg.seed_radius)
+    pos = draw_seed_balls(seeds, [(p, 1) for p, lab in clicks if lab == 1], cfg.seed_radius)  # win on overlap
     if pos.any() and border.any():
         far = ndimage.distance_transform_edt(~pos) > max(cfg.margin / 2.0, cfg.seed_radius + 2)
         seeds[border & far & (seeds == 0)] = 2
@@ -102,8 +75,6 @@ def random_walker_segment(
     crop faces that lie inside the image (all crop faces if the crop spans the whole image),
     minus voxels near positive clicks.
     """
-    from skimage.segmentation import random_walker  # optional dependency
-
     cfg = config or RandomWalkerConfig()
     img = np.asarray(image)
     if img.ndim not in (2, 3) or not np.issubdtype(img.dtype, np.number):
@@ -132,14 +103,8 @@ def random_walker_segment(
                        seed_faces)
         if not (seeds == 2).any():
             raise InputError("no background seed: add a negative click or use a smaller margin")
-        data = img[crop].astype(np.float64)
-        if cfg.smooth_sigma > 0:
-            data = ndimage.gaussian_filter(data, cfg.smooth_sigma)
-        data = _normalise(data, cfg.percentiles)
-        with warnings.catch_warnings():  # harmless CG round-off just outside [0, 1]
-            warnings.filterwarnings("ignore", message="The probability range is outside")
-            labels = random_walker(data, seeds, beta=cfg.beta, mode="cg_j", tol=cfg.tol,
-                                   spacing=sp)
+        data = normalise_window(img[crop], cfg.percentiles, cfg.smooth_sigma)
+        labels = solve_random_walker(data, seeds, cfg.beta, cfg.tol, sp)
         mask = labels == 1
         # the face itself is seeded background, so look at the two outermost layers
         touches = any(np.take(mask, [0, 1] if s == 0 else [-2, -1], axis=ax).any()

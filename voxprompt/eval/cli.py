@@ -110,7 +110,11 @@ def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> Any:
         from voxprompt.eval.runner2d import slice_session_factory
 
         return slice_session_factory(model, axis=SLICE_AXES[args.slice_axis], device=device)
-    return session_factory(model, device=device, autozoom=args.autozoom)
+    from voxprompt.refine import resolve_refine
+
+    refine = resolve_refine(args.refine, model.cfg)
+    args.refine_band_mm = refine.band_mm if refine else 0.0  # recorded in the report
+    return session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False)
 
 
 def _run_eval(args: argparse.Namespace, ckpt: Optional[str], device: str, targets: list, **kw: Any) -> list[dict]:
@@ -205,7 +209,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "model": args.model, "checkpoint": ckpt, "checkpoint_sha256": _sha256_prefix(ckpt) if ckpt else None,
         "seed": args.seed, "data": str(args.data), "targets": args.targets, "n_targets": len(rows),
         "device": args.device, "precision": None if args.model == BASELINE else getattr(args, "precision", "fp32"),
-        "autozoom": bool(getattr(args, "autozoom", False)), "world_size": dist.world, "machine": _machine(device),
+        "autozoom": bool(getattr(args, "autozoom", False)), "refine_band_mm": getattr(args, "refine_band_mm", None),
+        "world_size": dist.world, "machine": _machine(device),
         **_meta_2d(args),
         "torch": torch.__version__, "voxprompt": _version(), "python": platform.python_version(),
         "started": started, "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -264,6 +269,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="model precision (default fp32; the random walker ignores it)")
     s.add_argument("--autozoom", action="store_true",
                    help="3D sessions use the auto-zoom ROI planner (zoom out + tiles for large structures)")
+    s.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="3D sessions: boundary refinement at the image's resolution (voxprompt.refine; "
+                        "default: the model's stored setting)")
     s.add_argument("--no-box", action="store_true", help="cvpr25 without the initial box; sam-med2d without box mode")
     s.add_argument("--slice-axis", choices=tuple(SLICE_AXES), default="k",
                    help="2D models: slice direction, IJK (default k = the array's first axis)")

@@ -39,6 +39,7 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     roi_spacing_mm: float = 1.5  # 3D: isotropic mm per voxel of the model's input ROI
     pe_axis_swap: bool = True  # 3D: SAM-Med3D's dense-PE axis-0/1 swap (official); False for our models
+    refine_band_mm: float = 0.0  # 3D sessions: boundary refinement band (voxprompt.refine); 0 = off (official)
 
 
     def __post_init__(self) -> None:
@@ -57,6 +58,8 @@ class SamConfig:
             )
         if not self.roi_spacing_mm > 0:
             raise UsageError(f"roi_spacing_mm must be positive, got {self.roi_spacing_mm}")
+        if not self.refine_band_mm >= 0:
+            raise UsageError(f"refine_band_mm must be >= 0 (0 = off), got {self.refine_band_mm}")
         if self.num_point_embeddings not in (2, 4):
             raise UsageError("num_point_embeddings must be 2 (points) or 4 (points and boxes)")
 

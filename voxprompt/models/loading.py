@@ -103,12 +103,14 @@ def convert_checkpoint(
     trust_pickle: bool = False,
     config: Optional[Mapping[str, Any]] = None,
     roi_spacing_mm: Optional[float] = None,
+    refine_band_mm: Optional[float] = None,
 ) -> tuple[Path, str]:
     """Read any official checkpoint, verify it loads strictly, write voxprompt safetensors.
 
     ``name`` defaults to the architecture the weights look like. ``roi_spacing_mm`` (3D models)
     sets the inference ROI spacing stored with the weights (what ``Session`` and ``voxprompt
-    segment`` use; see ``benchmarks/roi_spacing.py`` to choose it). Returns ``(path, name)``."""
+    segment`` use; see ``benchmarks/roi_spacing.py`` to choose it); ``refine_band_mm`` the boundary
+    refinement those use by default (0 = off; ``benchmarks/refine_band.py``). Returns ``(path, name)``."""
     if Path(dst).suffix != ".safetensors":
         raise UsageError(f"output {dst}: the file name must end in .safetensors")
     sd, meta = read_checkpoint(src, trust_pickle=trust_pickle)
@@ -122,9 +124,12 @@ def convert_checkpoint(
         config = json.loads(meta["config"])
     model = load_model(name, sd, config=config)
     cfg = model.cfg.to_dict()
-    if roi_spacing_mm is not None:
+    for key, value, flag in (("roi_spacing_mm", roi_spacing_mm, "--roi-spacing"),
+                             ("refine_band_mm", refine_band_mm, "--refine-band")):
+        if value is None:
+            continue
         if cfg.get("spatial_dims") != 3:
-            raise UsageError(f"--roi-spacing: {name} is not a 3D model (its input is a whole 2D image)")
-        cfg = _config_from(type(model.cfg), {**cfg, "roi_spacing_mm": float(roi_spacing_mm)}).to_dict()
+            raise UsageError(f"{flag}: {name} is not a 3D model (its input is a whole 2D image)")
+        cfg = _config_from(type(model.cfg), {**cfg, key: float(value)}).to_dict()
     path = save_safetensors(model.state_dict(), dst, name, cfg)
     return path, name

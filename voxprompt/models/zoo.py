@@ -51,7 +51,7 @@ ZOO: dict[str, ModelSpec] = {
         ModelSpec(
             "voxprompt-med3d-small",
             SMALL_MED3D,
-            "voxprompt's own compact SAM-Med3D-family model (64^3 ROI at 1.5 mm, 8^3 tokens); "
+            "voxprompt's own compact SAM-Med3D-family model (64^3 ROI at 2.25 mm, 8^3 tokens); "
             "the default, trained by us and shipped with the package",
         ),
         ModelSpec(

@@ -67,8 +67,9 @@ class ModelHost:
     """One model shared by every lease; ``lock`` serialises model calls across leases."""
 
     def __init__(self, model: torch.nn.Module, name: str, device: Optional[str] = None,
-                 autozoom_default: bool = False) -> None:
+                 autozoom_default: bool = False, refine: Optional[bool] = None) -> None:
         self.model = model
+        self.refine = refine
         self.name = name
         self.device = device
         self.autozoom_default = bool(autozoom_default)
@@ -83,7 +84,8 @@ class ModelHost:
 
     def new_session(self) -> Session:
         return Session(self.model, device=self.device,
-                       planner=AutoZoomSwitch(enabled=self.autozoom_default, zoom=autozoom_planner()))
+                       planner=AutoZoomSwitch(enabled=self.autozoom_default, zoom=autozoom_planner()),
+                       refine=self.refine)
 
 
 def set_autozoom(session: Session, enabled: bool) -> bool:

@@ -32,6 +32,7 @@ class ServerSettings:
     monai_session_expiry_s: float = 3600.0  # MONAI Label ``PUT /session/?expiry=0``
     reaper_interval_s: float = 15.0
     autozoom: bool = False  # default of ``set_do_autozoom`` for new leases
+    refine: Optional[bool] = None  # boundary refinement (voxprompt.refine); None = the model's stored setting
     retry_after_s: int = 10  # Retry-After of a 503 at capacity
     web: bool = True  # serve the browser viewer at /
     session_memory_mb: float = 2048.0  # per session: embedding cache trimmed above it; larger images: 413

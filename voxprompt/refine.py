@@ -1,0 +1,162 @@
+"""Boundary refinement: a model's mask re-decided at the image's own resolution by a random walker.
+
+The model sees the object on a coarse grid (the default model: 2.25 mm ROI voxels, logits at
+4.5 mm), so its boundary is placed only to within a few millimetres. :func:`refine_mask` keeps what
+the model is sure of and lets the image decide the rest: voxels deeper than ``band_mm`` inside the
+mask are object seeds, voxels farther than ``band_mm`` outside are background seeds, each click
+is a seed ball of its own label, and scikit-image's random walker labels the band in between on
+the original grid, following intensity edges. It never reaches more than ``band_mm`` past the
+model's boundary. Thin parts (less than ``2 * band_mm`` across) keep their medial core as object
+seeds so the refinement cannot erase them.
+
+The random-walker primitives here are shared with the classical baseline
+(:mod:`voxprompt.eval.baseline`).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError, UsageError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RefineConfig", "refine_mask", "resolve_refine", "normalise_window", "draw_seed_balls", "solve_random_walker"]
+
+Point = tuple[Sequence[int], int]  # (voxel index, label 1 positive / 0 negative)
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Settings of :func:`refine_mask` (chosen on the training structures: docs/default-model.md)."""
+
+    band_mm: float = 4.5          # half-width of the undecided band around the model's boundary
+    beta: float = 500.0           # random-walker edge penalty
+    smooth_sigma: float = 1.0     # Gaussian pre-smoothing (voxels; 0 = none)
+    seed_radius: int = 2          # click seed ball radius (voxels)
+    percentiles: tuple[float, float] = (0.5, 99.5)  # intensity window mapped to [0, 1]
+    tol: float = 1e-3             # conjugate-gradient tolerance
+    max_unknown: int = 8_000_000  # larger bands are left unrefined (a warning is logged)
+
+    def __post_init__(self) -> None:
+        if not (self.band_mm > 0 and self.beta > 0 and self.smooth_sigma >= 0 and self.seed_radius >= 0
+                and self.tol > 0 and self.max_unknown > 0):
+            raise UsageError(f"invalid RefineConfig {self}")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise UsageError(f"percentiles need 0 <= lo < hi <= 100, got {self.percentiles}")
+
+
+def resolve_refine(setting: "bool | RefineConfig | None", model_cfg: object) -> RefineConfig | None:
+    """The refinement a session uses: ``None`` = the model's stored ``refine_band_mm`` (0 = off),
+    ``True`` = on (the stored band, or the default one), ``False`` = off, or an explicit config."""
+    band = float(getattr(model_cfg, "refine_band_mm", 0.0) or 0.0)
+    if isinstance(setting, RefineConfig):
+        return setting
+    if setting is None or setting is True:
+        if band > 0:
+            return RefineConfig(band_mm=band)
+        return RefineConfig() if setting else None
+    if setting is False:
+        return None
+    raise UsageError(f"refine must be None, a bool or a RefineConfig, got {type(setting).__name__}")
+
+
+def normalise_window(crop: np.ndarray, percentiles: tuple[float, float], sigma: float = 0.0) -> np.ndarray:
+    """``crop`` (optionally Gaussian-smoothed) with its ``percentiles`` window mapped onto [0, 1]."""
+    data = crop.astype(np.float64)
+    if sigma > 0:
+        data = ndimage.gaussian_filter(data, sigma)
+    lo, hi = np.percentile(data, percentiles)
+    if hi <= lo:
+        return np.zeros(data.shape, dtype=np.float64)
+    return np.clip((data - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _ball(radius: int, ndim: int) -> np.ndarray:
+    grid = np.indices((2 * radius + 1,) * ndim) - radius
+    return (grid ** 2).sum(axis=0) <= radius ** 2
+
+
+def draw_seed_balls(seeds: np.ndarray, points: Sequence[tuple[np.ndarray, int]], radius: int) -> np.ndarray:
+    """Draw a ball of label ``value`` at each ``(index, value)`` (clipped to the array); returns the
+    union of the drawn voxels. Later points win where balls overlap."""
+    ball = _ball(radius, seeds.ndim)
+    drawn = np.zeros(seeds.shape, dtype=bool)
+    for index, value in points:
+        lo = np.asarray(index, dtype=int) - radius
+        sl_arr, sl_ball = [], []
+        for a, n, b in zip(lo, seeds.shape, ball.shape):
+            a0, a1 = max(a, 0), min(a + b, n)
+            if a0 >= a1:
+                break
+            sl_arr.append(slice(a0, a1))
+            sl_ball.append(slice(a0 - a, a1 - a))
+        else:
+            part = ball[tuple(sl_ball)]
+            seeds[tuple(sl_arr)][part] = value
+            drawn[tuple(sl_arr)] |= part
+    return drawn
+
+
+def solve_random_walker(data: np.ndarray, seeds: np.ndarray, beta: float, tol: float,
+                        spacing: Sequence[float]) -> np.ndarray:
+    """scikit-image's random walker (Jacobi-preconditioned CG) on seeds 1 / 2; returns its labels."""
+    from skimage.segmentation import random_walker  # optional dependency
+
+    with warnings.catch_warnings():  # harmless CG round-off just outside [0, 1]
+        warnings.filterwarnings("ignore", message="The probability range is outside")
+        return random_walker(data, seeds, beta=beta, mode="cg_j", tol=tol, spacing=tuple(spacing))
+
+
+def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
+                spacing: Sequence[float], config: RefineConfig | None = None) -> np.ndarray:
+    """``mask`` with its boundary re-decided on ``image``'s grid (module docstring).
+
+    ``points``: clicks as (index in ``image``, label 1/0); indices outside the array are ignored.
+    ``spacing``: mm per array axis. Returns a new boolean array; an empty mask is returned as is.
+    """
+    cfg = config or RefineConfig()
+    img, m = np.asarray(image), np.asarray(mask, dtype=bool)
+    if img.shape != m.shape:
+        raise InputError(f"refine_mask: mask shape {m.shape} differs from the image shape {img.shape}")
+    sp = np.asarray(spacing, dtype=float)
+    if sp.shape != (img.ndim,) or not np.all(sp > 0):
+        raise InputError(f"refine_mask: spacing {tuple(spacing)} does not fit a {img.ndim}D image")
+    idx = np.argwhere(m)
+    if idx.size == 0:
+        return m.copy()
+    pad = np.ceil((cfg.band_mm + 2.0) / sp).astype(int) + 1
+    lo = np.maximum(idx.min(0) - pad, 0)
+    hi = np.minimum(idx.max(0) + pad + 1, m.shape)
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    inner = m[crop]
+    depth = ndimage.distance_transform_edt(inner, sampling=sp)
+    outside = ndimage.distance_transform_edt(~inner, sampling=sp)
+    seeds = np.zeros(inner.shape, dtype=np.int32)
+    core = min(cfg.band_mm, 0.5 * float(depth.max()))
+    seeds[depth > core] = 1
+    if not seeds.any():  # a one-voxel-thin mask: its own voxels are the core
+        seeds[inner] = 1
+    seeds[outside > cfg.band_mm] = 2
+    clicks = [(np.asarray(p, dtype=int) - lo, 1 if int(lab) else 2) for p, lab in points]
+    draw_seed_balls(seeds, clicks, cfg.seed_radius)
+    unknown = int((seeds == 0).sum())
+    if unknown == 0 or not (seeds == 2).any() or not (seeds == 1).any():
+        return m.copy()
+    if unknown > cfg.max_unknown:
+        log.warning("refine_mask: %d undecided voxels > max_unknown %d; mask left unrefined",
+                    unknown, cfg.max_unknown)
+        return m.copy()
+    data = normalise_window(img[crop], cfg.percentiles, cfg.smooth_sigma)
+    if not np.ptp(data) > 0:  # a flat crop has no edges to follow
+        return m.copy()
+    labels = solve_random_walker(data, seeds, cfg.beta, cfg.tol, sp)
+    out = m.copy()
+    out[crop] = labels == 1
+    return out
