@@ -258,12 +258,17 @@ def test_cli_autozoom_flag(tmp_path, monkeypatch):
     planners = []
     orig = session_mod.Session.__init__
 
-    def spy(self, model, device=None, planner=None):
-        orig(self, model, device=device, planner=planner)
+    refines = []
+
+    def spy(self, model, device=None, planner=None, refine=None):
+        orig(self, model, device=device, planner=planner, refine=refine)
         planners.append(type(self.planner).__name__)
+        refines.append(refine)
 
     monkeypatch.setattr(session_mod.Session, "__init__", spy)
     base = ["segment", str(tmp_path / "img.nii.gz"), "--checkpoint", str(ckpt), "--point", "12,10,6"]
     assert main(base + ["-o", str(tmp_path / "a.nii.gz"), "--autozoom"]) == 0
     assert main(base + ["-o", str(tmp_path / "b.nii.gz"), "--no-autozoom"]) == 0
-    assert planners == ["AutoZoomPlanner", "CenteredRoiPlanner"]
+    assert main(base + ["-o", str(tmp_path / "c.nii.gz"), "--no-refine"]) == 0
+    assert planners == ["AutoZoomPlanner", "CenteredRoiPlanner", "CenteredRoiPlanner"]
+    assert refines == [None, None, False]  # None: the model's stored setting
