@@ -44,6 +44,28 @@ def summarise(rows: list[dict]) -> dict:
             "final_dice_by_group": {g: statistics.fmean(v) for g, v in sorted(groups.items())}}
 
 
+def print_table(results: dict[str, dict], label: str = "method", width: int = 36) -> None:
+    """One row per run: the four CVPR 2025 measures, median seconds per click and Dice per click."""
+    print(f"{label:>{width}s} {'n':>3s} {'DSC AUC':>8s} {'NSD AUC':>8s} {'final DSC':>9s} {'final NSD':>9s} "
+          f"{'s/click':>8s}  Dice per click")
+    for name, r in results.items():
+        clicks = " ".join(f"{d:.3f}" for d in r["dice_per_click"])
+        print(f"{name:>{width}s} {r['n']:3d} {r['dsc_auc']:8.3f} {r['nsd_auc']:8.3f} {r['final_dice']:9.3f} "
+              f"{r['final_nsd']:9.3f} {r['median_click_s']:8.3f}  {clicks}")
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by the inference-setting sweeps (roi_spacing.py, refine_band.py)."""
+    p.add_argument("--model", default="voxprompt-med3d-small")
+    p.add_argument("--checkpoint", help="weights (default: the shipped ones)")
+    p.add_argument("--data", default="data/real")
+    p.add_argument("--targets", choices=("train", "test", "all"), default="train")
+    p.add_argument("--clicks", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="first N targets only")
+    p.add_argument("--threads", type=int, default=2)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/real")
@@ -69,12 +91,7 @@ def main() -> int:
             subprocess.run(cmd, check=True)
         rows = json.loads((report / "results.json").read_text())["results"]
         results[name] = summarise(rows)
-    print(f"{'method':36s} {'n':>3s} {'DSC AUC':>8s} {'NSD AUC':>8s} {'final DSC':>9s} {'final NSD':>9s} "
-          f"{'s/click':>8s}  Dice per click")
-    for name, r in results.items():
-        clicks = " ".join(f"{d:.3f}" for d in r["dice_per_click"])
-        print(f"{name:36s} {r['n']:3d} {r['dsc_auc']:8.3f} {r['nsd_auc']:8.3f} {r['final_dice']:9.3f} "
-              f"{r['final_nsd']:9.3f} {r['median_click_s']:8.3f}  {clicks}")
+    print_table(results)
     out = {"protocol": "cvpr25 (5 clicks, no box)", "data": args.data, "targets": args.targets,
            "checkpoint": args.checkpoint or "shipped", "machine": f"{platform.node()} {platform.platform()}",
            "results": results}

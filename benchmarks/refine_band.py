@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from default_model import summarise  # noqa: E402  (same means and groups as the model-vs-baseline table)
+from default_model import add_sweep_arguments, print_table, summarise  # noqa: E402  (same means and groups as the model-vs-baseline table)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,16 +53,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="voxprompt-med3d-small")
-    p.add_argument("--checkpoint", help="weights (default: the shipped ones)")
-    p.add_argument("--data", default="data/real")
-    p.add_argument("--targets", choices=("train", "test", "all"), default="train")
+    add_sweep_arguments(p)
     p.add_argument("--bands", default="0,3,4.5,6.75", help="comma-separated mm (0 = no refinement)")
     p.add_argument("--betas", default="500", help="comma-separated random-walker edge penalties")
-    p.add_argument("--clicks", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, help="first N targets only")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="JSON path (default benchmarks/results/refine_band_<targets>.json)")
     p.add_argument("--append", action="store_true",
                    help="keep the settings already in --out (same data, targets and checkpoint) and add these")
@@ -81,12 +74,7 @@ def main() -> int:
             p.error(f"--append: {out} was run with other {', '.join(same)}")
         results = old["results"]
     results.update(run(args))
-    print(f"{'setting':>16s} {'n':>3s} {'DSC AUC':>8s} {'NSD AUC':>8s} {'final DSC':>9s} {'final NSD':>9s} "
-          f"{'s/click':>8s}  Dice per click")
-    for key, r in results.items():
-        clicks = " ".join(f"{d:.3f}" for d in r["dice_per_click"])
-        print(f"{key:>16s} {r['n']:3d} {r['dsc_auc']:8.3f} {r['nsd_auc']:8.3f} {r['final_dice']:9.3f} "
-              f"{r['final_nsd']:9.3f} {r['median_click_s']:8.3f}  {clicks}")
+    print_table(results, "setting", 16)
     best = max(results, key=lambda k: results[k]["dsc_auc"] + results[k]["nsd_auc"])
     print(f"best DSC AUC + NSD AUC on the {args.targets} targets: {best}")
     out.parent.mkdir(parents=True, exist_ok=True)

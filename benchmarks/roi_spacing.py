@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from default_model import summarise  # noqa: E402  (same means and groups as the model-vs-baseline table)
+from default_model import add_sweep_arguments, summarise  # noqa: E402  (same means and groups as the model-vs-baseline table)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,15 +53,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="voxprompt-med3d-small")
-    p.add_argument("--checkpoint", help="weights (default: the shipped ones)")
-    p.add_argument("--data", default="data/real")
-    p.add_argument("--targets", choices=("train", "test", "all"), default="train")
+    add_sweep_arguments(p)
     p.add_argument("--spacings", default="1.5,2,2.5,3", help="comma-separated mm")
-    p.add_argument("--clicks", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, help="first N targets only")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="JSON path (default benchmarks/results/roi_spacing_<targets>.json)")
     args = p.parse_args()
     args.spacings = [float(s) for s in args.spacings.split(",")]

@@ -2,7 +2,10 @@
 
 The model sees the object on a coarse grid (the default model: 2.25 mm ROI voxels, logits at
 4.5 mm), so its boundary is placed only to within a few millimetres. Band 9 mm and beta 16000 were
-chosen on the training structures (``benchmarks/refine_band.py``, by DSC AUC + NSD AUC). :func:`refine_mask` keeps what
+chosen on the training structures (``benchmarks/refine_band.py``, by DSC AUC + NSD AUC). At such a
+sharp beta the walker's linear system is badly conditioned and scikit-image's CG (one solve per
+label, ``tol`` 1e-3, labels by argmax) stops before the exact solution; the measured results are those
+of this solver as configured, so changing the solver or ``tol`` needs the selection re-run. :func:`refine_mask` keeps what
 the model is sure of and lets the image decide the rest: voxels deeper than ``band_mm`` inside the
 mask are object seeds, voxels farther than ``band_mm`` outside are background seeds, each click
 is a seed ball of its own label, and scikit-image's random walker labels the band in between on
