@@ -8,7 +8,8 @@ from scipy import ndimage
 
 from voxprompt.errors import InputError, UsageError
 from voxprompt.eval.metrics import dice, nsd
-from voxprompt.refine import RefineConfig, draw_seed_balls, refine_mask, resolve_refine
+from voxprompt.refine import (RefineConfig, band_seeds, draw_seed_balls, normalise_window, refine_mask,
+                              resolve_refine, solve_random_walker)
 
 pytest.importorskip("skimage")
 
@@ -128,3 +129,14 @@ def test_resolve_refine_follows_the_model_config():
     explicit = RefineConfig(band_mm=2.0, beta=100.0)
     assert resolve_refine(explicit, on) is explicit
     assert resolve_refine(None, SimpleNamespace()) is None  # configs without the field (2D, SAM-UNet)
+
+
+def test_pruned_walker_graph_gives_the_full_graphs_answer(scene):
+    """Seeds without an undecided neighbour are left out of the walker's graph: same labels."""
+    image, gt = scene
+    coarse, cfg = _coarse(gt), RefineConfig(band_mm=13.0, beta=16000.0)
+    seeds = band_seeds(coarse, [(np.array([12, 24, 24]), 1)], np.asarray(SPACING), cfg)
+    full = solve_random_walker(normalise_window(image, cfg.percentiles, cfg.smooth_sigma), seeds, cfg.beta,
+                               cfg.tol, SPACING) == 1
+    # a 13 mm band: the mask's bbox plus the pad covers the whole scene, so the crops coincide
+    np.testing.assert_array_equal(refine_mask(image, coarse, [((12, 24, 24), 1)], SPACING, cfg), full)

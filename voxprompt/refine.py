@@ -118,6 +118,21 @@ def solve_random_walker(data: np.ndarray, seeds: np.ndarray, beta: float, tol: f
         return random_walker(data, seeds, beta=beta, mode="cg_j", tol=tol, spacing=tuple(spacing))
 
 
+def band_seeds(mask: np.ndarray, clicks: Sequence[tuple[np.ndarray, int]], spacing: np.ndarray,
+               cfg: RefineConfig) -> np.ndarray:
+    """Walker seeds around ``mask``: 1 deeper than the band (or the core of thin parts), 2 farther
+    than the band outside, 0 undecided; ``clicks`` (index, seed label 1/2) drawn over them."""
+    depth = ndimage.distance_transform_edt(mask, sampling=spacing)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    seeds = np.zeros(mask.shape, dtype=np.int32)
+    seeds[depth > min(cfg.band_mm, 0.5 * float(depth.max()))] = 1
+    if not seeds.any():  # a one-voxel-thin mask: its own voxels are the core
+        seeds[mask] = 1
+    seeds[outside > cfg.band_mm] = 2
+    draw_seed_balls(seeds, clicks, cfg.seed_radius)
+    return seeds
+
+
 def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
                 spacing: Sequence[float], config: RefineConfig | None = None) -> np.ndarray:
     """``mask`` with its boundary re-decided on ``image``'s grid (module docstring).
@@ -139,17 +154,8 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
     lo = np.maximum(idx.min(0) - pad, 0)
     hi = np.minimum(idx.max(0) + pad + 1, m.shape)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    inner = m[crop]
-    depth = ndimage.distance_transform_edt(inner, sampling=sp)
-    outside = ndimage.distance_transform_edt(~inner, sampling=sp)
-    seeds = np.zeros(inner.shape, dtype=np.int32)
-    core = min(cfg.band_mm, 0.5 * float(depth.max()))
-    seeds[depth > core] = 1
-    if not seeds.any():  # a one-voxel-thin mask: its own voxels are the core
-        seeds[inner] = 1
-    seeds[outside > cfg.band_mm] = 2
     clicks = [(np.asarray(p, dtype=int) - lo, 1 if int(lab) else 2) for p, lab in points]
-    draw_seed_balls(seeds, clicks, cfg.seed_radius)
+    seeds = band_seeds(m[crop], clicks, sp, cfg)
     unknown = int((seeds == 0).sum())
     if unknown == 0 or not (seeds == 2).any() or not (seeds == 1).any():
         return m.copy()
@@ -160,7 +166,10 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
     data = normalise_window(img[crop], cfg.percentiles, cfg.smooth_sigma)
     if not np.ptp(data) > 0:  # a flat crop has no edges to follow
         return m.copy()
-    labels = solve_random_walker(data, seeds, cfg.beta, cfg.tol, sp)
+    # seeds with no undecided neighbour cannot change the band's linear system: leave them out of
+    # the walker's graph (scikit-image's inactive label -1), which only makes it smaller
+    graph = np.where((seeds > 0) & ~ndimage.binary_dilation(seeds == 0), -1, seeds)
+    labels = solve_random_walker(data, graph, cfg.beta, cfg.tol, sp)
     out = m.copy()
-    out[crop] = labels == 1
+    out[crop] = (labels == 1) | (seeds == 1)
     return out
