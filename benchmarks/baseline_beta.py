@@ -1,0 +1,33 @@
+"""The random-walker baseline at several edge penalties (beta): is the classical floor under-tuned?
+
+    python benchmarks/baseline_beta.py train 500,2000,16000   # select on the training structures
+    python benchmarks/baseline_beta.py test 2000              # then report the chosen one held out
+
+Protocol ``cvpr25`` (5 clicks, no box) on ``data/real``; prints one line per beta and writes
+``benchmarks/results/baseline_beta_<split>.json``.
+"""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from default_model import summarise  # noqa: E402
+
+from voxprompt.data.readers import load_target, open_dataset  # noqa: E402
+from voxprompt.eval.baseline import RandomWalkerConfig  # noqa: E402
+from voxprompt.eval.report import add_groups  # noqa: E402
+from voxprompt.eval.runner import evaluate, random_walker_factory  # noqa: E402
+
+split, betas = sys.argv[1], [float(b) for b in sys.argv[2].split(",")]
+targets = list(open_dataset("data/real", split=split))
+out = {}
+for beta in betas:
+    rows = evaluate(targets, random_walker_factory(RandomWalkerConfig(beta=beta)), "cvpr25", 0, use_box=False,
+                    loader=load_target, progress=True)
+    add_groups(rows)
+    r = out[f"{beta:g}"] = summarise(rows)
+    print(f"{split} beta {beta:g}: DSC AUC {r['dsc_auc']:.3f} NSD AUC {r['nsd_auc']:.3f} final DSC "
+          f"{r['final_dice']:.3f} final NSD {r['final_nsd']:.3f} s/click {r['median_click_s']:.3f}", flush=True)
+path = Path(__file__).resolve().parent / "results" / f"baseline_beta_{split}.json"
+path.write_text(json.dumps({"protocol": "cvpr25 (5 clicks, no box)", "data": "data/real", "targets": split,
+                            "results": out}, indent=2) + "\n")
