@@ -129,6 +129,8 @@ def test_2d_image_needs_a_2d_model(files, capsys):
     assert rc == 2 and "needs a 2D model" in err
     rc, err = _err(files, capsys, "png", "x.png", "--point", "4,5", "--autozoom")
     assert rc == 2 and "--propagate" in err
+    rc, err = _err(files, capsys, "png", "x.png", "--point", "4,5", "--refine")
+    assert rc == 2 and "--refine is for 3D models" in err
 
 
 def test_rgba_png_is_refused(files, capsys):

@@ -30,7 +30,8 @@ from .errors import InputError, UsageError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RefineConfig", "refine_mask", "resolve_refine", "normalise_window", "draw_seed_balls", "solve_random_walker"]
+__all__ = ["RefineConfig", "refine_mask", "resolve_refine", "band_seeds", "normalise_window", "draw_seed_balls",
+           "solve_random_walker"]
 
 Point = tuple[Sequence[int], int]  # (voxel index, label 1 positive / 0 negative)
 

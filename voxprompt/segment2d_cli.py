@@ -97,6 +97,8 @@ def _check_common(args: argparse.Namespace) -> str:
         _check_out(args.overlay, (".png",), "--overlay")
     if getattr(args, "autozoom", False):
         raise UsageError("--autozoom is for 3D models; 2D models follow objects with --propagate")
+    if getattr(args, "refine", None):
+        raise UsageError("--refine is for 3D models (boundary refinement of a 3D session)")
     from .models.loading import shipped_weights
 
     ckpt = args.checkpoint or shipped_weights(args.model)
