@@ -217,6 +217,7 @@ def test_cli_random_walker_report_then_tiny_model(dataset, tiny_ckpt, tmp_path, 
     assert by_name["vertebrae_T1"]["group"] == "vertebra" and len(by_name["liver"]["dice"].split(";")) == 2
     doc = json.loads((out / "results.json").read_text())
     assert doc["meta"]["model"] == "random-walker" and len(doc["results"]) == 3
+    assert doc["meta"]["refine_band_mm"] is None  # not a model
     summary = (out / "summary.md").read_text()
     assert "| modality |" in summary and "| group |" in summary and "brain-deep-gm" in summary
     assert "torch" in summary and "s/click" in summary
@@ -231,6 +232,15 @@ def test_cli_random_walker_report_then_tiny_model(dataset, tiny_ckpt, tmp_path, 
     assert all(r["final_roi_dice"] not in ("", "nan") for r in rows)
     summary = (out / "summary.md").read_text()
     assert "checkpoint_sha256" in summary and "sam-med3d" in summary and "**precision**: bf16" in summary
+    assert json.loads((out / "results.json").read_text())["meta"]["refine_band_mm"] == 0.0  # off for this model
+
+    # --refine on a model that stores no band: the default band, recorded in the report
+    rc, err = _run(["--model", "sam-med3d", "--checkpoint", str(tiny_ckpt), "--data", str(dataset), "--out",
+                    str(out), "--targets", "test", "--protocol", "cvpr25", "--clicks", "1", "--force", "--refine"], capsys)
+    assert rc == 0, err
+    from voxprompt.refine import RefineConfig
+
+    assert json.loads((out / "results.json").read_text())["meta"]["refine_band_mm"] == RefineConfig().band_mm
 
 
 def _free_port() -> int:

@@ -98,39 +98,46 @@ def _check_args(args: argparse.Namespace) -> Optional[str]:
     return ckpt
 
 
-def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> Any:
+def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> tuple[Any, dict]:
+    """The engine factory and the settings it resolved, for the report (the refinement band)."""
     from voxprompt.eval.runner import random_walker_factory, session_factory
 
     if args.model == BASELINE:
-        return random_walker_factory()
+        return random_walker_factory(), {}
     from voxprompt.models.loading import load_model
 
     model = load_model(args.model, ckpt, device=device).set_precision(getattr(args, "precision", "fp32"))
     if _model_dims(args.model) == 2:  # a 2D model on 3D targets: prompt a slice, propagate
         from voxprompt.eval.runner2d import slice_session_factory
 
-        return slice_session_factory(model, axis=SLICE_AXES[args.slice_axis], device=device)
+        return slice_session_factory(model, axis=SLICE_AXES[args.slice_axis], device=device), {}
     from voxprompt.refine import resolve_refine
 
     refine = resolve_refine(args.refine, model.cfg)
-    args.refine_band_mm = refine.band_mm if refine else 0.0  # recorded in the report
-    return session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False)
+    factory = session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False)
+    return factory, {"refine_band_mm": refine.band_mm if refine else 0.0}
 
 
-def _run_eval(args: argparse.Namespace, ckpt: Optional[str], device: str, targets: list, **kw: Any) -> list[dict]:
-    """Rows of one rank: the SAM-Med2D slice protocol, or a click protocol through a session."""
+def _run_eval(
+    args: argparse.Namespace, ckpt: Optional[str], device: str, targets: list, **kw: Any
+) -> tuple[list[dict], dict]:
+    """Rows of one rank (the SAM-Med2D slice protocol, or a click protocol through a session) and
+    the resolved settings to report."""
     if args.protocol == "sam-med2d":
         from voxprompt.eval.runner2d import evaluate_slices
         from voxprompt.models.loading import load_model
 
         model = load_model(args.model, ckpt, device=device)
-        return evaluate_slices(targets, model, args.seed, n_clicks=args.clicks, use_box=not args.no_box,
+        rows = evaluate_slices(targets, model, args.seed, n_clicks=args.clicks, use_box=not args.no_box,
                                click_noise_mm=args.click_noise, axis=SLICE_AXES[args.slice_axis],
                                slices=args.slices, device=device, **kw)
+        return rows, {}
     from voxprompt.eval.runner import evaluate
 
-    return evaluate(targets, _factory(args, ckpt, device), args.protocol, args.seed, n_clicks=args.clicks,
+    factory, settings = _factory(args, ckpt, device)
+    rows = evaluate(targets, factory, args.protocol, args.seed, n_clicks=args.clicks,
                     use_box=not args.no_box and args.model != BASELINE, click_noise_mm=args.click_noise, **kw)
+    return rows, settings
 
 
 def _machine(device: str) -> str:
@@ -182,8 +189,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         order = {(t.case, int(t.label)): i for i, t in enumerate(targets)}
         extremes, error = Extremes(), None
         rows: list[dict] = []
+        settings: dict = {}
         try:
-            rows = _run_eval(args, ckpt, device, targets[dist.rank::dist.world], loader=load_target,
+            rows, settings = _run_eval(args, ckpt, device, targets[dist.rank::dist.world], loader=load_target,
                              on_result=extremes.add, progress=dist.rank == 0)
         except Exception as exc:  # other ranks must still reach the gather
             if dist.world == 1:
@@ -209,7 +217,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "model": args.model, "checkpoint": ckpt, "checkpoint_sha256": _sha256_prefix(ckpt) if ckpt else None,
         "seed": args.seed, "data": str(args.data), "targets": args.targets, "n_targets": len(rows),
         "device": args.device, "precision": None if args.model == BASELINE else getattr(args, "precision", "fp32"),
-        "autozoom": bool(getattr(args, "autozoom", False)), "refine_band_mm": getattr(args, "refine_band_mm", None),
+        "autozoom": bool(getattr(args, "autozoom", False)), "refine_band_mm": settings.get("refine_band_mm"),
         "world_size": dist.world, "machine": _machine(device),
         **_meta_2d(args),
         "torch": torch.__version__, "voxprompt": _version(), "python": platform.python_version(),
