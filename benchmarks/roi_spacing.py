@@ -4,8 +4,9 @@ A model trained on ROIs of several spacings (the default model: 1.5 mm x U(0.8, 
 1.2-3.0 mm) need not work best at the lower end. This runs protocol ``cvpr25`` (5 clicks, no
 box) through a fresh Session per target at each spacing (``roi_spacing_mm`` of the model
 config; the window is ``img_size`` voxels of that spacing) and prints DSC AUC, final Dice, Dice per
-click and final Dice per structure group. Select on the **training** structures (the default,
-``--targets train``) and report on the held-out ones, never the other way round.
+click and final Dice per structure group. The model runs alone: no boundary refinement (it is chosen
+afterwards, at the chosen spacing, by ``refine_band.py``). Select on the **training** structures
+(the default, ``--targets train``) and report on the held-out ones, never the other way round.
 
     python benchmarks/roi_spacing.py --data data/real --targets train --spacings 1.5,2,2.5,3
     python benchmarks/roi_spacing.py --data data/real --targets test --spacings 1.5,2.5 \
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> dict:
     out = {}
     for spacing in args.spacings:
         model = load_model(args.model, ckpt, config={**base.cfg.to_dict(), "roi_spacing_mm": spacing})
-        rows = evaluate(targets, session_factory(model), "cvpr25", args.seed, n_clicks=args.clicks,
+        rows = evaluate(targets, session_factory(model, refine=False), "cvpr25", args.seed, n_clicks=args.clicks,
                         use_box=False, loader=load_target, progress=True)
         add_groups(rows)
         out[f"{spacing:g}"] = {"spacing_mm": spacing, "field_of_view_mm": spacing * model.img_size, **summarise(rows)}
@@ -70,7 +71,7 @@ def main() -> int:
     out = Path(args.out) if args.out else RESULTS / f"roi_spacing_{args.targets}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"benchmark": "roi_spacing", "protocol": "cvpr25 (no box)", "data": args.data, "targets": args.targets,
-            "model": args.model, "checkpoint": args.checkpoint or "shipped", "seed": args.seed,
+            "model": args.model, "checkpoint": args.checkpoint or "shipped", "seed": args.seed, "refine": False,
             "machine": f"{platform.node()} {platform.platform()}", "best_by_dsc_auc_mm": best["spacing_mm"]}
     out.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
     return 0
