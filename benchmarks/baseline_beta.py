@@ -4,7 +4,8 @@
     python benchmarks/baseline_beta.py test 2000              # then report the chosen one held out
 
 Protocol ``cvpr25`` (5 clicks, no box) on ``data/real``; prints one line per beta and writes
-``benchmarks/results/baseline_beta_<split>.json``.
+``benchmarks/results/baseline_beta_<split>.json``, keeping the betas already in it that this run does
+not repeat.
 """
 import json
 import sys
@@ -29,5 +30,10 @@ for beta in betas:
     print(f"{split} beta {beta:g}: DSC AUC {r['dsc_auc']:.3f} NSD AUC {r['nsd_auc']:.3f} final DSC "
           f"{r['final_dice']:.3f} final NSD {r['final_nsd']:.3f} s/click {r['median_click_s']:.3f}", flush=True)
 path = Path(__file__).resolve().parent / "results" / f"baseline_beta_{split}.json"
-path.write_text(json.dumps({"protocol": "cvpr25 (5 clicks, no box)", "data": "data/real", "targets": split,
-                            "results": out}, indent=2) + "\n")
+doc = json.loads(path.read_text()) if path.is_file() else {}
+if doc.get("targets") != split:
+    doc = {}
+merged = {**doc.get("results", {}), **out}
+doc.update({"protocol": "cvpr25 (5 clicks, no box)", "data": "data/real", "targets": split,
+            "results": dict(sorted(merged.items(), key=lambda kv: float(kv[0])))})
+path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -111,7 +111,14 @@ def draw_seed_balls(seeds: np.ndarray, points: Sequence[tuple[np.ndarray, int]],
 
 def solve_random_walker(data: np.ndarray, seeds: np.ndarray, beta: float, tol: float,
                         spacing: Sequence[float]) -> np.ndarray:
-    """scikit-image's random walker (Jacobi-preconditioned CG) on seeds 1 / 2; returns its labels."""
+    """scikit-image's random walker (Jacobi-preconditioned CG) on seeds 1 / 2; returns its labels.
+    3D bands run through :func:`voxprompt.walker.band_random_walker` (the same linear system, built
+    on the undecided voxels only: identical labels, several times faster on a refinement crop)."""
+    from .walker import band_random_walker
+
+    labels = band_random_walker(np.asarray(data, dtype=np.float64), seeds, beta, tol, spacing)
+    if labels is not None:
+        return labels
     from skimage.segmentation import random_walker  # optional dependency
 
     with warnings.catch_warnings():  # harmless CG round-off just outside [0, 1]

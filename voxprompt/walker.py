@@ -1,0 +1,111 @@
+"""scikit-image's random walker (``mode="cg_j"``) with the linear system built on the band only.
+
+``skimage.segmentation.random_walker`` builds the graph of the *whole* array -- every edge, its
+weight, a relabelling sort of all edge ends and a sparse Laplacian -- and only then drops the
+inactive voxels (label -1). Boundary refinement passes a crop in which most voxels are inactive
+seeds, so that set-up costs more than the solve. :func:`band_random_walker` builds the same
+linear system from the undecided voxels and their neighbours alone: the same edge weights
+(``exp(-beta / (10 std) * (diff / spacing)^2) + 1e-10``, std over the whole array), the same
+node order (C order), the same Laplacian diagonal (column sums accumulated in ascending node
+order), the same canonical CSR matrix, right-hand sides and Jacobi preconditioner, then the same
+SciPy CG call per label (``rtol=tol, atol=0``) and the same argmax. The system is therefore
+identical bit for bit, and so are the labels (``tests/test_walker.py`` checks the matrices against
+scikit-image's own ``_build_linear_system``).
+
+Scope: 3D arrays, labels -1 (inactive) / 0 (undecided) / 1 / 2 as :func:`voxprompt.refine.band_seeds`
+makes them, every undecided region touching a seed. Anything else returns ``None`` and the caller
+runs scikit-image itself.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage, sparse
+from scipy.sparse.linalg import cg
+
+EPS = 1.0e-10  # scikit-image's weight floor
+
+
+def band_random_walker(data: np.ndarray, labels: np.ndarray, beta: float, tol: float,
+                       spacing: Sequence[float]) -> Optional[np.ndarray]:
+    """Labels as ``random_walker(data, labels, beta, mode="cg_j", tol=tol, spacing=spacing)`` returns
+    them (``labels`` with every 0 replaced by 1 or 2), or ``None`` outside this function's scope."""
+    system = band_system(data, labels, beta, spacing)
+    if system is None:
+        return None
+    lap, rhs, unknown = system
+    out = np.array(labels, copy=True)
+    flat = out.reshape(-1)
+    has = [bool(np.any(rhs[:, k] > 0)) for k in (0, 1)]
+    if not all(has):  # one label's seeds all inactive: the other one takes the band
+        flat[unknown] = 1 if has[0] else 2
+        return out
+    n = unknown.size
+    precond = sparse.dia_array((1.0 / lap.diagonal(), 0), shape=(n, n))
+    solved = [cg(lap, rhs[:, [k]], rtol=tol, atol=0, M=precond)[0] for k in (0, 1)]
+    flat[unknown] = np.argmax(np.asarray(solved), axis=0) + 1
+    return out
+
+
+def band_system(data: np.ndarray, labels: np.ndarray, beta: float,
+                spacing: Sequence[float]) -> Optional[tuple[sparse.csr_array, np.ndarray, np.ndarray]]:
+    """The walker's linear system on the undecided voxels: the Laplacian block ``(n, n)`` (canonical
+    CSR), the right-hand sides ``(n, 2)`` (labels 1 and 2) and the undecided voxels' flat indices
+    (C order) -- equal bit for bit to scikit-image's -- or ``None`` outside the module's scope."""
+    if data.ndim != 3 or labels.shape != data.shape or data.dtype != np.float64:
+        return None
+    lab = np.ascontiguousarray(labels).ravel()
+    if lab.min() < -1 or lab.max() > 2:
+        return None
+    unknown = np.flatnonzero(lab == 0)
+    n = unknown.size
+    if n == 0:
+        return None
+    values = np.ascontiguousarray(data).ravel()
+    scale = -beta / (10 * data[..., np.newaxis].std())
+    sp = np.asarray(spacing, dtype=float)
+    coords = np.unravel_index(unknown, data.shape)
+    strides = (data.shape[1] * data.shape[2], data.shape[2], 1)
+    colsum = np.zeros(n)  # the Laplacian's column sums, accumulated in ascending node order
+    rhs = np.zeros((n, 2))
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    # the six neighbours in ascending node order; the diagonal sits between -1 and +1 on the last axis
+    for axis, sign in [(0, -1), (1, -1), (2, -1), (2, 1), (1, 1), (0, 1)]:
+        if (axis, sign) == (2, 1):
+            cols.append(np.arange(n))
+            vals.append(colsum)  # placeholder until every column sum is in
+        valid = (coords[axis] > 0) if sign < 0 else (coords[axis] < data.shape[axis] - 1)
+        nb = np.where(valid, unknown + sign * strides[axis], unknown)
+        nl = np.where(valid, lab[nb], -1)
+        lower, upper = (nb, unknown) if sign < 0 else (unknown, nb)
+        grad = (values[upper] - values[lower]) / sp[axis]
+        weight = np.exp(scale * grad ** 2)
+        weight += EPS
+        colsum = colsum + np.where(nl >= 0, -weight, 0.0)
+        for k in (0, 1):
+            rhs[:, k] = rhs[:, k] + np.where(nl == k + 1, weight, 0.0)
+        cols.append(np.where(nl == 0, np.searchsorted(unknown, nb), -1))
+        vals.append(-weight)
+    vals[3] = -colsum
+    if not _every_region_seeded(lab == 0, rhs.sum(axis=1) > 0, data.shape, unknown):
+        return None
+    col, val = np.stack(cols, axis=1), np.stack(vals, axis=1)
+    keep = col >= 0
+    indptr = np.concatenate(([0], np.cumsum(keep.sum(axis=1))))
+    return sparse.csr_array((val[keep], col[keep], indptr), shape=(n, n)), rhs, unknown
+
+
+def _every_region_seeded(undecided: np.ndarray, reached: np.ndarray, shape: tuple[int, ...],
+                         unknown: np.ndarray) -> bool:
+    """True when every 6-connected region of undecided voxels (flat ``undecided``) has a voxel next
+    to a seed (else scikit-image would drop the region, and its block of the system is singular)."""
+    regions, count = ndimage.label(undecided.reshape(shape))
+    seeded = np.zeros(count + 1, dtype=bool)
+    seeded[regions.reshape(-1)[unknown[reached]]] = True
+    return bool(seeded[1:].all())
+
+
+__all__ = ["band_random_walker", "band_system"]
