@@ -97,6 +97,38 @@ def test_slice_session_click_box_refine_undo():
     assert np.flatnonzero(single.mask.any(axis=(1, 2))).tolist() == [15]
 
 
+def test_slice_session_objects():
+    """Several objects: each keeps its own mask, anchors, prompts and undo history; label_map
+    stacks them; unknown ids are usage errors."""
+    vol, tube = tube_volume()
+    s = SliceSession(BrightInBox(), axis=0, config=CFG)
+    s.set_image(vol)
+    assert s.object_ids == [1] and s.object_id == 1
+    p1 = s.add_point((15, 32, _tube_x(15)))
+    assert p1.object_id == 1 and np.array_equal(s.mask, tube)
+    first = s.mask.copy()
+    assert s.new_object() == 2 and not s.mask.any() and not s.anchors and not s.can_undo
+    p2 = s.add_box((12, 20, 10), (14, 45, 50))  # the same tube, slices 12-13 only
+    assert p2.object_id == 2 and s.anchors == [12]
+    assert np.flatnonzero(s.mask.any(axis=(1, 2))).tolist() == [12, 13]
+    assert s.prompts == [("box", ((12, 20, 10), (14, 45, 50)))]
+    s.select_object(1)
+    assert np.array_equal(s.mask, first) and s.anchors == [15]
+    assert s.prompts == [("point", ((15, 32, _tube_x(15)), True))]
+    labels = s.label_map()
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1, 2}
+    assert np.array_equal(labels > 0, tube) and (labels[12:14][tube[12:14]] == 2).all()  # later ids win
+    s.select_object(2)
+    s.undo()  # object 2's box only
+    assert not s.mask.any() and s.prompts == [] and not s.can_undo
+    s.select_object(1)
+    assert np.array_equal(s.mask, first) and s.can_undo
+    with pytest.raises(UsageError, match="no object 7"):
+        s.select_object(7)
+    s.set_image(vol)  # a new image starts over
+    assert s.object_ids == [1] and not s.mask.any()
+
+
 def test_slice_session_bad_prompts():
     vol, _ = tube_volume()
     s = SliceSession(BrightInBox(), axis=0)

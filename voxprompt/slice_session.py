@@ -11,6 +11,10 @@ Each non-anchor slice belongs to the anchor that produced it; an anchor re-propa
 slices and over those of another anchor that lie nearer to it than to their own anchor, and stops
 at anchor slices. ``propagate=False`` segments the prompted slices only. :meth:`SliceSession.undo`
 reverts a whole call (anchor and propagated slices).
+
+Several objects per volume, as :class:`~voxprompt.session.Session`: :meth:`new_object`,
+:meth:`select_object`, :meth:`label_map`; each object has its own anchors, slices and undo
+history, and the slice embeddings are shared.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import torch
 
 from .errors import PromptError, UsageError
 from .io.image import Image
+from .objects import ObjectsMixin
 from .preprocess.image2d import Policy2D, Window, parse_window, policy_for
 from .propagate import PropagationConfig, SliceEncoder, SliceStack, box_of, inplane, propagate, slice_region
 from .session2d import Session2D
@@ -41,6 +46,7 @@ class VolumePrediction:
     slices: list  # indices written or cleared by this call
     scores: dict = field(default_factory=dict)  # propagated slice -> predicted IoU (or None)
     stopped: dict = field(default_factory=dict)  # direction (+1 / -1) -> reason
+    object_id: int = 1
 
 
 @dataclass
@@ -49,10 +55,20 @@ class _Step:
     new_anchor: bool
     anchor_calls: int
     old: dict  # slice -> (old mask slice, old owner)
+    prompts: int = 0  # entries this call added to the object's prompts
 
 
-class SliceSession:
-    """Interactive segmentation of a volume with a 2D model (single object)."""
+@dataclass
+class _SliceObject:
+    mask: np.ndarray
+    owner: np.ndarray  # per slice: anchor slice that produced it, -1 = none
+    anchors: dict = field(default_factory=dict)  # anchor slice -> Session2D
+    prompts: list = field(default_factory=list)  # [(kind, data)], array indices, oldest first
+    history: list = field(default_factory=list)  # _Step per call
+
+
+class SliceSession(ObjectsMixin):
+    """Interactive segmentation of a volume with a 2D model (one or several objects)."""
 
     def __init__(self, model: torch.nn.Module, axis: int = 0, config: PropagationConfig = PropagationConfig(),
                  propagate: bool = True, window: Union[str, Window, None] = None,
@@ -67,21 +83,20 @@ class SliceSession:
         self.policy = policy or policy_for(model)
         self.image: Optional[Image] = None
         self.encoder: Optional[SliceEncoder] = None
-        self._mask = np.zeros((0, 0, 0), bool)
-        self._owner = np.zeros(0, np.int64)  # per slice: anchor slice that produced it, -1 = none
-        self._anchors: dict[int, Session2D] = {}
-        self._history: list[_Step] = []
+        self._objects: dict[int, _SliceObject] = {}
+        self._current = 1
 
     # ------------------------------------------------------------------ image
     def set_image(self, image: Union[Image, np.ndarray], value_range: Optional[tuple[float, float]] = None) -> None:
-        """Set the volume (an Image or a 3D array); clears the mask and all anchors."""
+        """Set the volume (an Image or a 3D array); starts over with one empty object (id 1)."""
         arr = image.array if isinstance(image, Image) else np.asarray(image)
         stack = SliceStack(arr, self.axis, self.window, value_range)
         self.image = image if isinstance(image, Image) else None
         self.encoder = SliceEncoder(self.model, stack, self.policy, self.device)
-        self._mask = np.zeros(arr.shape, bool)
-        self._owner = np.full(len(stack), -1, np.int64)
-        self._anchors, self._history = {}, []
+        self._clear_objects(arr.shape)
+
+    def _blank(self, shape: tuple[int, ...]) -> _SliceObject:
+        return _SliceObject(mask=np.zeros(shape, bool), owner=np.full(shape[self.axis], -1, np.int64))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -93,14 +108,9 @@ class SliceSession:
         return self.encoder.stack
 
     @property
-    def mask(self) -> np.ndarray:
-        m = self._mask.view()
-        m.flags.writeable = False
-        return m
-
-    @property
     def anchors(self) -> list[int]:
-        return sorted(self._anchors)
+        """The current object's anchor slices."""
+        return sorted(self._obj.anchors)
 
     # ------------------------------------------------------------------ prompts
     def _index(self, index: Sequence[float], what: str = "point") -> np.ndarray:
@@ -155,7 +165,10 @@ class SliceSession:
         if not 0 <= s < self.shape[self.axis]:
             raise PromptError(f"slice {s} is outside 0..{self.shape[self.axis] - 1} along axis {self.axis}")
         xy = [inplane(tuple(p), self.axis)[::-1] for p, _ in idx]
-        return self._prompt(s, xy, [pos for _, pos in idx], xyxy, limits)
+        given = [("point", (tuple(int(v) for v in p), pos)) for p, pos in idx]
+        if box is not None:
+            given.append(("box", (tuple(int(v) for v in a), tuple(int(v) for v in b))))
+        return self._prompt(s, xy, [pos for _, pos in idx], xyxy, limits, given)
 
     def _box(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         a, b = self._index(lo, "box corner"), np.asarray(hi, dtype=np.float64)
@@ -170,17 +183,17 @@ class SliceSession:
         return a, b
 
     def _prompt(self, s: int, points: list, positive: list, box: Optional[tuple],
-                limits: Optional[tuple[int, int]]) -> VolumePrediction:
-        enc = self.encoder
-        step = _Step(s, s not in self._anchors, 0, {})
+                limits: Optional[tuple[int, int]], prompts: list) -> VolumePrediction:
+        enc, obj = self.encoder, self._obj
+        step = _Step(s, s not in obj.anchors, 0, {})
         with torch.inference_mode():
             try:
-                anchor = self._anchors.get(s)
+                anchor = obj.anchors.get(s)
                 if anchor is None:
                     anchor = Session2D(self.model, device=self.device, policy=self.policy)
                     anchor.attach(enc(s), enc.stack.rgb(s))
-                    self._anchors[s] = anchor
-                    current = self._mask[slice_region(self.axis, s)]
+                    obj.anchors[s] = anchor
+                    current = obj.mask[slice_region(self.axis, s)]
                     if current.any() and points:  # refine what is shown on this slice
                         anchor.add_mask(current)
                         step.anchor_calls += 1
@@ -188,34 +201,38 @@ class SliceSession:
                 pred = anchor.add_prompts(points, positive, box=box)
                 step.anchor_calls += 1
                 self._write(step, s, pred.mask, s)
-                result = VolumePrediction(self.mask, s, pred.score, [])
+                result = VolumePrediction(self.mask, s, pred.score, [], object_id=self._current)
                 if self.do_propagate:
                     self._propagate(step, s, pred.mask, pred.low_res, limits, result)
             except BaseException:
                 self._undo_step(step)
                 raise
-        self._history.append(step)
+        obj.prompts.extend(prompts)
+        step.prompts = len(prompts)
+        obj.history.append(step)
         result.mask, result.slices = self.mask, sorted(step.old)
         return result
 
     def _write(self, step: _Step, i: int, mask2d: Optional[np.ndarray], owner: int) -> None:
-        region = slice_region(self.axis, i)
+        obj, region = self._obj, slice_region(self.axis, i)
         if i not in step.old:
-            step.old[i] = (self._mask[region].copy(), int(self._owner[i]))
-        self._mask[region] = False if mask2d is None else mask2d
-        self._owner[i] = owner
+            step.old[i] = (obj.mask[region].copy(), int(obj.owner[i]))
+        obj.mask[region] = False if mask2d is None else mask2d
+        obj.owner[i] = owner
 
     def _may_claim(self, anchor: int):
+        obj = self._obj
+
         def ok(i: int) -> bool:
-            if i in self._anchors:
+            if i in obj.anchors:
                 return False
-            other = int(self._owner[i])
-            return other in (-1, anchor) or other not in self._anchors or abs(i - anchor) < abs(i - other)
+            other = int(obj.owner[i])
+            return other in (-1, anchor) or other not in obj.anchors or abs(i - anchor) < abs(i - other)
         return ok
 
     def _propagate(self, step: _Step, s: int, mask: np.ndarray, low_res: Optional[torch.Tensor],
                    limits: Optional[tuple[int, int]], result: VolumePrediction) -> None:
-        for i in np.flatnonzero(self._owner == s):
+        for i in np.flatnonzero(self._obj.owner == s):
             if int(i) != s:
                 self._write(step, int(i), None, -1)
         res = propagate(self.encoder, s, mask, self.config, low_res, limits, self._may_claim(s))
@@ -226,28 +243,34 @@ class SliceSession:
 
     # ------------------------------------------------------------------ history
     def _undo_step(self, step: _Step) -> None:
+        obj = self._obj
         for i, (old, owner) in step.old.items():
-            self._mask[slice_region(self.axis, i)] = old
-            self._owner[i] = owner
-        anchor = self._anchors.get(step.anchor)
+            obj.mask[slice_region(self.axis, i)] = old
+            obj.owner[i] = owner
+        anchor = obj.anchors.get(step.anchor)
         if anchor is not None:
             if step.new_anchor:
-                del self._anchors[step.anchor]
+                del obj.anchors[step.anchor]
             else:
                 for _ in range(step.anchor_calls):
                     anchor.undo()
 
-    def undo(self) -> VolumePrediction:
-        """Revert the last call (the anchor's prompt and every slice it changed)."""
-        if not self._history:
-            raise UsageError("nothing to undo")
-        step = self._history.pop()
+    def _restore(self, obj: _SliceObject, step: _Step) -> None:
         self._undo_step(step)
-        return VolumePrediction(self.mask, step.anchor, None, sorted(step.old))
+        del obj.prompts[len(obj.prompts) - step.prompts:]
+
+    def undo(self) -> VolumePrediction:
+        """Revert the current object's last call (the anchor's prompt and every slice it changed)."""
+        obj = self._obj
+        if not obj.history:
+            raise UsageError(f"nothing to undo for object {self._current}")
+        step = obj.history.pop()
+        self._restore(obj, step)
+        return VolumePrediction(self.mask, step.anchor, None, sorted(step.old), object_id=self._current)
 
     @property
     def can_undo(self) -> bool:
-        return bool(self._history)
+        return self.encoder is not None and bool(self._obj.history)
 
 
 __all__ = ["SliceSession", "VolumePrediction"]
