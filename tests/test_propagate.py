@@ -125,6 +125,9 @@ def test_slice_session_objects():
     assert np.array_equal(s.mask, first) and s.can_undo
     with pytest.raises(UsageError, match="no object 7"):
         s.select_object(7)
+    r = s.reset()  # object 1 cleared, object 2 untouched
+    assert r.slices == list(range(5, 25)) and not s.mask.any() and not s.anchors and not s.can_undo
+    assert s.object_ids == [1, 2] and s.prompts == []
     s.set_image(vol)  # a new image starts over
     assert s.object_ids == [1] and not s.mask.any()
 

@@ -272,5 +272,12 @@ class SliceSession(ObjectsMixin):
     def can_undo(self) -> bool:
         return self.encoder is not None and bool(self._obj.history)
 
+    def reset(self) -> VolumePrediction:
+        """Clear the current object (mask, anchors, prompts and undo history); anchor -1."""
+        other = tuple(a for a in range(3) if a != self.axis)
+        cleared = np.flatnonzero(self._obj.mask.any(axis=other)).tolist()
+        self._clear_current()
+        return VolumePrediction(self.mask, -1, None, cleared, object_id=self._current)
+
 
 __all__ = ["SliceSession", "VolumePrediction"]
