@@ -59,6 +59,12 @@ def test_labels_equal_scikit_image(prune, beta, spacing):
     assert ((got == 1) | (got == 2))[labels == 0].all()
 
 
+def test_fortran_ordered_inputs():
+    data, labels, spacing = _case(True)
+    got = band_random_walker(np.asfortranarray(data), np.asfortranarray(labels), 500.0, 1e-3, spacing)
+    assert np.array_equal(got, _skimage(data, labels, 500.0, spacing))
+
+
 def test_out_of_scope_falls_back_to_scikit_image():
     """An undecided region without a seed next to it, or a 2D image: ``None`` from the band walker,
     and :func:`solve_random_walker` returns scikit-image's labels."""

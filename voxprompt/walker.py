@@ -36,7 +36,7 @@ def band_random_walker(data: np.ndarray, labels: np.ndarray, beta: float, tol: f
     if system is None:
         return None
     lap, rhs, unknown = system
-    out = np.array(labels, copy=True)
+    out = np.array(labels, copy=True, order="C")  # C order: ``unknown`` holds C-order indices
     flat = out.reshape(-1)
     has = [bool(np.any(rhs[:, k] > 0)) for k in (0, 1)]
     if not all(has):  # one label's seeds all inactive: the other one takes the band
