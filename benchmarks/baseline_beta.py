@@ -2,10 +2,11 @@
 
     python benchmarks/baseline_beta.py train 500,2000,16000   # select on the training structures
     python benchmarks/baseline_beta.py test 2000              # then report the chosen one held out
+    python benchmarks/baseline_beta.py train 8000 /tmp/b8000.json   # another output file
 
 Protocol ``cvpr25`` (5 clicks, no box) on ``data/real``; prints one line per beta and writes
-``benchmarks/results/baseline_beta_<split>.json``, keeping the betas already in it that this run does
-not repeat.
+``benchmarks/results/baseline_beta_<split>.json`` (or the third argument), keeping the betas
+already in it that this run does not repeat.
 """
 import json
 import sys
@@ -29,7 +30,8 @@ for beta in betas:
     r = out[f"{beta:g}"] = summarise(rows)
     print(f"{split} beta {beta:g}: DSC AUC {r['dsc_auc']:.3f} NSD AUC {r['nsd_auc']:.3f} final DSC "
           f"{r['final_dice']:.3f} final NSD {r['final_nsd']:.3f} s/click {r['median_click_s']:.3f}", flush=True)
-path = Path(__file__).resolve().parent / "results" / f"baseline_beta_{split}.json"
+default = Path(__file__).resolve().parent / "results" / f"baseline_beta_{split}.json"
+path = Path(sys.argv[3]) if len(sys.argv) > 3 else default
 doc = json.loads(path.read_text()) if path.is_file() else {}
 if doc.get("targets") != split:
     doc = {}
