@@ -81,6 +81,7 @@ def test_slice_session_click_box_refine_undo():
     assert p.stopped == {1: "vanished", -1: "vanished"} and len(p.slices) == 20
     s.undo()
     assert not s.mask.any() and not s.anchors
+    assert np.array_equal(p.mask, tube) and not p.mask.flags.writeable  # results handed out never change
     # a thick box: prompt its middle slice, propagate inside its slice range only
     p = s.add_box((10, 20, 10), (20, 45, 50))
     assert p.anchor == 14 and np.flatnonzero(s.mask.any(axis=(1, 2))).tolist() == list(range(10, 20))

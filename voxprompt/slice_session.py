@@ -185,6 +185,7 @@ class SliceSession(ObjectsMixin):
     def _prompt(self, s: int, points: list, positive: list, box: Optional[tuple],
                 limits: Optional[tuple[int, int]], prompts: list) -> VolumePrediction:
         enc, obj = self.encoder, self._obj
+        obj.mask = obj.mask.copy()  # copy-on-write: masks handed out earlier never change
         step = _Step(s, s not in obj.anchors, 0, {})
         with torch.inference_mode():
             try:
@@ -244,6 +245,7 @@ class SliceSession(ObjectsMixin):
     # ------------------------------------------------------------------ history
     def _undo_step(self, step: _Step) -> None:
         obj = self._obj
+        obj.mask = obj.mask.copy()
         for i, (old, owner) in step.old.items():
             obj.mask[slice_region(self.axis, i)] = old
             obj.owner[i] = owner
