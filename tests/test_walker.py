@@ -73,8 +73,10 @@ def test_out_of_scope_falls_back_to_scikit_image():
     labels[0:3, 0:3, 0:3] = -1  # an undecided pocket walled off by inactive voxels
     labels[1, 1, 1] = 0
     assert band_random_walker(data, labels, 500.0, 1e-3, spacing) is None
-    assert np.array_equal(solve_random_walker(data, labels, 500.0, 1e-3, spacing),
-                          _skimage(data, labels, 500.0, spacing))
+    ref = _skimage(data, labels, 500.0, spacing)
+    assert np.array_equal(solve_random_walker(data, labels, 500.0, 1e-3, spacing), ref)
+    pruned = solve_random_walker(data, labels, 500.0, 1e-3, spacing, prune=True)  # smaller graph, same band
+    assert np.array_equal(pruned[labels == 0], ref[labels == 0]) and (pruned[labels != 0] != 0).all()
     assert band_random_walker(data[0], labels[0], 500.0, 1e-3, spacing[1:]) is None
 
 

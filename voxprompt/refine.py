@@ -110,16 +110,21 @@ def draw_seed_balls(seeds: np.ndarray, points: Sequence[tuple[np.ndarray, int]],
 
 
 def solve_random_walker(data: np.ndarray, seeds: np.ndarray, beta: float, tol: float,
-                        spacing: Sequence[float]) -> np.ndarray:
+                        spacing: Sequence[float], prune: bool = False) -> np.ndarray:
     """scikit-image's random walker (Jacobi-preconditioned CG) on seeds 1 / 2; returns its labels.
     3D bands run through :func:`voxprompt.walker.band_random_walker` (the same linear system, built
-    on the undecided voxels only: identical labels, several times faster on a refinement crop)."""
+    on the undecided voxels only: identical labels, several times faster on a refinement crop).
+    ``prune``: on the scikit-image path, seeds with no undecided neighbour leave its graph (label
+    -1; they cannot change the system, so only the graph gets smaller)."""
     from .walker import band_random_walker
 
     labels = band_random_walker(np.asarray(data, dtype=np.float64), seeds, beta, tol, spacing)
     if labels is not None:
         return labels
     from skimage.segmentation import random_walker  # optional dependency
+
+    if prune:
+        seeds = np.where((seeds > 0) & ~ndimage.binary_dilation(seeds == 0), -1, seeds)
 
     with warnings.catch_warnings():  # harmless CG round-off just outside [0, 1]
         warnings.filterwarnings("ignore", message="The probability range is outside")
@@ -174,10 +179,7 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
     data = normalise_window(img[crop], cfg.percentiles, cfg.smooth_sigma)
     if not np.ptp(data) > 0:  # a flat crop has no edges to follow
         return m.copy()
-    # seeds with no undecided neighbour cannot change the band's linear system: leave them out of
-    # the walker's graph (scikit-image's inactive label -1), which only makes it smaller
-    graph = np.where((seeds > 0) & ~ndimage.binary_dilation(seeds == 0), -1, seeds)
-    labels = solve_random_walker(data, graph, cfg.beta, cfg.tol, sp)
+    labels = solve_random_walker(data, seeds, cfg.beta, cfg.tol, sp, prune=True)
     out = m.copy()
     out[crop] = (labels == 1) | (seeds == 1)
     return out
