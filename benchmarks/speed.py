@@ -39,6 +39,11 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     model = voxprompt.load_model(args.model, device=dev, pretrained=False)
     model.set_precision(args.precision)
     ctx = reference_mode() if args.mode == "reference" else contextlib.nullcontext()
+    compiled = args.mode == "compiled"
+    if compiled:  # CUDA graphs on GPU; every new shape is compiled (and recorded) in the warm-up runs
+        model.compile_encoder()
+        model.compile_decoder()
+    warm = 3 if compiled else 1
     d, size = model.spatial_dims, model.img_size
     gen = torch.Generator().manual_seed(0)
     out: dict[str, Any] = {"model": args.model, "mode": args.mode, "precision": args.precision}
@@ -46,17 +51,17 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     with ctx, torch.inference_mode():
         image = torch.randn(1, model.in_chans, *([size] * d), generator=gen).to(dev)
         reset_peak(dev)
-        enc = timeit(lambda: model.encode(image), dev, args.repeats)
+        enc = timeit(lambda: model.encode(image), dev, args.repeats, warmup=warm)
         out["encoder_ms"] = enc["median_ms"]
         emb = model.encode(image)
         out["peak_mib_batch1"] = peak_mib(dev, rss0)
         pts = (torch.full((1, 1, d), size / 2.0), torch.ones(1, 1, dtype=torch.int64))
         prev = torch.zeros(1, 1, *([model.low_res_size] * d)).to(dev) if d == 3 else None
-        click = timeit(lambda: model.decode(emb, points=pts, mask_input=prev), dev, args.click_repeats, warmup=2)
+        click = timeit(lambda: model.decode(emb, points=pts, mask_input=prev), dev, args.click_repeats, warmup=warm + 1)
         out["click_ms"] = click["median_ms"]
         if model.supports_boxes:
             box = torch.tensor([[size * 0.25] * d + [size * 0.6] * d])
-            out["box_ms"] = timeit(lambda: model.decode(emb, boxes=box), dev, args.click_repeats, warmup=2)["median_ms"]
+            out["box_ms"] = timeit(lambda: model.decode(emb, boxes=box), dev, args.click_repeats, warmup=warm + 1)["median_ms"]
         first = pts if d == 3 or not model.supports_boxes else None
         fbox = None if first is not None else torch.tensor([[size * 0.25] * d + [size * 0.6] * d])
 
@@ -71,7 +76,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             batch = image.expand(b, *image.shape[1:]).contiguous()
             reset_peak(dev)
-            t = timeit(lambda: model.encode(batch), dev, max(1, args.repeats - 1), warmup=0)  # warm already
+            t = timeit(lambda: model.encode(batch), dev, max(1, args.repeats - 1), warmup=warm if compiled else 0)
             out["per_volume_ms"][str(b)] = t["median_ms"] / b
             out[f"peak_mib_batch{b}"] = peak_mib(dev, rss0)
     out["throughput_per_s"] = {b: 1e3 / v for b, v in out["per_volume_ms"].items()}
@@ -91,6 +96,9 @@ def main() -> None:
     ap.add_argument("--click-repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all available)")
     ap.add_argument("--quick", action="store_true", help="1 encoder run, batch 1 only, 5 clicks")
+    ap.add_argument("--configs", help="MODE:PRECISION list (default: reference/fast x fp32/bf16 on GPU, no "
+                    "reference bf16 on CPU); mode 'compiled' = fast + torch.compile'd encoder blocks and "
+                    "decoder (CUDA graphs on GPU; compile time is not timed), e.g. compiled:bf16")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. CPU contention)")
     ap.add_argument("--skip-batches", default="", help="MODEL:B pairs not to run, e.g. sam-vit-b:4")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
@@ -99,6 +107,12 @@ def main() -> None:
                     "report the median of the rounds (a shared machine's speed drifts by tens of %%)")
     args = ap.parse_args()
     args.batches = [int(b) for b in str(args.batches).split(",")]
+    if args.configs and not args.worker:
+        args.configs = [tuple(c.split(":")) for c in args.configs.split(",")]
+        bad = [c for c in args.configs if len(c) != 2 or c[0] not in ("reference", "fast", "compiled")
+               or c[1] not in ("fp32", "bf16", "fp16")]
+        if bad:
+            ap.error(f"--configs: expected MODE:PRECISION items (reference|fast|compiled : fp32|bf16|fp16), got {bad}")
     if args.quick:
         args.repeats, args.click_repeats, args.batches = 1, 5, [1]
     if args.worker:
@@ -112,7 +126,8 @@ def main() -> None:
         runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for r in range(args.rounds):  # rounds alternate the configurations: slow spells hit all of them
             for name in args.models.split(","):
-                for mode, precision in GPU_CONFIGS if dev == "cuda" else CPU_CONFIGS:
+                configs = args.configs or (GPU_CONFIGS if dev == "cuda" else CPU_CONFIGS)
+                for mode, precision in configs:
                     extra = ["--model", name, "--mode", mode, "--precision", precision, "--device", dev,
                              "--batches", ",".join(map(str, args.batches)), "--repeats", str(args.repeats),
                              "--click-repeats", str(args.click_repeats), "--threads", str(args.threads),
@@ -156,10 +171,13 @@ def speedups(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     ref = {r["model"]: r for r in rows if r["mode"] == "reference" and r["precision"] == "fp32" and "error" not in r}
     for r in rows:
         base = ref.get(r["model"])
-        if r["mode"] != "fast" or base is None or "error" in r:
+        if r["mode"] == "reference" or base is None or "error" in r:
             continue
+        label = r["precision"] if r["mode"] == "fast" else f"{r['mode']}_{r['precision']}"
         for key in ("encoder_ms", "click_ms", "first_click_ms"):
-            out.setdefault(r["model"], {})[f"{key[:-3]}_{r['precision']}"] = round(base[key] / r[key], 2)
+            out.setdefault(r["model"], {})[f"{key[:-3]}_{label}"] = round(base[key] / r[key], 2)
+        if "4" in r["per_volume_ms"]:  # the batch-4 throughput vs the reference fp32 at batch 1
+            out[r["model"]][f"throughput_b4_{label}"] = round(base["per_volume_ms"]["1"] / r["per_volume_ms"]["4"], 2)
     return out
 
 

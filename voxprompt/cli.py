@@ -88,6 +88,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+        from .models.fast import configure_cpu_allocator
+
+        configure_cpu_allocator()  # the app owns its process: no page faults on each click's temporaries
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except VoxpromptError as exc:

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import VoxpromptError
+from .models.fast import configure_cpu_allocator
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "model's stored setting)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    configure_cpu_allocator()
     try:
         r = run(Path(args.out), args.structure, max(1, args.clicks), autozoom=args.autozoom, refine=args.refine)
     except VoxpromptError as exc:

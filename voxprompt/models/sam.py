@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from typing import Any, ContextManager, Optional, Union
 
 import torch
@@ -165,8 +166,8 @@ class PromptableModel(nn.Module):
                 if not torch.equal(labels, labels.round()):
                     raise PromptError(f"{self.name}: point labels must be integers (1 positive, 0 negative)")
                 labels = labels.long()
-            bad = ~((labels == 0) | (labels == 1) | (labels == -1))
-            if bad.any():
+            lo, hi = _min_max(labels)
+            if lo < -1 or hi > 1:
                 raise PromptError(f"{self.name}: point labels must be 1 (positive), 0 (negative) or -1 (padding)")
             coords = coords.to(device=device, dtype=torch.float32)
             _check_range(self.name, "point", coords, size)
@@ -192,7 +193,7 @@ class PromptableModel(nn.Module):
                     f"{self.name}: mask_input must have shape (B, {', '.join(map(str, expected))}) "
                     f"(raw low-res logits), got {tuple(mask_input.shape)}"
                 )
-            if not torch.isfinite(mask_input).all():
+            if not all(math.isfinite(v) for v in _min_max(mask_input)):
                 raise PromptError(f"{self.name}: mask_input contains NaN or infinite values")
             mask_input = mask_input.to(device=device, dtype=dtype)
             rows.add(mask_input.shape[0])
@@ -235,11 +236,19 @@ def _compile(module: nn.Module, mode: str) -> None:
     module.compile(mode=mode, dynamic=False)
 
 
+def _min_max(t: torch.Tensor) -> tuple[float, float]:
+    """Smallest and largest entry in one pass (NaN if any entry is NaN); (0, 0) when empty."""
+    if t.numel() == 0:
+        return 0.0, 0.0
+    lo, hi = torch.stack(torch.aminmax(t)).tolist()
+    return lo, hi
+
+
 def _check_range(name: str, what: str, coords: torch.Tensor, size: float) -> None:
-    if not torch.isfinite(coords).all():
+    lo, hi = _min_max(coords)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise PromptError(f"{name}: {what} coordinates contain NaN or infinite values")
-    if (coords < 0).any() or (coords > size).any():
-        lo, hi = coords.min().item(), coords.max().item()
+    if lo < 0 or hi > size:
         raise PromptError(
             f"{name}: {what} coordinates must lie in [0, {size:g}] (the network-input frame), got range [{lo:g}, {hi:g}]"
         )
