@@ -461,3 +461,28 @@ def test_cpu_allocator_setting(monkeypatch):
         faults[setting] = float(out.stdout.split()[-1])
     assert faults["1"] < 50, faults
     assert faults["0"] > 4 * max(faults["1"], 25), faults  # the test can fail: glibc's default faults
+
+
+def test_compiled_decoder_follows_prompt_counts(tiny_med3d):
+    """``compile_decoder`` (CPU: inductor) gives the eager fast path's logits, and clicks that add
+    points reuse one shape-generic graph after the first change of the prompt count, instead of a
+    compile per click."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    pytest.importorskip("torch._inductor")
+    _, model, emb = tiny_med3d
+    compiled = copy.deepcopy(model).compile_decoder()
+    gen = torch.Generator().manual_seed(0)
+    prev = None
+    graphs = []
+    with torch.inference_mode():
+        for n in range(1, 5):
+            pts = (torch.rand(1, n, 3, generator=gen) * model.img_size, torch.randint(0, 2, (1, n), generator=gen))
+            low, iou = compiled.decode(emb, points=pts, mask_input=prev)
+            ref_low, ref_iou = model.decode(emb, points=pts, mask_input=prev)
+            assert rel(low, ref_low) < 1e-5 and rel(iou, ref_iou) < 1e-5
+            graphs.append(counters["stats"]["unique_graphs"])
+            prev = low
+    assert graphs[2] == graphs[3] == graphs[1], graphs  # counts 3 and 4: no new graph

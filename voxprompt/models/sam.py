@@ -102,13 +102,18 @@ class PromptableModel(nn.Module):
         """The context of the decoder: :meth:`autocast`, or none when decoding is mixed."""
         return contextlib.nullcontext() if self.mixed_cpu() else self.autocast()
 
-    def compile_decoder(self, mode: Optional[str] = None) -> "PromptableModel":
+    def compile_decoder(self, mode: Optional[str] = None, dynamic: Optional[bool] = None) -> "PromptableModel":
         """``torch.compile`` the mask decoder in place (state-dict keys unchanged). ``mode``
         defaults to ``reduce-overhead`` (CUDA graphs) on GPU, ``default`` elsewhere. The compiled
-        decoder always takes the fast paths."""
+        decoder always takes the fast paths.
+
+        ``dynamic=None`` (automatic dynamic shapes): the first new prompt count compiles once more,
+        shape-generic, and later counts reuse that graph (CUDA graphs record one replay per shape,
+        cheaply). ``dynamic=False`` compiles every prompt count anew -- seconds on each click that
+        adds a point, until torch's recompile limit falls back to eager."""
         if mode is None:
             mode = "reduce-overhead" if self._device_dtype()[0].type == "cuda" else "default"
-        _compile(self.mask_decoder, mode)
+        _compile(self.mask_decoder, mode, dynamic)
         return self
 
     def compile_encoder(self, mode: Optional[str] = None) -> "PromptableModel":
@@ -230,10 +235,10 @@ def _param_state(params: list) -> list:
     return [(p.data_ptr(), -1 if p.is_inference() else p._version) for p in params]
 
 
-def _compile(module: nn.Module, mode: str) -> None:
+def _compile(module: nn.Module, mode: str, dynamic: Optional[bool] = False) -> None:
     """``module.compile`` in place, remembering the settings (for :meth:`low_precision` copies)."""
-    module._voxprompt_compile = {"mode": mode, "dynamic": False}
-    module.compile(mode=mode, dynamic=False)
+    module._voxprompt_compile = {"mode": mode, "dynamic": dynamic}
+    module.compile(mode=mode, dynamic=dynamic)
 
 
 def _min_max(t: torch.Tensor) -> tuple[float, float]:
