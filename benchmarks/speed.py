@@ -124,6 +124,8 @@ def main() -> None:
             print("no GPU on this machine: CUDA benchmarks skipped")
             continue
         runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        default = RESULTS / f"speed_{dev}{'_quick' if args.quick else ''}.json"
+        out = Path(args.out) if args.out and len(devices) == 1 else default
         for r in range(args.rounds):  # rounds alternate the configurations: slow spells hit all of them
             for name in args.models.split(","):
                 configs = args.configs or (GPU_CONFIGS if dev == "cuda" else CPU_CONFIGS)
@@ -138,17 +140,26 @@ def main() -> None:
                     if args.rounds > 1:
                         print(f"round {r + 1}/{args.rounds}: ", end="")
                     print_row(row, args.batches)
-        rows = [median_row(v) for v in runs.values()]
+                    write_result(out, dev, args, runs, partial=True)  # a run cut short keeps what it measured
+        rows = write_result(out, dev, args, runs, partial=False)
         if args.rounds > 1:
             print(f"median of {args.rounds} rounds:")
             for row in rows:
                 print_row(row, args.batches)
-        result = {"benchmark": "speed", "machine": machine(dev), "quick": args.quick, "note": args.note,
-                  "rounds": args.rounds, "batches": args.batches, "rows": rows, "speedups": speedups(rows)}
-        if dev == "cpu" and not torch.cuda.is_available():
-            result["gpu"] = "no GPU available in this run: GPU numbers (and the H100 targets) remain to be measured"
-        default = RESULTS / f"speed_{dev}{'_quick' if args.quick else ''}.json"
-        write_json(Path(args.out) if args.out and len(devices) == 1 else default, result)
+
+
+def write_result(path: Path, dev: str, args: argparse.Namespace, runs: dict[tuple[str, str, str], list[dict[str, Any]]],
+                 partial: bool) -> list[dict[str, Any]]:
+    """Write the JSON of the rows so far (median of each configuration's rounds); returns the rows."""
+    rows = [median_row(v) for v in runs.values()]
+    result = {"benchmark": "speed", "machine": machine(dev), "quick": args.quick, "note": args.note,
+              "rounds": args.rounds, "batches": args.batches, "rows": rows, "speedups": speedups(rows)}
+    if partial:
+        result["partial"] = "the run was still going (or was cut short) when this was written"
+    if dev == "cpu" and not torch.cuda.is_available():
+        result["gpu"] = "no GPU available in this run: GPU numbers (and the H100 targets) remain to be measured"
+    write_json(path, result)
+    return rows
 
 
 def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
