@@ -9,7 +9,7 @@ import pytest
 from voxprompt.errors import InputError, PromptError
 from voxprompt.io import Image, read_image
 from voxprompt.preprocess import (canonical_grid, extract_roi, postprocess_mask,
-                                  preprocess_label_roi, roi_around, roi_to_original,
+                                  preprocess_label_roi, roi_around, roi_block_to_original, roi_to_original,
                                   zscore_positive)
 
 G = "/work/shared/golden/sam_med3d_preproc/"
@@ -164,6 +164,11 @@ def test_roi_to_original_world_consistency():
     zyx = np.argwhere(back > 0)
     q = np.floor(roi.from_original_index(zyx) + 0.5).astype(int)  # nearest ROI voxel
     assert np.all(mask[q[:, 0], q[:, 1], q[:, 2]] == 1)
+    box, part = roi_block_to_original(mask, roi, im)  # the covered sub-block alone (what a click pastes)
+    np.testing.assert_array_equal(back[box], part)
+    outside = back.copy()
+    outside[box] = 0
+    assert outside.sum() == 0 and part.size < back.size
     with pytest.raises(InputError):
         roi_to_original(np.zeros((3, 3, 3)), roi, im)
 
@@ -173,6 +178,7 @@ def test_roi_far_outside_is_padding():
     roi = roi_around(im, (500, 500, 500), size=16)
     assert np.all(extract_roi(im, roi) == 0)
     assert roi_to_original(np.ones(roi.size), roi, im).sum() == 0
+    assert roi_block_to_original(np.ones(roi.size), roi, im)[0] is None
     with pytest.raises(PromptError):
         roi_around(im, (np.nan, 1, 2))
 

@@ -72,7 +72,8 @@ from .errors import InputError, PromptError, UsageError
 from .io.image import LPS_TO_RAS, Image
 from .io.read import read_image
 from .objects import ObjectsMixin, Slices, bbox_of
-from .preprocess import Roi, extract_roi_label, postprocess_mask, preprocess_roi, roi_around, roi_for_label
+from .preprocess import (Roi, extract_roi_label, preprocess_roi, roi_around, roi_block_to_original,
+                         roi_for_label)
 from .refine import RefineConfig, refine_mask, resolve_refine
 
 log = logging.getLogger(__name__)
@@ -451,9 +452,13 @@ class Session(ObjectsMixin):
         key = roi_key(roi)
         hit = self._coverage.pop(key, None)
         if hit is None:
-            full = postprocess_mask(np.ones(roi.size, np.uint8), roi, self._img()).astype(bool)
-            bbox = bbox_of(full)
-            hit = (bbox, full[bbox] if bbox else np.zeros((0, 0, 0), bool))
+            box, part = roi_block_to_original(np.ones(roi.size, np.uint8), roi, self._img())
+            local = None if box is None else bbox_of(part)
+            if local is None:
+                hit = (None, np.zeros((0, 0, 0), bool))
+            else:
+                bbox = tuple(slice(b.start + sl.start, b.start + sl.stop) for b, sl in zip(box, local))
+                hit = (bbox, part[local].astype(bool))
         if cache:
             self._coverage[key] = hit
             while len(self._coverage) > COVERAGE_CACHE_SIZE:
@@ -469,8 +474,9 @@ class Session(ObjectsMixin):
         bbox, cover = self._roi_coverage(roi, cache)
         if bbox is None:
             return None, None
-        full = postprocess_mask(mask_roi.astype(np.uint8), roi, self._img()).astype(bool)
-        return bbox, np.where(cover, full[bbox], mask[bbox])
+        box, part = roi_block_to_original(mask_roi, roi, self._img())  # the coverage's box: bbox lies in it
+        local = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bbox, box))
+        return bbox, np.where(cover, part[local].astype(bool), mask[bbox])
 
     def _mask_prior(self, mask: np.ndarray, roi: Roi) -> torch.Tensor:
         """A full-size mask resampled into ``roi`` as +/- logits on the low-res grid (add_mask's prior)."""

@@ -113,19 +113,30 @@ def roi_to_original(mask_roi: np.ndarray, roi: Roi, image: Image | None = None) 
 
     Only the original sub-block the ROI covers is resampled; everything else is 0.
     """
+    shape = roi.source_shape if image is None else image.shape
+    out = np.zeros(shape, np.uint8)
+    box, part = roi_block_to_original(mask_roi, roi, image)
+    if box is not None:
+        out[box] = part
+    return out
+
+
+def roi_block_to_original(mask_roi: np.ndarray, roi: Roi,
+                          image: Image | None = None) -> tuple[tuple[slice, slice, slice] | None, np.ndarray]:
+    """:func:`roi_to_original` restricted to the original sub-block the ROI covers: ``(box, part)``
+    with ``roi_to_original(...)[box] == part`` and zeros outside ``box`` (``(None, empty)`` when the
+    ROI misses the image). A click on a large volume then never touches the whole grid."""
     mask = np.asarray(mask_roi)
     if mask.shape != tuple(roi.size):
         raise InputError(f"ROI mask shape {mask.shape} differs from the ROI size {tuple(roi.size)}")
     src_aff = roi.source_affine_lps if image is None else image.affine_zyx_to_lps()
     shape = roi.source_shape if image is None else image.shape
-    out = np.zeros(shape, np.uint8)
     corners = apply_affine(roi.affine_lps, _box_corners(np.zeros(3), roi.size, 0.5))
-    box = _sub_block(apply_affine(np.linalg.inv(src_aff), corners), shape)
-    if box is None:
-        return out
-    lo, hi = box
+    sub = _sub_block(apply_affine(np.linalg.inv(src_aff), corners), shape)
+    if sub is None:
+        return None, np.zeros((0, 0, 0), np.uint8)
+    lo, hi = sub
     roi_img = _sitk_from_axes((mask != 0).astype(np.uint8), roi.affine_lps)
     target = src_aff @ _translate(lo)[:, [2, 1, 0, 3]]  # sitk index (x, y, z) of the sub-block
     part = _resample(roi_img, (hi - lo)[::-1], target, sitk.sitkNearestNeighbor, sitk.sitkUInt8)
-    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = part.transpose(2, 1, 0)
-    return out
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), part.transpose(2, 1, 0)
