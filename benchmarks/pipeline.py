@@ -1,6 +1,7 @@
 """Whole-pipeline cost on a synthetic 512x512x300 CT with the 3D Session: read the NIfTI, set the
 image, first click (ROI crop + resample + normalise, encode, decode, paste), a second click
 (decoder only, cached embedding) and writing the mask -- reference vs fast paths side by side.
+Models that store a refinement band (the default model) also run with ``refine=False``.
 Also the end-to-end CLI latency of ``voxprompt segment CT --point ... -o MASK`` (a fresh process:
 imports, model load, read, one click, write), reference via ``VOXPROMPT_REFERENCE=1``.
 
@@ -58,7 +59,8 @@ def timed(store: dict[str, float], key: str, fn: Callable[..., Any]) -> Callable
     return wrapper
 
 
-def run_pipeline(model: torch.nn.Module, ct: Path, out: Path, reference: bool) -> dict[str, float]:
+def run_pipeline(model: torch.nn.Module, ct: Path, out: Path, reference: bool,
+                 refine: bool | None = None) -> dict[str, float]:
     import voxprompt.session as session_mod
     from voxprompt.io.read import read_image
     from voxprompt.io.write import write_mask
@@ -74,7 +76,7 @@ def run_pipeline(model: torch.nn.Module, ct: Path, out: Path, reference: bool) -
         with ctx:
             s0 = time.perf_counter()
             img = timed(t, "read_ms", read_image)(ct)
-            sess = session_mod.Session(model)
+            sess = session_mod.Session(model, refine=refine)
             timed(t, "set_image_ms", sess.set_image)(img)
             centre = [s // 2 for s in img.shape]
             timed(t, "first_click_ms", sess.add_point)(centre, True)
@@ -91,14 +93,15 @@ def run_pipeline(model: torch.nn.Module, ct: Path, out: Path, reference: bool) -
     return t
 
 
-def cli_latency_ms(name: str, ckpt: Path, ct: Path, out: Path, reference: bool, threads: int) -> float:
+def cli_latency_ms(name: str, ckpt: Path, ct: Path, out: Path, reference: bool, threads: int,
+                   refine: bool | None = None) -> float:
     """Wall time of one ``voxprompt segment`` process with a single click at the volume centre."""
     env = dict(os.environ, VOXPROMPT_REFERENCE="1" if reference else "0")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     z, y, x = (s // 2 for s in SHAPE_ZYX)
     cmd = [sys.executable, "-m", "voxprompt", "segment", str(ct), "--model", name, "--checkpoint", str(ckpt), "--no-autozoom",
-           "--point", f"{x},{y},{z}", "-o", str(out)]
+           "--point", f"{x},{y},{z}", "-o", str(out)] + (["--no-refine"] if refine is False else [])
     t = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     return (time.perf_counter() - t) * 1e3
@@ -123,17 +126,21 @@ def main() -> None:
         synthetic_ct(ct)
         cols = ["read", "set_image", "crop_resample", "encode", "decode", "first_click", "second_click", "write", "total",
                 "cli_segment"]
-        print(f"{'model':22s} {'mode':9s} " + " ".join(f"{c:>13s}" for c in cols))
+        print(f"{'model':22s} {'mode':19s} " + " ".join(f"{c:>13s}" for c in cols))
         for name in args.models.split(","):
             model = voxprompt.load_model(name, device=args.device)  # shipped weights when there are some
             ckpt = save_safetensors(model.state_dict(), Path(tmp) / f"{name}.safetensors", name, model.cfg.to_dict())
-            for reference in (True, False):
-                run_pipeline(model, ct, Path(tmp) / "warm.nii.gz", reference)  # warm-up (allocator, caches)
-                t = run_pipeline(model, ct, Path(tmp) / "mask.nii.gz", reference)
-                row = {"model": name, "mode": "reference" if reference else "fast", **t}
-                row["cli_segment_ms"] = cli_latency_ms(name, ckpt, ct, Path(tmp) / "cli.nii.gz", reference, args.threads)
+            # models that store a refinement band also run without it (the model and pipeline alone)
+            refines = [None, False] if getattr(model.cfg, "refine_band_mm", 0) else [None]
+            for reference, refine in [(r, f) for r in (True, False) for f in refines]:
+                run_pipeline(model, ct, Path(tmp) / "warm.nii.gz", reference, refine)  # warm-up (allocator, caches)
+                t = run_pipeline(model, ct, Path(tmp) / "mask.nii.gz", reference, refine)
+                mode = ("reference" if reference else "fast") + (" no-refine" if refine is False else "")
+                row = {"model": name, "mode": mode, "refine": refine is not False and len(refines) > 1, **t}
+                row["cli_segment_ms"] = cli_latency_ms(name, ckpt, ct, Path(tmp) / "cli.nii.gz", reference,
+                                                       args.threads, refine)
                 rows.append(row)
-                print(f"{name:22s} {row['mode']:9s} " + " ".join(f"{row[c + '_ms']:11.0f}ms" for c in cols), flush=True)
+                print(f"{name:22s} {row['mode']:19s} " + " ".join(f"{row[c + '_ms']:11.0f}ms" for c in cols), flush=True)
     result = {"benchmark": "pipeline", "machine": machine(args.device), "note": args.note,
               "volume": {"shape_zyx": SHAPE_ZYX, "spacing_xyz_mm": SPACING_XYZ, "format": "NIfTI .nii.gz int16"},
               "rows": rows}
