@@ -157,6 +157,29 @@ def test_undo_restores_exact_state_and_reset_clears(model, volume):
         s.mask[0, 0, 0] = True  # read-only view
 
 
+def test_masks_handed_out_stay_and_dropped_ones_are_reused(model, volume):
+    """A mask someone still holds (a Prediction, a view) is copied before the next change; one
+    nobody holds is written in place (no full-volume copy per click). Both through undo too."""
+    s = _session(model, volume)
+    s.add_point((6, 20, 18))  # result dropped
+    buf = s._obj.mask.__array_interface__["data"][0]
+    p = s.add_point((6, 10, 8), positive=False)  # nothing held the old mask: written in place
+    changed = p.changed_bbox is not None
+    assert not changed or s._obj.mask.__array_interface__["data"][0] == buf
+    held, snap = p.mask, p.mask.copy()
+    s.add_point((6, 24, 20))
+    np.testing.assert_array_equal(held, snap)  # still held: the session copied first
+    view = s.mask[2:5]
+    before = view.copy()
+    s.undo()
+    np.testing.assert_array_equal(view, before)
+    del p, held, view
+    buf = s._obj.mask.__array_interface__["data"][0]
+    r = s.undo()  # nothing holds it now: in place
+    assert r.changed_bbox is None or s._obj.mask.__array_interface__["data"][0] == buf
+    assert changed  # the in-place check above was not vacuous
+
+
 def test_box_prompts_and_clipping(model, volume, monkeypatch):
     spy = Spy(model, monkeypatch)
     s = _session(model, volume)

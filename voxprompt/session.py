@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from .errors import InputError, PromptError, UsageError
 from .io.image import LPS_TO_RAS, Image
 from .io.read import read_image
-from .objects import ObjectsMixin, Slices, bbox_of
+from .objects import ObjectsMixin, Slices, bbox_of, unshared_mask
 from .preprocess import (Roi, extract_roi_label, preprocess_roi, roi_around, roi_block_to_original,
                          roi_for_label)
 from .refine import RefineConfig, refine_mask, resolve_refine
@@ -528,8 +528,7 @@ class Session(ObjectsMixin):
             else:
                 bbox = tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(region, local))
                 old = obj.mask[bbox].copy()
-                obj.mask = obj.mask.copy()  # copy-on-write: masks handed out never change
-                obj.mask[region] = block
+                unshared_mask(obj)[region] = block  # copy-on-write: masks handed out never change
         else:
             bbox, old = None, None
         step = obj.history[-1]
@@ -661,8 +660,7 @@ class Session(ObjectsMixin):
         obj.roi, obj.points_roi, obj.prompts = step.roi, step.points_roi, step.prompts
         obj.logits, obj.score = step.logits, step.score
         if step.bbox is not None:
-            obj.mask = obj.mask.copy()  # copy-on-write
-            obj.mask[step.bbox] = step.old_block
+            unshared_mask(obj)[step.bbox] = step.old_block  # copy-on-write
         return step.bbox
 
     def undo(self) -> Prediction:

@@ -27,7 +27,7 @@ import torch
 
 from .errors import PromptError, UsageError
 from .io.image import Image
-from .objects import ObjectsMixin
+from .objects import ObjectsMixin, unshared_mask
 from .preprocess.image2d import Policy2D, Window, parse_window, policy_for
 from .propagate import PropagationConfig, SliceEncoder, SliceStack, box_of, inplane, propagate, slice_region
 from .session2d import Session2D
@@ -185,7 +185,7 @@ class SliceSession(ObjectsMixin):
     def _prompt(self, s: int, points: list, positive: list, box: Optional[tuple],
                 limits: Optional[tuple[int, int]], prompts: list) -> VolumePrediction:
         enc, obj = self.encoder, self._obj
-        obj.mask = obj.mask.copy()  # copy-on-write: masks handed out earlier never change
+        unshared_mask(obj)  # copy-on-write: masks handed out earlier never change
         step = _Step(s, s not in obj.anchors, 0, {})
         with torch.inference_mode():
             try:
@@ -245,7 +245,7 @@ class SliceSession(ObjectsMixin):
     # ------------------------------------------------------------------ history
     def _undo_step(self, step: _Step) -> None:
         obj = self._obj
-        obj.mask = obj.mask.copy()
+        unshared_mask(obj)
         for i, (old, owner) in step.old.items():
             obj.mask[slice_region(self.axis, i)] = old
             obj.owner[i] = owner
