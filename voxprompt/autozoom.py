@@ -45,7 +45,7 @@ from scipy import ndimage
 from .errors import UsageError
 from .io.image import Image, apply_affine
 from .objects import bbox_of
-from .preprocess import Roi, extract_roi_label, postprocess_mask, roi_around
+from .preprocess import Roi, extract_roi_label, roi_around, roi_block_to_original
 from .session import BaseStage, CenteredRoiPlanner, Expansion, Slices, _union, mask_prior_logits
 
 if TYPE_CHECKING:
@@ -301,12 +301,13 @@ class AutoZoomPlanner:
         refined = np.zeros_like(covered)
         refined[covered] = acc[covered] / cnt[covered] > 0.5
         refined &= allowed
-        cov_full = postprocess_mask(covered.astype(np.uint8), canvas, image).astype(bool)
-        bbox = bbox_of(cov_full)
-        if bbox is None:
+        box, cover = roi_block_to_original(covered, canvas, image)  # the canvas's sub-block only
+        local = None if box is None else bbox_of(cover)
+        if local is None:
             return done, None
-        ref_full = postprocess_mask(refined.astype(np.uint8), canvas, image).astype(bool)
-        mask[bbox] = np.where(cov_full[bbox], ref_full[bbox], mask[bbox])
+        bbox = tuple(slice(b.start + sl.start, b.start + sl.stop) for b, sl in zip(box, local))
+        ref = roi_block_to_original(refined, canvas, image)[1][local]
+        mask[bbox] = np.where(cover[local] != 0, ref != 0, mask[bbox])
         return done, bbox
 
 
