@@ -85,3 +85,32 @@ def test_one_label_without_active_seeds_gives_the_band_to_the_other():
     one = np.where(labels == 1, -1, labels)  # every object seed inactive
     got = band_random_walker(data, one, 500.0, 1e-3, spacing)
     assert (got[labels == 0] == 2).all() and np.array_equal(got[labels != 0], one[labels != 0])
+
+
+@pytest.mark.parametrize("beta", [500.0, 16000.0])
+def test_difference_solve(beta, monkeypatch):
+    """One CG solve of label 1 minus label 2: the same labels as the two solves once CG converges
+    (the system is linear), one ``cg`` call instead of two, and close to scikit-image's labels at
+    the refinement's tolerance."""
+    import voxprompt.walker as walker
+
+    data, labels, spacing = _case(True)
+    tight = (band_random_walker(data, labels, beta, 1e-10, spacing, difference=True),
+             band_random_walker(data, labels, beta, 1e-10, spacing))
+    band = labels == 0
+    assert np.mean(tight[0][band] != tight[1][band]) < 1e-3  # ties of the exact solution aside
+    calls = []
+    real_cg = walker.cg
+    monkeypatch.setattr(walker, "cg", lambda *a, **k: calls.append(1) or real_cg(*a, **k))
+    got = band_random_walker(data, labels, beta, 1e-3, spacing, difference=True)
+    assert len(calls) == 1 and ((got == 1) | (got == 2))[band].all()
+    assert np.array_equal(got[~band], labels[~band])
+    assert np.mean(got[band] != _skimage(data, labels, beta, spacing)[band]) < 0.1
+
+
+def test_refine_config_solver_is_checked():
+    from voxprompt.errors import UsageError
+
+    assert RefineConfig().solver == "labels"  # the shipped default: scikit-image's labels
+    with pytest.raises(UsageError, match="solver"):
+        RefineConfig(solver="exact")

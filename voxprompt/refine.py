@@ -2,10 +2,16 @@
 
 The model sees the object on a coarse grid (the default model: 2.25 mm ROI voxels, logits at
 4.5 mm), so its boundary is placed only to within a few millimetres. Band 9 mm and beta 16000 were
-chosen on the training structures (``benchmarks/refine_band.py``, by DSC AUC + NSD AUC). At such a
-sharp beta the walker's linear system is badly conditioned and scikit-image's CG (one solve per
-label, ``tol`` 1e-3, labels by argmax) stops before the exact solution; the measured results are those
-of this solver as configured, so changing the solver or ``tol`` needs the selection re-run. :func:`refine_mask` keeps what
+chosen on the training structures (``benchmarks/refine_band.py``, by DSC AUC + NSD AUC) with
+scikit-image's solver (one CG solve per label, ``tol`` 1e-3, labels by argmax). At such a sharp beta
+the walker's linear system is badly conditioned and CG stops before the exact solution, so the
+results are those of the solver as configured. ``RefineConfig(solver="difference")`` solves once,
+for the label difference (:func:`voxprompt.walker.band_random_walker`): 1.24x faster per click in
+the median, 1.43x on the liver (``benchmarks/refine_speed.py``), but it did not win clearly: at the
+chosen setting it was ahead by less than noise on the training structures (DSC AUC 2.032 vs 2.030)
+and behind by as little on the held-out ones (2.067 vs 2.073; ``benchmarks/results/refine_solver_*.json``),
+so the default stays scikit-image's per-label solve (``solver="labels"``). Changing the default
+solver or ``tol`` needs the selection re-run. :func:`refine_mask` keeps what
 the model is sure of and lets the image decide the rest: voxels deeper than ``band_mm`` inside the
 mask are object seeds, voxels farther than ``band_mm`` outside are background seeds, each click
 is a seed ball of its own label, and scikit-image's random walker labels the band in between on
@@ -46,12 +52,15 @@ class RefineConfig:
     seed_radius: int = 2          # click seed ball radius (voxels)
     percentiles: tuple[float, float] = (0.5, 99.5)  # intensity window mapped to [0, 1]
     tol: float = 1e-3             # conjugate-gradient tolerance
+    solver: str = "labels"        # "labels": one CG solve per label (scikit-image); "difference": one solve, faster
     max_unknown: int = 8_000_000  # larger bands are left unrefined (a warning is logged)
 
     def __post_init__(self) -> None:
         if not (self.band_mm > 0 and self.beta > 0 and self.smooth_sigma >= 0 and self.seed_radius >= 0
                 and self.tol > 0 and self.max_unknown > 0):
             raise UsageError(f"invalid RefineConfig {self}")
+        if self.solver not in ("difference", "labels"):
+            raise UsageError(f"RefineConfig.solver must be 'difference' or 'labels', got {self.solver!r}")
         lo, hi = self.percentiles
         if not 0 <= lo < hi <= 100:
             raise UsageError(f"percentiles need 0 <= lo < hi <= 100, got {self.percentiles}")
@@ -110,15 +119,17 @@ def draw_seed_balls(seeds: np.ndarray, points: Sequence[tuple[np.ndarray, int]],
 
 
 def solve_random_walker(data: np.ndarray, seeds: np.ndarray, beta: float, tol: float,
-                        spacing: Sequence[float], prune: bool = False) -> np.ndarray:
+                        spacing: Sequence[float], prune: bool = False, difference: bool = False) -> np.ndarray:
     """scikit-image's random walker (Jacobi-preconditioned CG) on seeds 1 / 2; returns its labels.
     3D bands run through :func:`voxprompt.walker.band_random_walker` (the same linear system, built
     on the undecided voxels only: identical labels, several times faster on a refinement crop).
     ``prune``: on the scikit-image path, seeds with no undecided neighbour leave its graph (label
-    -1; they cannot change the system, so only the graph gets smaller)."""
+    -1; they cannot change the system, so only the graph gets smaller). ``difference``: the band
+    walker's single solve (:func:`voxprompt.walker.band_random_walker`); the scikit-image path always
+    solves per label."""
     from .walker import band_random_walker
 
-    labels = band_random_walker(np.asarray(data, dtype=np.float64), seeds, beta, tol, spacing)
+    labels = band_random_walker(np.asarray(data, dtype=np.float64), seeds, beta, tol, spacing, difference)
     if labels is not None:
         return labels
     from skimage.segmentation import random_walker  # optional dependency
@@ -179,7 +190,8 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
     data = normalise_window(img[crop], cfg.percentiles, cfg.smooth_sigma)
     if not np.ptp(data) > 0:  # a flat crop has no edges to follow
         return m.copy()
-    labels = solve_random_walker(data, seeds, cfg.beta, cfg.tol, sp, prune=True)
+    labels = solve_random_walker(data, seeds, cfg.beta, cfg.tol, sp, prune=True,
+                                 difference=cfg.solver == "difference")
     out = m.copy()
     out[crop] = (labels == 1) | (seeds == 1)
     return out
