@@ -45,8 +45,9 @@ from scipy import ndimage
 from .errors import UsageError
 from .io.image import Image, apply_affine
 from .objects import bbox_of
-from .preprocess import Roi, extract_roi_label, roi_around, roi_block_to_original
-from .session import BaseStage, CenteredRoiPlanner, Expansion, Slices, _union, mask_prior_logits
+from .preprocess import Roi, extract_roi_label, roi_around
+from .session import (BaseStage, CenteredRoiPlanner, Expansion, Slices, _union, mask_prior_logits, paste_over,
+                      roi_footprint)
 
 if TYPE_CHECKING:
     from .session import Session
@@ -301,13 +302,10 @@ class AutoZoomPlanner:
         refined = np.zeros_like(covered)
         refined[covered] = acc[covered] / cnt[covered] > 0.5
         refined &= allowed
-        box, cover = roi_block_to_original(covered, canvas, image)  # the canvas's sub-block only
-        local = None if box is None else bbox_of(cover)
-        if local is None:
+        bbox, cover = roi_footprint(covered, canvas, image)  # the canvas's sub-block only
+        if bbox is None:
             return done, None
-        bbox = tuple(slice(b.start + sl.start, b.start + sl.stop) for b, sl in zip(box, local))
-        ref = roi_block_to_original(refined, canvas, image)[1][local]
-        mask[bbox] = np.where(cover[local] != 0, ref != 0, mask[bbox])
+        mask[bbox] = paste_over(mask, bbox, cover, refined, canvas, image)
         return done, bbox
 
 

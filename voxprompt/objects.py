@@ -23,6 +23,11 @@ def bbox_of(diff: np.ndarray) -> Optional[Slices]:
     return tuple(sl)
 
 
+def within(outer: Slices, inner: Slices) -> Slices:
+    """``inner`` (slices of the block ``array[outer]``) as slices of ``array`` itself."""
+    return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
+
+
 def unshared_mask(obj: Any) -> np.ndarray:
     """``obj.mask`` made safe to write in place: copied first when anything besides ``obj`` still
     refers to it (a mask handed out, or a view of it, never changes afterwards), else returned as is.

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from .errors import InputError, PromptError, UsageError
 from .io.image import LPS_TO_RAS, Image
 from .io.read import read_image
-from .objects import ObjectsMixin, Slices, bbox_of, unshared_mask
+from .objects import ObjectsMixin, Slices, bbox_of, unshared_mask, within
 from .preprocess import (Roi, extract_roi_label, preprocess_roi, roi_around, roi_block_to_original,
                          roi_for_label)
 from .refine import RefineConfig, refine_mask, resolve_refine
@@ -255,6 +255,25 @@ class _Object:
     logits: Optional[torch.Tensor] = None  # (1, 1, 32, 32, 32) raw low-res logits
     score: Optional[float] = None
     history: list = field(default_factory=list)
+
+
+def roi_footprint(mask_roi: np.ndarray, roi: Roi, image: Image) -> tuple[Optional[Slices], np.ndarray]:
+    """A ROI mask mapped back onto ``image``'s grid, cropped to what it covers: (bbox, bool block),
+    or (None, empty). Only the ROI's sub-block of the image is ever resampled."""
+    box, part = roi_block_to_original(mask_roi, roi, image)
+    local = None if box is None else bbox_of(part)
+    if local is None:
+        return None, np.zeros((0, 0, 0), bool)
+    return within(box, local), part[local] != 0
+
+
+def paste_over(mask: np.ndarray, bbox: Slices, cover: np.ndarray, mask_roi: np.ndarray, roi: Roi,
+               image: Image) -> np.ndarray:
+    """``mask[bbox]`` with ``mask_roi`` mapped back over the ROI's footprint ``(bbox, cover)`` (from
+    :func:`roi_footprint` of the same ROI and image)."""
+    box, part = roi_block_to_original(mask_roi, roi, image)  # the footprint's sub-block: bbox lies in it
+    local = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bbox, box))
+    return np.where(cover, part[local] != 0, mask[bbox])
 
 
 def _union(a: Optional[Slices], b: Optional[Slices]) -> Optional[Slices]:
@@ -452,13 +471,7 @@ class Session(ObjectsMixin):
         key = roi_key(roi)
         hit = self._coverage.pop(key, None)
         if hit is None:
-            box, part = roi_block_to_original(np.ones(roi.size, np.uint8), roi, self._img())
-            local = None if box is None else bbox_of(part)
-            if local is None:
-                hit = (None, np.zeros((0, 0, 0), bool))
-            else:
-                bbox = tuple(slice(b.start + sl.start, b.start + sl.stop) for b, sl in zip(box, local))
-                hit = (bbox, part[local].astype(bool))
+            hit = roi_footprint(np.ones(roi.size, np.uint8), roi, self._img())
         if cache:
             self._coverage[key] = hit
             while len(self._coverage) > COVERAGE_CACHE_SIZE:
@@ -474,9 +487,7 @@ class Session(ObjectsMixin):
         bbox, cover = self._roi_coverage(roi, cache)
         if bbox is None:
             return None, None
-        box, part = roi_block_to_original(mask_roi, roi, self._img())  # the coverage's box: bbox lies in it
-        local = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bbox, box))
-        return bbox, np.where(cover, part[local].astype(bool), mask[bbox])
+        return bbox, paste_over(mask, bbox, cover, mask_roi, roi, self._img())
 
     def _mask_prior(self, mask: np.ndarray, roi: Roi) -> torch.Tensor:
         """A full-size mask resampled into ``roi`` as +/- logits on the low-res grid (add_mask's prior)."""
@@ -526,7 +537,7 @@ class Session(ObjectsMixin):
             if local is None:
                 bbox, old = None, None
             else:
-                bbox = tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(region, local))
+                bbox = within(region, local)
                 old = obj.mask[bbox].copy()
                 unshared_mask(obj)[region] = block  # copy-on-write: masks handed out never change
         else:
