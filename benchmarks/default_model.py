@@ -59,7 +59,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="voxprompt-med3d-small")
     p.add_argument("--checkpoint", help="weights (default: the shipped ones)")
     p.add_argument("--data", default="data/real")
-    p.add_argument("--targets", choices=("train", "test", "all"), default="train")
+    p.add_argument("--targets", choices=("train", "val", "test", "all"), default="train")
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="first N targets only")

@@ -162,8 +162,8 @@ def test_build_split_override_puts_all_targets_in_test(tmp_path):
     assert res.count("test") == 3 and res.count("train") == 1
     d = json.loads((tmp_path / "ds" / "dataset.json").read_text())
     assert d["cases"]["ext_mr"]["split"] == "test" and "split" not in d["cases"]["synth_ct"]
-    with pytest.raises(VoxpromptError, match="split 'val'"):
-        build_dataset(tmp_path / "bad", [("ext", _synthetic(split="val"))], progress=False)
+    with pytest.raises(VoxpromptError, match="split 'validation'"):
+        build_dataset(tmp_path / "bad", [("ext", _synthetic(split="validation"))], progress=False)
 
 
 def test_build_skips_unavailable_external_source(tmp_path, caplog):
@@ -186,7 +186,7 @@ def test_external_sources_registered_not_default():
     from voxprompt.cli import build_parser
 
     args = build_parser().parse_args(["data", "build", "out"])
-    assert args.sources == "ct,colin27,mni152"  # the default stays the training/eval set
+    assert args.sources == "ct,colin27,mni152,totalseg,totalseg_val"  # external sources stay opt-in
 
 
 def test_apt_files_unavailable_without_apt(tmp_path, monkeypatch):
@@ -293,3 +293,90 @@ def test_real_external_build(tmp_path):
         ("robex_t1", "brain", "MR", "test"), ("itk_t1", "brain", "MR", "test")]
     for t in res.targets:
         assert 0.8e6 < t.voxels * 1.5 ** 3 < 2.0e6  # mm3: a brain, 0.8 to 2 litres
+
+
+# --- TotalSegmentator source archive -----------------------------------------------------------
+
+def test_totalseg_class_names_parsed_not_executed(tmp_path):
+    from voxprompt.data.sources import totalseg_class_names
+
+    f = tmp_path / "map_to_binary.py"
+    marker = tmp_path / "ran"
+    f.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('x')\n"
+                 "class_map = {\n  'total_v1': {1: 'old'},\n  'total': {1: 'spleen', 5: 'liver'},\n}\n")
+    assert totalseg_class_names(f) == {1: "spleen", 5: "liver"}
+    assert not marker.exists()  # read as data, never run
+    f.write_text("class_map = {'total': {1: make_name()}}\n")
+    with pytest.raises(VoxpromptError, match="class_map"):
+        totalseg_class_names(f)
+
+
+def _fake_sdist(path: Path, members: dict[str, bytes]) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_fetch_totalseg_extracts_only_pinned_members(tmp_path, monkeypatch):
+    import hashlib
+
+    from voxprompt.data import fetch
+
+    files = {name: f"content of {name}".encode() for name in fetch.TOTALSEG_FILES}
+    dicom = {fetch.TOTALSEG_DICOM_DIR + f"CT.{i}": bytes([i]) * 10 for i in range(3)}
+    reserved = {fetch._TS_REF + "example_mr_sm.nii.gz": b"reserved",
+                fetch._TS_REF + "aorta_report/example_ct.nii.gz": b"reserved",
+                fetch.TOTALSEG_DICOM_DIR + "sub/CT.9": b"nested"}
+    sdist_dir = tmp_path / "cache" / "totalsegmentator-2.18.0" / "sdist"
+    sdist_dir.mkdir(parents=True)
+    archive = sdist_dir / "totalsegmentator-2.18.0.tar.gz"
+    _fake_sdist(archive, {**files, **dicom, **reserved})
+    monkeypatch.setattr(fetch, "TOTALSEG_SDIST", fetch.sha256(archive))
+    monkeypatch.setattr(fetch, "TOTALSEG_FILES", {n: hashlib.sha256(b).hexdigest()[:16] for n, b in files.items()})
+    digest = hashlib.sha256(b"".join(dicom[k] for k in sorted(dicom))).hexdigest()
+    monkeypatch.setattr(fetch, "TOTALSEG_DICOM_SHA", digest[:16])
+    got = fetch.fetch_totalseg(tmp_path / "cache")
+    assert got.ct.read_bytes() == files[fetch._TS_REF + "example_ct.nii.gz"]
+    assert sorted(p.name for p in got.dicom_dir.iterdir() if not p.name.startswith(".")) == ["CT.0", "CT.1", "CT.2"]
+    extracted = {str(p.relative_to(archive.parent.parent)) for p in archive.parent.parent.rglob("*") if p.is_file()}
+    assert not any("mr" in p.split("/")[-1] or "report" in p or "sub" in p for p in extracted)
+    # a changed file is refused
+    got.ct.write_bytes(b"tampered")
+    with pytest.raises(DataUnavailable, match="sha256"):
+        fetch.fetch_totalseg(tmp_path / "cache")
+
+
+def test_validation_split_is_kept_apart(tmp_path):
+    res = build_dataset(tmp_path / "ds", [("a", _synthetic("a", split="train")), ("b", _synthetic("b", split="val"))],
+                        spacing=1.0, progress=False)
+    from voxprompt.data.readers import open_dataset
+
+    assert {t.case for t in open_dataset(tmp_path / "ds", split="val")} == {"b"}
+    assert {t.case for t in open_dataset(tmp_path / "ds", split="train")} == {"a"}
+    assert res.count("val") == 2
+    with pytest.raises(VoxpromptError, match="split"):
+        build_dataset(tmp_path / "ds2", [("c", _synthetic("c", split="validation"))], spacing=1.0, progress=False)
+
+
+def _totalseg_cached() -> bool:
+    from voxprompt.data.fetch import TOTALSEG
+
+    return any((cache_dir() / f"{TOTALSEG[0]}-{TOTALSEG[1]}" / "sdist").glob("*.tar.gz"))
+
+
+@pytest.mark.skipif(not _totalseg_cached(), reason="totalsegmentator 2.18.0 source archive not cached")
+def test_real_totalseg_build(tmp_path):
+    from voxprompt.data.sources import totalseg_ct, totalseg_dicom_val
+
+    res = build_dataset(tmp_path / "ds", [("totalseg", totalseg_ct), ("totalseg_val", totalseg_dicom_val)],
+                        spacing=1.5, progress=False)
+    names = {(t.case, t.name): t.split for t in res.targets}
+    assert names[("totalseg_ct", "liver")] == "train" and names[("totalseg_ct", "spleen")] == "train"
+    assert names[("totalseg_ct_dicom", "liver")] == "val"
+    assert {t.split for t in res.targets} == {"train", "val"}
+    assert res.count("train") >= 50 and res.count("val") >= 20

@@ -201,8 +201,8 @@ def _write_case(sc: SourceCase, tmp: Path, spacing: float, global_ids: dict[str,
     """Resample and write one case; extend ``global_ids``; return its dataset.json entry and rows."""
     if not np.issubdtype(sc.labels.array.dtype, np.integer) or sc.labels.array.min() < 0:
         raise VoxpromptError(f"source {sc.case}: label map must hold non-negative integers")
-    if sc.split is not None and sc.split not in ("train", "test"):
-        raise VoxpromptError(f"source {sc.case}: split {sc.split!r} must be 'train', 'test' or None")
+    if sc.split is not None and sc.split not in ("train", "val", "test"):
+        raise VoxpromptError(f"source {sc.case}: split {sc.split!r} must be 'train', 'val', 'test' or None")
     image = resample_isotropic(sc.image, spacing, nearest=False)
     labels = resample_isotropic(sc.labels, spacing, nearest=True, reference=image)
     counts = np.bincount(labels.array.ravel().astype(np.int64))

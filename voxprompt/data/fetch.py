@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,38 @@ ITK_EXAMPLES_FILES = {
     "KmeansTest_T1UCharRaw.nii.gz": "e0e5975587f3f791",
     "KmeansTest_T1RawSkullStrip.nii.gz": "f3ca85fa9559f7cc",
 }
+
+
+# TotalSegmentator 2.18.0 source archive (Apache-2.0): the CT examples of its tests and the class names.
+# Only these members are ever extracted; the archive's MR examples and report folders are reserved for
+# external evaluation (never trained on, tuned on or looked at) and are not read.
+TOTALSEG = ("totalsegmentator", "2.18.0")
+TOTALSEG_SDIST = "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03"
+_TS = "totalsegmentator-2.18.0/"
+_TS_REF = _TS + "tests/reference_files/"
+TOTALSEG_FILES = {
+    _TS_REF + "example_ct.nii.gz": "dbd3ae6d614d1d7e",
+    _TS_REF + "example_seg_fast_force_split.nii.gz": "e8097758e56e7309",
+    _TS_REF + "example_seg_dicom.nii.gz": "98af7f6536c316ff",
+    _TS + "totalsegmentator/map_to_binary.py": "ee19259dacd4d52d",
+    _TS + "LICENSE": "c71d239df91726fc",
+}
+TOTALSEG_DICOM_DIR = _TS_REF + "example_ct_dicom/"
+TOTALSEG_DICOM_SHA = "8029e094aa3e24ca"  # of the 20 slice files concatenated in name order
+
+
+@dataclass(frozen=True)
+class TotalSegExamples:
+    """TotalSegmentator's test CTs: ``example_ct`` (122x101x112, 3 mm) with its 117-class "total"
+    labels (``example_seg_fast_force_split``), and a 512x512x20 DICOM series (0.98x0.98x2 mm, another
+    patient) with ``example_seg_dicom``; ``class_names`` is ``map_to_binary.py`` (read, never run)."""
+
+    ct: Path
+    ct_labels: Path
+    dicom_labels: Path
+    class_names: Path
+    licence: Path
+    dicom_dir: Path
 
 
 @dataclass(frozen=True)
@@ -176,6 +209,67 @@ def fetch_wheel_files(name: str, version: str, files: dict[str, str], wheel_sha:
     for member, prefix in files.items():
         _check(out[member], prefix)
     return [out[m] for m in files]
+
+
+def _download_sdist(name: str, version: str, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    found = sorted(dest.glob(f"{name}-{version}.tar.gz"))
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
+               "-d", str(dest), f"{name}=={version}"]
+        log.info("fetching the %s==%s source archive from the package registry", name, version)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(dest.glob(f"{name}-{version}.tar.gz"))
+        if r.returncode != 0 or not found:
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise DataUnavailable(f"cannot download the {name}=={version} source archive with pip ({last})")
+    return found[0]
+
+
+def _dicom_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if not f.name.startswith(".") and not f.name.endswith(".part"):
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def fetch_totalseg(root: Optional[Path] = None) -> TotalSegExamples:
+    """Return TotalSegmentator 2.18.0's CT test examples, extracting only them from its source archive.
+
+    The archive (``pip download --no-binary :all:``; the wheel does not hold the test files) is
+    checked against its full sha256 and every extracted file against its pinned prefix. Members are
+    written under the cache by their exact names, one by one (nothing else of the archive is read).
+    """
+    base = (root or cache_dir()) / f"{TOTALSEG[0]}-{TOTALSEG[1]}"
+    out = {member: base / member for member in TOTALSEG_FILES}
+    dicom = base / TOTALSEG_DICOM_DIR
+    if not all(p.exists() for p in out.values()) or not (dicom / ".complete").exists():
+        archive = _download_sdist(*TOTALSEG, base / "sdist")
+        _check(archive, TOTALSEG_SDIST)
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                members = [m for m in tar.getmembers() if m.isfile() and (
+                    m.name in TOTALSEG_FILES or (m.name.startswith(TOTALSEG_DICOM_DIR)
+                                                 and "/" not in m.name[len(TOTALSEG_DICOM_DIR):]))]
+                for m in members:
+                    target = base / m.name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = target.with_name(target.name + ".part")
+                    with tar.extractfile(m) as src, open(tmp, "wb") as dst:  # type: ignore[union-attr]
+                        shutil.copyfileobj(src, dst)
+                    os.replace(tmp, target)
+        except tarfile.TarError as err:
+            raise DataUnavailable(f"{archive}: not the expected source archive ({err})") from None
+        missing = [m for m in TOTALSEG_FILES if not out[m].exists()]
+        if missing:
+            raise DataUnavailable(f"{archive}: missing {', '.join(missing)}")
+        if not _dicom_digest(dicom).startswith(TOTALSEG_DICOM_SHA):
+            raise DataUnavailable(f"{dicom}: the DICOM series does not match its pinned digest")
+        (dicom / ".complete").write_text("ok\n")
+    for member, prefix in TOTALSEG_FILES.items():
+        _check(out[member], prefix)
+    return TotalSegExamples(*[out[m] for m in TOTALSEG_FILES], dicom_dir=dicom)
 
 
 def fetch_chest_ct(root: Optional[Path] = None) -> ChestCT:

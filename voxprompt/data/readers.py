@@ -32,7 +32,7 @@ from ..io.read import read_image
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "test", "")
+SPLITS = ("train", "val", "test", "")
 
 
 class DatasetError(InputError):
@@ -71,7 +71,7 @@ def normalize_modality(text: str) -> str:
 def open_dataset(path: str | os.PathLike, split: Optional[str] = None) -> list[Target]:
     """All targets of the dataset at ``path`` (optionally only those of ``split``)."""
     if split is not None and split not in SPLITS:
-        raise UsageError(f"split {split!r}: expected 'train', 'test' or '' (unknown)")
+        raise UsageError(f"split {split!r}: expected 'train', 'val', 'test' or '' (unknown)")
     root = Path(path)
     if root.is_file() and root.name == "dataset.json":
         root = root.parent
@@ -141,7 +141,7 @@ def _read_nnunet(root: Path, d: dict) -> list[Target]:
                     raise DatasetError(f"{table}: line {n}: label and voxels must be integers") from None
                 split = (row.get("split") or "").strip()
                 if split not in SPLITS:
-                    raise DatasetError(f"{table}: line {n}: split {split!r} is not train/test/empty")
+                    raise DatasetError(f"{table}: line {n}: split {split!r} is not train/val/test/empty")
                 img, lbl = paths(row["case"])
                 targets.append(Target(row["case"], label, row["name"],
                                       normalize_modality(row.get("modality") or modality), img, lbl, split, voxels))
@@ -270,4 +270,11 @@ def load_target(t: Target) -> tuple[Image, np.ndarray]:
     return image, labels.array == t.label
 
 
-__all__ = ["DatasetError", "Target", "load_target", "normalize_modality", "open_dataset"]
+def load_label_map(t: Target) -> np.ndarray:
+    """The whole label map of the target's case (the cached array: do not modify it)."""
+    labels = _read(Path(t.label_path))
+    _check_grid(_read(Path(t.image_path)), labels, t)
+    return labels.array
+
+
+__all__ = ["DatasetError", "Target", "load_label_map", "load_target", "normalize_modality", "open_dataset"]

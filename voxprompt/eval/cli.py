@@ -266,7 +266,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--data", required=True, metavar="DIR", help="dataset folder (nnU-Net v2 raw, Decathlon, SAM-Med3D)")
     s.add_argument("--protocol", required=True, choices=CLI_PROTOCOLS, help="click protocol")
     s.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder (new or empty)")
-    s.add_argument("--targets", choices=("test", "train", "all"), default="test", help="split (default test)")
+    s.add_argument("--targets", choices=("test", "val", "train", "all"), default="test",
+                   help="split (default test; val: the validation split that selects checkpoints)")
     s.add_argument("--limit", type=int, metavar="N", help="first N targets only")
     s.add_argument("--seed", type=int, default=0, help="seed of the random clicks (default 0)")
     s.add_argument("--clicks", type=int, metavar="N",

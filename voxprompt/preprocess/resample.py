@@ -58,15 +58,16 @@ def _resample(src: sitk.Image, shape, affine_lps: np.ndarray, interp: int, pixel
 
 
 def sample_on_grid(image: Image, array_zyx: np.ndarray, shape, affine_ras: np.ndarray,
-                   nearest: bool = False) -> np.ndarray:
+                   nearest: bool = False, label_dtype: type = np.uint8) -> np.ndarray:
     """Sample an original-grid array on a target grid (index -> RAS ``affine_ras``), crop first.
 
-    Returns float32 (linear) or uint8 (nearest) of ``shape``, in the target's axis order. Linear
-    resampling runs in the array's own pixel type, like torchio (integer images are truncated
-    towards zero by ITK), and is converted to float32 afterwards.
+    Returns float32 (linear) or ``label_dtype`` (nearest; uint8 unless label ids need more) of
+    ``shape``, in the target's axis order. Linear resampling runs in the array's own pixel type,
+    like torchio (integer images are truncated towards zero by ITK), and is converted to float32
+    afterwards.
     """
     shape = tuple(int(n) for n in shape)
-    dtype = np.uint8 if nearest else np.float32
+    dtype = label_dtype if nearest else np.float32
     if min(shape) <= 0:
         return np.zeros(shape, dtype)
     src_lps = image.affine_zyx_to_lps()
@@ -87,13 +88,14 @@ def sample_on_grid(image: Image, array_zyx: np.ndarray, shape, affine_ras: np.nd
     return out.astype(dtype, copy=False)
 
 
-def _extract(image: Image, array_zyx: np.ndarray, roi: Roi, nearest: bool) -> np.ndarray:
+def _extract(image: Image, array_zyx: np.ndarray, roi: Roi, nearest: bool,
+             label_dtype: type = np.uint8) -> np.ndarray:
     if array_zyx.shape != image.shape:
         raise InputError(f"array shape {array_zyx.shape} does not match the image {image.shape}")
-    out = np.zeros(roi.size, np.uint8 if nearest else np.float32)
+    out = np.zeros(roi.size, label_dtype if nearest else np.float32)
     lo, hi = roi.valid_box()
     if np.all(hi > lo):
-        part = sample_on_grid(image, array_zyx, hi - lo, roi.affine @ _translate(lo), nearest)
+        part = sample_on_grid(image, array_zyx, hi - lo, roi.affine @ _translate(lo), nearest, label_dtype)
         out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = part
     return out
 
@@ -106,6 +108,12 @@ def extract_roi(image: Image, roi: Roi) -> np.ndarray:
 def extract_roi_label(image: Image, label_zyx: np.ndarray, roi: Roi) -> np.ndarray:
     """Nearest-neighbour ROI of a binary label on ``image``'s grid (uint8 0/1)."""
     return _extract(image, (np.asarray(label_zyx) != 0), roi, nearest=True)
+
+
+def extract_roi_labels(image: Image, labels_zyx: np.ndarray, roi: Roi) -> np.ndarray:
+    """Nearest-neighbour ROI of a whole integer label map on ``image``'s grid (int32, ``roi.size``,
+    tensor-axis order; 0 outside the image)."""
+    return _extract(image, np.asarray(labels_zyx, dtype=np.int32), roi, nearest=True, label_dtype=np.int32)
 
 
 def roi_to_original(mask_roi: np.ndarray, roi: Roi, image: Image | None = None) -> np.ndarray:

@@ -11,8 +11,9 @@ import numpy as np
 
 from ..autozoom import deepest_voxel
 from ..errors import UsageError
-from ..preprocess import extract_roi_label, preprocess_roi, roi_around
+from ..preprocess import extract_roi_label, extract_roi_labels, preprocess_roi, roi_around
 from .config import AugmentConfig, DataSource, SyntheticSource
+from .label_render import render_labels
 from .synthetic import synthetic_sample
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,13 @@ class TargetPool:
         self.source = source
         self.targets = targets
         self._info: dict[int, _TargetInfo] = {}
+        # label ids that may be drawn when rendering from a case's label map: this pool's targets only,
+        # so structures of other splits (held out, validation) melt into the background
+        self._drawable: dict[str, np.ndarray] = {}
+        for t in targets:
+            self._drawable.setdefault(t.case, [])
+            self._drawable[t.case].append(t.label)
+        self._drawable = {c: np.unique(ids) for c, ids in self._drawable.items()}
         log.info("data source %s: %d targets", source.path, len(targets))
 
     def _target(self, i: int) -> tuple[object, np.ndarray, _TargetInfo]:
@@ -94,7 +102,7 @@ class TargetPool:
                 label = extract_roi_label(image, mask, roi)
                 c = np.clip(np.floor(roi.from_original_index(click.astype(float)) + 0.5), 0, size - 1).astype(int)
                 if label.sum() >= MIN_ROI_VOXELS and label[tuple(c)]:
-                    return preprocess_roi(image, roi), label, c
+                    return self._roi_input(rng, image, roi, label, info, c)
                 continue
             if rng.random() < 0.5:
                 center = (info.bbox_lo + info.bbox_hi - 1) / 2.0
@@ -106,8 +114,27 @@ class TargetPool:
             roi = roi_around(image, center, size=size, spacing=spacing)
             label = extract_roi_label(image, mask, roi)
             if label.sum() >= MIN_ROI_VOXELS:
-                return preprocess_roi(image, roi), label, NO_CLICK
+                return self._roi_input(rng, image, roi, label, info, NO_CLICK)
         raise UsageError(f"data source {self.source.path}: could not crop a non-empty target in 10 tries")
+
+
+    def _roi_input(self, rng: np.random.Generator, image, roi, label: np.ndarray, info: _TargetInfo,
+                   click: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ROI's normalised image (real, or rendered from the label map), its target mask, the click."""
+        if self.source.render_prob <= 0 or rng.random() >= self.source.render_prob:
+            return preprocess_roi(image, roi), label, click
+        from ..data.readers import load_label_map
+
+        t = info.target
+        labels = extract_roi_labels(image, load_label_map(t), roi)
+        labels[~np.isin(labels, self._drawable[t.case])] = 0
+        valid = np.zeros(roi.size, bool)
+        lo, hi = roi.valid_box()
+        valid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+        img, mask = render_labels(rng, labels, t.label, valid, keep=None if click[0] < 0 else click)
+        if mask.sum() < MIN_ROI_VOXELS:
+            return preprocess_roi(image, roi), label, click
+        return img, mask, click
 
 
 class SampleMixer:
