@@ -104,7 +104,8 @@ def test_session_refine_changes_only_the_shown_mask(scene):
             "global_attn_indexes": [0], "prompt_embed_dim": 24, "decoder_num_heads": 2, "decoder_mlp_dim": 32,
             "iou_head_hidden_dim": 16, "mask_in_chans": 4, "roi_spacing_mm": 2.0}
     model = voxprompt.load_model("voxprompt-med3d-small", pretrained=False, config=tiny)
-    plain, refined = Session(model, refine=False), Session(model, refine=RefineConfig(band_mm=3.0))
+    plain = Session(model, refine=False, clean=False)  # the refinement alone (clean-up: test_session.py)
+    refined = Session(model, refine=RefineConfig(band_mm=3.0), clean=False)
     for s in (plain, refined):
         s.set_image(image, spacing=SPACING)
     p, r = plain.add_point((12, 24, 24)), refined.add_point((12, 24, 24))
@@ -140,3 +141,47 @@ def test_pruned_walker_graph_gives_the_full_graphs_answer(scene):
                                cfg.tol, SPACING, difference=cfg.solver == "difference") == 1
     # a 13 mm band: the mask's bbox plus the pad covers the whole scene, so the crops coincide
     np.testing.assert_array_equal(refine_mask(image, coarse, [((12, 24, 24), 1)], SPACING, cfg), full)
+
+
+def test_grid_factors_bring_fine_axes_to_the_grid():
+    from voxprompt.refine import grid_factors
+
+    assert grid_factors((0.75, 0.75, 1.25), 1.5).tolist() == [2, 2, 1]
+    assert grid_factors((0.5, 1.5, 3.0), 1.5).tolist() == [3, 1, 1]
+    assert grid_factors((0.5, 0.5, 0.5), 0.0).tolist() == [1, 1, 1]
+
+
+def test_grid_cap_leaves_coarse_images_unchanged(scene):
+    image, gt = scene
+    coarse, click = _coarse(gt), [((12, 24, 24), 1)]
+    a = refine_mask(image, coarse, click, (2.0, 1.5, 1.6), RefineConfig(band_mm=4.0))
+    b = refine_mask(image, coarse, click, (2.0, 1.5, 1.6), RefineConfig(band_mm=4.0, grid_mm=0.0))
+    assert np.array_equal(a, b)
+
+
+def test_grid_cap_on_a_fine_image_solves_fewer_unknowns_as_well(monkeypatch):
+    """At 0.5 mm in-plane the band is walked on 1.5 mm blocks, then one block's width on the image
+    grid: fewer unknowns in all, about the same boundary."""
+    import voxprompt.refine as refine_mod
+
+    spacing = (1.0, 0.5, 0.5)
+    rng = np.random.default_rng(1)
+    gt = _ellipsoid((30, 72, 72), (15, 36, 36), (11.0, 12.0, 9.0), spacing)
+    image = 300.0 * gt + rng.normal(0.0, 40.0, gt.shape) + 100.0
+    coarse = _coarse(gt, 6)
+    unknowns = []
+    solve = refine_mod.solve_random_walker
+
+    def spy(data, seeds, *args, **kwargs):
+        unknowns.append(int((seeds == 0).sum()))
+        return solve(data, seeds, *args, **kwargs)
+
+    monkeypatch.setattr(refine_mod, "solve_random_walker", spy)
+    click = [((15, 36, 36), 1)]
+    capped = refine_mask(image, coarse, click, spacing, RefineConfig(band_mm=3.0))
+    native = refine_mask(image, coarse, click, spacing, RefineConfig(band_mm=3.0, grid_mm=0.0))
+    assert len(unknowns) == 3  # coarse band, thin native band; then the native run's one band
+    assert 2 * (unknowns[0] + unknowns[1]) < unknowns[2]
+    assert capped.shape == gt.shape and capped.dtype == bool
+    assert dice(capped, gt) > dice(coarse, gt) + 0.1 and dice(capped, gt) > 0.95
+    assert abs(dice(capped, gt) - dice(native, gt)) < 0.02

@@ -37,7 +37,7 @@ from .errors import InputError, UsageError
 log = logging.getLogger(__name__)
 
 __all__ = ["RefineConfig", "refine_mask", "resolve_refine", "band_seeds", "normalise_window", "draw_seed_balls",
-           "solve_random_walker"]
+           "solve_random_walker", "grid_factors"]
 
 Point = tuple[Sequence[int], int]  # (voxel index, label 1 positive / 0 negative)
 
@@ -54,10 +54,11 @@ class RefineConfig:
     tol: float = 1e-3             # conjugate-gradient tolerance
     solver: str = "labels"        # "labels": one CG solve per label (scikit-image); "difference": one solve, faster
     max_unknown: int = 8_000_000  # larger bands are left unrefined (a warning is logged)
+    grid_mm: float = 1.5          # the walker's grid is no finer than this (finer axes are block-averaged; 0 = native)
 
     def __post_init__(self) -> None:
         if not (self.band_mm > 0 and self.beta > 0 and self.smooth_sigma >= 0 and self.seed_radius >= 0
-                and self.tol > 0 and self.max_unknown > 0):
+                and self.tol > 0 and self.max_unknown > 0 and self.grid_mm >= 0):
             raise UsageError(f"invalid RefineConfig {self}")
         if self.solver not in ("difference", "labels"):
             raise UsageError(f"RefineConfig.solver must be 'difference' or 'labels', got {self.solver!r}")
@@ -157,12 +158,47 @@ def band_seeds(mask: np.ndarray, clicks: Sequence[tuple[np.ndarray, int]], spaci
     return seeds
 
 
+def grid_factors(spacing: Sequence[float], grid_mm: float) -> np.ndarray:
+    """Integer block size per axis that brings each axis to at least ``grid_mm`` (1 where it already is)."""
+    sp = np.asarray(spacing, dtype=float)
+    if grid_mm <= 0:
+        return np.ones(sp.shape, dtype=int)
+    return np.maximum(1, np.floor(grid_mm / sp + 1e-6)).astype(int)
+
+
+def _block_mean(a: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Mean over ``f``-sized blocks (the array edge-padded to whole blocks)."""
+    pad = [(0, int(-n % k)) for n, k in zip(a.shape, f)]
+    a = np.pad(a.astype(np.float64), pad, mode="edge")
+    shape = [x for n, k in zip(a.shape, f) for x in (n // k, int(k))]
+    return a.reshape(shape).mean(axis=tuple(range(1, 2 * a.ndim, 2)))
+
+
+def _refine_two_level(img: np.ndarray, m: np.ndarray, points: Sequence[Point], sp: np.ndarray, f: np.ndarray,
+                      cfg: RefineConfig) -> np.ndarray:
+    """:func:`refine_mask` in two passes: the full band on ``f``-block means of ``img`` and ``m``, then
+    a band of one block around that result on the image's own grid (where the blocks' stair-steps lie)."""
+    from dataclasses import replace
+
+    coarse = refine_mask(_block_mean(img, f), _block_mean(m, f) >= 0.5,
+                         [(np.asarray(p, dtype=int) // f, lab) for p, lab in points], sp * f,
+                         replace(cfg, grid_mm=0.0))
+    for axis, k in enumerate(f):
+        coarse = np.repeat(coarse, int(k), axis=axis)
+    coarse = coarse[tuple(slice(0, n) for n in m.shape)]
+    return refine_mask(img, coarse, points, sp, replace(cfg, grid_mm=0.0, band_mm=float(np.max(sp * f))))
+
+
 def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
                 spacing: Sequence[float], config: RefineConfig | None = None) -> np.ndarray:
     """``mask`` with its boundary re-decided on ``image``'s grid (module docstring).
 
     ``points``: clicks as (index in ``image``, label 1/0); indices outside the array are ignored.
     ``spacing``: mm per array axis. Returns a new boolean array; an empty mask is returned as is.
+    Axes finer than ``config.grid_mm`` are block-averaged by an integer factor for the band walk,
+    and only a band of one block around its result is walked on the image's own grid: the cost of a
+    click follows the object's size in millimetres rather than the scanner's resolution, and the
+    boundary is still placed at the image's resolution.
     """
     cfg = config or RefineConfig()
     img, m = np.asarray(image), np.asarray(mask, dtype=bool)
@@ -178,6 +214,12 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
     lo = np.maximum(idx.min(0) - pad, 0)
     hi = np.minimum(idx.max(0) + pad + 1, m.shape)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    f = grid_factors(sp, cfg.grid_mm)
+    if np.any(f > 1):
+        out = m.copy()
+        out[crop] = _refine_two_level(img[crop], m[crop], [(np.asarray(p, dtype=int) - lo, lab) for p, lab in points],
+                                   sp, f, cfg)
+        return out
     clicks = [(np.asarray(p, dtype=int) - lo, 1 if int(lab) else 2) for p, lab in points]
     seeds = band_seeds(m[crop], clicks, sp, cfg)
     unknown = int((seeds == 0).sum())
