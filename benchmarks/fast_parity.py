@@ -3,7 +3,7 @@ every golden fixture (tiny official models): max abs and relative L2 of the imag
 of the low-res logits of each fixture prompt. Optionally (``--full``) on the full-size zoo models
 with random weights. Prints a table, writes benchmarks/results/fast_parity.json.
 
-    python benchmarks/fast_parity.py [--shared ../shared] [--full sam-med3d,...]
+    python benchmarks/fast_parity.py [--shared DIR] [--full sam-med3d,...]
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import voxprompt  # noqa: E402
 from bench_utils import RESULTS, machine, write_json  # noqa: E402
 from golden_configs import sam_config, sam_med2d_config, sam_med3d_config, sam_unet_config  # noqa: E402
+from golden_paths import golden_dirs  # noqa: E402
 from voxprompt.models.fast import reference_mode  # noqa: E402
 
 FIXTURES = {
@@ -81,15 +82,18 @@ def compare(model: Any, image: torch.Tensor, prompts: list[dict[str, Any]]) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=None,
+                    help="a shared/ folder whose golden/ holds the fixtures (default: $VOXPROMPT_SHARED, "
+                         "else tests/golden/ in this repository)")
     ap.add_argument("--full", default="", help="also full-size zoo models (random weights), comma-separated")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     result: dict[str, Any] = {}
+    golden = golden_dirs(args.shared)[0]
     for fixture, (name, cfg_fn, key) in FIXTURES.items():
-        g = torch.load(args.shared / "golden" / f"{fixture}.pt", weights_only=True)
+        g = torch.load(golden / f"{fixture}.pt", weights_only=True)
         sd = {k: v.contiguous() for k, v in g["state_dict"].items()}
         model = voxprompt.load_model(name, sd, config=cfg_fn(g["config"]))
         result[fixture] = compare(model, g[key].float(), prompt_sets(g, model))

@@ -1,7 +1,7 @@
 """Measure voxprompt against every golden fixture (official code, fp32 CPU): max abs and
 relative L2 error per output. Prints a table and writes benchmarks/results/golden_parity.json.
 
-    python benchmarks/golden_parity.py [--shared ../shared] [--fast]
+    python benchmarks/golden_parity.py [--shared DIR] [--fast]
 
 Runs in ``reference_mode()`` (the official computation); ``--fast`` measures the default fast paths
 (equal within fp32 rounding) and writes golden_parity_fast.json.
@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import voxprompt  # noqa: E402
 from golden_configs import sam_config, sam_med2d_config, sam_med3d_config, sam_unet_config  # noqa: E402
+from golden_paths import golden_dirs  # noqa: E402
 
 
 def err(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -97,7 +98,9 @@ def run(golden: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=None,
+                    help="a shared/ folder whose golden/ holds the fixtures (default: $VOXPROMPT_SHARED, "
+                         "else tests/golden/ in this repository)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--fast", action="store_true", help="measure the fast paths instead of reference mode")
     args = ap.parse_args()
@@ -105,7 +108,7 @@ def main() -> None:
     from voxprompt.models.fast import reference_mode
 
     with reference_mode(not args.fast):
-        rows = run(args.shared / "golden")
+        rows = run(golden_dirs(args.shared)[0])
     name = "golden_parity_fast.json" if args.fast else "golden_parity.json"
     args.out = args.out or ROOT / "benchmarks" / "results" / name
     print(f"{'fixture':16s} {'output':45s} {'max abs':>10s} {'rel L2':>10s}")

@@ -1,4 +1,5 @@
-"""Shared test fixtures: the golden files from the official code live in ../shared/golden."""
+"""Shared test fixtures. The golden files from the official code live in tests/golden/ (override:
+VOXPROMPT_SHARED=/path/to/shared reads its golden/ and reference/ folders; see golden_paths.py)."""
 from __future__ import annotations
 
 import os
@@ -8,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from golden_paths import golden_dirs
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VOXPROMPT_SHARED", ROOT.parent / "shared"))
-GOLDEN = SHARED / "golden"
-REFERENCE = SHARED / "reference"
+GOLDEN, REFERENCE = golden_dirs()
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -19,7 +20,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def golden_path(name: str) -> Path:
     path = GOLDEN / name
     if not path.exists():
-        pytest.fail(f"golden fixture {path} is missing (set VOXPROMPT_SHARED to the shared/ folder)")
+        pytest.fail(f"golden fixture {path} is missing (tests/golden/ is part of the repository; "
+                    "VOXPROMPT_SHARED, if set, must name a shared/ folder with golden/ and reference/)")
     return path
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import GOLDEN
 from voxprompt.errors import ImageReadError, InputError, UsageError
 from voxprompt.io import Image, describe, orientation_code, read_image, write_mask
 
-GOLDEN_IMG = "/work/shared/golden/sam_med3d_preproc/img.nii.gz"
+GOLDEN_IMG = GOLDEN / "sam_med3d_preproc" / "img.nii.gz"
 
 
 def _rotation(ax: float, az: float) -> np.ndarray:

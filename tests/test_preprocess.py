@@ -6,13 +6,14 @@ import json
 import numpy as np
 import pytest
 
+from conftest import GOLDEN
 from voxprompt.errors import InputError, PromptError
 from voxprompt.io import Image, read_image
 from voxprompt.preprocess import (canonical_grid, extract_roi, postprocess_mask,
                                   preprocess_label_roi, roi_around, roi_block_to_original, roi_to_original,
                                   zscore_positive)
 
-G = "/work/shared/golden/sam_med3d_preproc/"
+G = GOLDEN / "sam_med3d_preproc"
 N = 128
 
 
@@ -22,9 +23,9 @@ def _unpack(a, shape):
 
 @pytest.fixture(scope="module")
 def golden():
-    exp = json.load(open(G + "expected.json"))
-    npz = np.load(G + "expected.npz")
-    img, gt = read_image(G + "img.nii.gz"), read_image(G + "gt.nii.gz")
+    exp = json.load(open(G / "expected.json"))
+    npz = np.load(G / "expected.npz")
+    img, gt = read_image(G / "img.nii.gz"), read_image(G / "gt.nii.gz")
     out = {c: preprocess_label_roi(img, gt.array, c) for c in (1, 2)}
     return exp, npz, img, gt, out
 
