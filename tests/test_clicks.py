@@ -240,3 +240,49 @@ def test_random_walker_baseline_on_noisy_sphere():
     assert not random_walker_segment(image, [Click((24, 24, 24), 0)]).any()
     res = run_click_protocol(random_walker_predict_fn(image), gt, "cvpr25", 2, use_box=False)
     assert res.clicks[0] == Click((24, 24, 24), 1) and res.final_dice > 0.8
+
+
+def test_random_walker_box_mode_on_noisy_sphere():
+    """The box alone (centre seed, background shell just outside the box) segments a sphere; the
+    protocol with its box scores the box step; nothing leaks outside the box without a click."""
+    pytest.importorskip("skimage")
+    from voxprompt.eval.baseline import random_walker_predict_fn, random_walker_segment
+
+    rng = np.random.default_rng(0)
+    gt = ball((48, 48, 48), (24, 24, 24), 10)
+    image = 100.0 * gt + rng.normal(0.0, 30.0, gt.shape) + 500.0
+    box = cvpr25_initial_box(gt)
+    pred = random_walker_segment(image, [], box=box)
+    assert dice(pred, gt) > 0.85
+    res = run_click_protocol(random_walker_predict_fn(image), gt, "cvpr25", 2, use_box=True)
+    assert res.box == box and res.dice[0] > 0.85 and res.final_dice > 0.85
+    # a second, touching bright sphere outside the box stays out
+    other = ball(gt.shape, (24, 24, 40), 6) & ~gt
+    pred = random_walker_segment(image + 100.0 * other, [], box=box)
+    inside = box_mask(gt.shape, (box.z_min, box.y_min, box.x_min), (box.z_max + 1, box.y_max + 1, box.x_max + 1))
+    assert not (pred & ~inside).any() and dice(pred, gt) > 0.85
+
+
+def test_random_walker_box_mode_clicks_and_errors():
+    pytest.importorskip("skimage")
+    from voxprompt.eval.baseline import random_walker_segment
+
+    rng = np.random.default_rng(1)
+    gt = box_mask((32, 48, 32), (12, 6, 12), (20, 42, 20))  # a bar along y
+    image = 100.0 * gt + rng.normal(0.0, 10.0, gt.shape)
+    box = Box3D(12, 19, 16, 6, 12, 20, 19)  # covers y 6..20 of the bar only
+    part = random_walker_segment(image, [], box=box)  # the shell's y = 21 face cuts the bar
+    assert part[:, 10:15].sum() > 0.5 * gt[:, 10:15].sum() and not part[:, 21:].any()
+    # a positive click beyond the box grows the box to it (and opens the shell near it)
+    grown = random_walker_segment(image, [Click((16, 36, 16), 1)], box=box)
+    assert dice(grown, gt) > 0.9
+    # a negative click on the box centre and no positive click: nothing
+    assert not random_walker_segment(image, [Click((16, 13, 15), 0)], box=box).any()
+    with pytest.raises(InputError):
+        random_walker_segment(image, [], box=Box3D(40, 45, 42, 0, 0, 5, 5))  # outside the image
+    with pytest.raises(InputError):
+        random_walker_segment(image[16], [], box=box)  # a 3D box on a 2D image
+    from voxprompt.eval.baseline import RandomWalkerConfig
+
+    with pytest.raises(UsageError):
+        RandomWalkerConfig(box_shell_gap=-1)

@@ -15,8 +15,8 @@ import SimpleITK as sitk
 from conftest import ROOT, FakeTarget
 
 from voxprompt.cli import main
-from voxprompt.eval.report import TIMING_COLUMNS, structure_group
-from voxprompt.eval.runner import evaluate, random_walker_factory, session_factory, target_seed
+from voxprompt.eval.report import GROUPS, TIMING_COLUMNS, group_order, structure_group
+from voxprompt.eval.runner import evaluate, session_factory, target_seed
 from voxprompt.io.image import Image
 
 SHAPE = (40, 40, 40)
@@ -120,14 +120,24 @@ def _run(args: list[str], capsys) -> tuple[int, str]:
 
 # ----------------------------------------------------------------------------- pure helpers
 def test_structure_group_and_target_seed():
-    assert structure_group("vertebrae_T1", "CT") == "vertebra"
-    assert structure_group("rib_left_3", "CT") == "rib"
-    assert structure_group("lung_upper_lobe_left", "CT") == "lung"
-    assert structure_group("Hippocampus_L", "MR") == "brain-deep-gm"
-    assert structure_group("Precentral_L", "MR") == "mr-other"
-    assert structure_group("liver", "CT") == "organ"
-    assert structure_group("aorta", "CT") == "heart-vessel"
-    assert structure_group("uterine_thing", "CT") == "ct-other"
+    assert structure_group("vertebrae_T1", "CT") == "CT bones and muscles"
+    assert structure_group("rib_left_3", "CT") == "CT bones and muscles"
+    assert structure_group("iliopsoas_left", "CT") == "CT bones and muscles"
+    assert structure_group("lung_upper_lobe_left", "CT") == "CT organs"
+    assert structure_group("Hippocampus_L", "MR") == "brain MR deep grey matter"
+    assert structure_group("Precentral_L", "MR") == "other"
+    assert structure_group("liver", "CT") == "CT organs"
+    assert structure_group("adrenal_gland_left", "CT") == "CT organs"
+    assert structure_group("aorta", "CT") == "CT vessels"
+    assert structure_group("heart", "CT") == "CT vessels"  # the heart counts with the vessels
+    assert structure_group("portal_vein_and_splenic_vein", "CT") == "CT vessels"
+    assert structure_group("uterine_thing", "CT") == "other"
+    assert structure_group("liver", "") == "other" and structure_group("Hippocampus_L", "CT") == "other"
+    assert structure_group("liver", "SYN") == structure_group("Hippocampus_L", "SYN") == "synthetic contrasts"
+    assert set(GROUPS) == {"CT organs", "CT vessels", "CT bones and muscles", "brain MR deep grey matter",
+                           "synthetic contrasts", "other"}
+    assert sorted(["other", "CT vessels", "zzz", "CT organs"], key=group_order) == \
+        ["CT organs", "CT vessels", "other", "zzz"]
     assert target_seed(0, "a", 1) == target_seed(0, "a", 1)
     assert len({target_seed(0, "a", 1), target_seed(1, "a", 1), target_seed(0, "b", 1), target_seed(0, "a", 2)}) == 4
 
@@ -189,6 +199,7 @@ def test_cli_bad_input(tmp_path, capsys, tiny_ckpt):
         ["--data", str(data), "--model", "sam-med3d", "--checkpoint", str(tiny_ckpt), "--protocol", "sam-med2d",
          "--out", str(out)],
         ["--data", str(data), "--model", "no-such-model", "--protocol", "cvpr25", "--out", str(out)],
+        ["--data", str(data), *base, "--rw-beta", "0"],
     ]
     for args in cases:
         rc, err = _run(args, capsys)
@@ -214,13 +225,24 @@ def test_cli_random_walker_report_then_tiny_model(dataset, tiny_ckpt, tmp_path, 
     assert [(r["case"], r["name"]) for r in rows] == [(c, o[1]) for c, (_, objs) in CASES.items() for o in objs]
     by_name = {r["name"]: r for r in rows}
     assert float(by_name["liver"]["final_dice"]) > 0.8  # an easy sphere
-    assert by_name["vertebrae_T1"]["group"] == "vertebra" and len(by_name["liver"]["dice"].split(";")) == 2
+    assert by_name["vertebrae_T1"]["group"] == "CT bones and muscles" and len(by_name["liver"]["dice"].split(";")) == 2
+    # cvpr25 with its box: the walker runs its box mode (the box step is scored)
+    assert float(by_name["liver"]["box_dice"]) > 0.8 and by_name["liver"]["box"] != ""
     doc = json.loads((out / "results.json").read_text())
     assert doc["meta"]["model"] == "random-walker" and len(doc["results"]) == 3
-    assert doc["meta"]["refine_band_mm"] is None  # not a model
+    assert doc["meta"]["refine_band_mm"] is None and doc["meta"]["use_box"]  # not a model
+    assert doc["meta"]["rw_beta"] == 500.0
     summary = (out / "summary.md").read_text()
-    assert "| modality |" in summary and "| group |" in summary and "brain-deep-gm" in summary
-    assert "torch" in summary and "s/click" in summary
+    assert "| modality |" in summary and "| group |" in summary and "brain MR deep grey matter" in summary
+    assert "torch" in summary and "s/click" in summary and "**rw_beta**: 500" in summary
+
+    # the tuned walker, clicks only
+    rc, err = _run(["--model", "random-walker", "--data", str(dataset), "--protocol", "cvpr25", "--out", str(out),
+                    "--targets", "test", "--clicks", "2", "--no-box", "--rw-beta", "2000", "--force"], capsys)
+    assert rc == 0, err
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["meta"]["rw_beta"] == 2000.0 and not doc["meta"]["use_box"]
+    assert all(r["box"] is None and r["box_dice"] is None for r in doc["results"])
 
     # a (random, tiny) SAM-Med3D-family model, the SAM-Med3D protocol, noisy clicks, --force
     rc, err = _run(["--model", "sam-med3d", "--checkpoint", str(tiny_ckpt), "--data", str(dataset), "--protocol",
@@ -236,7 +258,8 @@ def test_cli_random_walker_report_then_tiny_model(dataset, tiny_ckpt, tmp_path, 
 
     # --refine on a model that stores no band: the default band, recorded in the report
     rc, err = _run(["--model", "sam-med3d", "--checkpoint", str(tiny_ckpt), "--data", str(dataset), "--out",
-                    str(out), "--targets", "test", "--protocol", "cvpr25", "--clicks", "1", "--force", "--refine"], capsys)
+                    str(out), "--targets", "test", "--protocol", "cvpr25", "--clicks", "1", "--force", "--refine"],
+                   capsys)
     assert rc == 0, err
     from voxprompt.refine import RefineConfig
 

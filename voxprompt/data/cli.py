@@ -1,4 +1,5 @@
-"""``voxprompt data build | pseudo | list``: build the real labelled dataset, derive region labels, list targets."""
+"""``voxprompt data build | pseudo | render | list``: build the real labelled dataset, derive region labels,
+render the synthetic-contrast evaluation set, list targets."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +42,16 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from .render import render_dataset
+
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else None
+    res = render_dataset(args.src, args.out_dir, split=args.split, seed=args.seed, cases=cases, force=args.force)
+    sys.stdout.write(f"wrote {res.out_dir}: {len(res.cases)} rendered cases ({', '.join(res.cases)}), "
+                     f"{len(res.targets)} {args.split} targets, {res.seconds:.1f} s\n")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .readers import open_dataset
 
@@ -51,7 +62,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Register ``data build``, ``data pseudo`` and ``data list`` on the main parser's subparsers."""
+    """Register ``data build``, ``data pseudo``, ``data render`` and ``data list`` on the main parser's subparsers."""
     d = sub.add_parser("data", help="build the real labelled dataset; list its prompt targets")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=type(d))
 
@@ -98,6 +109,28 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--exclude-cases", help="comma list of cases never to label (default colin27_aal; '' for none)")
     s.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     s.set_defaults(func=cmd_pseudo)
+
+    s = dsub.add_parser(
+        "render",
+        help="the synthetic-contrast evaluation set: a built dataset's images rendered from its label maps",
+        description=(
+            "For each case of the built dataset SRC with targets of --split, render a new image from the "
+            "labels of those targets (other labels melt into the background): a random mean intensity and "
+            "texture per label, then random blur, thick slices, bias field, gamma and noise, no deformation "
+            "(voxprompt.data.render, the training renderer's ranges). Writes an nnU-Net v2 raw dataset to "
+            "OUT_DIR (atomically): cases synth_<case> on the source grid, float32 images, label maps with "
+            "those labels only, targets.csv with the same targets and splits, modality SYN (the report's "
+            "group \"synthetic contrasts\"). Seeded per (seed, case)."
+        ),
+    )
+    s.add_argument("src", metavar="SRC", help="dataset written by `voxprompt data build`")
+    s.add_argument("out_dir", metavar="OUT_DIR", help="output folder (must be empty or absent)")
+    s.add_argument("--split", choices=("train", "val", "test"), default="test",
+                   help="the targets to render (default test: the held-out structures)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random contrasts (default 0)")
+    s.add_argument("--cases", help="comma list of cases to render (default: every case with --split targets)")
+    s.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    s.set_defaults(func=cmd_render)
 
     s = dsub.add_parser(
         "list",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from voxprompt.errors import UsageError, VoxpromptError
+from voxprompt.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,16 @@ def _check_args(args: argparse.Namespace) -> Optional[str]:
                          "--protocol cvpr25 or sam-med3d")
     if args.slices < 1:
         raise UsageError(f"--slices must be >= 1, got {args.slices}")
+    rw_beta = getattr(args, "rw_beta", None)
+    if rw_beta is not None and not (0 < rw_beta < float("inf")):
+        raise UsageError(f"--rw-beta must be a finite number > 0, got {rw_beta}")
     check_report_dir(Path(args.out), args.force)
     if args.model == BASELINE:
         if args.checkpoint:
             log.warning("--checkpoint is ignored by the %s baseline", BASELINE)
         return None
+    if rw_beta is not None:
+        log.warning("--rw-beta is ignored by %s (only the %s baseline has a beta)", args.model, BASELINE)
     from voxprompt.segment_cli import default_checkpoint
 
     ckpt = args.checkpoint or default_checkpoint(args.model)
@@ -103,7 +108,11 @@ def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> tupl
     from voxprompt.eval.runner import random_walker_factory, session_factory
 
     if args.model == BASELINE:
-        return random_walker_factory(), {}
+        from voxprompt.eval.baseline import RandomWalkerConfig
+
+        beta = getattr(args, "rw_beta", None)
+        config = RandomWalkerConfig() if beta is None else RandomWalkerConfig(beta=beta)
+        return random_walker_factory(config), {"rw_beta": config.beta}
     from voxprompt.models.loading import load_model
 
     model = load_model(args.model, ckpt, device=device).set_precision(getattr(args, "precision", "fp32"))
@@ -136,7 +145,7 @@ def _run_eval(
 
     factory, settings = _factory(args, ckpt, device)
     rows = evaluate(targets, factory, args.protocol, args.seed, n_clicks=args.clicks,
-                    use_box=not args.no_box and args.model != BASELINE, click_noise_mm=args.click_noise, **kw)
+                    use_box=not args.no_box, click_noise_mm=args.click_noise, **kw)
     return rows, settings
 
 
@@ -165,8 +174,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from voxprompt.eval.report import Extremes, Report
 
     ckpt = _check_args(args)
-    if args.model == BASELINE and args.protocol == "cvpr25" and not args.no_box:
-        log.info("the %s baseline takes clicks only: cvpr25 runs without the box", BASELINE)
     dist = Dist.from_env()
     device = args.device
     if dist.world > 1:
@@ -218,6 +225,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "seed": args.seed, "data": str(args.data), "targets": args.targets, "n_targets": len(rows),
         "device": args.device, "precision": None if args.model == BASELINE else getattr(args, "precision", "fp32"),
         "autozoom": bool(getattr(args, "autozoom", False)), "refine_band_mm": settings.get("refine_band_mm"),
+        **({"rw_beta": settings["rw_beta"]} if "rw_beta" in settings else {}),
         "world_size": dist.world, "machine": _machine(device),
         **_meta_2d(args),
         "torch": torch.__version__, "voxprompt": _version(), "python": platform.python_version(),
@@ -281,7 +289,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                    help="3D sessions: boundary refinement at the image's resolution (voxprompt.refine; "
                         "default: the model's stored setting)")
-    s.add_argument("--no-box", action="store_true", help="cvpr25 without the initial box; sam-med2d without box mode")
+    s.add_argument("--no-box", action="store_true",
+                   help="cvpr25 without the initial box (the random walker then takes clicks only; with the box "
+                        "it runs its box mode, voxprompt.eval.baseline); sam-med2d without box mode")
+    s.add_argument("--rw-beta", type=float, metavar="BETA",
+                   help="random-walker baseline: edge penalty beta (default 500; 2000 was tuned on the training "
+                        "structures, docs/default-model.md)")
     s.add_argument("--slice-axis", choices=tuple(SLICE_AXES), default="k",
                    help="2D models: slice direction, IJK (default k = the array's first axis)")
     s.add_argument("--slices", type=int, default=3, metavar="N",

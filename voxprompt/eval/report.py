@@ -31,32 +31,54 @@ CSV_COLUMNS = (
 )
 TIMING_COLUMNS = ("seconds_per_click", "box_seconds", "median_click_seconds", "total_seconds")
 
-# (group, name patterns); first match wins, names are lower-cased with separators as "_"
-_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("vertebra", (r"vertebra",)),
-    ("rib", (r"(^|_)ribs?(_|$)",)),
-    ("lung", (r"lung",)),
-    ("brain-deep-gm", (r"hippocamp", r"amygdala", r"caudate", r"putamen", r"pallid", r"thalam")),
-    ("brain-cerebellum", (r"cerebel", r"vermis")),
-    ("brain-tissue", (r"^(gm|wm|csf)$", r"(grey|gray|white)_matter", r"^brain(_mask)?$")),
-    ("bone", (r"stern", r"humer", r"scapul", r"clavic", r"costal", r"femur", r"hip", r"sacrum",
-              r"skull")),
-    ("muscle", (r"autochthon", r"iliopsoas", r"glute", r"muscle")),
-    ("heart-vessel", (r"heart", r"aort", r"vein", r"arter", r"vena", r"carotid", r"subclavian",
-                      r"brachiocephalic", r"atri", r"ventric", r"trunk")),
-    ("organ", (r"liver", r"spleen", r"kidney", r"stomach", r"pancrea", r"adrenal", r"gallbladder",
-               r"bladder", r"colon", r"duoden", r"bowel", r"esophag", r"oesophag", r"trachea",
-               r"thyroid", r"prostate")),
+# The evaluation groups (docs/default-model.md, *Evaluation*). One table, one home of the rules:
+# (group, modalities it applies to, name patterns); first match wins (vessels first: "adrenal_vein",
+# "vertebral_artery" are vessels); names are lower-cased with separators as "_"; the modality is the
+# target's (voxprompt.data.readers.normalize_modality).
+SYNTHETIC_GROUP = "synthetic contrasts"  # every target of a rendered case (voxprompt data render), any name
+OTHER_GROUP = "other"
+_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    # the heart counts with the vessels (as in the former "heart-vessel" group)
+    ("CT vessels", ("CT",),
+     (r"heart", r"aort", r"vein", r"arter", r"vena", r"carotid", r"subclavian", r"brachiocephalic", r"atri",
+      r"ventric", r"trunk")),
+    ("CT bones and muscles", ("CT",),
+     (r"vertebra", r"(^|_)ribs?(_|$)", r"stern", r"humer", r"scapul", r"clavic", r"costal", r"femur",
+      r"(^|_)hips?(_|$)", r"sacrum", r"skull", r"autochthon", r"iliopsoas", r"glute", r"muscle")),
+    ("CT organs", ("CT",),
+     (r"liver", r"spleen", r"kidney", r"stomach", r"pancrea", r"adrenal", r"gallbladder", r"bladder", r"colon",
+      r"duoden", r"bowel", r"esophag", r"oesophag", r"trachea", r"thyroid", r"prostate", r"lung")),
+    ("brain MR deep grey matter", ("MR",),
+     (r"hippocamp", r"amygdala", r"caudate", r"putamen", r"pallid", r"thalam")),
 )
+# report order (tables, plot legend, benchmark summaries)
+GROUPS: tuple[str, ...] = ("CT organs", "CT vessels", "CT bones and muscles", "brain MR deep grey matter",
+                           SYNTHETIC_GROUP, OTHER_GROUP)
+assert sorted(GROUPS[:-2]) == sorted(g for g, _, _ in _GROUPS)
 
 
 def structure_group(name: str, modality: str) -> str:
-    """Coarse structure family of a target name (e.g. ``vertebra``), else ``<modality>-other``."""
+    """The evaluation group of a target: one of :data:`GROUPS`.
+
+    Targets of rendered cases (modality ``SYN``, :mod:`voxprompt.data.render`) are "synthetic
+    contrasts" whatever their name; otherwise the first group whose modality and name pattern match,
+    else "other" (e.g. MR cortex, spinal cord, or a target without a known modality).
+    """
+    from voxprompt.data.render import SYNTH_MODALITY
+
+    mod = str(modality).strip().upper()
+    if mod == SYNTH_MODALITY:
+        return SYNTHETIC_GROUP
     key = re.sub(r"[\s\-.]+", "_", str(name).strip().lower())
-    for group, patterns in _GROUPS:
-        if any(re.search(p, key) for p in patterns):
+    for group, modalities, patterns in _GROUPS:
+        if mod in modalities and any(re.search(p, key) for p in patterns):
             return group
-    return f"{str(modality).strip().lower() or 'unknown'}-other"
+    return OTHER_GROUP
+
+
+def group_order(group: str) -> tuple[int, str]:
+    """Sort key: the groups in :data:`GROUPS` order, anything else after them by name."""
+    return (GROUPS.index(group), "") if group in GROUPS else (len(GROUPS), group)
 
 
 def add_groups(rows: Iterable[dict]) -> None:
@@ -186,7 +208,7 @@ def _table(title: str, groups: dict[str, list[dict]], roi: bool) -> list[str]:
     if roi:
         head.insert(3, "final ROI Dice")
     lines = [f"| {title} | " + " | ".join(head) + " |", "|" + "---|" * (len(head) + 1)]
-    for key in sorted(groups):
+    for key in sorted(groups, key=group_order):
         rs = groups[key]
         cells = [str(len(rs)), _mean_sd(r["final_dice"] for r in rs), _mean_sd(r["final_nsd"] for r in rs),
                  _mean_sd(r["dsc_auc"] for r in rs), _mean_sd(r["nsd_auc"] for r in rs),
@@ -213,6 +235,8 @@ def summary_markdown(rows: Sequence[dict], meta: dict, overlays: dict[str, dict]
               "seed", "targets", "n_targets", "device", "precision", "world_size", "machine", "torch", "voxprompt",
               "started", "finished"):
         lines.append(f"- **{k}**: {meta.get(k)}")
+    if "rw_beta" in meta:  # the random-walker baseline's edge penalty
+        lines.append(f"- **rw_beta**: {meta['rw_beta']:g}")
     n_inf = sum(1 for r in rows if not math.isfinite(r["hd95"]))
     lines += ["", "Values are mean ± sd over targets; Dice/NSD are after the last click; NSD tolerance "
               f"{'2 mm' if meta['protocol'] == 'cvpr25' else '1 mm'}; AUCs are trapezoids over the clicks. "
@@ -247,7 +271,7 @@ def plot_dice_vs_clicks(rows: Sequence[dict], path: Path) -> None:
         return np.arange(n) + (0 if box else 1), y
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for group, rs in sorted(_by(rows, "group").items()):
+    for group, rs in sorted(_by(rows, "group").items(), key=lambda kv: group_order(kv[0])):
         ax.plot(*curve(rs), marker="o", label=f"{group} (n={len(rs)})")
     ax.plot(*curve(list(rows)), color="black", linestyle="--", linewidth=2, label="all")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -306,5 +330,6 @@ class Report:
         log.info("wrote the report to %s", out)
 
 
-__all__ = ["CSV_COLUMNS", "TIMING_COLUMNS", "Extremes", "Report", "add_groups", "atomic_write_text",
-           "check_report_dir", "results_csv", "structure_group", "summary_markdown"]
+__all__ = ["CSV_COLUMNS", "GROUPS", "OTHER_GROUP", "SYNTHETIC_GROUP", "TIMING_COLUMNS", "Extremes", "Report",
+           "add_groups", "atomic_write_text", "check_report_dir", "group_order", "results_csv", "structure_group",
+           "summary_markdown"]

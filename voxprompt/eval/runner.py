@@ -229,7 +229,8 @@ def session_factory(model: Any, device: Any = None, autozoom: bool = False,
 
 
 def random_walker_factory(config: Any = None) -> PredictorFactory:
-    """Engines of the non-learned random-walker baseline (clicks only; the box is ignored)."""
+    """Engines of the non-learned random-walker baseline: clicks only, or the box mode of
+    :mod:`voxprompt.eval.baseline` when the protocol gives a box (``cvpr25`` with ``use_box``)."""
     from voxprompt.eval.baseline import random_walker_predict_fn
 
     def factory(image: Image) -> Engine:

@@ -26,7 +26,7 @@ class DataSource:
     split: Optional[str] = "train"  # targets of this split (None: all)
     min_voxels: int = 200
     cases: Optional[list] = None  # only these cases (e.g. to keep research-only labels out)
-    render_prob: float = 0.0  # share of samples whose image is rendered from the label map (train.label_render)
+    render_prob: float = 0.0  # share of samples whose image is rendered from the label map (data.render)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.render_prob <= 1.0:

@@ -10,10 +10,10 @@ from typing import Sequence
 import numpy as np
 
 from ..autozoom import deepest_voxel
+from ..data.render import render_labels
 from ..errors import UsageError
 from ..preprocess import extract_roi_label, extract_roi_labels, preprocess_roi, roi_around
 from .config import AugmentConfig, DataSource, SyntheticSource
-from .label_render import render_labels
 from .synthetic import synthetic_sample
 
 log = logging.getLogger(__name__)

@@ -11,22 +11,12 @@ under the click that differs from its surroundings", not one anatomy.
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
+from ..data.render import smooth_noise  # one home: the label renderer's noise field
 from ..preprocess import zscore_positive
 
 MIN_TARGET_VOXELS = 30
-
-
-def smooth_noise(rng: np.random.Generator, size: int, cell: float) -> np.ndarray:
-    """Smooth random field in [-1, 1]: coarse uniform noise upsampled trilinearly."""
-    n = max(2, int(np.ceil(size / max(cell, 1.0))) + 1)
-    coarse = torch.from_numpy(rng.uniform(-1, 1, (1, 1, n, n, n)).astype(np.float32))
-    fine = F.interpolate(coarse, size=(size,) * 3, mode="trilinear", align_corners=True)[0, 0].numpy()
-    peak = np.abs(fine).max()
-    return fine / peak if peak > 0 else fine
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
