@@ -351,6 +351,26 @@ def test_fetch_totalseg_extracts_only_pinned_members(tmp_path, monkeypatch):
         fetch.fetch_totalseg(tmp_path / "cache")
 
 
+def test_split_by_rule_maps_the_name_rule(tmp_path):
+    def mapped(cache):
+        sc = _synthetic("m")(cache)
+        sc.split_by_rule = {"test": "val", "train": "test"}
+        return sc
+
+    res = build_dataset(tmp_path / "ds", [("m", mapped)], spacing=1.0, progress=False)
+    assert {(t.name, t.split) for t in res.targets} == {("liver", "val"), ("rib_left_1", "test")}
+    d = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert d["cases"]["m"]["split_by_rule"] == {"test": "val", "train": "test"}
+
+    def both(cache):
+        sc = mapped(cache)
+        sc.split = "train"
+        return sc
+
+    with pytest.raises(VoxpromptError, match="not both"):
+        build_dataset(tmp_path / "ds2", [("b", both)], spacing=1.0, progress=False)
+
+
 def test_validation_split_is_kept_apart(tmp_path):
     res = build_dataset(tmp_path / "ds", [("a", _synthetic("a", split="train")), ("b", _synthetic("b", split="val"))],
                         spacing=1.0, progress=False)
@@ -377,6 +397,7 @@ def test_real_totalseg_build(tmp_path):
                         spacing=1.5, progress=False)
     names = {(t.case, t.name): t.split for t in res.targets}
     assert names[("totalseg_ct", "liver")] == "train" and names[("totalseg_ct", "spleen")] == "train"
-    assert names[("totalseg_ct_dicom", "liver")] == "val"
-    assert {t.split for t in res.targets} == {"train", "val"}
-    assert res.count("train") >= 50 and res.count("val") >= 20
+    assert names[("totalseg_ct_dicom", "liver")] == "val" and names[("totalseg_ct_dicom", "aorta")] == "val"
+    assert names[("totalseg_ct_dicom", "vertebrae_T12")] == "test"  # a new patient's bones: held out
+    assert {t.split for t in res.targets} == {"train", "val", "test"}
+    assert res.count("train") >= 50 and res.count("val") >= 8 and res.count("test") >= 15

@@ -13,7 +13,10 @@ Label ids are made global over the dataset (one id per structure name, in source
 
 The ``split`` column follows the structure-name rule of :mod:`voxprompt.data.split`, unless the
 source fixes it for all its targets (``SourceCase.split``, recorded as ``dataset.json["cases"]
-[case]["split"]``): the external evaluation sources (``robex``, ``itk_t1``) are always ``test``.
+[case]["split"]``: the external evaluation sources ``robex`` and ``itk_t1`` are always ``test``,
+TotalSegmentator's ``example_ct`` always ``train``) or maps the rule's answer
+(``SourceCase.split_by_rule``: TotalSegmentator's DICOM patient puts the rule's held-out soft organs
+and vessels in ``val`` and its bones and muscles in ``test``).
 """
 from __future__ import annotations
 
@@ -196,13 +199,24 @@ def build_dataset(out_dir: str | os.PathLike, sources: Iterable[tuple[str, Sourc
     return result
 
 
+def case_split(sc: SourceCase, name: str) -> str:
+    """A target's split: the source's own for all its targets, its mapping of the name rule, or the rule."""
+    if sc.split is not None:
+        return sc.split
+    rule = split_for(name)
+    return sc.split_by_rule.get(rule, rule) if sc.split_by_rule else rule
+
+
 def _write_case(sc: SourceCase, tmp: Path, spacing: float, global_ids: dict[str, int],
                 min_voxels: int) -> tuple[dict, list[TargetRow]]:
     """Resample and write one case; extend ``global_ids``; return its dataset.json entry and rows."""
     if not np.issubdtype(sc.labels.array.dtype, np.integer) or sc.labels.array.min() < 0:
         raise VoxpromptError(f"source {sc.case}: label map must hold non-negative integers")
-    if sc.split is not None and sc.split not in ("train", "val", "test"):
-        raise VoxpromptError(f"source {sc.case}: split {sc.split!r} must be 'train', 'val', 'test' or None")
+    for split in [sc.split, *(sc.split_by_rule or {}).values()]:
+        if split is not None and split not in ("train", "val", "test"):
+            raise VoxpromptError(f"source {sc.case}: split {split!r} must be 'train', 'val', 'test' or None")
+    if sc.split is not None and sc.split_by_rule is not None:
+        raise VoxpromptError(f"source {sc.case}: give split or split_by_rule, not both")
     image = resample_isotropic(sc.image, spacing, nearest=False)
     labels = resample_isotropic(sc.labels, spacing, nearest=True, reference=image)
     counts = np.bincount(labels.array.ravel().astype(np.int64))
@@ -223,7 +237,7 @@ def _write_case(sc: SourceCase, tmp: Path, spacing: float, global_ids: dict[str,
     out = lut[labels.array]
     write_mask(out, image, tmp / "labelsTr" / f"{sc.case}.nii.gz")
     _write_image(image, tmp / "imagesTr" / f"{sc.case}_0000.nii.gz")
-    rows = [TargetRow(sc.case, int(lut[i]), name, sc.modality, int(counts[i]), sc.split or split_for(name))
+    rows = [TargetRow(sc.case, int(lut[i]), name, sc.modality, int(counts[i]), case_split(sc, name))
             for name, i in native.items() if counts[i] >= min_voxels]
     log.info("%s: grid %s at %.2f mm, %d structures, %d targets", sc.case, image.shape, spacing,
              len(native), len(rows))
@@ -233,6 +247,8 @@ def _write_case(sc: SourceCase, tmp: Path, spacing: float, global_ids: dict[str,
              "source_label_ids": native}
     if sc.split is not None:
         entry["split"] = sc.split
+    if sc.split_by_rule is not None:
+        entry["split_by_rule"] = sc.split_by_rule
     return entry, rows
 
 

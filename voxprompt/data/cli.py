@@ -25,7 +25,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                         cache=Path(args.cache) if args.cache else None, force=args.force)
     skipped = f"; skipped {', '.join(res.skipped)}" if res.skipped else ""
     sys.stdout.write(f"wrote {res.out_dir}: {len(res.cases)} cases ({', '.join(res.cases)}), "
-                     f"{len(res.targets)} targets ({res.count('train')} train, {res.count('test')} test)"
+                     f"{len(res.targets)} targets ({res.count('train')} train, {res.count('val')} val, "
+                     f"{res.count('test')} test)"
                      f"{skipped}\n")
     return 0
 

