@@ -75,8 +75,9 @@ def test_nnunet_with_targets_csv(tmp_path):
     assert image.shape == SHAPE and image.spacing == (1.0, 1.0, 2.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         targets[0].label = 3  # type: ignore[misc]
-    with pytest.raises(UsageError):
-        open_dataset(root, split="val")
+    assert open_dataset(root, split="val") == []  # a known split this dataset has no targets of
+    with pytest.raises(UsageError, match="validation"):
+        open_dataset(root, split="validation")
 
 
 def test_nnunet_without_targets_csv(tmp_path):
