@@ -4,7 +4,13 @@
     model = voxprompt.load_model("sam-med3d", "sam_med3d_turbo.pth")
     emb = model.encode(image)                      # (B,1,128,128,128) z-scored ROI
     low_res_logits, iou = model.decode(emb, points=(coords, labels))
+
+The models (and torch) are imported on first use of ``load_model``, ``build_model`` & co., so
+``import voxprompt``, ``import voxprompt.errors`` and ``voxprompt --help`` stay fast.
 """
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_attributes
 from .errors import (
     CheckpointError,
     ImageReadError,
@@ -14,15 +20,19 @@ from .errors import (
     UsageError,
     VoxpromptError,
 )
-from .models.config import SamConfig, SamUNetConfig
-from .models.loading import convert_checkpoint, load_model
-from .models.zoo import ZOO, build_model
+
+if TYPE_CHECKING:
+    from .models.config import SamConfig, SamUNetConfig
+    from .models.loading import convert_checkpoint, load_model
+    from .models.zoo import build_model
 
 __version__ = "0.1.0"
 
 
 def list_models() -> list[str]:
     """Names accepted by :func:`load_model`."""
+    from .models.zoo import ZOO
+
     return list(ZOO)
 
 
@@ -41,3 +51,12 @@ __all__ = [
     "PromptError",
     "ImageReadError",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, {
+    "load_model": ".models.loading",
+    "convert_checkpoint": ".models.loading",
+    "build_model": ".models.zoo",
+    "ZOO": ".models.zoo",
+    "SamConfig": ".models.config",
+    "SamUNetConfig": ".models.config",
+})

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import PromptError, UsageError, VoxpromptError
 from .io.image2d import RASTER_EXTENSIONS, WRITE_EXTENSIONS_2D, count_frames, is_2d_file
-from .io.read import file_extension
+from .io.paths import file_extension
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,16 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from .errors import PromptError, UsageError, VoxpromptError
-from .io.image import Image
-from .io.read import file_extension, read_image
-from .io.write import SUPPORTED_WRITE_EXTENSIONS
-from .models.loading import DEFAULT_MODEL, shipped_weights
+from .io.paths import file_extension
+from .models.config import DEFAULT_MODEL
+
+if TYPE_CHECKING:  # the image I/O (SimpleITK) and the models (torch) load in the commands, not at --help
+    from .io.image import Image
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ AUTOZOOM_DEFAULT = False  # --autozoom / --no-autozoom when neither is given
 
 def default_checkpoint(model: str = DEFAULT_MODEL) -> Optional[str]:
     """Checkpoint used when ``--checkpoint`` is not given: the weights shipped for ``model``, if any."""
+    from .models.loading import shipped_weights
+
     path = shipped_weights(model)
     return str(path) if path is not None else None
 
@@ -143,6 +146,7 @@ def _point_index(image: Image, p: PointArg, frame: str) -> tuple[int, int, int]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .io.info import describe
+    from .io.read import read_image
 
     d = describe(read_image(args.image))
     sys.stdout.write(
@@ -157,6 +161,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from .io.read import read_image
+    from .io.write import SUPPORTED_WRITE_EXTENSIONS
     from .models.zoo import get_spec
     from .segment2d_cli import cmd_segment_2d, wants_2d
 

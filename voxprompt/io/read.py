@@ -17,19 +17,12 @@ import SimpleITK as sitk
 
 from ..errors import ImageReadError, InputError
 from .image import Image
+from .paths import file_extension  # also imported from here by other modules
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_READ_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 DEFAULT_MAX_VOXELS = 2**31
-
-
-def file_extension(path: str | os.PathLike) -> str:
-    """Lower-case extension, treating ``.nii.gz`` as one extension."""
-    name = Path(path).name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return Path(name).suffix
 
 
 def _check_header(reader, where: str, max_voxels: int, n_slices: int | None = None) -> None:

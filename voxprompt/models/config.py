@@ -8,6 +8,10 @@ from typing import Any, Mapping
 
 from ..errors import UsageError
 
+# The model used when none is named (trained by us, shipped in voxprompt/weights/). Defined here, not in
+# loading.py, so that the CLI parser and the server settings know it without importing torch.
+DEFAULT_MODEL = "voxprompt-med3d-small"
+
 
 @dataclass
 class SamConfig:

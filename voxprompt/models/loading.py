@@ -11,7 +11,7 @@ import torch
 
 from ..checkpoints import CheckpointLike, check_compatible, family, identify, read_checkpoint, save_safetensors
 from ..errors import CheckpointError, UsageError
-from .config import SamConfig, SamUNetConfig
+from .config import DEFAULT_MODEL, SamConfig, SamUNetConfig  # noqa: F401  (DEFAULT_MODEL: re-exported)
 from .fast import configure_cpu_threads
 from .sam import SamModel
 from .sam_unet import SamUNet
@@ -20,7 +20,6 @@ from .zoo import Config, build_model, get_spec
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_MODEL = "voxprompt-med3d-small"  # trained by us, shipped in voxprompt/weights/
 Model = Union[SamModel, SamUNet]
 
 

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from ..errors import UsageError
-from ..models.loading import DEFAULT_MODEL
+from ..models.config import DEFAULT_MODEL
 from .settings import DEFAULT_PORT, ServerSettings
 
 log = logging.getLogger(__name__)

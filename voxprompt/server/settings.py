@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UsageError
-from ..models.loading import DEFAULT_MODEL
+from ..models.config import DEFAULT_MODEL
 
 DEFAULT_PORT = 1527  # the port 3D Slicer's nnInteractive extension suggests
 
