@@ -260,8 +260,8 @@ def test_cli_autozoom_flag(tmp_path, monkeypatch):
 
     refines = []
 
-    def spy(self, model, device=None, planner=None, refine=None):
-        orig(self, model, device=device, planner=planner, refine=refine)
+    def spy(self, model, device=None, planner=None, refine=None, **kw):
+        orig(self, model, device=device, planner=planner, refine=refine, **kw)
         planners.append(type(self.planner).__name__)
         refines.append(refine)
 

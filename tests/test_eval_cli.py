@@ -254,16 +254,18 @@ def test_cli_random_walker_report_then_tiny_model(dataset, tiny_ckpt, tmp_path, 
     assert all(r["final_roi_dice"] not in ("", "nan") for r in rows)
     summary = (out / "summary.md").read_text()
     assert "checkpoint_sha256" in summary and "sam-med3d" in summary and "**precision**: bf16" in summary
-    assert json.loads((out / "results.json").read_text())["meta"]["refine_band_mm"] == 0.0  # off for this model
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["refine_band_mm"] == 0.0 and meta["clean"] is False  # both off for this model
 
-    # --refine on a model that stores no band: the default band, recorded in the report
+    # --refine on a model that stores no band: the default band, recorded in the report (--clean likewise)
     rc, err = _run(["--model", "sam-med3d", "--checkpoint", str(tiny_ckpt), "--data", str(dataset), "--out",
-                    str(out), "--targets", "test", "--protocol", "cvpr25", "--clicks", "1", "--force", "--refine"],
-                   capsys)
+                    str(out), "--targets", "test", "--protocol", "cvpr25", "--clicks", "1", "--force", "--refine",
+                    "--clean"], capsys)
     assert rc == 0, err
     from voxprompt.refine import RefineConfig
 
-    assert json.loads((out / "results.json").read_text())["meta"]["refine_band_mm"] == RefineConfig().band_mm
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["refine_band_mm"] == RefineConfig().band_mm and meta["clean"] is True
 
 
 def _free_port() -> int:

@@ -1,6 +1,7 @@
 """``voxprompt info`` / ``voxprompt segment`` in-process and as a subprocess (tiny random model)."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -110,6 +111,32 @@ def test_point_mm_mask_in_and_ijk_order(files, monkeypatch):
     assert main(["segment", str(files["img"]), "-o", str(out), "--checkpoint", str(files["ckpt"]),
                  f"--point-mm={','.join(map(str, mm))}"]) == 0  # default frame LPS
     assert seen == [((8, 20, 18), True)]
+
+
+def test_segment_warns_on_a_poor_result_writes_it_and_exits_0(files, caplog, monkeypatch):
+    from voxprompt import session as session_mod
+
+    cleans = []
+    init, decode = session_mod.Session.__init__, session_mod.Session._decode
+
+    def spy(self, *args, **kw):
+        init(self, *args, **kw)
+        cleans.append(self.clean)
+
+    monkeypatch.setattr(session_mod.Session, "__init__", spy)
+    monkeypatch.setattr(session_mod.Session, "_decode", lambda self, *a: (decode(self, *a)[0], 0.01))
+    base = ["segment", str(files["img"]), "--checkpoint", str(files["ckpt"]), "--point", "18,20,8"]
+    out = files["dir"] / "poor.nii.gz"
+    with caplog.at_level(logging.WARNING, logger="voxprompt.segment_cli"):
+        assert main(base + ["-o", str(out)]) == 0
+    assert out.exists()  # written all the same: the user decides
+    assert "check the result: low confidence: predicted IoU 0.01 <" in caplog.text
+    assert main(base + ["-o", str(out), "--clean"]) == 0 and main(base + ["-o", str(out), "--no-clean"]) == 0
+    assert cleans == [False, True, False]  # an official model: off unless asked for
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="voxprompt.segment_cli"):
+        assert main(base[:4] + ["-o", str(out), "--box", "8,10,4,28,30,12"]) == 0  # a box alone reports too
+    assert "predicted IoU 0.01" in caplog.text
 
 
 def _run_err(files, capsys, *extra, output="bad.nii.gz"):

@@ -245,3 +245,16 @@ def test_api_key_via_auth_token(model, volume_path):
         tok = httpx.post(f"{url}/auth/token", data={"username": "u", "password": "k3y", "grant_type": "password"})
         auth = {"Authorization": f"{tok.json()['token_type']} {tok.json()['access_token']}"}
         assert httpx.get(f"{url}/info/", headers=auth).status_code == 200
+
+
+def test_infer_reports_a_poor_result(server, volume_path, monkeypatch):
+    """``params.voxprompt`` carries the Session's flag (``low_confidence``, ``warning``)."""
+    sid = create_session(server, volume_path)["session_id"]
+    decode = Session._decode
+    monkeypatch.setattr(Session, "_decode", lambda self, *a: (decode(self, *a)[0], 0.01))
+    status, params, files = infer(server, "Volume 1", {"label": "liver", "foreground": [[20, 18, 10]]},
+                                  session_id=sid)
+    assert status == 200 and files
+    assert params["voxprompt"]["low_confidence"] is True and "predicted IoU 0.01" in params["voxprompt"]["warning"]
+    assert params["voxprompt"]["score"] == pytest.approx(0.01)
+    httpx.delete(f"{server}/session/{sid}")

@@ -231,3 +231,27 @@ def test_bad_requests_get_4xx_with_a_reason(model, volume):
         assert r.status_code == 400 and "JSON" in r.json()["detail"]
         r = _post(url, "/add_point_interaction", "0" * 32, body={"coordinates": [1, 1, 1], "include_interaction": True})
         assert r.status_code == 410
+
+
+def test_prediction_meta_carries_the_confidence_flag(model, volume, monkeypatch):
+    """``X-Meta`` gains ``low_confidence`` / ``warning`` (voxprompt's additions; the official client,
+    driven in the tests above, reads the keys it knows)."""
+    with serve(model) as url:
+        tok = httpx.post(f"{url}/claim").json()["lease_token"]
+        assert _post(url, "/set_image", tok, content=nnia.pack(volume[None]),
+                     meta={"image_properties": {"spacing": list(SPACING_KJI)}}).status_code == 200
+        _post(url, "/set_target_buffer", tok, body={"shape": list(volume.shape), "dtype": "uint8"})
+        point = {"coordinates": [12, 20, 18], "include_interaction": True}
+        decode = Session._decode
+        monkeypatch.setattr(Session, "_decode", lambda self, *a: (decode(self, *a)[0], 0.01))
+        meta = json.loads(_post(url, "/add_point_interaction", tok, body=point).headers["X-Meta"])
+        assert meta["ran_prediction"] and meta["low_confidence"] is True
+        assert "predicted IoU 0.01" in meta["warning"]
+        monkeypatch.setattr(Session, "_decode", lambda self, *a: (decode(self, *a)[0], 0.99))
+        meta = json.loads(_post(url, "/add_point_interaction", tok, body=point).headers["X-Meta"])
+        local = Session(model)
+        local.set_image(volume, spacing=SPACING_KJI)
+        local.add_point((12, 20, 18))
+        want = local.add_point((12, 20, 18))  # the same state: the same flag (the click may be outside)
+        assert meta["low_confidence"] is want.low_confidence and meta["warning"] == want.warning
+        httpx.post(f"{url}/release", headers={"X-Lease-Token": tok})

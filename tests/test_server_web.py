@@ -67,6 +67,18 @@ def test_file_voxel_geometry_matches_simpleitk(tmp_path):
         np.testing.assert_allclose(ras_to_file_ijk(aff, ras), ijk, atol=1e-9)
 
 
+def test_viewer_point_reports_a_poor_result(served, monkeypatch):
+    from voxprompt.session import Session
+
+    url, _ = served
+    tok = httpx.post(f"{url}/{API}/open", data={"path": "lps.nii.gz"}).json()["token"]
+    decode = Session._decode
+    monkeypatch.setattr(Session, "_decode", lambda self, *a: (decode(self, *a)[0], 0.01))
+    s = httpx.post(f"{url}/{API}/{tok}/point", json={"ijk": [22, 18, 10]}, timeout=60).json()
+    assert s["low_confidence"] is True and "predicted IoU 0.01" in s["warning"]
+    assert httpx.delete(f"{url}/{API}/{tok}").json() == {"closed": True}
+
+
 def test_viewer_api(served, data_dir, model):
     url, ctx = served
     assert httpx.get(f"{url}/").status_code == 200
@@ -81,6 +93,7 @@ def test_viewer_api(served, data_dir, model):
     # ijk (file voxel) and mm (RAS) name the same voxel
     s1 = httpx.post(f"{url}/{API}/{tok}/point", json={"ijk": [22, 18, 10]}).json()
     assert s1["voxels"] > 0 and lease.session.prompts[-1] == ("point", ((10, 18, 22), True))
+    assert s1["low_confidence"] is (s1["warning"] is not None)  # the Session's flag, for the status line
     mm = (nifti_affine(lease.session.image) @ [30, 20, 9, 1])[:3]
     httpx.post(f"{url}/{API}/{tok}/point", json={"mm": mm.tolist(), "positive": False})
     assert lease.session.prompts[-1] == ("point", ((9, 20, 30), False))
@@ -110,8 +123,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it with apt-get)")
-def test_browser_click_overlay_undo_download(served, data_dir, tmp_path):
+def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api")
+    from voxprompt.session import Session
+
+    decode = Session._decode  # a low predicted IoU: every result is flagged (the masks are unchanged)
+    monkeypatch.setattr(Session, "_decode", lambda self, *a: (decode(self, *a)[0], 0.01))
     assert (WEB_DIR / "viewer.js").is_file(), "run `make web`"
     url, ctx = served
     errors: list[str] = []
@@ -147,6 +164,8 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path):
                 page.wait_for_function(f"window.voxprompt.state.version >= {version}", timeout=30000)
 
             click(0, 0, 2)
+            text, cls = page.inner_text("#status"), page.get_attribute("#status", "class")
+            assert "check the result: low confidence: predicted IoU 0.01" in text and cls == "warn"
             last = page.evaluate("window.voxprompt.state.lastClick")
             want = np.floor(ras_to_file_ijk(nifti_affine(img), last["mm"]) + 0.5).astype(int).tolist()
             assert last["ijk"] == want

@@ -287,3 +287,120 @@ def test_array_with_affine_keeps_callers_axis_order():
     with pytest.raises(UsageError):
         image_from_array(np.zeros((3, 3, 3)), spacing=(1, 1, 1), affine=affine)
     assert isinstance(CenteredRoiPlanner().size, int)
+
+
+# ----------------------------------------------------------------------------- clean-up and confidence
+FULL = tuple(slice(0, n) for n in SHAPE)
+
+
+def _box(lo, hi) -> np.ndarray:
+    m = np.zeros(SHAPE, bool)
+    m[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    return m
+
+
+def _results(monkeypatch, s: Session, blocks: list, score=None) -> None:
+    """The model's result of each next call, pasted on the image grid, becomes the next (region, block)
+    of ``blocks`` (then the refinement and clean-up run on it as usual); ``score`` fixes the IoU."""
+    it = iter(blocks)
+    monkeypatch.setattr(s, "_pasted", lambda mask, roi, mask_roi, cache=True: next(it))
+    if score is not None:
+        decode = s._decode
+        monkeypatch.setattr(s, "_decode", lambda *a: (decode(*a)[0], score))
+
+
+def _sessions(model, volume, **kw) -> tuple[Session, Session]:
+    out = []
+    for clean in (True, False):
+        s = Session(model, clean=clean, low_confidence_iou=0.0, **kw)
+        s.set_image(volume, spacing=SPACING_ZYX)
+        out.append(s)
+    return out[0], out[1]
+
+
+def test_clean_up_keeps_the_clicked_blob_fills_its_hole_and_undoes_exactly(model, volume, monkeypatch):
+    a, b = _box((2, 5, 5), (9, 15, 15)), _box((3, 25, 25), (6, 30, 30))
+    hole = _box((4, 8, 8), (7, 12, 12))
+    raw = (a & ~hole) | b  # what the model returned: two blobs, one with a hole
+    on, off = _sessions(model, volume)
+    assert on.clean and not off.clean and not Session(model).clean  # official models: off by default
+    for s in (on, off):
+        _results(monkeypatch, s, [(FULL, raw.copy()), (FULL, raw.copy())])
+    p = on.add_point((3, 6, 6))
+    np.testing.assert_array_equal(p.mask, a)  # only the clicked blob, its hole filled
+    assert not p.low_confidence and p.warning is None
+    np.testing.assert_array_equal(off.add_point((3, 6, 6)).mask, raw)  # clean=False keeps everything
+    first, logits, prompts = p.mask.copy(), on._obj.logits.clone(), on.prompts
+    np.testing.assert_array_equal(on.add_point((4, 27, 27)).mask, a | b)  # a click in B keeps it too
+    np.testing.assert_array_equal(on.undo().mask, first)  # undo restores exactly
+    _results(monkeypatch, on, [(FULL, raw.copy())])
+    np.testing.assert_array_equal(on.add_point((5, 9, 9), positive=False).mask, a & ~hole)  # a carved hole stays
+    on.undo()
+    torch.testing.assert_close(on._obj.logits, logits, rtol=0, atol=0)
+    assert on.prompts == prompts
+    assert not on.undo().mask.any()
+
+
+def test_clean_up_keeps_what_continues_the_mask_outside_the_region(model, volume, monkeypatch):
+    """A result pasted over part of the image keeps components that touch the object's mask just
+    outside that region (multi-ROI, auto-zoom), the clicked ones, and nothing else."""
+    s, _ = _sessions(model, volume)
+    left, right = (slice(0, 12), slice(0, 20), slice(0, 36)), (slice(0, 12), slice(20, 40), slice(0, 36))
+    a = _box((3, 5, 5), (8, 20, 15))  # reaches the left region's face at y = 19
+    c = _box((3, 20, 5), (8, 24, 15))  # continues a across the face
+    d, e = _box((3, 30, 20), (6, 34, 25)), _box((8, 30, 2), (10, 34, 6))
+    _results(monkeypatch, s, [(left, a[left]), (right, (c | d | e)[right])])
+    s.add_point((5, 10, 10))
+    p = s.add_point((4, 31, 22))  # clicks d
+    np.testing.assert_array_equal(p.mask, a | c | d)  # e: no click, not connected: removed
+
+
+def test_box_whose_centre_misses_the_object_keeps_the_nearest_part(model, volume, monkeypatch):
+    s, _ = _sessions(model, volume)
+    yy, xx = np.mgrid[:SHAPE[1], :SHAPE[2]]
+    ring2d = (np.hypot(yy - 20, xx - 18) >= 4) & (np.hypot(yy - 20, xx - 18) <= 7)
+    ring = np.zeros(SHAPE, bool)
+    ring[2:9] = ring2d  # a tube around the box centre (6, 20, 18), open at both ends
+    speck = _box((9, 34, 29), (11, 36, 31))
+    _results(monkeypatch, s, [(FULL, ring | speck)])
+    p = s.add_box((1, 3, 3), (11, 37, 33))
+    np.testing.assert_array_equal(p.mask, ring)  # the nearest component, not an empty mask
+    assert p.warning is None  # the box holds a result (the centre is not a click)
+
+
+def test_add_mask_is_never_cleaned_and_its_parts_stay(model, volume, monkeypatch):
+    s, _ = _sessions(model, volume)
+    a, b = _box((2, 5, 5), (9, 15, 15)), _box((3, 25, 25), (6, 30, 30))
+    user = (a & ~_box((4, 8, 8), (7, 12, 12))) | b
+    np.testing.assert_array_equal(s.add_mask(user).mask, user)  # the user's mask is theirs: holes, parts
+    speck = _box((9, 34, 2), (11, 36, 4))
+    _results(monkeypatch, s, [(FULL, user | speck)])
+    np.testing.assert_array_equal(s.add_point((3, 6, 6)).mask, a | b)  # b overlaps the user's mask
+
+
+def test_low_confidence_flags(model, volume, monkeypatch):
+    s = Session(model, clean=False, low_confidence_iou=0.5)
+    s.set_image(volume, spacing=SPACING_ZYX)
+    a, b = _box((2, 5, 5), (9, 15, 15)), _box((3, 25, 25), (6, 30, 30))
+    _results(monkeypatch, s, [(FULL, a), (FULL, b), (FULL, np.zeros(SHAPE, bool)), (FULL, a)], score=0.31)
+    p = s.add_point((3, 6, 6))
+    assert p.low_confidence and p.warning == "low confidence: predicted IoU 0.31 < 0.5"
+    s.low_confidence_iou = 0.3
+    p = s.add_point((3, 6, 6))  # the result is b: the click is not in it
+    assert p.low_confidence and p.warning == "the positive click at (3, 6, 6) is outside the result"
+    p = s.add_point((4, 27, 27))
+    assert p.warning == "empty mask after a positive click" and not p.mask.any()
+    p = s.add_point((8, 30, 30), positive=False)  # the last positive click (4, 27, 27) is outside a
+    assert p.warning == "the positive click at (4, 27, 27) is outside the result"
+    assert s.undo().warning == "empty mask after a positive click"  # the flag follows the state
+    assert s.add_mask(a).warning is None and s.reset().warning is None
+    with pytest.raises(UsageError, match="low_confidence_iou"):
+        Session(model, low_confidence_iou=1.5)
+    with pytest.raises(UsageError, match="clean"):
+        Session(model, clean="no")
+
+
+def test_shipped_default_model_cleans_by_default():
+    s = Session()
+    assert s.clean and s.refine is not None and s.low_confidence_iou == voxprompt.session.LOW_CONFIDENCE_IOU
+    assert not Session(s.model, clean=False).clean

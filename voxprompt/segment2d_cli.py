@@ -99,6 +99,8 @@ def _check_common(args: argparse.Namespace) -> str:
         raise UsageError("--autozoom is for 3D models; 2D models follow objects with --propagate")
     if getattr(args, "refine", None):
         raise UsageError("--refine is for 3D models (boundary refinement of a 3D session)")
+    if getattr(args, "clean", None):
+        raise UsageError("--clean is for 3D models (mask clean-up of a 3D session)")
     from .models.loading import shipped_weights
 
     ckpt = args.checkpoint or shipped_weights(args.model)

@@ -223,13 +223,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from .autozoom import AutoZoomPlanner
 
         planner = AutoZoomPlanner()
-    session = Session(model, device=args.device, planner=planner, refine=args.refine)
+    session = Session(model, device=args.device, planner=planner, refine=args.refine, clean=args.clean)
     session.set_image(image)
+    pred = None
     if prior is not None:
         session.add_mask(prior.array != 0)
     for lo, hi in box_zyx:
-        session.add_box(lo, hi)
-    pred = None
+        pred = session.add_box(lo, hi)
     for zyx, positive in idx:
         pred = session.add_point(zyx, positive=positive)
 
@@ -251,6 +251,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if pred is not None and pred.zooms:
         score += f", auto-zoom x{'/'.join(f'{z:g}' for z in pred.zooms)} + {pred.tiles} tile(s)"
     sys.stdout.write(f"wrote {out} ({int(mask.sum())} voxels{score})\n")
+    if pred is not None and pred.warning:  # the mask is written all the same: the user decides
+        note = " (the click as an array index k,j,i: the reverse of IJK)" if "click at" in pred.warning else ""
+        log.warning("check the result: %s%s", pred.warning, note)
     if args.overlay is not None:
         from .overlay import save_overlay
 
@@ -302,6 +305,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                    help="re-decide a band around the model's boundary at the image's resolution with a random "
                         "walker seeded by the model and the clicks (voxprompt.refine; default: the model's "
+                        "stored setting, on for the default model, off for the official ones)")
+    s.add_argument("--clean", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the parts of the mask connected to a positive click (or box centre) and fill "
+                        "their holes; --no-clean keeps every component the model returned (default: the model's "
                         "stored setting, on for the default model, off for the official ones)")
     from .segment2d_cli import add_2d_arguments
 

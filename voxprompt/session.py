@@ -49,6 +49,19 @@ random walker seeded by the model's confident interior/exterior and the clicks
 (:mod:`voxprompt.refine`). The model's logits fed back to the next click are unchanged; the mask
 shown (and its undo step) is the refined one. Off for the official models (published behaviour).
 
+Mask clean-up: ``Session(model, clean=True | False)`` (the default ``None`` follows the model's
+stored settings like the refinement: on for the default model, off for the official ones) keeps,
+after the refinement, only the 26-connected components of each new result that hold a positive
+click or box centre of the object or continue its mask outside the changed region, and fills the
+holes they enclose, except holes holding a negative click (:func:`voxprompt.cleanup.clean_mask`).
+When no positive prompt lies in the result, the component nearest to one is kept. ``clean=False``
+keeps everything the model returned; ``add_mask`` never cleans. The cleaned mask is what is shown
+and undone; the logits fed back are the model's.
+
+Confidence: ``Prediction.low_confidence`` / ``.warning`` flag a result whose predicted IoU is below
+``low_confidence_iou`` (default :data:`LOW_CONFIDENCE_IOU`, calibrated for the default model only),
+whose mask is empty after a positive prompt, or that leaves out the object's last positive click.
+
 Objects: ``new_object`` starts object 2, 3, ...; :meth:`Session.label_map` paints objects in id
 order, so later objects overwrite earlier ones where they overlap.
 
@@ -74,6 +87,7 @@ from .io.read import read_image
 from .objects import ObjectsMixin, Slices, bbox_of, unshared_mask, within
 from .preprocess import (Roi, extract_roi_label, preprocess_roi, roi_around, roi_block_to_original,
                          roi_for_label)
+from .cleanup import clean_mask, resolve_clean
 from .refine import RefineConfig, refine_mask, resolve_refine
 
 log = logging.getLogger(__name__)
@@ -83,6 +97,12 @@ MASK_PRIOR_LOGIT = 10.0  # |logit| of an add_mask prior (sigmoid(10) = 0.99995)
 EMBEDDING_CACHE_SIZE = 4
 COVERAGE_CACHE_SIZE = 8  # ROI footprints on the original grid kept for pasting
 BOX_NEGATIVE_MARGIN = 2  # voxels outside a box face where its negative click goes
+# A result whose predicted IoU (the model's own score) is below this is flagged as low confidence.
+# Chosen for the default model on the training structures (benchmarks/confidence.py: the largest
+# threshold whose flagged first clicks have Dice < 0.3 at least 75 % of the time). Its IoU head is a
+# weak signal (Spearman 0.08 with Dice there), so this flags only the rare very low scores; calibrate
+# it for any other model (an official SAM-Med3D's scores live on another scale).
+LOW_CONFIDENCE_IOU = 0.12
 
 ImageLike = Union[Image, np.ndarray, str, os.PathLike]
 
@@ -219,7 +239,10 @@ class Prediction:
     the object has no ROI. ``changed_bbox``: slices of the image region whose mask changed (None if
     nothing changed). ``score``: the model's IoU prediction (None for add_mask/reset/empty).
     With auto-zoom, ``roi``/``probabilities``/``score`` are the base ROI's; ``zooms`` and ``tiles``
-    say what else ran (empty / 0 for a single-ROI call).
+    say what else ran (empty / 0 for a single-ROI call). ``low_confidence`` / ``warning``: whether
+    the object's result looks poor and why, one sentence (``Session`` docstring: score below
+    ``low_confidence_iou``, an empty mask after a positive prompt, the last positive click outside
+    the mask); False / None otherwise.
     """
 
     mask: np.ndarray
@@ -231,6 +254,8 @@ class Prediction:
     roi_bbox: Optional[Slices] = None  # image region covered by the ROI
     zooms: tuple[float, ...] = ()
     tiles: int = 0
+    low_confidence: bool = False
+    warning: Optional[str] = None
 
 
 @dataclass
@@ -283,6 +308,28 @@ def _union(a: Optional[Slices], b: Optional[Slices]) -> Optional[Slices]:
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
+def _box_centre(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The voxel at the middle of the box [lo, hi) (where ``add_box`` puts its positive click)."""
+    return np.floor((np.asarray(lo) + np.asarray(hi) - 1) / 2.0 + 0.5).astype(int)
+
+
+def _since_mask(prompts: list) -> list:
+    """The prompts given since the object's last mask prompt."""
+    last = max((i for i, (kind, _) in enumerate(prompts) if kind == "mask"), default=-1)
+    return prompts[last + 1:]
+
+
+def _positive_seeds(prompts: list) -> list:
+    """Voxels a positive prompt asked for since the last mask prompt: positive clicks, box centres."""
+    seeds = []
+    for kind, data in _since_mask(prompts):
+        if kind == "point" and data[1]:
+            seeds.append(np.asarray(data[0], dtype=int))
+        elif kind == "box":
+            seeds.append(_box_centre(data[0], data[1]))
+    return seeds
+
+
 def _point_clicks(prompts: list) -> list:
     """The point prompts given since the object's last mask prompt, as clicks (original indices)."""
     clicks: list = []
@@ -308,12 +355,24 @@ class Session(ObjectsMixin):
     """Per-user interactive segmentation state around a shared, stateless model.
 
     Prompts are voxel indices of the session's array in its own axis order (module docstring).
+
+    ``refine``: boundary refinement (None = the model's stored setting). ``clean``: keep only the
+    components of a result that a positive prompt asked for, holes filled (None = the model's
+    stored setting: on for the default model, off for the official ones; False keeps everything).
+    ``low_confidence_iou``: a prediction whose model-predicted IoU is below it is flagged
+    (``Prediction.low_confidence`` and ``.warning``; 0 turns this rule off). The default
+    :data:`LOW_CONFIDENCE_IOU` = 0.12 was chosen for the default model on its training structures,
+    where its predicted IoU is a weak signal; calibrate the threshold for other models (their IoU
+    heads are not calibrated against real Dice either). A result is flagged as well when its mask
+    is empty after a positive prompt (a click or a box: empty inside the box) or when the object's
+    last positive click lies outside it; the sentence gives the click as an array index.
     """
 
     _object_type = _Object
 
     def __init__(self, model: Optional[torch.nn.Module] = None, device: Optional[Union[str, torch.device]] = None,
-                 planner: Optional[RoiPlanner] = None, refine: Union[bool, RefineConfig, None] = None) -> None:
+                 planner: Optional[RoiPlanner] = None, refine: Union[bool, RefineConfig, None] = None,
+                 clean: Optional[bool] = None, low_confidence_iou: float = LOW_CONFIDENCE_IOU) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from .models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
@@ -331,6 +390,13 @@ class Session(ObjectsMixin):
         self.planner: RoiPlanner = bind(self.img_size, self.roi_spacing) if bind is not None else planner
         self.cache_size = max(EMBEDDING_CACHE_SIZE, int(getattr(self.planner, "cache_size", 0) or 0))
         self.refine: Optional[RefineConfig] = resolve_refine(refine, model.cfg)
+        self.clean: bool = resolve_clean(clean, model.cfg)
+        try:
+            self.low_confidence_iou = float(low_confidence_iou)
+        except (TypeError, ValueError):
+            raise UsageError(f"low_confidence_iou must be a number, got {low_confidence_iou!r}") from None
+        if not 0.0 <= self.low_confidence_iou <= 1.0:
+            raise UsageError(f"low_confidence_iou must be in [0, 1] (0 = no score rule), got {low_confidence_iou}")
         self.image: Optional[Image] = None
         self._embeddings: dict[tuple, torch.Tensor] = {}
         self._coverage: dict[tuple, tuple[Optional[Slices], np.ndarray]] = {}
@@ -553,8 +619,27 @@ class Session(ObjectsMixin):
                 prob = self._upsampled_prob(obj.logits).cpu().numpy()
         roi_bbox = self._roi_coverage(obj.roi)[0] if obj.roi is not None else None
         extra = {} if expansion is None else {"zooms": tuple(expansion.zooms), "tiles": expansion.tiles}
+        warning = self._warning(obj)
         return Prediction(mask=self.mask, probabilities=prob, changed_bbox=changed, score=obj.score,
-                          roi=obj.roi, object_id=self._current, roi_bbox=roi_bbox, **extra)
+                          roi=obj.roi, object_id=self._current, roi_bbox=roi_bbox,
+                          low_confidence=warning is not None, warning=warning, **extra)
+
+    def _warning(self, obj: _Object) -> Optional[str]:
+        """Why the object's current result looks poor (one sentence), or None (see the class docstring)."""
+        notes = []
+        if obj.score is not None and self.low_confidence_iou > 0 and obj.score < self.low_confidence_iou:
+            notes.append(f"low confidence: predicted IoU {obj.score:.2f} < {self.low_confidence_iou:g}")
+        positive = [(kind, data) for kind, data in _since_mask(obj.prompts)
+                    if kind == "box" or (kind == "point" and data[1])]
+        if positive:
+            kind, data = positive[-1]
+            if kind == "point":
+                if not obj.mask[data[0]]:
+                    notes.append("empty mask after a positive click" if not obj.mask.any() else
+                                 f"the positive click at {tuple(data[0])} is outside the result")
+            elif not obj.mask[tuple(slice(a, b) for a, b in zip(*data))].any():
+                notes.append(f"empty mask inside the box {tuple(data[0])}..{tuple(data[1])}")
+        return "; ".join(notes) or None
 
     def _run(self, obj: _Object, roi: Roi, clicks: list,
              clip: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Prediction:
@@ -580,10 +665,45 @@ class Session(ObjectsMixin):
             block = self._refined(region, block, clicks)
         if region is not None and clip is not None:
             block = _clip_block(obj.mask[region], block, region, clip)
+        if region is not None and self.clean:
+            block = self._cleaned(obj, region, block, clip)
         changed = self._commit(obj, None if region is None else (region, block))
         if expansion is not None:  # later clicks in this ROI refine what is shown, not the cut-off logits
             obj.logits = self._mask_prior(obj.mask, roi)
         return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
+
+    def _cleaned(self, obj: _Object, region: Slices, block: np.ndarray,
+                 clip: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
+        """``block`` (the object's new mask on ``region``) keeping only the components a prompt asked for,
+        holes filled (:func:`voxprompt.cleanup.clean_mask`, seeded by the object's positive clicks and box
+        centres). It sees ``region`` plus a one-voxel ring of the object's mask around it: components that
+        continue the mask outside the region stay, so a multi-ROI object is not cut. Holes holding a
+        negative click stay open (a cavity the user carved out). Only the part that may change does (the
+        box of a ``clip``); after a mask prompt, components overlapping the object's previous mask stay
+        too (the user's mask may have several parts)."""
+        if not block.any():
+            return block  # nothing to keep or fill
+        shape = self.shape
+        outer = tuple(slice(max(r.start - 1, 0), min(r.stop + 1, n)) for r, n in zip(region, shape))
+        inner = tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, outer))
+        padded = obj.mask[outer].copy()
+        padded[inner] = block
+        if clip is None:
+            editable: Slices = inner
+        else:  # the box within the region, in ``padded``'s indices
+            lo = [max(int(a), r.start) for a, r in zip(clip[0], region)]
+            hi = [max(min(int(b), r.stop), a) for b, r, a in zip(clip[1], region, lo)]
+            editable = tuple(slice(a - o.start, b - o.start) for a, b, o in zip(lo, hi, outer))
+        anchor = padded.copy()
+        anchor[editable] = False
+        if any(kind == "mask" for kind, _ in obj.prompts):
+            anchor |= padded & obj.mask[outer]
+        start = np.array([o.start for o in outer])
+        seeds = [p - start for p in _positive_seeds(obj.prompts)]
+        negatives = [np.asarray(p) - start for p, lab in _point_clicks(obj.prompts) if not lab]
+        cleaned = clean_mask(padded, seeds, anchor, spacing=self._img().spacing[::-1], negatives=negatives)
+        padded[editable] = cleaned[editable]
+        return padded[inner]
 
     def _refined(self, region: Slices, block: np.ndarray, clicks: list) -> np.ndarray:
         """``block`` (the object's new mask on ``region``) with its boundary refined on the image grid."""
@@ -615,7 +735,7 @@ class Session(ObjectsMixin):
         a, b = self._box(lo, hi)
         img = self._img()
         obj = self._obj
-        center = np.floor((a + b - 1) / 2.0 + 0.5).astype(int)
+        center = _box_centre(a, b)
         extent = b - a
         if (np.any(extent * np.asarray(img.spacing[::-1]) > self.img_size * self.roi_spacing)
                 and getattr(self.planner, "expand", None) is None):

@@ -120,11 +120,13 @@ def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> tupl
         from voxprompt.eval.runner2d import slice_session_factory
 
         return slice_session_factory(model, axis=SLICE_AXES[args.slice_axis], device=device), {}
+    from voxprompt.cleanup import resolve_clean
     from voxprompt.refine import resolve_refine
 
     refine = resolve_refine(args.refine, model.cfg)
-    factory = session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False)
-    return factory, {"refine_band_mm": refine.band_mm if refine else 0.0}
+    clean = resolve_clean(getattr(args, "clean", None), model.cfg)
+    factory = session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False, clean=clean)
+    return factory, {"refine_band_mm": refine.band_mm if refine else 0.0, "clean": clean}
 
 
 def _run_eval(
@@ -225,6 +227,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "seed": args.seed, "data": str(args.data), "targets": args.targets, "n_targets": len(rows),
         "device": args.device, "precision": None if args.model == BASELINE else getattr(args, "precision", "fp32"),
         "autozoom": bool(getattr(args, "autozoom", False)), "refine_band_mm": settings.get("refine_band_mm"),
+        "clean": settings.get("clean"),
         **({"rw_beta": settings["rw_beta"]} if "rw_beta" in settings else {}),
         "world_size": dist.world, "machine": _machine(device),
         **_meta_2d(args),
@@ -289,6 +292,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                    help="3D sessions: boundary refinement at the image's resolution (voxprompt.refine; "
                         "default: the model's stored setting)")
+    s.add_argument("--clean", action=argparse.BooleanOptionalAction, default=None,
+                   help="3D sessions: keep only the mask's parts connected to a positive click or box centre, "
+                        "holes filled; --no-clean keeps every component (voxprompt.cleanup; default: the model's "
+                        "stored setting)")
     s.add_argument("--no-box", action="store_true",
                    help="cvpr25 without the initial box (the random walker then takes clicks only; with the box "
                         "it runs its box mode, voxprompt.eval.baseline); sam-med2d without box mode")

@@ -58,7 +58,8 @@ def create_app(settings: ServerSettings, model: Optional[torch.nn.Module] = None
     for msg in security_warnings(settings):
         log.warning(msg)
 
-    host = ModelHost(model, settings.model, autozoom_default=settings.autozoom, refine=settings.refine)
+    host = ModelHost(model, settings.model, autozoom_default=settings.autozoom, refine=settings.refine,
+                     clean=settings.clean)
     leases = LeaseManager(host.new_session, settings.max_sessions, settings.retry_after_s)
     ctx = ServerContext(settings=settings, host=host, leases=leases)
 

@@ -22,7 +22,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         api_key=read_api_key_file(args.api_key_file) if args.api_key_file else None,
         data_dir=Path(args.data_dir) if args.data_dir else None, max_upload_mb=args.max_upload_mb,
         idle_timeout_s=args.idle_timeout, liveness_timeout_s=args.liveness_timeout,
-        autozoom=args.autozoom, refine=args.refine, web=not args.no_web,
+        autozoom=args.autozoom, refine=args.refine, clean=args.clean, web=not args.no_web,
         session_memory_mb=args.session_memory_mb, max_memory_mb=args.max_memory_mb,
     ).validate()
 
@@ -75,6 +75,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                    help="boundary refinement at the image's resolution (voxprompt.refine; default: the "
                         "model's stored setting)")
+    s.add_argument("--clean", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the mask's parts connected to a positive click, holes filled; --no-clean "
+                        "keeps every component (voxprompt.cleanup; default: the model's stored setting)")
     s.add_argument("--session-memory-mb", type=float, default=2048.0, metavar="MB",
                    help="per-session memory cap: cached embeddings are trimmed above it and a larger "
                         "image is refused with 413 (default 2048)")

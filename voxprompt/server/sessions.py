@@ -67,9 +67,11 @@ class ModelHost:
     """One model shared by every lease; ``lock`` serialises model calls across leases."""
 
     def __init__(self, model: torch.nn.Module, name: str, device: Optional[str] = None,
-                 autozoom_default: bool = False, refine: Optional[bool] = None) -> None:
+                 autozoom_default: bool = False, refine: Optional[bool] = None,
+                 clean: Optional[bool] = None) -> None:
         self.model = model
         self.refine = refine
+        self.clean = clean
         self.name = name
         self.device = device
         self.autozoom_default = bool(autozoom_default)
@@ -85,7 +87,7 @@ class ModelHost:
     def new_session(self) -> Session:
         return Session(self.model, device=self.device,
                        planner=AutoZoomSwitch(enabled=self.autozoom_default, zoom=autozoom_planner()),
-                       refine=self.refine)
+                       refine=self.refine, clean=self.clean)
 
 
 def set_autozoom(session: Session, enabled: bool) -> bool:

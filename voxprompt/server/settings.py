@@ -33,6 +33,7 @@ class ServerSettings:
     reaper_interval_s: float = 15.0
     autozoom: bool = False  # default of ``set_do_autozoom`` for new leases
     refine: Optional[bool] = None  # boundary refinement (voxprompt.refine); None = the model's stored setting
+    clean: Optional[bool] = None  # mask clean-up (voxprompt.cleanup); None = the model's stored setting
     retry_after_s: int = 10  # Retry-After of a 503 at capacity
     web: bool = True  # serve the browser viewer at /
     session_memory_mb: float = 2048.0  # per session: embedding cache trimmed above it; larger images: 413

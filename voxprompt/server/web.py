@@ -56,6 +56,8 @@ def _summary(lease: Lease, pred=None) -> dict[str, Any]:
         "object_id": s.object_id, "objects": s.object_ids, "can_undo": s.can_undo,
         "voxels": int(np.count_nonzero(s.mask)), "version": lease.state["version"],
         "score": None if pred is None or pred.score is None else round(float(pred.score), 4),
+        "low_confidence": bool(pred is not None and pred.low_confidence),
+        "warning": None if pred is None else pred.warning,
         "changed_bbox_kji": None if pred is None or pred.changed_bbox is None
         else [[int(b.start), int(b.stop)] for b in pred.changed_bbox],
     }

@@ -84,7 +84,9 @@ function applySummary(s) {
   sel.replaceChildren(...s.objects.map((id) => new Option(`object ${id}`, String(id), false, id === s.object_id)));
   $("undo").disabled = !s.can_undo;
   const score = s.score === null || s.score === undefined ? "" : `, predicted IoU ${s.score.toFixed(3)}`;
-  status(`${state.name}: object ${s.object_id}, ${s.voxels} voxels${score}`);
+  const warning = s.warning ? ` \u2014 check the result: ${s.warning}` : "";
+  status(`${state.name}: object ${s.object_id}, ${s.voxels} voxels${score}${warning}`);
+  if (s.low_confidence) $("status").className = "warn";
 }
 
 async function afterChange(summary) {

@@ -14,7 +14,10 @@ lists travel every time), SAM-Med3D is a click loop. Each MONAI session keeps on
 object per ``label`` name; when a request's lists extend the points already applied to that label,
 only the new points are added (the official refinement chain); otherwise (a point was moved or
 deleted, or ``reset_state`` is true) the object is reset and every point is replayed, foreground
-points first. ``roi`` is ignored. The response label has value 1 for the object.
+points first. ``roi`` is ignored. The response label has value 1 for the object. The response's
+``params`` carry voxprompt's own ``voxprompt`` entry: ``score``, and ``low_confidence`` / ``warning``
+(a sentence or null) when the result looks poor (:class:`~voxprompt.session.Prediction`; points in
+the sentence are array indices (k, j, i), the reverse of IJK).
 
 Images come from ``session_id`` (the Slicer module's way), else from an uploaded ``file`` part
 (one-off), else ``image`` names a file under ``--data-dir`` (kept in a session of its own).
@@ -116,13 +119,15 @@ def apply_points(session: Session, labels: dict, label: str, fg: list, bg: list,
         session.reset()
         done_fg, done_bg = [], []
     new = [(p, True) for p in fg[len(done_fg):]] + [(p, False) for p in bg[len(done_bg):]]
-    score = None
+    pred = None
     entry["fg"], entry["bg"] = list(done_fg), list(done_bg)
     for p, positive in new:
         pred = session.add_point(from_slicer_ijk(p), positive=positive)  # IJK -> array (k, j, i)
         (entry["fg"] if positive else entry["bg"]).append(p)
-        score = pred.score
-    return {"object_id": entry["object"], "points_added": len(new), "replayed": not incremental, "score": score}
+    return {"object_id": entry["object"], "points_added": len(new), "replayed": not incremental,
+            "score": None if pred is None else pred.score,
+            "low_confidence": bool(pred is not None and pred.low_confidence),
+            "warning": None if pred is None else pred.warning}
 
 
 # ----------------------------------------------------------------------------- responses

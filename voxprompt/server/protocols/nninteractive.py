@@ -27,7 +27,11 @@ Mapping onto the Session API:
 
 Prediction responses carry the current object's mask inside ``Prediction.changed_bbox`` (the
 region that changed), cast to the client's buffer dtype and NNIA-packed; ``X-Meta`` holds
-``{"ran_prediction", "bbox": [[lo, hi] x 3] | null, "dtype", "shape"}``.
+``{"ran_prediction", "bbox": [[lo, hi] x 3] | null, "dtype", "shape", "low_confidence", "warning"}``.
+``low_confidence`` (bool) and ``warning`` (a sentence or null) are voxprompt's additions: the
+Session's flag on the result (a low predicted IoU, an empty mask after a positive prompt, the last
+positive click outside the mask; :class:`~voxprompt.session.Prediction`). Official clients read
+the keys they know (``meta.get``) and ignore these.
 
 Capabilities advertise points, 2D and 3D boxes, initial labels and undo; scribble, lasso and
 zero-shot label refinement are false (the model has no such prompts), so Slicer disables those
@@ -152,7 +156,9 @@ def prediction_response(lease: Lease, ran: bool, pred: Optional[Prediction]) -> 
     """200 octet-stream: the target buffer's new contents inside the changed bbox (or nothing)."""
     buf = lease.state.get("buffer")
     bbox = pred.changed_bbox if (ran and pred is not None) else None
-    meta: dict[str, Any] = {"ran_prediction": bool(ran), "bbox": None}
+    meta: dict[str, Any] = {"ran_prediction": bool(ran), "bbox": None,
+                            "low_confidence": bool(pred is not None and pred.low_confidence),
+                            "warning": None if pred is None else pred.warning}
     body = b""
     if bbox is not None and buf is not None:
         sub = np.ascontiguousarray(pred.mask[bbox]).astype(buf[1])
