@@ -155,3 +155,32 @@ def test_non_state_dict_content(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(voxprompt.CheckpointError, match="expected a dict"):
         voxprompt.load_model("sam-med3d", path)
+
+
+# ---------------------------------------------------------------- issue 20: correct and unsurprising commands
+
+TINY_OVERRIDES = {"embed_dim": 64, "depth": 2, "num_heads": 4, "global_attn_indexes": [1], "prompt_embed_dim": 48}
+
+
+def test_partial_config_applies_on_top_of_the_named_model():
+    """Item 1: ``load_model(name, config={...})`` overrides the zoo config of ``name``, key by key."""
+    model = voxprompt.load_model("sam-med3d", pretrained=False, config=TINY_OVERRIDES)
+    cfg = model.cfg
+    assert (cfg.spatial_dims, cfg.img_size, cfg.in_chans, cfg.num_point_embeddings) == (3, 128, 1, 2)
+    assert (cfg.embed_dim, cfg.depth, cfg.global_attn_indexes, cfg.prompt_embed_dim) == (64, 2, (1,), 48)
+    again = voxprompt.load_model("sam-med3d", model.state_dict(), config=TINY_OVERRIDES)  # its weights load
+    assert again.cfg == cfg
+    assert voxprompt.load_model("sam-med3d", model.state_dict(), config=cfg.to_dict()).cfg == cfg  # full config
+    assert voxprompt.load_model("sam-med3d", model.state_dict(), config=cfg).cfg == cfg  # a dataclass
+    with pytest.raises(voxprompt.UsageError, match="embed_dimm.*known keys"):
+        voxprompt.load_model("sam-med3d", pretrained=False, config={"embed_dimm": 64})
+
+
+def test_mismatch_message_has_no_doubled_article():
+    """Item 3: 'it looks like a a SAM-Med3D-style 3D model' lost its second 'a'."""
+    small = voxprompt.load_model("sam-med3d", pretrained=False, config=TINY_OVERRIDES)
+    with pytest.raises(voxprompt.CheckpointError) as err:
+        voxprompt.load_model("sam-med3d", small.state_dict())
+    msg = str(err.value)
+    assert "it looks like a SAM-Med3D-style 3D model with a 64-wide encoder" in msg
+    assert " a a " not in msg and " an a " not in msg

@@ -81,3 +81,36 @@ def test_export_onnx_cli(tmp_path, capsys):
     assert (tmp_path / "voxprompt-med3d-small.decoder.onnx").is_file()
     assert "wrote" in capsys.readouterr().out
     assert main(["export-onnx", "no-such-model", str(tmp_path)]) == 2
+
+
+def test_export_onnx_refuses_random_weights_unless_asked(tmp_path, capsys, monkeypatch):
+    """Issue 20, item 2: no --checkpoint and no shipped weights is a usage error, as for ``segment``;
+    ``--random-weights`` exports a randomly initialised model on purpose."""
+    from voxprompt import onnx_export
+    from voxprompt.models.loading import load_model
+
+    out = tmp_path / "out"
+    assert main(["export-onnx", "sam-med3d", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--checkpoint" in err and "--random-weights" in err
+    assert not out.exists()
+
+    seen = {}
+
+    def fake_export(model, out_dir, name, **kw):
+        seen["model"] = model
+        return {k: tmp_path / f"{name}.{k}" for k in ("encoder", "decoder", "spec")}
+
+    monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
+    assert main(["export-onnx", "voxprompt-med3d-small", str(out), "--random-weights"]) == 0
+    shipped = load_model("voxprompt-med3d-small").state_dict()
+    assert any(not torch.equal(v, shipped[k]) for k, v in seen["model"].state_dict().items())
+    assert main(["export-onnx", "voxprompt-med3d-small", str(out)]) == 0  # the shipped weights
+    assert all(torch.equal(v, shipped[k]) for k, v in seen["model"].state_dict().items())
+    ckpt = tmp_path / "w.safetensors"
+    from voxprompt.checkpoints import save_safetensors
+
+    save_safetensors(shipped, ckpt, "voxprompt-med3d-small", load_model("voxprompt-med3d-small").cfg.to_dict())
+    assert main(["export-onnx", "voxprompt-med3d-small", str(out), "--checkpoint", str(ckpt),
+                 "--random-weights"]) == 2
+    assert "--random-weights" in capsys.readouterr().err

@@ -148,18 +148,27 @@ def family(name: str) -> str:
     return "sam-med3d" if name == "voxprompt-med3d-small" else name
 
 
+def _looks_like(looks: str) -> str:
+    """'it looks like ...' for a zoo name ('a sam-vit-b checkpoint') or a description from :func:`identify`
+    (which may carry its own article: 'a SAM-Med3D-style 3D model ...', 'an unknown architecture ...')."""
+    if " " not in looks:
+        return f"it looks like a {looks} checkpoint"
+    return f"it looks like {looks if looks.startswith(('a ', 'an ')) else 'a ' + looks}"
+
+
 def check_compatible(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], name: str, source: str) -> None:
     """Strict key and shape check with a readable error before ``load_state_dict``."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
     if not (missing or unexpected or shapes):
         return
     looks = identify(sd)
     parts = [f"{source} does not fit {name}"]
     if family(looks) != family(name):
-        parts.append(f"it looks like a {looks} checkpoint")
+        parts.append(_looks_like(looks))
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
         if items:
             more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
@@ -167,7 +176,8 @@ def check_compatible(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], nam
     raise CheckpointError("; ".join(parts))
 
 
-def save_safetensors(sd: Mapping[str, torch.Tensor], path: Union[str, os.PathLike], name: str, config: Optional[Mapping[str, Any]] = None) -> Path:
+def save_safetensors(sd: Mapping[str, torch.Tensor], path: Union[str, os.PathLike], name: str,
+                     config: Optional[Mapping[str, Any]] = None) -> Path:
     """Write a state dict as safetensors with voxprompt metadata, atomically."""
     from safetensors.torch import save_file
 

@@ -38,8 +38,11 @@ def load_model(
     :func:`shipped_weights`, else random official initialisation; ``pretrained=False`` forces
     random initialisation), a path (``.pth``/``.pt`` in any
     official layout, or voxprompt ``.safetensors``) or an in-memory state dict. ``config``
-    overrides the zoo architecture (smaller models of the same family); voxprompt safetensors
-    carry their own config. ``sam-unet`` picks ResNet-34 or -50 from the checkpoint's keys.
+    changes the architecture (smaller models of the same family): a config object replaces it, a
+    mapping overrides only the keys it names, on top of the named model's zoo config (or of the
+    config stored in voxprompt safetensors, which carry their own); the keys are the fields of
+    :class:`SamConfig` (``SamUNetConfig``: ``sam``, ``resnet_depth``). ``sam-unet`` picks ResNet-34 or
+    -50 from the checkpoint's keys.
     ``trust_pickle=True`` opens legacy pickles that hold Python objects (can run code: only
     for files you trust).
     """
@@ -61,7 +64,7 @@ def load_model(
         elif family(name) == "sam-unet" and family(identify(sd)) == "sam-unet":
             cfg = get_spec(identify(sd)).config
     if config is not None:
-        cfg = config if isinstance(config, (SamConfig, SamUNetConfig)) else _config_from(type(cfg), config)
+        cfg = config if isinstance(config, (SamConfig, SamUNetConfig)) else _overridden(cfg, config)
     model = build_model(cfg, name=name)
     if sd is not None:
         check_compatible(model, sd, name, source)
@@ -86,6 +89,16 @@ def _check_device(device: Union[str, torch.device]) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} requested but CUDA is not available on this machine")
     return dev
+
+
+def _overridden(base: Config, overrides: Mapping[str, Any]) -> Config:
+    """``base`` with the keys of ``overrides`` replaced (a nested ``sam`` mapping key by key too)."""
+    merged = base.to_dict()
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            value = {**merged[key], **value}
+        merged[key] = value
+    return _config_from(type(base), merged)
 
 
 def _config_from(cls: type, d: Mapping[str, Any]) -> Config:
