@@ -272,7 +272,7 @@ def test_write_mask_failure_leaves_no_partial_file(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- DICOM
 
-def _write_dicom_series(vol: sitk.Image, folder, series_uid: str) -> None:
+def _write_dicom_series(vol: sitk.Image, folder, series_uid: str, number: int = 1, description: str = "") -> None:
     folder.mkdir(exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -286,6 +286,8 @@ def _write_dicom_series(vol: sitk.Image, folder, series_uid: str) -> None:
         "0020|0037": "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
         "0018|0050": str(vol.GetSpacing()[2]),
         "0010|0010": "Synthetic^Patient",
+        "0020|0011": str(number),
+        "0008|103e": description,
     }
     for k in range(vol.GetDepth()):
         sl = vol[:, :, k]
@@ -320,3 +322,78 @@ def test_folder_without_dicom(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ImageReadError, match="no DICOM"):
         read_image(tmp_path)
+
+
+# ---------------------------------------------------------------- issue 20: correct and unsurprising commands
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii"])
+def test_nan_in_nifti_is_refused_like_other_formats(tmp_path, ext):
+    """Item 8: SimpleITK's NIfTI reader turns NaN into 0; read_image refuses it as for NRRD/MHA."""
+    img = _sitk_volume(dtype=np.float32)
+    arr = sitk.GetArrayFromImage(img)
+    arr[3, 4, 5] = np.nan
+    arr[0, 0, 0] = -np.inf
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(img)
+    path = tmp_path / f"nan{ext}"
+    sitk.WriteImage(bad, str(path))
+    with pytest.raises(InputError, match="2 voxel"):
+        read_image(path)
+    good = tmp_path / f"ok{ext}"
+    sitk.WriteImage(img, str(good))
+    np.testing.assert_array_equal(read_image(good).array, sitk.GetArrayFromImage(img))
+
+
+def test_nan_in_float64_big_endian_nifti_is_refused(tmp_path):
+    """The raw NIfTI scan follows the header's datatype and byte order."""
+    arr = np.arange(2 * 3 * 4, dtype=">f8").reshape(4, 3, 2)  # file axes (i, j, k)
+    arr[1, 2, 0] = np.nan
+    hdr = bytearray(352)
+    hdr[0:4] = (348).to_bytes(4, "big")
+    dims = np.array([3, 4, 3, 2, 1, 1, 1, 1], ">i2")
+    hdr[40:56] = dims.tobytes()
+    hdr[70:72] = np.array([64], ">i2").tobytes()  # float64
+    hdr[72:74] = np.array([64], ">i2").tobytes()
+    hdr[76:108] = np.array([1, 1, 1, 1, 1, 1, 1, 1], ">f4").tobytes()
+    hdr[108:112] = np.array([352], ">f4").tobytes()
+    hdr[112:116] = np.array([1], ">f4").tobytes()  # scl_slope
+    hdr[344:348] = b"n+1\0"
+    path = tmp_path / "be.nii"
+    path.write_bytes(bytes(hdr) + arr.tobytes(order="F"))
+    with pytest.raises(InputError, match="1 voxel"):
+        read_image(path)
+
+
+def test_dicom_folder_series_choice(tmp_path, caplog):
+    """Item 7: ``read_image(folder, series=UID | number)`` picks a series; an unknown one is a usage
+    error listing the available ones; without a choice the largest is read with a warning saying how."""
+    big = _sitk_volume((5, 16, 20), direction=np.eye(3))
+    small = _sitk_volume((3, 12, 10), direction=np.eye(3))
+    folder = tmp_path / "dcm"
+    uid_big, uid_small = "1.2.826.0.1.3680043.2.1125.1.500", "1.2.826.0.1.3680043.2.1125.1.600"
+    _write_dicom_series(big, folder, uid_big, number=2, description="Axial")
+    _write_dicom_series(small, folder, uid_small, number=9, description="Scout")
+    with caplog.at_level(logging.WARNING, logger="voxprompt.io.read"):
+        assert read_image(folder).shape == (5, 16, 20)
+    assert "series=" in caplog.text and "--series" in caplog.text
+    for choice in (uid_small, 9, "9"):
+        im = read_image(folder, series=choice)
+        assert im.shape == (3, 12, 10) and len(im.dicom_files) == 3
+        np.testing.assert_array_equal(im.array, sitk.GetArrayFromImage(small))
+    assert read_image(folder, series=uid_big).shape == (5, 16, 20)
+    with pytest.raises(UsageError) as err:
+        read_image(folder, series="4")
+    msg = str(err.value)
+    assert uid_big in msg and uid_small in msg and "Scout" in msg and "\n" not in msg
+    with pytest.raises(UsageError, match="DICOM folder"):
+        read_image(tmp_path / "dcm" / os.listdir(folder)[0], series=9)
+
+
+def test_list_dicom_series(tmp_path):
+    from voxprompt.io.read import list_dicom_series
+
+    _write_dicom_series(_sitk_volume((5, 16, 20), direction=np.eye(3)), tmp_path / "d", "1.2.3.4.5", number=2,
+                        description="Axial")
+    (info,) = list_dicom_series(tmp_path / "d")
+    assert (info.uid, info.number, info.description, info.slices, info.size_xyz) == (
+        "1.2.3.4.5", 2, "Axial", 5, (20, 16, 5))

@@ -201,3 +201,25 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
         finally:
             browser.close()
     assert not errors, errors
+
+
+def test_nan_upload_is_a_400_naming_the_upload(served, tmp_path):
+    """Issue 20, item 8: NaN voxels (NIfTI too) are refused with 400; the message names the upload,
+    never the server's temporary file."""
+    from voxprompt.errors import InputError
+    from voxprompt.server.volumes import read_uploaded
+
+    arr = np.ones((6, 8, 10), np.float32)
+    arr[2, 3, 4] = np.nan
+    url, _ = served
+    for ext in (".nii.gz", ".nrrd"):
+        path = tmp_path / f"scan{ext}"
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+        data = path.read_bytes()
+        with pytest.raises(InputError) as err:
+            read_uploaded([(f"my scan{ext}", data)])
+        assert "my scan" in str(err.value) and "voxprompt-upload" not in str(err.value)
+        r = httpx.post(f"{url}/{API}/open", files={"file": (f"my scan{ext}", data)})
+        detail = r.json()["detail"]
+        assert r.status_code == 400 and "NaN" in detail and "my scan" in detail, detail
+        assert "voxprompt-upload" not in detail and "/tmp" not in detail, detail

@@ -1,7 +1,10 @@
 """Read 3D medical volumes (NIfTI, NRRD, MetaImage, DICOM series) with SimpleITK.
 
-Every problem raises :class:`ImageReadError` (or :class:`InputError` for NaN/inf voxels) with a
-one-line message naming the file; the header is validated before the voxel data is allocated.
+Every problem raises :class:`ImageReadError` (or :class:`InputError` for NaN/inf voxels, in every
+format: SimpleITK's NIfTI reader turns them into 0, so NIfTI voxel data is scanned raw first) with a
+one-line message naming the file; the header is validated before the voxel data is allocated. A
+DICOM folder holding several series is read one series at a time (``series=``, CLI ``--series``:
+a SeriesInstanceUID or a SeriesNumber; :func:`list_dicom_series` lists them).
 """
 from __future__ import annotations
 
@@ -10,12 +13,14 @@ import logging
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import ImageReadError, InputError
+from ..errors import ImageReadError, InputError, UsageError
 from .image import Image
 from .paths import file_extension  # also imported from here by other modules
 
@@ -65,22 +70,54 @@ def _check_finite(array: np.ndarray, where: str) -> None:
         raise InputError(f"{where}: {bad} voxel(s) are NaN or infinite")
 
 
-def _nifti_expected_bytes(hdr: bytes) -> int:
-    """Header + voxel bytes that a NIfTI-1/2 file with this header must contain."""
+def _nifti_layout(hdr: bytes) -> tuple[str, int, int, int, int]:
+    """(byte order, datatype code, bits per voxel, voxel data offset, voxel count) of a NIfTI-1/2 header."""
     if struct.unpack("<i", hdr[:4])[0] in (348, 540):
         endian = "<"
     else:
         endian = ">"
     if struct.unpack(endian + "i", hdr[:4])[0] == 540:  # NIfTI-2
         dims = struct.unpack(endian + "8q", hdr[16:80])
-        bitpix = struct.unpack(endian + "h", hdr[14:16])[0]
+        datatype, bitpix = struct.unpack(endian + "2h", hdr[12:16])
         offset = struct.unpack(endian + "q", hdr[168:176])[0]
     else:
         dims = struct.unpack(endian + "8h", hdr[40:56])
-        bitpix = struct.unpack(endian + "h", hdr[72:74])[0]
+        datatype, bitpix = struct.unpack(endian + "2h", hdr[70:74])
         offset = int(struct.unpack(endian + "f", hdr[108:112])[0])
     n = int(np.prod([max(1, d) for d in dims[1:1 + max(1, min(dims[0], 7))]], dtype=np.float64))
-    return int(offset) + n * max(int(bitpix), 8) // 8
+    return endian, int(datatype), int(bitpix), int(offset), n
+
+
+def _nifti_expected_bytes(hdr: bytes) -> int:
+    """Header + voxel bytes that a NIfTI-1/2 file with this header must contain."""
+    _, _, bitpix, offset, n = _nifti_layout(hdr)
+    return offset + n * max(bitpix, 8) // 8
+
+
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64 voxels
+
+
+def _nifti_nonfinite(path: Path, compressed: bool) -> int:
+    """NaN/inf voxels in the raw voxel data of a float NIfTI (0 for integer data).
+
+    SimpleITK's NIfTI reader returns 0 for them, so they are counted here, before it reads the file,
+    in chunks of 4 MB (no full-size copy)."""
+    opener = gzip.open if compressed else open
+    with opener(path, "rb") as fh:
+        endian, datatype, _, offset, n = _nifti_layout(fh.read(540))
+        if datatype not in NIFTI_FLOAT_TYPES:
+            return 0
+        dtype = np.dtype(endian + NIFTI_FLOAT_TYPES[datatype])
+        fh.seek(offset)
+        bad, left, chunk = 0, n, max(1, (1 << 22) // dtype.itemsize)
+        while left > 0:
+            buf = fh.read(min(chunk, left) * dtype.itemsize)
+            if len(buf) < dtype.itemsize:
+                break
+            values = np.frombuffer(buf[:len(buf) - len(buf) % dtype.itemsize], dtype=dtype)
+            bad += int(np.count_nonzero(~np.isfinite(values)))
+            left -= values.size
+    return bad
 
 
 def _nifti_complete(path: Path, compressed: bool) -> bool:
@@ -138,6 +175,13 @@ def _read_file(path: Path, max_voxels: int) -> Image:
         complete = False
     if not complete:
         raise ImageReadError(f"{path}: truncated or corrupt compressed data")
+    if ext in (".nii", ".nii.gz"):
+        try:
+            bad = _nifti_nonfinite(path, ext == ".nii.gz")
+        except (EOFError, OSError, zlib.error, struct.error) as err:
+            raise ImageReadError(f"{path}: truncated or corrupt voxel data ({type(err).__name__})") from None
+        if bad:
+            raise InputError(f"{path}: {bad} voxel(s) are NaN or infinite")
     try:
         img = reader.Execute()
     except (RuntimeError, MemoryError) as err:
@@ -145,20 +189,92 @@ def _read_file(path: Path, max_voxels: int) -> Image:
     return _to_image(img, path, ext == ".dcm", [str(path)] if ext == ".dcm" else [])
 
 
-def _read_dicom_dir(path: Path, max_voxels: int) -> Image:
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series of a DICOM folder, from the header of its first file."""
+
+    uid: str  # SeriesInstanceUID
+    number: Optional[int]  # SeriesNumber, None when absent
+    description: str  # SeriesDescription, "" when absent
+    files: tuple[str, ...]
+    size_xyz: tuple[int, int, int]  # columns, rows, slices
+
+    @property
+    def slices(self) -> int:
+        return len(self.files)
+
+    def summary(self) -> str:
+        number = "no number" if self.number is None else f"#{self.number}"
+        desc = f" '{self.description}'" if self.description else ""
+        return f"{self.uid} ({number}{desc}, {self.slices} slices, {'x'.join(map(str, self.size_xyz))})"
+
+
+def _series_header(path: Path, uid: str, names: list[str]) -> DicomSeries:
+    info = sitk.ImageFileReader()
+    info.SetFileName(names[0])
     try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+        info.ReadImageInformation()
     except RuntimeError as err:
-        raise ImageReadError(f"{path}: cannot scan folder for DICOM ({_short(err)})") from None
-    if not series:
-        raise ImageReadError(f"{path}: folder contains no DICOM series")
-    files = {sid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), sid)) for sid in series}
-    chosen = max(series, key=lambda sid: len(files[sid]))
-    if len(series) > 1:
-        log.warning("%s: %d DICOM series found; using the largest, %s (%d files); others: %s", path,
-                    len(series), chosen, len(files[chosen]),
-                    ", ".join(f"{s} ({len(files[s])})" for s in series if s != chosen))
-    names = files[chosen]
+        raise ImageReadError(f"{names[0]}: unreadable DICOM header ({_short(err)})") from None
+
+    def tag(key: str) -> str:
+        return info.GetMetaData(key).strip() if info.HasMetaDataKey(key) else ""
+
+    number = tag("0020|0011")
+    size = list(info.GetSize()) + [1]
+    return DicomSeries(uid, int(number) if number.lstrip("-").isdigit() else None, tag("0008|103e"),
+                       tuple(names), (int(size[0]), int(size[1]), len(names) * int(size[2])))
+
+
+SeriesChoice = Union[str, int, DicomSeries, None]
+
+
+def list_dicom_series(path: Union[str, os.PathLike]) -> list[DicomSeries]:
+    """The DICOM series of a folder (UID, number, description, files, size), by series number."""
+    p = Path(path)
+    if not p.is_dir():
+        raise ImageReadError(f"{p}: not a folder (DICOM series are listed for a folder)")
+    try:
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
+    except RuntimeError as err:
+        raise ImageReadError(f"{p}: cannot scan folder for DICOM ({_short(err)})") from None
+    if not ids:
+        raise ImageReadError(f"{p}: folder contains no DICOM series")
+    out = [_series_header(p, sid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), sid))) for sid in ids]
+    return sorted(out, key=lambda s: (s.number is None, s.number or 0, s.uid))
+
+
+def choose_series(path: Union[str, os.PathLike], found: list[DicomSeries], series: SeriesChoice = None,
+                  warn: bool = True) -> DicomSeries:
+    """The series named by ``series`` (SeriesInstanceUID or SeriesNumber), else the one with most slices
+    (with a warning when there are several, unless ``warn=False``).
+
+    An unknown or ambiguous choice raises UsageError listing the series of the folder."""
+    if isinstance(series, DicomSeries):
+        return series
+    listing = "; ".join(s.summary() for s in found)
+    if series is None:
+        chosen = max(found, key=lambda s: s.slices)
+        if len(found) > 1 and warn:
+            log.warning("%s: %d DICOM series found; using the largest, %s; choose another with --series UID|NUMBER "
+                        "(read_image(..., series=)); all: %s", path, len(found), chosen.uid, listing)
+        return chosen
+    text = str(series).strip()
+    hits = [s for s in found if s.uid == text]
+    if not hits and text.lstrip("-").isdigit():
+        hits = [s for s in found if s.number == int(text)]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise UsageError(f"{path}: series number {text} is ambiguous ({len(hits)} series have it); give the UID: "
+                         + "; ".join(s.summary() for s in hits))
+    raise UsageError(f"{path}: no DICOM series {text!r} (a SeriesInstanceUID or SeriesNumber); the folder holds: "
+                     f"{listing}")
+
+
+def _read_dicom_dir(path: Path, max_voxels: int, series: SeriesChoice = None) -> Image:
+    chosen = series if isinstance(series, DicomSeries) else choose_series(path, list_dicom_series(path), series)
+    names = list(chosen.files)
     info = sitk.ImageFileReader()
     info.SetFileName(names[0])
     try:
@@ -171,7 +287,7 @@ def _read_dicom_dir(path: Path, max_voxels: int) -> Image:
     try:
         img = reader.Execute()
     except (RuntimeError, MemoryError) as err:
-        raise ImageReadError(f"{path}: cannot read DICOM series {chosen} ({_short(err)})") from None
+        raise ImageReadError(f"{path}: cannot read DICOM series {chosen.uid} ({_short(err)})") from None
     return _to_image(img, path, True, names)
 
 
@@ -181,12 +297,19 @@ def _short(err: Exception) -> str:
     return (lines[-1] if lines else type(err).__name__)[:200]
 
 
-def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Image:
-    """Read a 3D scalar volume file or DICOM series folder; validates before allocating."""
+def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS, series: SeriesChoice = None) -> Image:
+    """Read a 3D scalar volume file or DICOM series folder; validates before allocating.
+
+    ``series`` (DICOM folders only): the SeriesInstanceUID or SeriesNumber to read (or a
+    :class:`DicomSeries` from :func:`list_dicom_series`); by default the series with most slices (with
+    a warning when the folder holds several). An unknown series raises
+    :class:`~voxprompt.errors.UsageError` listing those of the folder."""
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"{p}: file not found")
-    image = _read_dicom_dir(p, max_voxels) if p.is_dir() else _read_file(p, max_voxels)
+    if series is not None and not p.is_dir():
+        raise UsageError(f"{p}: series {series!r} chooses a series of a DICOM folder; {p} is a single file")
+    image = _read_dicom_dir(p, max_voxels, series) if p.is_dir() else _read_file(p, max_voxels)
     _check_finite(image.array, str(p))
     log.debug("read %s: shape %s spacing %s", p, image.shape, image.spacing)
     return image

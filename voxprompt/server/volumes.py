@@ -17,7 +17,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ImageReadError
+from ..errors import VoxpromptError
 from ..io.image import Image
 from ..io.read import DEFAULT_MAX_VOXELS, SUPPORTED_READ_EXTENSIONS, file_extension, read_image
 from ..io.write import write_mask
@@ -36,13 +36,14 @@ def safe_filename(name: Optional[str], default: str = "upload") -> str:
 def read_uploaded(files: Sequence[tuple[Optional[str], bytes]], max_voxels: int = DEFAULT_MAX_VOXELS) -> Image:
     """Read uploaded volume bytes: one file (NIfTI, NRRD, MHA, single DICOM) or a DICOM series.
 
-    The bytes go to a private temporary folder under safe names, are read, and are deleted.
+    The bytes go to a private temporary folder under safe names, are read, and are deleted. Errors
+    name the upload (the client's file name), never the temporary path.
     """
     if not files:
         raise BadRequest("no file uploaded")
     tmp = Path(tempfile.mkdtemp(prefix="voxprompt-upload-"))
     try:
-        paths = []
+        paths, names = [], []
         for n, (name, data) in enumerate(files):
             fname = safe_filename(name, f"upload{n}")
             ext = file_extension(fname)
@@ -52,10 +53,14 @@ def read_uploaded(files: Sequence[tuple[Optional[str], bytes]], max_voxels: int 
             path = tmp / f"{n:05d}_{fname}"
             path.write_bytes(data)
             paths.append(path)
+            names.append(name or fname)
         try:
             return read_image(paths[0] if len(paths) == 1 else tmp, max_voxels=max_voxels)
-        except ImageReadError as exc:  # name the upload, not our temporary path
-            raise ImageReadError(str(exc).replace(str(paths[0] if len(paths) == 1 else tmp), "upload")) from None
+        except VoxpromptError as exc:  # name the upload, not our temporary path
+            msg = str(exc)
+            for path, name in zip(paths, names):
+                msg = msg.replace(str(path), f"upload {name!r}")
+            raise type(exc)(msg.replace(str(tmp), "upload")) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
