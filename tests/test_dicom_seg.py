@@ -24,17 +24,19 @@ SLICE_STEP = 2.5
 ORIGIN = np.array([-30.0, 12.0, 100.0])
 
 
-def make_series(folder: Path, seed: int = 0) -> tuple[list[str], np.ndarray]:
-    """A 4-slice CT series (axial, LPS-aligned) written in shuffled file order.
+def make_series(folder: Path, seed: int = 0, slices: int = SLICES, number: int = 3, description: str = "",
+                prefix: str = "im") -> tuple[list[str], np.ndarray]:
+    """A CT series (axial, LPS-aligned; 4 slices by default) written in shuffled file order.
 
     Returns the SOPInstanceUIDs in spatial (z ascending) order and the pixel volume (z, y, x).
     """
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    vol = rng.integers(0, 200, (SLICES, ROWS, COLS)).astype(np.int16)
+    vol = rng.integers(0, 200, (slices, ROWS, COLS)).astype(np.int16)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    uids = [generate_uid() for _ in range(SLICES)]
-    order = [2, 0, 3, 1]  # file names / instance numbers do not follow the slice position
+    uids = [generate_uid() for _ in range(slices)]
+    # file names / instance numbers do not follow the slice position
+    order = [2, 0, 3, 1] if slices == 4 else list(range(slices))[::-1]
     for n, z in enumerate(order):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
@@ -47,7 +49,9 @@ def make_series(folder: Path, seed: int = 0) -> tuple[list[str], np.ndarray]:
         ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "P1", "19700101", "O"
         ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", "A1"
         ds.ReferringPhysicianName = ""
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 3, n + 1
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", number, n + 1
+        if description:
+            ds.SeriesDescription = description
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [float(v) for v in ORIGIN + np.array([0, 0, SLICE_STEP * z])]
         ds.PixelSpacing = list(PIXEL_SPACING)
@@ -57,7 +61,7 @@ def make_series(folder: Path, seed: int = 0) -> tuple[list[str], np.ndarray]:
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleIntercept, ds.RescaleSlope = 0, 1
         ds.PixelData = vol[z].tobytes()
-        ds.save_as(folder / f"im{n:02d}.dcm", enforce_file_format=True)
+        ds.save_as(folder / f"{prefix}{n:02d}.dcm", enforce_file_format=True)
     return uids, vol
 
 
@@ -161,3 +165,74 @@ def test_cli_writes_dicom_seg_for_a_dicom_series(tmp_path, tiny_ckpt, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "DICOM" in err and err.count("\n") == 1
     assert not (tmp_path / "bad.dcm").exists()
+
+
+# ---------------------------------------------------------------- issue 20: correct and unsurprising commands
+
+def test_output_without_extension_is_a_new_seg_folder(tmp_path, tiny_ckpt, capsys):
+    """Item 4: for a DICOM input, an output path without an extension is a folder, made if needed."""
+    make_series(tmp_path / "ct")
+    out = tmp_path / "new_folder"
+    rc = main(["segment", str(tmp_path / "ct"), "-o", str(out), "--checkpoint", str(tiny_ckpt),
+               "--point", "8,8,1"])
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "voxprompt_seg.dcm").is_file()
+    assert pydicom.dcmread(out / "voxprompt_seg.dcm").Modality == "SEG"
+    rc = main(["segment", str(tmp_path / "ct"), "-o", str(tmp_path / "missing" / "deeper"), "--checkpoint",
+               str(tiny_ckpt), "--point", "8,8,1"])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_empty_seg_is_written_with_a_warning(tmp_path, tiny_ckpt, capsys, caplog):
+    """Item 5: an empty DICOM SEG is still written (exit 0), with a warning naming the file."""
+    from voxprompt.io import write_mask
+
+    make_series(tmp_path / "ct")
+    image = read_image(tmp_path / "ct")
+    write_mask(np.zeros(image.shape, np.uint8), image, tmp_path / "zeros.nii.gz")
+    out = tmp_path / "empty.dcm"
+    with caplog.at_level("WARNING"):
+        rc = main(["segment", str(tmp_path / "ct"), "-o", str(out), "--checkpoint", str(tiny_ckpt),
+                   "--mask-in", str(tmp_path / "zeros.nii.gz")])
+    assert rc == 0, capsys.readouterr().err
+    assert out.is_file()
+    assert "empty" in caplog.text and str(out) in caplog.text
+
+
+@pytest.fixture()
+def two_series(tmp_path) -> dict:
+    ct = tmp_path / "two"
+    uids_a, vol_a = make_series(ct, seed=0, number=3, description="Axial soft", prefix="a")
+    uids_b, vol_b = make_series(ct, seed=1, slices=3, number=7, description="Low dose", prefix="b")
+    uid_a = pydicom.dcmread(ct / "a00.dcm").SeriesInstanceUID
+    uid_b = pydicom.dcmread(ct / "b00.dcm").SeriesInstanceUID
+    return {"dir": ct, "a": (uid_a, vol_a), "b": (uid_b, vol_b)}
+
+
+def test_info_lists_the_series_of_a_folder(two_series, capsys):
+    """Item 7: ``info FOLDER`` lists every series (UID, number, description, slices, size)."""
+    assert main(["info", str(two_series["dir"])]) == 0
+    out = capsys.readouterr().out
+    for key, slices, desc, number in (("a", 4, "Axial soft", "3"), ("b", 3, "Low dose", "7")):
+        line = next(ln for ln in out.splitlines() if two_series[key][0] in ln)
+        assert desc in line and f"{slices} slices" in line and number in line and f"{COLS} x {ROWS} x {slices}" in line
+    assert "--series" in out
+    assert main(["info", str(two_series["dir"]), "--series", "7"]) == 0
+    assert f"{COLS} x {ROWS} x 3" in capsys.readouterr().out
+
+
+def test_segment_chooses_a_series(two_series, tiny_ckpt, tmp_path, capsys):
+    """Item 7: ``segment --series UID|NUMBER`` picks the series; an unknown one is a usage error."""
+    folder, (uid_b, vol_b) = two_series["dir"], two_series["b"]
+    for choice in (uid_b, "7"):
+        out = tmp_path / f"b_{len(choice)}.nii.gz"
+        rc = main(["segment", str(folder), "-o", str(out), "--checkpoint", str(tiny_ckpt), "--point", "8,8,1",
+                   "--series", choice])
+        assert rc == 0, capsys.readouterr().err
+        assert read_image(out).shape == vol_b.shape
+    rc = main(["segment", str(folder), "-o", str(tmp_path / "x.nii.gz"), "--checkpoint", str(tiny_ckpt),
+               "--point", "8,8,1", "--series", "42"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "42" in err
+    assert two_series["a"][0] in err and uid_b in err  # lists the available series
+    assert not (tmp_path / "x.nii.gz").exists()

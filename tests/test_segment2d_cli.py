@@ -155,3 +155,30 @@ def test_segment_2d_subprocess(files):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert np.asarray(PILImage.open(out)).shape == (60, 80)
+
+
+# ---------------------------------------------------------------- issue 20: correct and unsurprising commands
+
+@pytest.mark.parametrize("image", ["png", "dcm"])
+@pytest.mark.parametrize("model", ["sam-med3d", None])
+def test_single_slice_inputs_need_a_2d_model_alike(files, capsys, image, model):
+    """Item 6: a PNG and a single-frame DICOM file get the same refusal from a 3D model."""
+    out = files["dir"] / ("x.png" if image == "png" else "x.nii.gz")  # a 3D model writes volumes
+    argv = ["segment", str(files[image]), "-o", str(out), "--point", "4,5,0"]
+    argv += ["--model", model, "--checkpoint", str(files["ckpt"])] if model else []
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "single slice" in err and "3D model" in err and "sam-med2d" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("out", ["empty.png", "empty.tif"])
+def test_empty_2d_mask_is_written_with_a_warning(files, capsys, caplog, out):
+    """Item 5: an empty 2D mask is written (exit 0) with a warning naming the file."""
+    PILImage.fromarray(np.zeros((60, 80), np.uint8)).save(files["dir"] / "zeros.png")
+    with caplog.at_level("WARNING"):
+        rc = _seg(files, "png", out, "--mask-in", str(files["dir"] / "zeros.png"))
+    assert rc == 0, capsys.readouterr().err
+    assert (files["dir"] / out).exists()
+    assert "empty" in caplog.text and str(files["dir"] / out) in caplog.text

@@ -202,3 +202,113 @@ def test_unreadable_image_is_one_line(files, capsys):
     assert main(["info", str(files["dir"] / "missing.nii.gz")]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.nii.gz" in err
+
+
+# ---------------------------------------------------------------- issue 20: correct and unsurprising commands
+
+TINY_OVERRIDES = {"embed_dim": 64, "depth": 2, "num_heads": 4, "global_attn_indexes": [1], "prompt_embed_dim": 48}
+
+
+def test_partial_config_json_applies_on_top_of_the_named_model(files, capsys):
+    """Item 1: a partial --config-json overrides the named model's zoo config (here 3D), not the class
+    defaults (a 2D ViT-B); a full config still works."""
+    import json
+
+    import torch
+
+    from voxprompt.models.zoo import get_spec
+
+    full = {**get_spec("sam-med3d").config.to_dict(), **TINY_OVERRIDES}
+    torch.manual_seed(0)
+    model = voxprompt.build_model(voxprompt.SamConfig.from_dict(full), name="sam-med3d")
+    torch.save(model.state_dict(), files["dir"] / "tiny3d.pth")
+    (files["dir"] / "partial.json").write_text(json.dumps(TINY_OVERRIDES))
+    (files["dir"] / "full.json").write_text(json.dumps(full))
+    for cfg in ("partial.json", "full.json"):
+        out = files["dir"] / f"cfg_{cfg}.nii.gz"
+        rc = main(["segment", str(files["img"]), "-o", str(out), "--point", "18,20,8", "--model", "sam-med3d",
+                   "--checkpoint", str(files["dir"] / "tiny3d.pth"), "--config-json", str(files["dir"] / cfg)])
+        assert rc == 0, capsys.readouterr().err
+        assert out.exists()
+    (files["dir"] / "typo.json").write_text(json.dumps({"embed_dimm": 64}))
+    rc, err = _run_err(files, capsys, "--point", "18,20,8", "--model", "sam-med3d", "--checkpoint",
+                       str(files["dir"] / "tiny3d.pth"), "--config-json", str(files["dir"] / "typo.json"))
+    assert rc == 2 and "embed_dimm" in err and "known keys" in err
+
+
+def test_config_json_help_lists_the_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for key in ("embed_dim", "global_attn_indexes", "roi_spacing_mm", "resnet_depth"):
+        assert key in out
+
+
+def _zeros_like_image(files, name: str) -> Path:
+    img = _read(files["img"])
+    zeros = sitk.Image(img.GetSize(), sitk.sitkUInt8)
+    zeros.CopyInformation(img)
+    path = files["dir"] / name
+    sitk.WriteImage(zeros, str(path))
+    return path
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha"])
+def test_empty_mask_is_written_with_a_warning(files, capsys, caplog, ext):
+    """Item 5: an empty result is written (exit 0) with a warning naming the file."""
+    zeros = _zeros_like_image(files, "zeros.nii.gz")
+    out = files["dir"] / f"empty{ext}"
+    with caplog.at_level(logging.WARNING):
+        rc = main(["segment", str(files["img"]), "-o", str(out), "--checkpoint", str(files["ckpt"]),
+                   "--mask-in", str(zeros)])
+    assert rc == 0, capsys.readouterr().err
+    assert out.exists()
+    assert "empty" in caplog.text and str(out) in caplog.text
+
+
+def test_empty_mask_warning_reaches_stderr(files):
+    zeros = _zeros_like_image(files, "zeros_sub.nii.gz")
+    out = files["dir"] / "empty_sub.nii.gz"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "voxprompt", "segment", str(files["img"]), "-o", str(out),
+                        "--checkpoint", str(files["ckpt"]), "--mask-in", str(zeros)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "WARNING" in r.stderr and "empty" in r.stderr and str(out) in r.stderr
+
+
+def test_single_slice_volume_needs_a_2d_model(files, capsys):
+    """Item 6: a one-voxel-thick volume is refused by a 3D model, pointing to the 2D models."""
+    arr = np.random.default_rng(1).normal(100, 20, (1, 40, 36)).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(files["dir"] / "one.nii.gz"))
+    for model in (["--checkpoint", str(files["ckpt"])], []):  # an official 3D model, the default one
+        rc = main(["segment", str(files["dir"] / "one.nii.gz"), "-o", str(files["dir"] / "one_seg.nii.gz"),
+                   "--point", "18,20,0", *model])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1, err
+        assert "single slice" in err and "3D model" in err and "sam-med2d" in err
+        assert not (files["dir"] / "one_seg.nii.gz").exists()
+
+
+def test_nan_in_nifti_is_a_data_error(files, capsys):
+    """Item 8: NaN in a float NIfTI is refused (exit 3, one line), as in NRRD/MHA."""
+    arr = sitk.GetArrayFromImage(_read(files["img"]))
+    arr[3, 4, 5] = np.nan
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(_read(files["img"]))
+    for ext in (".nii.gz", ".nii", ".nrrd"):
+        path = files["dir"] / f"nan{ext}"
+        sitk.WriteImage(bad, str(path))
+        rc = main(["segment", str(path), "-o", str(files["dir"] / "nan_seg.nii.gz"), "--checkpoint",
+                   str(files["ckpt"]), "--point", "18,20,8"])
+        err = capsys.readouterr().err
+        assert rc == 3 and err.count("\n") == 1 and "NaN" in err and str(path) in err, (ext, err)
+        assert not (files["dir"] / "nan_seg.nii.gz").exists()
+
+
+@pytest.mark.parametrize("flag", [["--window", "lung"], ["--propagate"], ["--slice-axis", "j"],
+                                  ["--channel-order", "rgb"], ["--slice", "3"]])
+def test_2d_only_flags_are_refused_with_a_3d_model(files, capsys, flag):
+    """Item 9: flags of the 2D models are not silently ignored by a 3D model."""
+    rc, err = _run_err(files, capsys, "--checkpoint", str(files["ckpt"]), "--point", "18,20,8", *flag)
+    assert rc == 2 and flag[0] in err and "2D" in err, err

@@ -89,8 +89,9 @@ def _check_common(args: argparse.Namespace) -> str:
 
     get_spec(args.model)
     if model_dims(args.model) != 2:
-        raise UsageError(f"{args.image}: a 2D image needs a 2D model (--model sam-med2d, sam-unet or sam-vit-b); "
-                         f"{args.model} is 3D")
+        from .segment_cli import single_slice_error
+
+        raise single_slice_error(args.image, args.model)
     if args.device != "cpu" and (not args.device.startswith("cuda") or not torch.cuda.is_available()):
         raise UsageError(f"--device {args.device}: use cpu, or cuda on a machine with CUDA")
     if args.overlay is not None:
@@ -185,6 +186,9 @@ def _segment_image(args: argparse.Namespace, ckpt: str, window) -> int:
         out = write_mask2d(session.mask, args.output)
     except OSError as exc:
         raise VoxpromptError(f"output {args.output}: {exc}") from None
+    from .segment_cli import warn_if_empty
+
+    warn_if_empty(session.mask, out, "pixel")
     score = f", predicted IoU {pred.score:.3f}" if pred is not None and pred.score is not None else ""
     sys.stdout.write(f"wrote {out} ({int(session.mask.sum())} pixels{score})\n")
     if args.overlay is not None:
@@ -197,11 +201,11 @@ def _segment_image(args: argparse.Namespace, ckpt: str, window) -> int:
 
 
 # ----------------------------------------------------------------------------- volumes
-def _read_volume(path: str):
+def _read_volume(path: str, series=None):
     from .io.image2d import read_frames
     from .io.read import read_image
 
-    return read_frames(path) if is_2d_file(path) else read_image(path)
+    return read_frames(path) if is_2d_file(path) else read_image(path, series=series)
 
 
 def _ijk_to_zyx(image, text: str, world: bool, frame: str) -> tuple[tuple[int, int, int], bool]:
@@ -232,11 +236,12 @@ def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
     out_exts = VOLUME_WRITE_EXTENSIONS + ((".tif", ".tiff") if multi_frame else ())
     if not dicom_seg:
         _check_out(args.output, out_exts, "output")
-    axis = AXES_IJK[args.slice_axis]
+    slice_axis = args.slice_axis or "k"
+    axis = AXES_IJK[slice_axis]
     boxes = [parse_box(t) for t in args.box or []]
     if len(boxes) > 1:
         raise UsageError("give one --box (SAM-style models accept a single box per prompt)")
-    image = _read_volume(args.image)
+    image = _read_volume(args.image, getattr(args, "series", None))
     if dicom_seg and not image.is_dicom:
         raise UsageError(f"output {args.output}: a DICOM SEG needs a DICOM series input")
     points = [_ijk_to_zyx(image, t, False, args.frame) for t in args.point or []]
@@ -249,7 +254,7 @@ def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
                               f"{'x'.join(map(str, image.size_xyz))} (IJK)")
         box = (lo[::-1], hi[::-1])
     if args.slice is not None and not 0 <= args.slice < image.shape[axis]:
-        raise UsageError(f"--slice {args.slice} is outside 0..{image.shape[axis] - 1} along {args.slice_axis}")
+        raise UsageError(f"--slice {args.slice} is outside 0..{image.shape[axis] - 1} along {slice_axis}")
     model = _load(args, ckpt)
     session = SliceSession(model, axis=axis, config=PropagationConfig(), propagate=args.propagate, window=window,
                            device=args.device, policy=policy_for(model, args.channel_order))
@@ -272,6 +277,9 @@ def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
             out = write_mask(mask.astype(np.uint8), image, args.output)
     except OSError as exc:
         raise VoxpromptError(f"output {args.output}: {exc}") from None
+    from .segment_cli import warn_if_empty
+
+    warn_if_empty(mask, out)
     n_slices = int(np.count_nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))))
     score = f", predicted IoU {pred.score:.3f} on slice {pred.anchor}" if pred.score is not None else ""
     sys.stdout.write(f"wrote {out} ({int(mask.sum())} voxels on {n_slices} slice(s){score})\n")
@@ -289,12 +297,13 @@ def add_2d_arguments(s: argparse.ArgumentParser) -> None:
     s.description = (s.description or "") + (
         " 2D images (PNG, JPEG, TIFF, DICOM) need a 2D model (--model sam-med2d, sam-unet, sam-vit-b) and take "
         "--point X,Y (pixel column,row) and --box X0,Y0,X1,Y1; on volumes a 2D model segments one slice "
-        "(--slice-axis, --slice) and follows the object with --propagate.")
+        "(--slice-axis, --slice) and follows the object with --propagate. These 2D options are refused with a "
+        "3D model.")
     g = s.add_argument_group("2D models and 2D images")
     g.add_argument("--window", metavar="PRESET|W,L",
                    help="intensity window for 2D models: soft-tissue, lung, bone, brain or W,L in HU "
                         "(default: the image's min..max; for volumes its 0.5-99.5 percentiles)")
-    g.add_argument("--slice-axis", choices=tuple(AXES_IJK), default="k",
+    g.add_argument("--slice-axis", choices=tuple(AXES_IJK),
                    help="2D model on a volume: slice direction, IJK (default k)")
     g.add_argument("--slice", type=int, metavar="N", help="2D model on a volume: the prompted slice index")
     g.add_argument("--propagate", action="store_true",

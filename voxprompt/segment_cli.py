@@ -7,8 +7,10 @@ Every argument is checked before the model is loaded or anything is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 
 from .errors import PromptError, UsageError, VoxpromptError
 from .io.paths import file_extension
-from .models.config import DEFAULT_MODEL
+from .models.config import DEFAULT_MODEL, SamConfig, SamUNetConfig
 
 if TYPE_CHECKING:  # the image I/O (SimpleITK) and the models (torch) load in the commands, not at --help
     from .io.image import Image
@@ -131,6 +133,40 @@ def _read_config(path: Optional[str]) -> Optional[dict]:
     return cfg
 
 
+TWO_D_MODELS = "sam-med2d, sam-unet or sam-vit-b"
+TWO_D_FLAGS = (("--window", "window"), ("--propagate", "propagate"), ("--slice-axis", "slice_axis"),
+               ("--slice", "slice"), ("--channel-order", "channel_order"))
+
+
+def single_slice_error(image: str, model: str, size: Optional[str] = None) -> UsageError:
+    """The one refusal of a 2D image, a single-frame DICOM file or a one-slice volume by a 3D model."""
+    what = f"a single slice ({size})" if size else "a single slice (a 2D image)"
+    return UsageError(f"{image} is {what}: {model} is a 3D model, which needs a volume; a single slice needs a 2D "
+                      f"model (--model {TWO_D_MODELS}, with --checkpoint)")
+
+
+def warn_if_empty(mask: np.ndarray, out, unit: str = "voxel") -> None:
+    """Log a warning naming ``out`` when the written mask is empty (it is written all the same: exit 0)."""
+    if not np.any(mask):
+        log.warning("%s: the mask is empty (no %s segmented); written all the same", out, unit)
+
+
+def _dicom_folder_output(args: argparse.Namespace) -> None:
+    """For a DICOM folder input, an output without an extension names a folder (the DICOM SEG goes in it)."""
+    out = args.output
+    if Path(args.image).is_dir() and not file_extension(out) and not out.endswith(("/", os.sep)):
+        args.output = out + os.sep
+
+
+def config_keys_help() -> str:
+    """The keys ``--config-json`` takes, from the config dataclasses."""
+    sam = ", ".join(f.name for f in dataclasses.fields(SamConfig))
+    unet = ", ".join(f.name for f in dataclasses.fields(SamUNetConfig))
+    return (f"JSON object of architecture keys overriding the named model's config (or the config stored in a "
+            f"voxprompt .safetensors checkpoint) key by key; unknown keys are refused. Keys: {sam}; "
+            f"sam-unet models: {unet} (sam: an object of the keys above)")
+
+
 def _point_index(image: Image, p: PointArg, frame: str) -> tuple[int, int, int]:
     """A CLI point -> array index (z, y, x), refusing points outside the volume."""
     if p.world:
@@ -146,11 +182,22 @@ def _point_index(image: Image, p: PointArg, frame: str) -> tuple[int, int, int]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .io.info import describe
-    from .io.read import read_image
+    from .io.read import choose_series, list_dicom_series, read_image
 
-    d = describe(read_image(args.image))
+    series, listing = args.series, ""
+    if Path(args.image).is_dir():
+        found = list_dicom_series(args.image)
+        series = choose_series(args.image, found, args.series, warn=False)
+        rows = [(s.uid, "-" if s.number is None else f"#{s.number}", f"'{s.description}'" if s.description else "-",
+                 f"{s.slices} slices", " x ".join(map(str, s.size_xyz)), s is series) for s in found]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        listing = (f"  series         {len(found)} in the folder (--series UID|NUMBER chooses; default: the one "
+                   "with most slices; * = shown below)\n")
+        listing += "".join(f"    {'*' if chosen else ' '} " + "  ".join(c.ljust(w) for c, w in zip(r[:4], widths))
+                           + f"  {r[4]}\n" for *r, chosen in rows)
+    d = describe(read_image(args.image, series=series))
     sys.stdout.write(
-        f"{args.image}\n"
+        f"{args.image}\n{listing}"
         f"  size (IJK)     {' x '.join(map(str, d['size_xyz']))}   (numpy z,y,x: {tuple(d['shape_zyx'])})\n"
         f"  spacing (mm)   {', '.join(f'{s:g}' for s in d['spacing_xyz_mm'])}\n"
         f"  origin (LPS)   {', '.join(f'{o:g}' for o in d['origin_lps_mm'])}\n"
@@ -166,8 +213,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .models.zoo import get_spec
     from .segment2d_cli import cmd_segment_2d, wants_2d
 
+    if args.series is not None and not Path(args.image).is_dir():
+        raise UsageError(f"--series chooses a series of a DICOM folder; {args.image} is not a folder")
+    _dicom_folder_output(args)
     if wants_2d(args):  # 2D models, 2D images: voxprompt/segment2d_cli.py
         return cmd_segment_2d(args)
+    for flag, dest in TWO_D_FLAGS:  # never silently ignored
+        if getattr(args, dest) not in (None, False):
+            raise UsageError(f"{flag} is for 2D models (--model {TWO_D_MODELS}); {args.model} is a 3D model")
 
     # 1. everything that needs no file
     points = [parse_point(t) for t in args.point or []] + [parse_point(t, world=True) for t in args.point_mm or []]
@@ -193,7 +246,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     config = _read_config(args.config_json)
 
     # 2. the image and the prompts against it
-    image = read_image(args.image)
+    image = read_image(args.image, series=args.series)
+    if 1 in image.shape:  # a 2D image, a single-frame DICOM file, a one-voxel-thick volume
+        raise single_slice_error(args.image, args.model, f"{_size_ijk(image)} IJK")
     if dicom_seg and not image.is_dicom:
         from .io.dicom_seg import NotDicomError
 
@@ -247,6 +302,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             out = write_mask(mask.astype(np.uint8), image, args.output)
     except OSError as exc:
         raise VoxpromptError(f"output {args.output}: {exc}") from None
+    warn_if_empty(mask, out)
     score = f", predicted IoU {pred.score:.3f}" if pred is not None and pred.score is not None else ""
     if pred is not None and pred.zooms:
         score += f", auto-zoom x{'/'.join(f'{z:g}' for z in pred.zooms)} + {pred.tiles} tile(s)"
@@ -265,8 +321,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``info`` and ``segment`` on the main parser's subparsers."""
-    s = sub.add_parser("info", help="shape, spacing, orientation and intensity range of an image")
+    series_help = ("DICOM folder with several series: the series to read, by SeriesInstanceUID or SeriesNumber "
+                   "(default: the one with most slices; voxprompt info FOLDER lists them)")
+    s = sub.add_parser("info", help="shape, spacing, orientation and intensity range of an image",
+                       description="For a DICOM folder, also lists its series (UID, number, description, slices, "
+                                   "size).")
     s.add_argument("image", help="NIfTI / NRRD / MHA file or DICOM folder")
+    s.add_argument("--series", metavar="UID|NUMBER", help=series_help)
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser(
@@ -275,24 +336,28 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         description=(
             "Points are voxel indices in the IJK order 3D Slicer and ITK-SNAP show (i = x, the fastest "
             "axis), positive unless suffixed ':-'. Boxes are half-open IJK ranges. The output mask has "
-            "the input's exact geometry."
+            "the input's exact geometry. An empty result is written too, with a warning. A 3D model refuses "
+            "a single slice (a 2D image, a one-frame DICOM file, a one-voxel-thick volume): use a 2D model."
         ),
     )
     s.add_argument("image", help="input image")
     s.add_argument("-o", "--output", required=True,
-                   help="output mask (.nii.gz, .nii, .nrrd, .mha); for a DICOM input also .dcm or a folder "
-                        "(DICOM SEG referencing the source instances)")
+                   help="output mask (.nii.gz, .nii, .nrrd, .mha); for a DICOM folder input also .dcm or a folder: "
+                        "a DICOM SEG referencing the source instances (a path without an extension is a folder, "
+                        "made if needed; the SEG is FOLDER/voxprompt_seg.dcm)")
+    s.add_argument("--series", metavar="UID|NUMBER", help=series_help)
     s.add_argument("--label-name", metavar="NAME", help="segment label of a DICOM SEG output "
                                                         "(default 'voxprompt segment')")
     s.add_argument("--point", action="append", metavar="I,J,K[:+|:-]", help="voxel click (repeatable)")
-    s.add_argument("--point-mm", action="append", metavar="X,Y,Z[:+|:-]", help="world click in mm (repeatable; write --point-mm=-10,5,3 for a leading minus)")
+    s.add_argument("--point-mm", action="append", metavar="X,Y,Z[:+|:-]",
+                   help="world click in mm (repeatable; write --point-mm=-10,5,3 for a leading minus)")
     s.add_argument("--frame", choices=("LPS", "RAS"), default="LPS", help="world frame of --point-mm (default LPS)")
     s.add_argument("--box", action="append", metavar="I0,J0,K0,I1,J1,K1", help="half-open IJK box")
     s.add_argument("--mask-in", metavar="MASK", help="existing segmentation to start from")
     s.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"model name (default {DEFAULT_MODEL}: our compact SAM-Med3D-family model, shipped)")
     s.add_argument("--checkpoint", metavar="PATH", help="model weights (.pth or voxprompt .safetensors)")
-    s.add_argument("--config-json", metavar="FILE", help="architecture config overrides (smaller models)")
+    s.add_argument("--config-json", metavar="FILE", help="smaller models of a family: " + config_keys_help())
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="inference precision (default fp32, exact); bf16 is faster on GPUs and, for the "
@@ -316,4 +381,5 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_segment)
 
 
-__all__ = ["add_subcommands", "cmd_info", "cmd_segment", "default_checkpoint", "parse_point", "parse_box"]
+__all__ = ["add_subcommands", "cmd_info", "cmd_segment", "config_keys_help", "default_checkpoint", "parse_point",
+           "parse_box", "single_slice_error", "warn_if_empty"]
