@@ -111,3 +111,17 @@ def test_serve_starts_and_answers(tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert "randomly initialised" in out or "voxprompt server on" in out
+
+
+def test_verbose_after_the_subcommand(capsys):
+    """Issue 20, item 11: ``serve --verbose`` / ``serve -v`` work like ``voxprompt -v serve``."""
+    from voxprompt.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["serve", "--verbose"], ["serve", "-v"], ["-v", "serve"], ["--verbose", "serve"]):
+        assert parser.parse_args(argv).verbose is True, argv
+    assert parser.parse_args(["serve"]).verbose is False
+    assert parser.parse_args(["info", "x.nii.gz", "-v"]).verbose is True  # every subcommand takes it
+    assert main(["serve", "--verbose", "--port", "0"]) == 2  # parsed; the bad port is what is refused
+    err = capsys.readouterr().err
+    assert "--port" in err and "unrecognized" not in err

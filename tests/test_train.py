@@ -110,7 +110,8 @@ def test_resume_is_exact(tmp_path):
     second.fit(progress=False)
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
-    init = load_model("voxprompt-med3d-small", pretrained=False, config={**load_model("voxprompt-med3d-small").cfg.to_dict(), **TINY})
+    init = load_model("voxprompt-med3d-small", pretrained=False,
+                      config={**load_model("voxprompt-med3d-small").cfg.to_dict(), **TINY})
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], v) for k, v in init.state_dict().items())  # it trained
     assert (tmp_path / "b" / "loss_curve.png").is_file()
@@ -197,3 +198,43 @@ def test_bounding_box_matches_argwhere():
         idx = np.argwhere(mask)
         lo, hi = bounding_box(mask)
         assert np.array_equal(lo, idx.min(0)) and np.array_equal(hi, idx.max(0) + 1)
+
+
+def test_cli_train_on_a_complete_run_says_so_and_steps_extend_it(tmp_path, capsys, caplog):
+    """Issue 20, item 10: a finished run is reported as complete (not a silent '4/4'); ``--steps N``
+    past the config's steps extends it (at the schedule's final learning rate), exactly as a run
+    straight to N."""
+    import yaml
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_cfg(tmp_path / "run")))
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    capsys.readouterr()
+    log_before = (tmp_path / "run" / "log.csv").read_text()
+    for extra in ([], ["--steps", "3"], ["--steps", "4"]):
+        assert main(["train", str(cfg), "--quiet", *extra]) == 0
+        out = capsys.readouterr().out
+        assert "complete" in out and "step 4" in out and "--steps" in out, out
+        assert (tmp_path / "run" / "log.csv").read_text() == log_before  # nothing trained
+    with caplog.at_level("WARNING"):
+        assert main(["train", str(cfg), "--quiet", "--steps", "6"]) == 0
+    assert "final learning rate" in caplog.text
+    assert (tmp_path / "run" / "checkpoints" / "step_0000006").is_dir()
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
+    straight = tmp_path / "straight.yaml"
+    straight.write_text(yaml.safe_dump(tiny_cfg(tmp_path / "straight")))
+    assert main(["train", str(straight), "--quiet", "--steps", "6"]) == 0
+    a = load_file(str(tmp_path / "run" / "model.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_steps_past_a_schedule_ending_at_zero_are_refused(tmp_path, capsys):
+    import yaml
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_cfg(tmp_path / "run", steps=1, min_lr_ratio=0.0)))
+    assert main(["train", str(cfg), "--quiet", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "min_lr_ratio" in err and "steps" in err

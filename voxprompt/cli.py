@@ -80,7 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_subcommands(sub)  # train
     from .onnx_cli import add_subcommands as add_onnx_subcommands
     add_onnx_subcommands(sub)  # export-onnx
+    _add_verbose(p)
     return p
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """``-v/--verbose`` on every (sub)command too: ``voxprompt serve -v`` = ``voxprompt -v serve``.
+
+    The subcommands' flag has no default (SUPPRESS), so it never resets the main parser's value."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_verbose(child)
+    if "-v" not in parser._option_string_actions and "--verbose" not in parser._option_string_actions:
+        parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                            help="log progress to stderr (same as voxprompt -v)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -258,15 +258,34 @@ class Trainer:
         return iter(loader)
 
     def fit(self, steps: Optional[int] = None, progress: bool = True) -> Path:
-        """Train up to ``steps`` (default ``cfg.steps``), saving every ``save_every``; export where it stops."""
+        """Train up to step ``steps`` (total; default ``cfg.steps``), saving every ``save_every``; export
+        where it stops (also when the run was already there: nothing is trained then).
+
+        ``steps`` past ``cfg.steps`` extends the run: the schedule is a pure function of the step, so the
+        extra steps run at its final learning rate (``lr * min_lr_ratio``) and the run equals one trained
+        straight to ``steps`` (refused when that rate is 0). Raising ``steps`` in the config instead
+        stretches the warm-up + cosine schedule from the step reached."""
         cfg = self.cfg
-        stop = min(cfg.steps, steps if steps is not None else cfg.steps)
+        stop = cfg.steps if steps is None else int(steps)
+        if stop <= 0:
+            raise UsageError(f"steps must be positive, got {stop}")
+        if stop > max(cfg.steps, self.step):
+            final_lr = cfg.lr * cfg.min_lr_ratio  # lr_at once the cosine is over
+            if final_lr <= 0:
+                raise UsageError(f"--steps {stop} goes past the config's steps ({cfg.steps}), where the schedule "
+                                 f"ends at learning rate 0 (min_lr_ratio {cfg.min_lr_ratio:g}): raise steps in the "
+                                 "config instead (the cosine is then stretched from the step reached)")
+            if self.rank == 0:
+                log.warning("--steps %d goes past the config's steps (%d): steps %d..%d run at the schedule's final "
+                            "learning rate %.3g (lr x min_lr_ratio); to stretch the warm-up + cosine schedule "
+                            "instead, raise steps in the config", stop, cfg.steps, max(cfg.steps, self.step) + 1,
+                            stop, final_lr)
         self.out.mkdir(parents=True, exist_ok=True)
         logger = CsvLog(self.out / "log.csv", self.step) if self.rank == 0 else None
-        bar = tqdm(total=stop, initial=self.step, disable=not progress or self.rank != 0, desc="train",
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(total=stop, initial=self.step, disable=not progress or self.rank != 0 or self.step >= stop,
+                   desc="train", unit="step", dynamic_ncols=True)
         t0, samples = time.perf_counter(), 0
-        batches = self._batch_iter(stop)
+        batches = self._batch_iter(stop) if self.step < stop else iter(())
         while self.step < stop:
             stats = self.train_step(next(batches))
             samples += cfg.batch_size * cfg.grad_accum * self.world
@@ -296,7 +315,7 @@ class _StepBatches(torch.utils.data.Dataset):
     def __init__(self, trainer: "Trainer") -> None:
         self.trainer = trainer
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # the sampler names the steps; a run extended past cfg.steps reads beyond this
         return self.trainer.cfg.steps
 
     def __getitem__(self, step: int) -> list:
