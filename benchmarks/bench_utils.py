@@ -1,4 +1,7 @@
-"""Shared helpers of the speed benchmarks: machine description, timers, peak memory, JSON."""
+"""Shared helpers of the speed benchmarks: machine description, timers, peak memory, JSON.
+
+torch is imported where it is used, so a benchmark of start-up (``startup.py``) can use these too.
+"""
 from __future__ import annotations
 
 import json
@@ -11,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -36,6 +38,8 @@ def load_average() -> Optional[float]:
 
 def machine(device: str) -> dict[str, Any]:
     """What the numbers were measured on (GPU named when used)."""
+    import torch
+
     info: dict[str, Any] = {
         "device": device,
         "cpu": cpu_name(),
@@ -52,6 +56,8 @@ def machine(device: str) -> dict[str, Any]:
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
+        import torch
+
         torch.cuda.synchronize()
 
 
@@ -77,6 +83,8 @@ def peak_rss_mib() -> float:
 
 def reset_peak(device: str) -> None:
     if device.startswith("cuda"):
+        import torch
+
         torch.cuda.reset_peak_memory_stats()
 
 
@@ -84,6 +92,8 @@ def peak_mib(device: str, rss_before: float) -> float:
     """Peak memory since :func:`reset_peak`: CUDA allocator peak, or the RSS high-water increase
     over ``rss_before`` on CPU (a lower bound when an earlier step already peaked higher)."""
     if device.startswith("cuda"):
+        import torch
+
         return torch.cuda.max_memory_allocated() / 2**20
     return max(0.0, peak_rss_mib() - rss_before)
 

@@ -21,6 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_utils import cpu_name  # noqa: E402  (imports nothing heavy)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -29,17 +32,6 @@ COMMANDS = {
     "import voxprompt": ["-c", "import voxprompt"],
     "import voxprompt.errors": ["-c", "import voxprompt.errors"],
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def time_command(args: list[str], cwd: Path, runs: int) -> dict:
     """Median and min wall seconds of ``python ARGS`` run from ``cwd`` (its voxprompt/ comes first)."""

