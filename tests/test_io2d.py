@@ -82,7 +82,9 @@ def test_write_mask2d_png_tiff_and_errors(tmp_path):
     _, mask = phantom()
     out = write_mask2d(mask, tmp_path / "m.png")
     back = np.asarray(PILImage.open(out))
-    assert back.dtype == np.uint8 and set(np.unique(back)) == {0, 255} and np.array_equal(back > 0, mask)
+    assert back.dtype == np.uint8 and set(np.unique(back)) == {0, 1} and np.array_equal(back > 0, mask)
+    back255 = np.asarray(PILImage.open(write_mask2d(mask, tmp_path / "m255.png", foreground=255)))
+    assert set(np.unique(back255)) == {0, 255} and np.array_equal(back255 > 0, mask)
     labels = mask.astype(np.uint16) * 300
     assert np.array_equal(tifffile.imread(write_mask2d(labels, tmp_path / "l.tif")), labels)
     stack = np.stack([mask, ~mask, mask])
@@ -95,4 +97,4 @@ def test_write_mask2d_png_tiff_and_errors(tmp_path):
         write_mask2d(mask, tmp_path / "nope" / "m.png")
     with pytest.raises(InputError, match="label type"):
         write_mask2d(mask.astype(float), tmp_path / "f.png")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.tif", "m.png", "s.tiff"]  # no temporary files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.tif", "m.png", "m255.png", "s.tiff"]  # no temporary files

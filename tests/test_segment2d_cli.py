@@ -62,8 +62,20 @@ def test_segment_2d_images(files, capsys, image, out, extra):
     assert _seg(files, image, out, *extra) == 0, capsys.readouterr().err
     res = files["dir"] / out
     arr = np.asarray(PILImage.open(res)) if res.suffix == ".png" else tifffile.imread(res)
-    assert arr.shape == (60, 80) and set(np.unique(arr)) <= {0, 255}
+    assert arr.shape == (60, 80) and set(np.unique(arr)) <= {0, 1}
     assert "pixels" in capsys.readouterr().out
+
+
+def test_segment_2d_mask_values_default_0_1_and_0_255_on_request(files, capsys):
+    """Issue 20 #14: 2D masks hold 0/1 like 3D outputs; 0/255 only behind --mask-values 0,255."""
+    assert _seg(files, "png", "v1.png", "--point", "44,27") == 0, capsys.readouterr().err
+    a1 = np.asarray(PILImage.open(files["dir"] / "v1.png"))
+    assert a1.max() == 1 and set(np.unique(a1)) == {0, 1}
+    assert _seg(files, "png", "v255.png", "--point", "44,27", "--mask-values", "0,255") == 0
+    a255 = np.asarray(PILImage.open(files["dir"] / "v255.png"))
+    assert set(np.unique(a255)) == {0, 255} and np.array_equal(a255 > 0, a1 > 0)
+    assert _seg(files, "png", "bad.png", "--point", "44,27", "--mask-values", "0,7") == 2
+    assert "--mask-values" in capsys.readouterr().err
 
 
 def test_segment_2d_overlay(files, capsys):

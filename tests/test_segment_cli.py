@@ -307,7 +307,7 @@ def test_nan_in_nifti_is_a_data_error(files, capsys):
 
 
 @pytest.mark.parametrize("flag", [["--window", "lung"], ["--propagate"], ["--slice-axis", "j"],
-                                  ["--channel-order", "rgb"], ["--slice", "3"]])
+                                  ["--channel-order", "rgb"], ["--slice", "3"], ["--mask-values", "0,255"]])
 def test_2d_only_flags_are_refused_with_a_3d_model(files, capsys, flag):
     """Item 9: flags of the 2D models are not silently ignored by a 3D model."""
     rc, err = _run_err(files, capsys, "--checkpoint", str(files["ckpt"]), "--point", "18,20,8", *flag)

@@ -2,7 +2,7 @@
 
 * 2D images (PNG, JPEG, TIFF, single-frame DICOM): ``--point X,Y[:+|:-]`` in pixels (x = column,
   y = row), ``--box X0,Y0,X1,Y1`` (top-left first), ``--mask-in MASK.png``; output PNG / TIFF
-  (0/255), same size as the input.
+  (0/1 like every mask output; ``--mask-values 0,255`` for viewers), same size as the input.
 * Volumes (NIfTI, NRRD, MHA, DICOM series, multi-frame DICOM / multi-page TIFF) with a 2D model:
   points and boxes in IJK as for 3D models; ``--slice-axis i|j|k`` picks the slice direction
   (default k, the slices of an axial scan), ``--slice N`` the prompted slice (default: the
@@ -112,6 +112,21 @@ def _check_common(args: argparse.Namespace) -> str:
     return str(ckpt)
 
 
+def mask_foreground(args: argparse.Namespace) -> int:
+    """The foreground value of 2D mask files from ``--mask-values 0,N`` (default 0,1)."""
+    text = getattr(args, "mask_values", None)
+    if text is None:
+        return 1
+    parts = [t.strip() for t in str(text).split(",")]
+    try:
+        lo, hi = (int(t) for t in parts)
+    except ValueError:
+        raise UsageError(f"--mask-values {text}: expected 0,1 or 0,255") from None
+    if lo != 0 or (lo, hi) not in ((0, 1), (0, 255)):
+        raise UsageError(f"--mask-values {text}: expected 0,1 (default) or 0,255")
+    return hi
+
+
 def _check_out(path: str, exts: tuple[str, ...], what: str) -> None:
     ext = file_extension(path)
     if ext not in exts:
@@ -183,7 +198,7 @@ def _segment_image(args: argparse.Namespace, ckpt: str, window) -> int:
     if points or boxes:
         pred = session.add_prompts([p for p, _ in points], [s for _, s in points], box=boxes[0] if boxes else None)
     try:
-        out = write_mask2d(session.mask, args.output)
+        out = write_mask2d(session.mask, args.output, foreground=mask_foreground(args))
     except OSError as exc:
         raise VoxpromptError(f"output {args.output}: {exc}") from None
     from .segment_cli import warn_if_empty
@@ -270,7 +285,7 @@ def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
         elif file_extension(args.output) in (".tif", ".tiff"):
             from .io.image2d import write_mask2d
 
-            out = write_mask2d(mask, args.output)
+            out = write_mask2d(mask, args.output, foreground=mask_foreground(args))
         else:
             from .io.write import write_mask
 
@@ -308,8 +323,11 @@ def add_2d_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--slice", type=int, metavar="N", help="2D model on a volume: the prompted slice index")
     g.add_argument("--propagate", action="store_true",
                    help="2D model on a volume: propagate the mask slice by slice (box from the previous slice)")
+    g.add_argument("--mask-values", metavar="0,1|0,255",
+                   help="values of 2D mask files (PNG / TIFF): background,foreground (default 0,1 as every "
+                        "mask output; 0,255 for image viewers)")
     g.add_argument("--channel-order", choices=("rgb", "bgr"),
                    help="colour order the 2D model sees (default: the official one; SAM-Med2D: bgr)")
 
 
-__all__ = ["add_2d_arguments", "cmd_segment_2d", "parse_box2d", "parse_point2d", "wants_2d"]
+__all__ = ["add_2d_arguments", "cmd_segment_2d", "mask_foreground", "parse_box2d", "parse_point2d", "wants_2d"]

@@ -135,7 +135,7 @@ def _read_config(path: Optional[str]) -> Optional[dict]:
 
 TWO_D_MODELS = "sam-med2d, sam-unet or sam-vit-b"
 TWO_D_FLAGS = (("--window", "window"), ("--propagate", "propagate"), ("--slice-axis", "slice_axis"),
-               ("--slice", "slice"), ("--channel-order", "channel_order"))
+               ("--slice", "slice"), ("--channel-order", "channel_order"), ("--mask-values", "mask_values"))
 
 
 def single_slice_error(image: str, model: str, size: Optional[str] = None) -> UsageError:

@@ -4,7 +4,8 @@
 ``(H, W, 3)``, the file's own dtype; DICOM with its modality LUT applied, so CT is in HU).
 Multi-frame files (multi-page TIFF, multi-frame DICOM) are volumes: :func:`read_frames` stacks
 them as a 3D :class:`~voxprompt.io.Image` whose axis 0 is the frame. :func:`write_mask2d` writes
-a 2D mask as PNG or TIFF (bool -> 0/255, integer labels as they are), atomically.
+a 2D mask as PNG or TIFF (bool -> 0/1 like 3D outputs, or 0/255 on request; integer labels as
+they are), atomically.
 """
 from __future__ import annotations
 
@@ -260,10 +261,10 @@ def image2d_from_array(array: np.ndarray, spacing: tuple[float, float] = (1.0, 1
     return Image2D(a, tuple(float(s) for s in spacing))
 
 
-def _mask_pixels(mask: np.ndarray) -> np.ndarray:
+def _mask_pixels(mask: np.ndarray, foreground: int = 1) -> np.ndarray:
     m = np.asarray(mask)
     if m.dtype == np.bool_:
-        return m.astype(np.uint8) * 255
+        return m.astype(np.uint8) * np.uint8(foreground)
     if not np.issubdtype(m.dtype, np.integer):
         raise InputError(f"mask dtype {m.dtype} is not a label type; use bool or integers")
     if m.size and (int(m.min()) < 0 or int(m.max()) > 65535):
@@ -271,15 +272,18 @@ def _mask_pixels(mask: np.ndarray) -> np.ndarray:
     return m.astype(np.uint8 if not m.size or int(m.max()) <= 255 else np.uint16)
 
 
-def write_mask2d(mask: np.ndarray, out_path: PathLike) -> Path:
-    """Write a 2D mask (bool -> 0/255) or label map as PNG or TIFF; a (F, H, W) stack as multi-page
-    TIFF. Atomic: written to a temporary file in the same folder, then renamed."""
+def write_mask2d(mask: np.ndarray, out_path: PathLike, foreground: int = 1) -> Path:
+    """Write a 2D mask (bool -> 0/``foreground``: 0/1 by default, as every other mask output; 255 for
+    viewers) or label map as PNG or TIFF; a (F, H, W) stack as multi-page TIFF. Atomic: written to a
+    temporary file in the same folder, then renamed."""
     out = Path(out_path)
     ext = _ext(out)
     if ext not in WRITE_EXTENSIONS_2D:
         raise UsageError(f"{out}: unsupported 2D mask extension {ext or '(none)'!r}; use "
                          f"{', '.join(WRITE_EXTENSIONS_2D)}")
-    px = _mask_pixels(mask)
+    if not 1 <= int(foreground) <= 255:
+        raise UsageError(f"mask foreground value must lie in 1..255, got {foreground}")
+    px = _mask_pixels(mask, int(foreground))
     if px.ndim == 3 and ext == ".png":
         raise UsageError(f"{out}: a stack of {px.shape[0]} masks needs a .tif output (multi-page)")
     if px.ndim not in (2, 3) or px.size == 0:
