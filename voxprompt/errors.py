@@ -39,3 +39,7 @@ class PromptError(InputError):
 
 class ImageReadError(VoxpromptError):
     """An image file that is missing, truncated, corrupt, unsupported or absurd."""
+
+
+class ImageTooLarge(ImageReadError):
+    """An image whose header declares more voxel bytes than the caller allows (servers answer 413)."""

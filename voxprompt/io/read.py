@@ -20,7 +20,7 @@ from typing import Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import ImageReadError, InputError, UsageError
+from ..errors import ImageReadError, ImageTooLarge, InputError, UsageError
 from .image import Image
 from .paths import file_extension  # also imported from here by other modules
 
@@ -30,10 +30,25 @@ SUPPORTED_READ_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"
 DEFAULT_MAX_VOXELS = 2**31
 
 
-def _check_header(reader, where: str, max_voxels: int, n_slices: int | None = None) -> None:
+def _pixel_bytes(reader) -> int:
+    """Bytes per component of the pixel type a reader declares (8 when unknown)."""
+    try:
+        name = sitk.GetPixelIDValueAsString(reader.GetPixelID()).lower()
+    except (RuntimeError, AttributeError):
+        return 8
+    for key, n in (("64", 8), ("32", 4), ("16", 2), ("8", 1)):
+        if key in name:
+            return n
+    return 8
+
+
+def _check_header(reader, where: str, max_voxels: int, n_slices: int | None = None,
+                  max_bytes: Optional[int] = None) -> None:
     """Refuse 2D/4D, vector, empty or absurdly large images from header information only.
 
     ``n_slices``: for a DICOM series, the number of files (one slice each) read along z.
+    ``max_bytes``: refuse (:class:`ImageTooLarge`) when the declared voxel data would need more bytes,
+    before anything is decompressed or allocated (a small ``.nii.gz`` may expand to gigabytes).
     """
     dim = reader.GetDimension()
     size = list(reader.GetSize())
@@ -56,6 +71,11 @@ def _check_header(reader, where: str, max_voxels: int, n_slices: int | None = No
     if voxels > max_voxels:
         raise ImageReadError(f"{where}: header declares {size} = {voxels:,} voxels, above the limit "
                              f"of {max_voxels:,}; refusing to allocate it")
+    if max_bytes is not None:
+        nbytes = voxels * _pixel_bytes(reader)
+        if nbytes > max_bytes:
+            raise ImageTooLarge(f"{where}: header declares {size} voxels = {nbytes / 2**20:.1f} MiB of voxel "
+                                f"data, above the limit of {max_bytes / 2**20:.1f} MiB; refusing to read it")
 
 
 def _check_finite(array: np.ndarray, where: str) -> None:
@@ -138,8 +158,8 @@ def _nifti_complete(path: Path, compressed: bool) -> bool:
         if struct.unpack("<I", fh.read(4))[0] == expected % 2**32:
             return True
     total = 0
-    with gzip.open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
+    with gzip.open(path, "rb") as fh:  # streamed, and only as far as the header says the data goes
+        while total < expected and (chunk := fh.read(min(1 << 22, expected - total))):
             total += len(chunk)
     return total >= expected
 
@@ -155,7 +175,7 @@ def _to_image(img: sitk.Image, path: Path, is_dicom: bool, files: list[str]) -> 
                  source_path=path, is_dicom=is_dicom, dicom_files=files)
 
 
-def _read_file(path: Path, max_voxels: int) -> Image:
+def _read_file(path: Path, max_voxels: int, max_bytes: Optional[int] = None) -> Image:
     ext = file_extension(path)
     if ext not in SUPPORTED_READ_EXTENSIONS:
         raise ImageReadError(f"{path}: unsupported image extension {ext or '(none)'!r}; expected "
@@ -168,7 +188,7 @@ def _read_file(path: Path, max_voxels: int) -> Image:
         reader.ReadImageInformation()
     except RuntimeError as err:
         raise ImageReadError(f"{path}: unreadable or corrupt header ({_short(err)})") from None
-    _check_header(reader, str(path), max_voxels)
+    _check_header(reader, str(path), max_voxels, max_bytes=max_bytes)
     try:
         complete = ext not in (".nii", ".nii.gz") or _nifti_complete(path, ext == ".nii.gz")
     except (EOFError, OSError, zlib.error, struct.error):
@@ -272,7 +292,8 @@ def choose_series(path: Union[str, os.PathLike], found: list[DicomSeries], serie
                      f"{listing}")
 
 
-def _read_dicom_dir(path: Path, max_voxels: int, series: SeriesChoice = None) -> Image:
+def _read_dicom_dir(path: Path, max_voxels: int, series: SeriesChoice = None,
+                    max_bytes: Optional[int] = None) -> Image:
     chosen = series if isinstance(series, DicomSeries) else choose_series(path, list_dicom_series(path), series)
     names = list(chosen.files)
     info = sitk.ImageFileReader()
@@ -281,7 +302,7 @@ def _read_dicom_dir(path: Path, max_voxels: int, series: SeriesChoice = None) ->
         info.ReadImageInformation()
     except RuntimeError as err:
         raise ImageReadError(f"{names[0]}: unreadable DICOM header ({_short(err)})") from None
-    _check_header(info, str(path), max_voxels, n_slices=len(names))
+    _check_header(info, str(path), max_voxels, n_slices=len(names), max_bytes=max_bytes)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     try:
@@ -297,19 +318,23 @@ def _short(err: Exception) -> str:
     return (lines[-1] if lines else type(err).__name__)[:200]
 
 
-def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS, series: SeriesChoice = None) -> Image:
+def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS, series: SeriesChoice = None,
+               max_bytes: Optional[int] = None) -> Image:
     """Read a 3D scalar volume file or DICOM series folder; validates before allocating.
 
     ``series`` (DICOM folders only): the SeriesInstanceUID or SeriesNumber to read (or a
     :class:`DicomSeries` from :func:`list_dicom_series`); by default the series with most slices (with
     a warning when the folder holds several). An unknown series raises
-    :class:`~voxprompt.errors.UsageError` listing those of the folder."""
+    :class:`~voxprompt.errors.UsageError` listing those of the folder. ``max_bytes``: the largest voxel
+    data (bytes, from the header) to read; above it :class:`~voxprompt.errors.ImageTooLarge` is raised
+    before any voxel data is decompressed or allocated."""
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"{p}: file not found")
     if series is not None and not p.is_dir():
         raise UsageError(f"{p}: series {series!r} chooses a series of a DICOM folder; {p} is a single file")
-    image = _read_dicom_dir(p, max_voxels, series) if p.is_dir() else _read_file(p, max_voxels)
+    image = (_read_dicom_dir(p, max_voxels, series, max_bytes) if p.is_dir()
+             else _read_file(p, max_voxels, max_bytes))
     _check_finite(image.array, str(p))
     log.debug("read %s: shape %s spacing %s", p, image.shape, image.spacing)
     return image

@@ -27,6 +27,11 @@ class ServerContext:
         """Largest array (decompressed upload or buffer) the server accepts: 25 % of RAM."""
         return memory_limit_bytes(0.25)
 
+    @property
+    def image_limit_bytes(self) -> int:
+        """Largest voxel data a volume file may declare: the per-session cap (and the array limit)."""
+        return min(self.settings.session_memory_bytes, self.array_limit_bytes)
+
     def check_image_bytes(self, nbytes: int) -> None:
         """413 when an image alone exceeds the per-session memory cap."""
         cap = self.settings.session_memory_bytes

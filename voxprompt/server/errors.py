@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import VoxpromptError
+from ..errors import ImageTooLarge, VoxpromptError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _json(exc.status, exc.detail, exc.headers)
+
+    @app.exception_handler(ImageTooLarge)
+    async def _too_large(request: Request, exc: ImageTooLarge) -> JSONResponse:
+        log.info("%s %s: %s", request.method, request.url.path, exc)
+        return _json(413, f"{exc} (--session-memory-mb)")
 
     @app.exception_handler(VoxpromptError)
     async def _vox_error(request: Request, exc: VoxpromptError) -> JSONResponse:

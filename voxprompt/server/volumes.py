@@ -33,11 +33,14 @@ def safe_filename(name: Optional[str], default: str = "upload") -> str:
     return base or default
 
 
-def read_uploaded(files: Sequence[tuple[Optional[str], bytes]], max_voxels: int = DEFAULT_MAX_VOXELS) -> Image:
+def read_uploaded(files: Sequence[tuple[Optional[str], bytes]], max_voxels: int = DEFAULT_MAX_VOXELS,
+                  max_bytes: Optional[int] = None) -> Image:
     """Read uploaded volume bytes: one file (NIfTI, NRRD, MHA, single DICOM) or a DICOM series.
 
     The bytes go to a private temporary folder under safe names, are read, and are deleted. Errors
-    name the upload (the client's file name), never the temporary path.
+    name the upload (the client's file name), never the temporary path. ``max_bytes``: the largest
+    voxel data the header may declare; above it ImageTooLarge (413) is raised before anything is
+    decompressed (a 1 MB ``.nii.gz`` can expand to gigabytes).
     """
     if not files:
         raise BadRequest("no file uploaded")
@@ -55,7 +58,7 @@ def read_uploaded(files: Sequence[tuple[Optional[str], bytes]], max_voxels: int 
             paths.append(path)
             names.append(name or fname)
         try:
-            return read_image(paths[0] if len(paths) == 1 else tmp, max_voxels=max_voxels)
+            return read_image(paths[0] if len(paths) == 1 else tmp, max_voxels=max_voxels, max_bytes=max_bytes)
         except VoxpromptError as exc:  # name the upload, not our temporary path
             msg = str(exc)
             for path, name in zip(paths, names):

@@ -108,11 +108,11 @@ def make_router(ctx: ServerContext) -> APIRouter:
             data, name = await upload.read(), upload.filename
 
             def load():
-                return read_uploaded([(name, data)]), safe_filename(name, "volume")
+                return read_uploaded([(name, data)], max_bytes=ctx.image_limit_bytes), safe_filename(name, "volume")
         elif isinstance(path, str) and path:
             def load():
                 p = resolve_data_path(s.data_dir, path)
-                return read_image(p), p.name
+                return read_image(p, max_bytes=ctx.image_limit_bytes), p.name
         else:
             raise BadRequest("send a multipart 'file' (the volume) or a 'path' under --data-dir")
 

@@ -199,7 +199,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
         name = safe_filename(uploads[0].filename, "image")
 
         def do() -> dict:
-            image = read_uploaded(files)
+            image = read_uploaded(files, max_bytes=ctx.image_limit_bytes)
             lease = new_lease(image, name, float(expiry or ctx.settings.monai_session_expiry_s))
             return {"session_id": lease.token, "session_info": _session_info(lease, ctx.leases.now())}
 
@@ -231,7 +231,8 @@ def make_router(ctx: ServerContext) -> APIRouter:
                     return ctx.leases.get(token, kind=KIND, active=True)
                 except LeaseGone:
                     data_sessions.pop(image_id, None)
-            lease = new_lease(read_image(path), path.name, ctx.settings.monai_session_expiry_s)
+            lease = new_lease(read_image(path, max_bytes=ctx.image_limit_bytes), path.name,
+                              ctx.settings.monai_session_expiry_s)
             data_sessions[image_id] = lease.token
             return lease
 
@@ -265,7 +266,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
             img, name = lease.state["image"], lease.state["name"]
         elif upload_bytes is not None:
             def one_off() -> tuple[dict, np.ndarray, Image]:
-                im = read_uploaded([(upload.filename, upload_bytes)])
+                im = read_uploaded([(upload.filename, upload_bytes)], max_bytes=ctx.image_limit_bytes)
                 ctx.check_image_bytes(im.array.nbytes)
                 s = ctx.host.new_session()
                 s.set_image(im)
