@@ -58,6 +58,23 @@ def test_info(files, capsys):
     assert "36 x 40 x 16" in out and "LPS" in out and "0.9, 0.8, 3" in out and "intensity" in out
 
 
+def test_info_orientation_names_its_letter_convention(files, capsys):
+    """Issue 20 #15: the orientation letters say where each axis points TO (nibabel/DICOM convention)."""
+    assert main(["info", str(files["img"])]) == 0
+    line = next(t for t in capsys.readouterr().out.splitlines() if "orientation" in t)
+    assert "LPS (letters name where each axis points TO" in line
+    assert "i -> patient left, j -> patient posterior, k -> patient superior" in line
+    assert "old ITK 'from' code: RAI" in line
+    # an image whose i axis runs toward the patient's right (NIfTI's usual RAS storage) reads RAS
+    img = sitk.ReadImage(str(files["img"]))
+    img.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    ras = files["dir"] / "ras.nii.gz"
+    sitk.WriteImage(img, str(ras))
+    assert main(["info", str(ras)]) == 0
+    line = next(t for t in capsys.readouterr().out.splitlines() if "orientation" in t)
+    assert line.split()[1] == "RAS" and "i -> patient right, j -> patient anterior" in line
+
+
 def test_segment_in_process_points_box_overlay(files, capsys):
     out, png = files["dir"] / "seg.nii.gz", files["dir"] / "seg.png"
     rc = main(["segment", str(files["img"]), "-o", str(out), "--checkpoint", str(files["ckpt"]),

@@ -181,7 +181,7 @@ def _point_index(image: Image, p: PointArg, frame: str) -> tuple[int, int, int]:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .io.info import describe
+    from .io.info import describe, orientation_text
     from .io.read import choose_series, list_dicom_series, read_image
 
     series, listing = args.series, ""
@@ -201,7 +201,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"  size (IJK)     {' x '.join(map(str, d['size_xyz']))}   (numpy z,y,x: {tuple(d['shape_zyx'])})\n"
         f"  spacing (mm)   {', '.join(f'{s:g}' for s in d['spacing_xyz_mm'])}\n"
         f"  origin (LPS)   {', '.join(f'{o:g}' for o in d['origin_lps_mm'])}\n"
-        f"  orientation    {d['orientation']}\n"
+        f"  orientation    {orientation_text(d['orientation'])}\n"
         f"  dtype          {d['dtype']}\n"
         f"  intensity      {d['min']:g} .. {d['max']:g} (mean {d['mean']:g})\n")
     return 0

@@ -10,9 +10,28 @@ from .image import Image
 
 
 def orientation_code(image: Image) -> str:
-    """Three-letter orientation of the (i, j, k) = (x, y, z) axes, e.g. 'LPS' for identity."""
+    """Three-letter orientation of the (i, j, k) = (x, y, z) axes, e.g. 'LPS' for identity.
+
+    ITK's ``DICOMOrientImageFilter`` letters (ITK >= 5.2) name where each axis points TO as its index
+    increases (identity direction in ITK's LPS world: i -> Left, j -> Posterior, k -> Superior), the
+    convention of DICOM, nibabel's ``aff2axcodes`` and 3D Slicer. ITK's older ``SpatialOrientation``
+    codes name where an axis comes FROM (the same image is 'RAI' there)."""
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
         image.direction.ravel().tolist())
+
+
+_WORDS = {"L": "left", "R": "right", "A": "anterior", "P": "posterior", "S": "superior", "I": "inferior"}
+_OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
+
+
+def orientation_text(code: str) -> str:
+    """``voxprompt info``'s orientation line: the code and the convention its letters follow."""
+    if len(code) != 3 or any(c not in _WORDS for c in code):
+        return f"{code} (oblique or unknown)"
+    towards = ", ".join(f"{ax} -> patient {_WORDS[c]}" for ax, c in zip("ijk", code))
+    old = "".join(_OPPOSITE[c] for c in code)
+    return (f"{code} (letters name where each axis points TO as its index grows: {towards}; "
+            f"as nibabel/DICOM, ITK DICOMOrientImageFilter; old ITK 'from' code: {old})")
 
 
 def describe(image: Image) -> dict[str, Any]:
