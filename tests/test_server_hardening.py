@@ -3,6 +3,9 @@ Host checking (DNS rebinding) and the API description behind the key."""
 from __future__ import annotations
 
 import gzip
+import logging
+import socket
+import time
 
 import httpx
 import numpy as np
@@ -77,3 +80,80 @@ def test_upload_bomb_is_413_without_expanding(model, bomb, monkeypatch, route):
     assert "--session-memory-mb" in r.json()["detail"]
     assert spy.executed == 0, "the voxel data was read before the size check"
     assert spy.gunzipped <= 4096, f"{spy.gunzipped} bytes were decompressed"
+
+
+# ----------------------------------------------------------------------------- disconnects, stalled bodies
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        if not any(r is record for r in self.records):  # attached to a logger and to its parent
+            self.records.append(record)
+
+
+@pytest.fixture
+def server_log():
+    """Every record of uvicorn's loggers (they do not propagate to the root) and of voxprompt."""
+    handler = _Records()
+    loggers = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "voxprompt", "asyncio", "")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    yield handler.records
+    for lg in loggers:
+        lg.removeHandler(handler)
+
+
+def _partial_upload(port: int, declared: int = 100_000, sent: int = 1000) -> socket.socket:
+    head = (b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"v.nii.gz\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n")
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"POST /api/viewer/open HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"Content-Type: multipart/form-data; boundary=xyz\r\n"
+              + f"Content-Length: {declared}\r\n\r\n".encode() + head + b"\0" * (sent - len(head)))
+    return s
+
+
+def _wait_for(pred, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def test_client_disconnect_during_upload_logs_one_line(model, server_log):
+    app = create_app(ServerSettings(), model=model)
+    server = BackgroundServer(app)
+    with server:
+        _partial_upload(server.port).close()
+
+        def mine():
+            return [r for r in server_log if "disconnect" in r.getMessage()]
+        assert _wait_for(lambda: len(mine()) >= 1)
+        time.sleep(0.3)
+        assert httpx.get(f"{server.url}/api/viewer/config").status_code == 200  # still serving
+    assert len(mine()) == 1, [r.getMessage() for r in mine()]
+    assert not [r for r in server_log if r.exc_info or "Traceback" in r.getMessage()], \
+        [r.getMessage() for r in server_log]
+
+
+def test_stalled_body_gets_408_and_is_closed(model, server_log):
+    app = create_app(ServerSettings(body_timeout_s=1.0), model=model)
+    server = BackgroundServer(app)
+    with server:
+        s = _partial_upload(server.port)
+        t0 = time.monotonic()
+        try:
+            reply = b""
+            while chunk := s.recv(65536):  # the server closes the connection after its answer
+                reply += chunk
+        finally:
+            s.close()
+        elapsed = time.monotonic() - t0
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"--body-timeout" in reply
+    assert 0.8 < elapsed < 5, elapsed
+    assert not [r for r in server_log if r.exc_info], [r.getMessage() for r in server_log]

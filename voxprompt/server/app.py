@@ -19,7 +19,7 @@ from ..errors import UsageError
 from .context import ServerContext
 from .errors import install_error_handlers
 from .leases import LeaseManager
-from .security import BodyLimitMiddleware
+from .security import BodyLimitMiddleware, RequestGuardMiddleware
 from .sessions import ModelHost
 from .settings import ServerSettings
 
@@ -85,4 +85,5 @@ def create_app(settings: ServerSettings, model: Optional[torch.nn.Module] = None
 
         web.install(app, ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestGuardMiddleware, body_timeout_s=settings.body_timeout_s)
     return app

@@ -21,6 +21,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         precision=args.precision, max_sessions=args.max_sessions,
         api_key=read_api_key_file(args.api_key_file) if args.api_key_file else None,
         data_dir=Path(args.data_dir) if args.data_dir else None, max_upload_mb=args.max_upload_mb,
+        body_timeout_s=args.body_timeout,
         idle_timeout_s=args.idle_timeout, liveness_timeout_s=args.liveness_timeout,
         autozoom=args.autozoom, refine=args.refine, clean=args.clean, web=not args.no_web,
         session_memory_mb=args.session_memory_mb, max_memory_mb=args.max_memory_mb,
@@ -66,6 +67,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--api-key-file", metavar="F", help="file holding the API key (one line)")
     s.add_argument("--data-dir", metavar="D", help="folder whose volumes clients may open by relative path")
     s.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest request body (default 1024)")
+    s.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                   help="answer 408 and close the connection when a request body stalls for S seconds "
+                        "(default 30)")
     s.add_argument("--idle-timeout", type=float, default=600.0, metavar="S",
                    help="drop a session after S seconds without interaction (default 600)")
     s.add_argument("--liveness-timeout", type=float, default=60.0, metavar="S",

@@ -1,6 +1,8 @@
-"""Request-side safety: API key check, upload size limit, and paths confined to ``--data-dir``."""
+"""Request-side safety: API key check, upload size limit, body time-out, quiet client disconnects,
+Host checking, and paths confined to ``--data-dir``."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -9,6 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Awaitable, Callable, Optional
 
 from fastapi import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import UsageError
 from .errors import BadRequest, NotFound, TooLarge, Unauthorized
@@ -114,13 +117,78 @@ def _too_large(size: int, limit: int) -> str:
             "(--max-upload-mb)")
 
 
-async def _send_json(send: Send, status: int, detail: str) -> None:
+async def _send_json(send: Send, status: int, detail: str, close: bool = False) -> None:
     import json
 
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+# ----------------------------------------------------------------------------- body time-out, disconnects
+class RequestGuardMiddleware:
+    """ASGI middleware: 408 when the request body stalls, one log line when the client goes away.
+
+    Every wait for the next piece of the body is bounded by ``body_timeout_s`` (a client that sends the
+    headers and part of a body, then nothing, would otherwise hold the connection and its buffered
+    upload forever); the 408 closes the connection. A client that disconnects during its upload is logged
+    in one line (no traceback)."""
+
+    def __init__(self, app, body_timeout_s: float) -> None:
+        self.app = app
+        self.timeout = float(body_timeout_s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+        received = 0
+        started = False
+        what = f"{scope.get('method', '?')} {scope.get('path', '?')}"
+
+        async def guarded_receive() -> Message:
+            nonlocal body_done, received
+            if body_done:  # after the body: waiting for a disconnect is not bounded
+                return await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                exc = _BodyTimeout(f"the request body stalled: nothing received for {self.timeout:g} s "
+                                   f"after {received} bytes (--body-timeout)")
+                log.warning("%s: %s; answering 408 and closing the connection", what, exc.detail)
+                raise exc from None
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                body_done = not msg.get("more_body", False)
+            else:
+                body_done = True
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, guarded_receive, tracking_send)
+        except ClientDisconnect:
+            log.warning("%s: the client disconnected during the request (%d bytes of body received)",
+                        what, received)
+        except _BodyTimeout as exc:
+            if not started:
+                await _send_json(send, 408, exc.detail, close=True)
+
+
+class _BodyTimeout(HTTPException):
+    """Raised from ``receive``; an HTTPException so that FastAPI's body parsing passes it on (408)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=408, detail=detail, headers={"Connection": "close"})
 
 
 def check_size(nbytes: int, limit: int, what: str) -> None:
