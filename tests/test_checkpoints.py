@@ -184,3 +184,33 @@ def test_mismatch_message_has_no_doubled_article():
     msg = str(err.value)
     assert "it looks like a SAM-Med3D-style 3D model with a 64-wide encoder" in msg
     assert " a a " not in msg and " an a " not in msg
+
+
+def test_pickle_refusal_gives_no_allowlist_advice(tmp_path, med2d):
+    """Issue 20 #16: torch's 'use add_safe_globals' advice (an unsafe fix) is not passed on."""
+    g, sd, cfg = med2d
+    model = voxprompt.load_model("sam-med2d", sd, config=cfg)
+    path = tmp_path / "opt.pth"
+    torch.save({"model": sd, "optimizer": torch.optim.Adam(model.parameters(), lr=1e-4)}, path)
+    with pytest.raises(voxprompt.CheckpointError) as err:
+        voxprompt.load_model("sam-med2d", path, config=cfg)
+    msg = str(err.value)
+    assert "safe_globals" not in msg and "allowlist" not in msg and "\n" not in msg
+    assert "torch.optim.adam.Adam" in msg and "voxprompt convert" in msg and "--trust-pickle" in msg
+
+
+def test_key_mismatch_list_is_capped_and_names_the_architecture(med3d):
+    """Issue 20 #16: first 5 names + 'and N more', and the detected architecture always named."""
+    g, cfg = med3d
+    keys = list(g["state_dict"])
+    sd = {k: g["state_dict"][k] for k in keys[:-8]}
+    with pytest.raises(voxprompt.CheckpointError) as err:
+        voxprompt.load_model("sam-med3d", sd, config=cfg)
+    msg = str(err.value)
+    assert "8 missing keys: " in msg and msg.endswith(" and 3 more"), msg
+    assert msg.split("8 missing keys: ")[1].split(" and 3 more")[0].count(",") == 4
+    assert "it looks like a SAM-Med3D-style 3D model with a 64-wide encoder" in msg
+    small = voxprompt.load_model("voxprompt-med3d-small").state_dict()  # same family: named all the same
+    small.pop(next(iter(small)))
+    with pytest.raises(voxprompt.CheckpointError, match="detected architecture: voxprompt-med3d-small"):
+        voxprompt.load_model("voxprompt-med3d-small", small)

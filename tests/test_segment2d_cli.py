@@ -194,3 +194,11 @@ def test_empty_2d_mask_is_written_with_a_warning(files, capsys, caplog, out):
     assert rc == 0, capsys.readouterr().err
     assert (files["dir"] / out).exists()
     assert "empty" in caplog.text and str(files["dir"] / out) in caplog.text
+
+
+def test_2d_point_with_spaces_says_use_commas():
+    """Issue 20 #16: a point or box given with spaces gets the comma form in the message."""
+    with pytest.raises(UsageError, match=r"use commas.*--point 44,27:-$"):
+        parse_point2d("44 27:-")
+    with pytest.raises(UsageError, match=r"use commas.*--box 1,2,3,4$"):
+        parse_box2d("1 2 3 4")

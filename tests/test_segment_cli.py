@@ -329,3 +329,17 @@ def test_2d_only_flags_are_refused_with_a_3d_model(files, capsys, flag):
     """Item 9: flags of the 2D models are not silently ignored by a 3D model."""
     rc, err = _run_err(files, capsys, "--checkpoint", str(files["ckpt"]), "--point", "18,20,8", *flag)
     assert rc == 2 and flag[0] in err and "2D" in err, err
+
+
+def test_point_with_spaces_says_use_commas(files, capsys):
+    """Issue 20 #16: --point "378 198 40" -> the message shows the comma form."""
+    with pytest.raises(segment_cli.UsageError, match=r"use commas.*--point 378,198,40$"):
+        segment_cli.parse_point("378 198 40")
+    with pytest.raises(segment_cli.UsageError, match=r"use commas.*--point-mm 1.5,2,3:-$"):
+        segment_cli.parse_point("1.5 2 3:-", world=True)
+    with pytest.raises(segment_cli.UsageError, match=r"use commas.*--box 1,2,3,4,5,6$"):
+        segment_cli.parse_box("1 2 3 4 5 6")
+    rc = main(["segment", str(files["img"]), "-o", str(files["dir"] / "sp.nii.gz"), "--checkpoint",
+               str(files["ckpt"]), "--point", "18 20 8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--point 18,20,8" in err and "use commas" in err, err

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -79,11 +80,13 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        # torch's own text advises allow-listing the class (add_safe_globals), which makes every later
+        # load of any file trust it: pass on only the class name and our safe conversion path.
+        found = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
+        what = f" (e.g. {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"checkpoint {path} holds pickled Python objects that safe loading refuses ({detail.strip()}). "
-            "If you trust its source, convert it once: "
+            f"checkpoint {path} holds pickled Python objects{what} besides the weights, which safe loading "
+            "refuses. If you trust its source, convert it once: "
             f"`voxprompt convert {path} OUT.safetensors --trust-pickle` (full pickle can run code from the file)"
         ) from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
@@ -169,9 +172,11 @@ def check_compatible(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], nam
     parts = [f"{source} does not fit {name}"]
     if family(looks) != family(name):
         parts.append(_looks_like(looks))
+    else:
+        parts.append(f"detected architecture: {looks} (another configuration of it?)")
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
         if items:
-            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            more = f" and {len(items) - 5} more" if len(items) > 5 else ""
             parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
     raise CheckpointError("; ".join(parts))
 

@@ -56,6 +56,9 @@ def parse_point2d(text: str) -> tuple[tuple[float, float], bool]:
         if sign not in ("+", "-"):
             raise UsageError(f"point {text!r}: polarity must be ':+' or ':-'")
     parts = body.split(",")
+    if len(parts) == 1 and len(body.split()) > 1:
+        raise UsageError(f"point {text!r}: use commas between the values: --point "
+                         f"{','.join(body.split()) + text[len(body):]}")
     if len(parts) != 2:
         raise UsageError(f"point {text!r}: a 2D image takes two values x,y (pixel column, row)")
     try:
@@ -69,6 +72,8 @@ def parse_point2d(text: str) -> tuple[tuple[float, float], bool]:
 
 def parse_box2d(text: str) -> tuple[float, float, float, float]:
     """``x0,y0,x1,y1`` (top-left corner first) -> XYXY."""
+    if "," not in text and len(text.split()) > 1:
+        raise UsageError(f"box {text!r}: use commas between the values: --box {','.join(text.split())}")
     try:
         vals = tuple(float(p) for p in text.split(","))
     except ValueError:

@@ -57,6 +57,10 @@ def parse_point(text: str, world: bool = False) -> PointArg:
             raise UsageError(f"point {text!r}: polarity must be ':+' or ':-'")
     parts = [p.strip() for p in body.split(",")]
     what = "x,y,z mm" if world else "i,j,k voxel indices"
+    if len(parts) == 1 and len(body.split()) > 1:
+        fixed = ",".join(body.split()) + text[len(body):]
+        raise UsageError(f"point {text!r}: use commas between the values: "
+                         f"{'--point-mm' if world else '--point'} {fixed}")
     if len(parts) != 3:
         raise UsageError(f"point {text!r}: expected three values ({what})")
     try:
@@ -70,6 +74,8 @@ def parse_point(text: str, world: bool = False) -> PointArg:
 
 def parse_box(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Parse ``i0,j0,k0,i1,j1,k1`` (IJK, half-open) -> (lo_ijk, hi_ijk)."""
+    if "," not in text and len(text.split()) > 1:
+        raise UsageError(f"box {text!r}: use commas between the values: --box {','.join(text.split())}")
     try:
         vals = tuple(int(p.strip()) for p in text.split(","))
     except ValueError:
