@@ -157,3 +157,41 @@ def test_stalled_body_gets_408_and_is_closed(model, server_log):
     assert b"--body-timeout" in reply
     assert 0.8 < elapsed < 5, elapsed
     assert not [r for r in server_log if r.exc_info], [r.getMessage() for r in server_log]
+
+
+# ----------------------------------------------------------------------------- Host header, API description
+def test_host_header_is_checked_on_loopback(model):
+    app = create_app(ServerSettings(allowed_hosts=("viewer.lab",)), model=model)
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=10) as h:
+        port = url.rsplit(":", 1)[1]
+        for host in ("evil.example", f"evil.example:{port}", "localhost.evil.example", "127.0.0.1.nip.io"):
+            r = h.get("/api/viewer/config", headers={"Host": host})
+            assert r.status_code == 400, (host, r.text)
+            assert "--allowed-host" in r.json()["detail"]
+        for host in (f"127.0.0.1:{port}", "localhost", f"LOCALHOST:{port}", f"[::1]:{port}", "viewer.lab",
+                     f"viewer.lab:{port}"):
+            assert h.get("/api/viewer/config", headers={"Host": host}).status_code == 200, host
+
+
+def test_host_check_settings():
+    from voxprompt.server.security import host_name
+
+    assert host_name("[::1]:1527") == "::1" and host_name("LocalHost.:80") == "localhost"
+    assert ServerSettings().check_host and not ServerSettings(host="0.0.0.0").check_host
+    assert ServerSettings(host="0.0.0.0", allowed_hosts=("seg.lab",)).check_host
+
+
+def test_api_description_behind_the_key(model):
+    with BackgroundServer(create_app(ServerSettings(), model=model)) as url:
+        assert httpx.get(f"{url}/openapi.json").status_code == 200  # no key: open
+        assert httpx.get(f"{url}/docs").status_code == 200
+    app = create_app(ServerSettings(api_key="s3cret"), model=model)
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=10) as h:
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            assert h.get(path).status_code in (401, 404), path
+        assert h.get("/openapi.json").status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        r = h.get("/openapi.json", headers=auth)
+        assert r.status_code == 200 and "/claim" in r.json()["paths"]
+        assert "/openapi.json" not in r.json()["paths"]
+        assert h.get("/docs", headers=auth).status_code == 200

@@ -12,14 +12,15 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator, Optional
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from .. import __version__
 from ..errors import UsageError
 from .context import ServerContext
 from .errors import install_error_handlers
 from .leases import LeaseManager
-from .security import BodyLimitMiddleware, RequestGuardMiddleware
+from .security import BodyLimitMiddleware, HostCheckMiddleware, RequestGuardMiddleware
 from .sessions import ModelHost
 from .settings import ServerSettings
 
@@ -72,9 +73,21 @@ def create_app(settings: ServerSettings, model: Optional[torch.nn.Module] = None
             leases.stop_reaper()
             leases.close_all()
 
-    app = FastAPI(title="voxprompt server", version=__version__, lifespan=lifespan)
+    keyed = settings.api_key is not None
+    app = FastAPI(title="voxprompt server", version=__version__, lifespan=lifespan,
+                  **({"docs_url": None, "redoc_url": None, "openapi_url": None} if keyed else {}))
     app.state.ctx = ctx
     install_error_handlers(app)
+    if keyed:  # the API description only for clients holding the key
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(ctx.auth)])
+        def openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False, dependencies=[Depends(ctx.auth)])
+        def docs() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="voxprompt server")
 
     from .protocols import monailabel, nninteractive
 
@@ -86,4 +99,7 @@ def create_app(settings: ServerSettings, model: Optional[torch.nn.Module] = None
         web.install(app, ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestGuardMiddleware, body_timeout_s=settings.body_timeout_s)
+    if settings.check_host:
+        extra = () if settings.loopback or settings.host in ("0.0.0.0", "::") else (settings.host,)
+        app.add_middleware(HostCheckMiddleware, allowed=frozenset(settings.allowed_hosts + extra))
     return app

@@ -21,7 +21,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         precision=args.precision, max_sessions=args.max_sessions,
         api_key=read_api_key_file(args.api_key_file) if args.api_key_file else None,
         data_dir=Path(args.data_dir) if args.data_dir else None, max_upload_mb=args.max_upload_mb,
-        body_timeout_s=args.body_timeout,
+        body_timeout_s=args.body_timeout, allowed_hosts=tuple(args.allowed_host or ()),
         idle_timeout_s=args.idle_timeout, liveness_timeout_s=args.liveness_timeout,
         autozoom=args.autozoom, refine=args.refine, clean=args.clean, web=not args.no_web,
         session_memory_mb=args.session_memory_mb, max_memory_mb=args.max_memory_mb,
@@ -64,6 +64,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="inference precision (default fp32, exact; bf16: faster clicks on GPUs and, for "
                         "sam-med3d, on CPUs with bf16 instructions)")
     s.add_argument("--max-sessions", type=int, default=4, help="concurrent leases/sessions (default 4)")
+    s.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="also accept requests whose Host header names NAME (repeatable; by default only "
+                        "localhost, 127.0.0.1 and [::1] are accepted when bound to loopback)")
     s.add_argument("--api-key-file", metavar="F", help="file holding the API key (one line)")
     s.add_argument("--data-dir", metavar="D", help="folder whose volumes clients may open by relative path")
     s.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest request body (default 1024)")

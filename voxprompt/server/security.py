@@ -128,6 +128,48 @@ async def _send_json(send: Send, status: int, detail: str, close: bool = False) 
     await send({"type": "http.response.body", "body": body})
 
 
+# ----------------------------------------------------------------------------- Host header
+def host_name(value: str) -> str:
+    """The host name of a ``Host`` header, lower case, without port and brackets (``[::1]:80`` -> ``::1``)."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        return v[1:v.find("]")] if "]" in v else v
+    if v.count(":") == 1:
+        v = v.partition(":")[0]
+    return v.rstrip(".")
+
+
+class HostCheckMiddleware:
+    """ASGI middleware: 400 unless the ``Host`` header names this server (DNS rebinding defence).
+
+    Accepted: loopback names and addresses (``localhost``, ``127.0.0.1``, ``[::1]``, any port) and the
+    names in ``allowed`` (``--allowed-host``). A request without a Host header (HTTP/1.0) passes."""
+
+    def __init__(self, app, allowed: frozenset[str]) -> None:
+        from .settings import is_loopback
+
+        self.app = app
+        self.allowed = frozenset(host_name(h) for h in allowed)
+        self._is_loopback = is_loopback
+
+    def ok(self, host: str) -> bool:
+        name = host_name(host)
+        return name in self.allowed or self._is_loopback(name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", []):
+                if name == b"host":
+                    host = value.decode("latin-1")
+                    if not self.ok(host):
+                        log.info("refused a request for Host %r", host[:100])
+                        await _send_json(send, 400, f"Host {host[:100]!r} is not served here: this server answers "
+                                         "to localhost, 127.0.0.1 and [::1] (add a name with --allowed-host)")
+                        return
+                    break
+        await self.app(scope, receive, send)
+
+
 # ----------------------------------------------------------------------------- body time-out, disconnects
 class RequestGuardMiddleware:
     """ASGI middleware: 408 when the request body stalls, one log line when the client goes away.

@@ -39,6 +39,7 @@ class ServerSettings:
     web: bool = True  # serve the browser viewer at /
     session_memory_mb: float = 2048.0  # per session: embedding cache trimmed above it; larger images: 413
     max_memory_mb: float = 8192.0  # all sessions: least recently used idle sessions evicted above it
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides loopback ones (--allowed-host)
 
     def validate(self) -> "ServerSettings":
         """Raise UsageError naming the first bad value; returns self."""
@@ -52,6 +53,7 @@ class ServerSettings:
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0):
                 raise UsageError(f"{name} must be a positive number, got {v}")
+        self.allowed_hosts = tuple(str(h).strip() for h in self.allowed_hosts if str(h).strip())
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise UsageError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.api_key is not None and not self.api_key.strip():
@@ -78,6 +80,11 @@ class ServerSettings:
     @property
     def loopback(self) -> bool:
         return is_loopback(self.host)
+
+    @property
+    def check_host(self) -> bool:
+        """Whether the Host header is checked: when bound to loopback, or when --allowed-host was given."""
+        return self.loopback or bool(self.allowed_hosts)
 
 
 def is_loopback(host: str) -> bool:
