@@ -268,6 +268,35 @@ def test_cli_random_walker_report_then_tiny_model(dataset, tiny_ckpt, tmp_path, 
     assert meta["refine_band_mm"] == RefineConfig().band_mm and meta["clean"] is True
 
 
+def test_cli_only_runs_chosen_targets_and_report_says_what_a_click_time_is(dataset, tmp_path, capsys):
+    """Issue 20 #17: --only NAME [NAME ...] (structure, CASE:NAME, CASE:LABEL); --targets stays the split;
+    the report states what seconds per click includes."""
+    _readers()
+    out = tmp_path / "only"
+    base = ["--model", "random-walker", "--data", str(dataset), "--protocol", "cvpr25", "--clicks", "1"]
+    rc, err = _run([*base, "--out", str(out), "--targets", "all", "--only", "vertebrae_t1", "synth_mr:3"], capsys)
+    assert rc == 0, err
+    doc = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in doc["results"]] == ["vertebrae_T1", "Hippocampus_L"]
+    assert doc["meta"]["only"] == ["vertebrae_t1", "synth_mr:3"] and doc["meta"]["targets"] == "all"
+    timing = doc["meta"]["timing"]
+    assert "random walker's solve" in timing and "not the simulated user's next-click computation" in timing
+    assert "not the simulated user's next-click computation" in (out / "summary.md").read_text()
+    # a 3D model's note names the session's steps
+    from voxprompt.eval.report import timing_note
+
+    note = timing_note({"protocol": "cvpr25", "model": "sam-med3d"})
+    assert "encoder when the ROI is new" in note and "refinement" in note and "clean-up" in note
+    assert "encoder is not included" in timing_note({"protocol": "sam-med2d", "model": "sam-med2d"})
+    # unknown names: a usage error listing available ones; a name outside the split points at --targets all
+    rc, err = _run([*base, "--out", str(tmp_path / "o2"), "--targets", "all", "--only", "spleen"], capsys)
+    assert rc == 2 and "--only spleen" in err and "liver" in err and err.count("\n") == 1, err
+    rc, err = _run([*base, "--out", str(tmp_path / "o3"), "--only", "vertebrae_T1"], capsys)
+    assert rc == 2 and "test split" in err and "--targets all" in err, err
+    rc, err = _run([*base, "--out", str(tmp_path / "o4"), "--targets", "banana"], capsys)
+    assert rc == 2  # --targets is still the split
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -190,6 +190,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from voxprompt.data.readers import load_target, open_dataset
 
         targets = list(open_dataset(args.data, split=None if args.targets == "all" else args.targets))
+        if getattr(args, "only", None):
+            targets = select_targets(targets, args.only, args.targets)
         if args.limit is not None:
             targets = targets[:args.limit]
         if not targets:
@@ -225,6 +227,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "use_box": any(r["box"] is not None for r in rows), "click_noise_mm": args.click_noise,
         "model": args.model, "checkpoint": ckpt, "checkpoint_sha256": _sha256_prefix(ckpt) if ckpt else None,
         "seed": args.seed, "data": str(args.data), "targets": args.targets, "n_targets": len(rows),
+        **({"only": list(args.only)} if getattr(args, "only", None) else {}),
         "device": args.device, "precision": None if args.model == BASELINE else getattr(args, "precision", "fp32"),
         "autozoom": bool(getattr(args, "autozoom", False)), "refine_band_mm": settings.get("refine_band_mm"),
         "clean": settings.get("clean"),
@@ -241,6 +244,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     d = np.asarray([r["final_dice"] for r in rows], dtype=float)
     sys.stdout.write(f"wrote {out} ({len(rows)} targets, final Dice {np.nanmean(d):.3f})\n")
     return 0
+
+
+def select_targets(targets: list, names: list[str], split: str) -> list:
+    """The targets ``--only`` names, in the dataset's order: a structure name (every case's), ``CASE:NAME``
+    or ``CASE:LABEL_ID`` (names case-insensitive). An unknown name is a usage error listing a few available."""
+    def keys(t: Any) -> set[str]:
+        return {t.name.lower(), f"{t.case}:{t.name}".lower(), f"{t.case}:{int(t.label)}".lower()}
+
+    wanted = [n.strip() for n in names]
+    unknown = [n for n in wanted if not any(n.lower() in keys(t) for t in targets)]
+    if unknown:
+        avail = sorted({t.name for t in targets})
+        shown = ", ".join(avail[:8]) + (f" and {len(avail) - 8} more" if len(avail) > 8 else "")
+        where = "" if split == "all" else f" in the {split} split (--targets all searches every split)"
+        raise UsageError(f"--only {' '.join(unknown)}: no such target{where}; available: {shown or 'none'} "
+                         "(a structure name, CASE:NAME or CASE:LABEL_ID)")
+    lowered = {n.lower() for n in wanted}
+    return [t for t in targets if keys(t) & lowered]
 
 
 def _meta_2d(args: argparse.Namespace) -> dict:
@@ -279,6 +300,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder (new or empty)")
     s.add_argument("--targets", choices=("test", "val", "train", "all"), default="test",
                    help="split (default test; val: the validation split that selects checkpoints)")
+    s.add_argument("--only", nargs="+", metavar="NAME",
+                   help="only these targets of the --targets split: structure names (every case's), CASE:NAME or "
+                        "CASE:LABEL_ID; an unknown name is an error listing available ones")
     s.add_argument("--limit", type=int, metavar="N", help="first N targets only")
     s.add_argument("--seed", type=int, default=0, help="seed of the random clicks (default 0)")
     s.add_argument("--clicks", type=int, metavar="N",
@@ -310,4 +334,4 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_eval)
 
 
-__all__ = ["add_subcommands", "cmd_eval"]
+__all__ = ["add_subcommands", "cmd_eval", "select_targets"]

@@ -177,6 +177,25 @@ def results_csv(rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
+def timing_note(meta: dict) -> str:
+    """What ``seconds_per_click`` (and the summary's s/click) measures, for this run's engine."""
+    if meta.get("protocol") == "sam-med2d":
+        call = ("the 2D session's add_point on a slice whose image embedding was computed beforehand (the "
+                "encoder is not included): prompt encoder, mask decoder, upsampling to the slice")
+    elif meta.get("model") == "random-walker":
+        call = "the random walker's solve for the clicks so far (on its crop around the prompts)"
+    elif "slice_axis" in meta:
+        call = ("the slice session's call: the 2D encoder of the prompted slice when new, the decoder, and "
+                "propagation to the neighbouring slices")
+    else:
+        call = ("the engine's call: the session's add_point (ROI planning, crop and resampling, the image "
+                "encoder when the ROI is new, the prompt decoder, pasting the ROI mask back, boundary refinement "
+                "and clean-up when on)")
+    return (f"seconds per click: wall time of {call}; not the simulated user's next-click computation, the "
+            "click noise or the Dice/NSD scoring. box_seconds times the box prompt; total_seconds the whole "
+            "target with all of these.")
+
+
 def results_json(rows: Sequence[dict], meta: dict) -> str:
     """``{"meta": {...}, "results": [...]}``, one target per line; NaN / inf become null."""
     items = [json.dumps(_json_safe({c: r.get(c) for c in CSV_COLUMNS}), allow_nan=False) for r in rows]
@@ -241,7 +260,7 @@ def summary_markdown(rows: Sequence[dict], meta: dict, overlays: dict[str, dict]
     lines += ["", "Values are mean ± sd over targets; Dice/NSD are after the last click; NSD tolerance "
               f"{'2 mm' if meta['protocol'] == 'cvpr25' else '1 mm'}; AUCs are trapezoids over the clicks. "
               f"HD95 is the median of finite values ({n_inf} target(s) with an empty prediction). "
-              "Latency is the median wall time of one click.", ""]
+              "Latency (s/click) is the median over clicks; " + meta.get("timing", timing_note(meta)), ""]
     lines += _table("overall", {"all": list(rows)}, roi) + [""]
     lines += _table("modality", _by(rows, "modality"), roi) + [""]
     lines += _table("group", _by(rows, "group"), roi) + [""]
@@ -321,6 +340,7 @@ class Report:
 
     def write(self, out: Path, targets: dict[tuple, Any], loader: Optional[Callable]) -> None:
         out.mkdir(parents=True, exist_ok=True)
+        self.meta.setdefault("timing", timing_note(self.meta))
         add_groups(self.rows)
         atomic_write_text(out / "results.csv", results_csv(self.rows))
         atomic_write_text(out / "results.json", results_json(self.rows, self.meta))
@@ -332,4 +352,4 @@ class Report:
 
 __all__ = ["CSV_COLUMNS", "GROUPS", "OTHER_GROUP", "SYNTHETIC_GROUP", "TIMING_COLUMNS", "Extremes", "Report",
            "add_groups", "atomic_write_text", "check_report_dir", "group_order", "results_csv", "structure_group",
-           "summary_markdown"]
+           "summary_markdown", "timing_note"]
