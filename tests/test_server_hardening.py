@@ -195,3 +195,20 @@ def test_api_description_behind_the_key(model):
         assert r.status_code == 200 and "/claim" in r.json()["paths"]
         assert "/openapi.json" not in r.json()["paths"]
         assert h.get("/docs", headers=auth).status_code == 200
+
+
+def test_session_tokens_are_masked_in_the_access_log(model):
+    from voxprompt.server.security import TokenMaskFilter
+
+    create_app(ServerSettings(), model=model)
+    access = logging.getLogger("uvicorn.access")
+    (flt,) = [f for f in access.filters if isinstance(f, TokenMaskFilter)]
+    token = "0123abcd" + "e" * 24
+    rec = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                            ("127.0.0.1:5", "GET", f"/api/viewer/{token}/labels.nii.gz?download=true", "1.1", 200),
+                            None)
+    assert flt.filter(rec)
+    line = rec.getMessage()
+    assert token not in line and "/api/viewer/0123abcd…/labels.nii.gz?download=true" in line
+    assert flt.mask(f"/session/{token}") == "/session/0123abcd…"
+    assert flt.mask("/api/viewer/config") == "/api/viewer/config"

@@ -20,7 +20,7 @@ from ..errors import UsageError
 from .context import ServerContext
 from .errors import install_error_handlers
 from .leases import LeaseManager
-from .security import BodyLimitMiddleware, HostCheckMiddleware, RequestGuardMiddleware
+from .security import BodyLimitMiddleware, HostCheckMiddleware, RequestGuardMiddleware, install_access_log_filter
 from .sessions import ModelHost
 from .settings import ServerSettings
 
@@ -58,6 +58,7 @@ def create_app(settings: ServerSettings, model: Optional[torch.nn.Module] = None
     model.eval()
     for msg in security_warnings(settings):
         log.warning(msg)
+    install_access_log_filter()  # session tokens in URLs stay out of the access log
 
     host = ModelHost(model, settings.model, autozoom_default=settings.autozoom, refine=settings.refine,
                      clean=settings.clean)

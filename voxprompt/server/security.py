@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import stat
 from pathlib import Path, PurePosixPath
 from typing import Awaitable, Callable, Optional
@@ -168,6 +169,32 @@ class HostCheckMiddleware:
                         return
                     break
         await self.app(scope, receive, send)
+
+
+# ----------------------------------------------------------------------------- access log
+class TokenMaskFilter(logging.Filter):
+    """Masks session tokens (32 hex digits, in viewer and MONAI Label paths) in uvicorn's access log.
+
+    A token in a URL is a bearer credential for its session; the log keeps its first 8 digits."""
+
+    _TOKEN = re.compile(r"(?<=/)([0-9a-fA-F]{8})[0-9a-fA-F]{24}(?=[/?#]|$)")
+
+    def mask(self, text: str) -> str:
+        return self._TOKEN.sub(r"\1…", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.mask(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = self.mask(record.msg)
+        return True
+
+
+def install_access_log_filter(name: str = "uvicorn.access") -> None:
+    """Attach :class:`TokenMaskFilter` to the access logger once (uvicorn's log config keeps filters)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, TokenMaskFilter) for f in logger.filters):
+        logger.addFilter(TokenMaskFilter())
 
 
 # ----------------------------------------------------------------------------- body time-out, disconnects
