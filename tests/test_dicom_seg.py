@@ -236,3 +236,56 @@ def test_segment_chooses_a_series(two_series, tiny_ckpt, tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1 and "42" in err
     assert two_series["a"][0] in err and uid_b in err  # lists the available series
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def _codes(path: Path) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+    desc = pydicom.dcmread(path).SegmentSequence[0]
+    cat, typ = desc.SegmentedPropertyCategoryCodeSequence[0], desc.SegmentedPropertyTypeCodeSequence[0]
+    return ((cat.CodeValue, cat.CodingSchemeDesignator, cat.CodeMeaning),
+            (typ.CodeValue, typ.CodingSchemeDesignator, typ.CodeMeaning))
+
+
+def test_seg_category_and_type_codes_are_settable(tmp_path, tiny_ckpt, capsys):
+    """Issue 20 #18: --seg-category / --seg-type (presets or VALUE,SCHEME,MEANING), read back."""
+    make_series(tmp_path / "ct")
+    base = ["segment", str(tmp_path / "ct"), "--checkpoint", str(tiny_ckpt), "--point", "8,8,1"]
+    out = tmp_path / "lesion.dcm"
+    rc = main([*base, "-o", str(out), "--seg-category", "lesion", "--seg-type", "Lesion"])
+    assert rc == 0, capsys.readouterr().err
+    assert _codes(out) == (("49755003", "SCT", "Morphologically Abnormal Structure"),
+                           ("52988006", "SCT", "Lesion"))
+    out = tmp_path / "liver.dcm"
+    rc = main([*base, "-o", str(out), "--seg-category", "anatomical-structure", "--seg-type", "10200004,SCT,Liver"])
+    assert rc == 0, capsys.readouterr().err
+    assert _codes(out) == (("91723000", "SCT", "Anatomical Structure"), ("10200004", "SCT", "Liver"))
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    seg = hd.seg.segread(out)
+    desc = seg.get_segment_description(1)
+    assert desc.segmented_property_category == codes.SCT.AnatomicalStructure
+    assert desc.segmented_property_type.value == "10200004"
+    # the default stays Tissue / Organ; a bad code or the flags on a non-SEG output are usage errors
+    out = tmp_path / "default.dcm"
+    assert main([*base, "-o", str(out)]) == 0
+    assert _codes(out) == (("85756007", "SCT", "Tissue"), ("91772007", "SCT", "Organ"))
+    capsys.readouterr()
+    for extra, output in ((["--seg-type", "banana"], "x.dcm"), (["--seg-category", "1,SCT"], "x.dcm"),
+                          (["--seg-type", "organ"], "x.nii.gz")):
+        rc = main([*base, "-o", str(tmp_path / output), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and extra[0] in err and err.count("\n") == 1, (extra, err)
+        assert not (tmp_path / output).exists()
+
+
+def test_write_dicom_seg_takes_codes_from_python(tmp_path):
+    from pydicom.sr.codedict import codes
+
+    make_series(tmp_path / "ct")
+    image = read_image(tmp_path / "ct")
+    mask = np.zeros(image.shape, bool)
+    mask[1, 4:8, 4:8] = True
+    out = write_dicom_seg(mask, tmp_path / "ct", tmp_path / "s.dcm", image=image,
+                          category=codes.SCT.MorphologicallyAbnormalStructure, segment_type="tumor")
+    assert _codes(out) == (("49755003", "SCT", "Morphologically Abnormal Structure"),
+                           ("108369006", "SCT", "Tumor"))

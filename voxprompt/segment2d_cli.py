@@ -181,6 +181,9 @@ def _segment_image(args: argparse.Namespace, ckpt: str, window) -> int:
     for what, given in (("--point-mm", args.point_mm), ("--slice", args.slice), ("--propagate", args.propagate)):
         if given:
             raise UsageError(f"{what} is for volumes; {args.image} is a 2D image")
+    from .io.seg_codes import seg_codes_from_args
+
+    seg_codes_from_args(args, False)  # a 2D image's mask is no DICOM SEG: the code flags are refused
     points = [parse_point2d(t) for t in args.point or []]
     boxes = [parse_box2d(t) for t in args.box or []]
     if len(boxes) > 1:
@@ -253,6 +256,9 @@ def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
         raise UsageError("--mask-in is not supported with a 2D model on a volume; prompt with --point / --box")
     multi_frame = is_2d_file(args.image)
     dicom_seg = is_dicom_seg_output(args.output)
+    from .io.seg_codes import seg_codes_from_args
+
+    seg_codes = seg_codes_from_args(args, dicom_seg)  # --seg-category / --seg-type
     out_exts = VOLUME_WRITE_EXTENSIONS + ((".tif", ".tiff") if multi_frame else ())
     if not dicom_seg:
         _check_out(args.output, out_exts, "output")
@@ -286,7 +292,7 @@ def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
             from .io.dicom_seg import write_dicom_seg
 
             out = write_dicom_seg(mask, args.image, args.output, image=image, label_name=args.label_name,
-                                  model_name=args.model, parameters={"checkpoint": Path(ckpt).name})
+                                  model_name=args.model, parameters={"checkpoint": Path(ckpt).name}, **seg_codes)
         elif file_extension(args.output) in (".tif", ".tiff"):
             from .io.image2d import write_mask2d
 

@@ -3,8 +3,9 @@
 The mask is an array in SimpleITK's (z, y, x) order, as :func:`voxprompt.io.read_image` returns
 for a DICOM folder. Frame z is matched to its source instance by ImagePositionPatient (the LPS
 position of voxel (z, 0, 0)), never by file order, so the SEG references the right instances
-however the files are named. One BINARY segment with generic codes (category Tissue, type Organ,
-SNOMED CT), AUTOMATIC algorithm type and an algorithm identification naming voxprompt and the model.
+however the files are named. One BINARY segment with codes (default category Tissue, type Organ,
+SNOMED CT; settable, :mod:`voxprompt.io.seg_codes`), AUTOMATIC algorithm type and an algorithm
+identification naming voxprompt and the model.
 The file is written atomically (temporary file + rename).
 """
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import InputError, UsageError
 from .image import Image
 from .read import file_extension, read_image
+from .seg_codes import DEFAULT_CATEGORY, DEFAULT_TYPE, parse_seg_code
 from .write import _tmp_path
 
 log = logging.getLogger(__name__)
@@ -99,16 +101,33 @@ def match_frames(image: Image, datasets: Sequence) -> list:
     return chosen
 
 
+def _code(given: Any, default: tuple, flag: str) -> Any:
+    """A pydicom Code from a preset name, a (value, scheme, meaning) triple or a Code."""
+    from pydicom.sr.coding import Code
+
+    if given is None:
+        given = default
+    if isinstance(given, str):
+        given = parse_seg_code(given, flag)
+    if isinstance(given, Code):
+        return given
+    value, scheme, meaning = given
+    return Code(value=str(value), scheme_designator=str(scheme), meaning=str(meaning))
+
+
 def write_dicom_seg(mask_zyx: np.ndarray, source_dir: Union[str, os.PathLike], out_path: Union[str, os.PathLike],
                     *, image: Optional[Image] = None, label_name: Optional[str] = None,
                     model_name: str = "voxprompt", model_version: Optional[str] = None,
                     series_number: Optional[int] = None,
-                    parameters: Optional[dict[str, str]] = None) -> Path:
+                    parameters: Optional[dict[str, str]] = None,
+                    category: Any = None, segment_type: Any = None) -> Path:
     """Write ``mask_zyx`` (bool / 0-1, (z, y, x)) as a one-segment BINARY DICOM SEG; returns the path.
 
     ``source_dir``: the DICOM series folder the mask was predicted on; ``image``: that series as
     read by :func:`~voxprompt.io.read_image` (read again when omitted). ``out_path``: a ``.dcm``
-    file, or a folder (gets :data:`DEFAULT_SEG_NAME`). Raises :class:`NotDicomError` when the
+    file, or a folder (gets :data:`DEFAULT_SEG_NAME`). ``category`` / ``segment_type``: the segmented
+    property codes, a preset name or ``(value, scheme, meaning)`` (see :mod:`voxprompt.io.seg_codes`) or a
+    pydicom ``Code``; default Tissue / Organ. Raises :class:`NotDicomError` when the
     source is not DICOM, InputError when the mask does not fit the series.
     """
     import highdicom as hd
@@ -144,8 +163,10 @@ def write_dicom_seg(mask_zyx: np.ndarray, source_dir: Union[str, os.PathLike], o
         name=f"voxprompt {model_name}"[:64], family=codes.cid7162.ArtificialIntelligence, version=version,
         parameters={"model": model_name, **(parameters or {})})
     segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label=label[:64], segmented_property_category=codes.SCT.Tissue,
-        segmented_property_type=codes.SCT.Organ, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        segment_number=1, segment_label=label[:64],
+        segmented_property_category=_code(category, DEFAULT_CATEGORY, "--seg-category"),
+        segmented_property_type=_code(segment_type, DEFAULT_TYPE, "--seg-type"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm)
     if series_number is None:
         series_number = (int(getattr(first, "SeriesNumber", 0) or 0) + SEG_SERIES_OFFSET) % (2**31 - 1) or 1
