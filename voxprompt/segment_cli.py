@@ -222,6 +222,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.series is not None and not Path(args.image).is_dir():
         raise UsageError(f"--series chooses a series of a DICOM folder; {args.image} is not a folder")
     _dicom_folder_output(args)
+    if args.prompts is not None and wants_2d(args):
+        raise UsageError(f"--prompts replays 3D sessions; {args.image} with --model {args.model} is 2D segmentation")
     if wants_2d(args):  # 2D models, 2D images: voxprompt/segment2d_cli.py
         return cmd_segment_2d(args)
     for flag, dest in TWO_D_FLAGS:  # never silently ignored
@@ -231,8 +233,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     # 1. everything that needs no file
     points = [parse_point(t) for t in args.point or []] + [parse_point(t, world=True) for t in args.point_mm or []]
     boxes = [parse_box(t) for t in args.box or []]
-    if not points and not boxes and args.mask_in is None:
-        raise UsageError("segment needs a prompt: --point, --point-mm, --box or --mask-in")
+    from .prompts import apply_prompts, prompts_from_args, resolve_prompts
+
+    replay = prompts_from_args(args)  # --prompts FILE (refused beside the flags above)
+    if not points and not boxes and args.mask_in is None and replay is None:
+        raise UsageError("segment needs a prompt: --point, --point-mm, --box, --mask-in or --prompts")
     from .io.dicom_seg import is_dicom_seg_output
 
     dicom_seg = is_dicom_seg_output(args.output)
@@ -276,6 +281,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if prior.shape != image.shape:
             raise PromptError(f"--mask-in {args.mask_in}: size {_size_ijk(prior)} (IJK) differs from the image "
                               f"size {_size_ijk(image)}")
+    replay = resolve_prompts(replay, image) if replay is not None else None
 
     # 3. model and session
     from .models.loading import load_model
@@ -296,6 +302,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         pred = session.add_box(lo, hi)
     for zyx, positive in idx:
         pred = session.add_point(zyx, positive=positive)
+    if replay is not None:
+        pred = apply_prompts(session, replay)
 
     # 4. outputs
     from .io.write import write_mask
@@ -347,7 +355,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
             "Points are voxel indices in the IJK order 3D Slicer and ITK-SNAP show (i = x, the fastest "
             "axis), positive unless suffixed ':-'. Boxes are half-open IJK ranges. The output mask has "
             "the input's exact geometry. An empty result is written too, with a warning. A 3D model refuses "
-            "a single slice (a 2D image, a one-frame DICOM file, a one-voxel-thick volume): use a 2D model."
+            "a single slice (a 2D image, a one-frame DICOM file, a one-voxel-thick volume): use a 2D model. "
+            "Prompt order: --mask-in first, then every --box in the order given, then every --point in the "
+            "order given, then every --point-mm (a --point-mm typed before a --point still comes after it). "
+            "--prompts FILE replays an ordered list of points, boxes and masks instead (JSON or CSV, IJK or "
+            "mm, see README) and cannot be combined with --point, --point-mm, --box or --mask-in."
         ),
     )
     s.add_argument("image", help="input image")
@@ -361,11 +373,20 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     from .io.seg_codes import add_seg_code_arguments
 
     add_seg_code_arguments(s)
-    s.add_argument("--point", action="append", metavar="I,J,K[:+|:-]", help="voxel click (repeatable)")
+    s.add_argument("--point", action="append", metavar="I,J,K[:+|:-]",
+                   help="voxel click (repeatable; applied after --mask-in and every --box, in the order given, "
+                        "before every --point-mm)")
     s.add_argument("--point-mm", action="append", metavar="X,Y,Z[:+|:-]",
-                   help="world click in mm (repeatable; write --point-mm=-10,5,3 for a leading minus)")
+                   help="world click in mm (repeatable; write --point-mm=-10,5,3 for a leading minus; applied "
+                        "last, after every --point, in the order given)")
     s.add_argument("--frame", choices=("LPS", "RAS"), default="LPS", help="world frame of --point-mm (default LPS)")
-    s.add_argument("--box", action="append", metavar="I0,J0,K0,I1,J1,K1", help="half-open IJK box")
+    s.add_argument("--box", action="append", metavar="I0,J0,K0,I1,J1,K1",
+                   help="half-open IJK box (repeatable; applied after --mask-in, before every point, in the order "
+                        "given)")
+    s.add_argument("--prompts", metavar="FILE",
+                   help="replay a saved interaction: a JSON or CSV file of points, boxes and masks in IJK or mm, "
+                        "applied in the file's order (object 1 only; not with --point, --point-mm, --box or "
+                        "--mask-in; format in README and voxprompt/prompts.py)")
     s.add_argument("--mask-in", metavar="MASK", help="existing segmentation to start from")
     s.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"model name (default {DEFAULT_MODEL}: our compact SAM-Med3D-family model, shipped)")
