@@ -212,3 +212,15 @@ def test_session_tokens_are_masked_in_the_access_log(model):
     assert token not in line and "/api/viewer/0123abcd…/labels.nii.gz?download=true" in line
     assert flt.mask(f"/session/{token}") == "/session/0123abcd…"
     assert flt.mask("/api/viewer/config") == "/api/viewer/config"
+
+
+def test_viewer_api_refuses_cross_site_requests(model):
+    with BackgroundServer(create_app(ServerSettings(), model=model)) as url, \
+            httpx.Client(base_url=url, timeout=10) as h:
+        evil = h.post("/api/viewer/open", data={"path": "x"}, headers={"Origin": "http://evil.example"})
+        assert evil.status_code == 403 and "cross-site" in evil.json()["detail"]
+        assert h.post("/api/viewer/open", data={"path": "x"}, headers={"Origin": "null"}).status_code == 403
+        own = h.post("/api/viewer/open", data={"path": "x"}, headers={"Origin": url})
+        assert own.status_code == 400, own.text  # this server's own page: on to the route (no --data-dir)
+        assert h.post("/api/viewer/open", data={"path": "x"}).status_code == 400  # not a browser: no Origin
+        assert h.get("/healthz", headers={"Origin": "http://evil.example"}).status_code == 200  # not a viewer route

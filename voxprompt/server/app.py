@@ -20,7 +20,8 @@ from ..errors import UsageError
 from .context import ServerContext
 from .errors import install_error_handlers
 from .leases import LeaseManager
-from .security import BodyLimitMiddleware, HostCheckMiddleware, RequestGuardMiddleware, install_access_log_filter
+from .security import (BodyLimitMiddleware, HostCheckMiddleware, OriginCheckMiddleware, RequestGuardMiddleware,
+                       install_access_log_filter)
 from .sessions import ModelHost
 from .settings import ServerSettings
 
@@ -100,6 +101,8 @@ def create_app(settings: ServerSettings, model: Optional[torch.nn.Module] = None
         web.install(app, ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestGuardMiddleware, body_timeout_s=settings.body_timeout_s)
+    if settings.web:
+        app.add_middleware(OriginCheckMiddleware)  # the viewer's API: its own page only (no cross-site forms)
     if settings.check_host:
         extra = () if settings.loopback or settings.host in ("0.0.0.0", "::") else (settings.host,)
         app.add_middleware(HostCheckMiddleware, allowed=frozenset(settings.allowed_hosts + extra))

@@ -171,6 +171,35 @@ class HostCheckMiddleware:
         await self.app(scope, receive, send)
 
 
+class OriginCheckMiddleware:
+    """ASGI middleware: 403 for a browser-route request from another site (cross-site request forgery).
+
+    Under ``prefixes`` (the viewer's API), a request that carries an ``Origin`` header must come from
+    this server's own origin (scheme://host:port matching the ``Host`` header). Clients that are not
+    browsers send no Origin and pass."""
+
+    def __init__(self, app, prefixes: tuple[str, ...] = ("/api/viewer",)) -> None:
+        self.app = app
+        self.prefixes = tuple(prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path", "").startswith(self.prefixes):
+            origin = host = None
+            for name, value in scope.get("headers", []):
+                if name == b"origin":
+                    origin = value.decode("latin-1").strip().lower()
+                elif name == b"host":
+                    host = value.decode("latin-1").strip().lower()
+            if origin is not None:
+                netloc = origin.partition("://")[2] if "://" in origin else ""
+                if not netloc or netloc != host:
+                    log.info("refused a %s %s from Origin %r", scope.get("method"), scope.get("path"), origin[:100])
+                    await _send_json(send, 403, f"cross-site request from Origin {origin[:100]!r} refused: "
+                                     "the viewer's API answers only its own page")
+                    return
+        await self.app(scope, receive, send)
+
+
 # ----------------------------------------------------------------------------- access log
 class TokenMaskFilter(logging.Filter):
     """Masks session tokens (32 hex digits, in viewer and MONAI Label paths) in uvicorn's access log.
