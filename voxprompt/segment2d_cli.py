@@ -101,6 +101,8 @@ def _check_common(args: argparse.Namespace) -> str:
         raise UsageError(f"--device {args.device}: use cpu, or cuda on a machine with CUDA")
     if args.overlay is not None:
         _check_out(args.overlay, (".png",), "--overlay")
+    elif getattr(args, "neurological", False):
+        raise UsageError("--neurological sets the view of --overlay PNG; give --overlay too")
     if getattr(args, "autozoom", False):
         raise UsageError("--autozoom is for 3D models; 2D models follow objects with --propagate")
     if getattr(args, "refine", None):
@@ -178,7 +180,8 @@ def _segment_image(args: argparse.Namespace, ckpt: str, window) -> int:
     from .io.image2d import read_image2d, write_mask2d
     from .session2d import Session2D
 
-    for what, given in (("--point-mm", args.point_mm), ("--slice", args.slice), ("--propagate", args.propagate)):
+    for what, given in (("--point-mm", args.point_mm), ("--slice", args.slice), ("--propagate", args.propagate),
+                        ("--neurological", getattr(args, "neurological", False))):
         if given:
             raise UsageError(f"{what} is for volumes; {args.image} is a 2D image")
     from .io.seg_codes import seg_codes_from_args
@@ -313,7 +316,8 @@ def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
         from .overlay import save_overlay
 
         focus = points[0][0] if points else None
-        save_overlay(image, mask, args.overlay, point_zyx=focus, title=f"{Path(args.image).name} ({args.model})")
+        save_overlay(image, mask, args.overlay, point_zyx=focus, title=f"{Path(args.image).name} ({args.model})",
+                     clicks=points, neurological=getattr(args, "neurological", False))
         sys.stdout.write(f"wrote {args.overlay}\n")
     return 0
 

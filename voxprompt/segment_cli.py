@@ -250,6 +250,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         _check_output(args.output, SUPPORTED_WRITE_EXTENSIONS + (".dcm",), "output")
     if args.overlay is not None:
         _check_output(args.overlay, (".png",), "--overlay")
+    elif getattr(args, "neurological", False):
+        raise UsageError("--neurological sets the view of --overlay PNG; give --overlay too")
     get_spec(args.model)
     _check_device(args.device)
     checkpoint = args.checkpoint or default_checkpoint(args.model)
@@ -332,7 +334,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from .overlay import save_overlay
 
         focus = idx[0][0] if idx else (tuple((np.asarray(box_zyx[0][0]) + box_zyx[0][1]) // 2) if box_zyx else None)
-        save_overlay(image, mask, args.overlay, point_zyx=focus, title=Path(args.image).name)
+        save_overlay(image, mask, args.overlay, point_zyx=focus, title=Path(args.image).name, clicks=idx,
+                     neurological=getattr(args, "neurological", False))
         sys.stdout.write(f"wrote {args.overlay}\n")
     return 0
 
@@ -396,7 +399,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="inference precision (default fp32, exact); bf16 is faster on GPUs and, for the "
                         "decoder of the ViT-B-sized models, on CPUs with bf16 instructions")
-    s.add_argument("--overlay", metavar="PNG", help="also write three orthogonal slices with the mask")
+    s.add_argument("--overlay", metavar="PNG",
+                   help="also write three orthogonal slices with the mask and every click (radiological "
+                        "convention: patient's left on the image's right, anterior up; orientation letters shown)")
+    s.add_argument("--neurological", action="store_true",
+                   help="--overlay with the patient's left on the image's left")
     s.add_argument("--autozoom", action=argparse.BooleanOptionalAction, default=AUTOZOOM_DEFAULT,
                    help="follow objects larger than the model's ROI: zoom out while the mask touches the ROI "
                         "border, then refine in overlapping tiles at full resolution (default: "
