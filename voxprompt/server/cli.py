@@ -21,7 +21,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         precision=args.precision, max_sessions=args.max_sessions,
         api_key=read_api_key_file(args.api_key_file) if args.api_key_file else None,
         data_dir=Path(args.data_dir) if args.data_dir else None, max_upload_mb=args.max_upload_mb,
-        body_timeout_s=args.body_timeout, allowed_hosts=tuple(args.allowed_host or ()),
+        body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
+        allowed_hosts=tuple(args.allowed_host or ()),
         idle_timeout_s=args.idle_timeout, liveness_timeout_s=args.liveness_timeout,
         autozoom=args.autozoom, refine=args.refine, clean=args.clean, web=not args.no_web,
         session_memory_mb=args.session_memory_mb, max_memory_mb=args.max_memory_mb,
@@ -34,6 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from .app import create_app
+        from .transport import http_protocol
     except ImportError as exc:
         raise UsageError(f"the server needs its extra packages ({exc.name} is missing): "
                          "pip install 'voxprompt[server]'") from None
@@ -41,7 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheme_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     log.warning("voxprompt server on http://%s:%d (model %s, %d session(s), API key %s)", scheme_host,
                 settings.port, settings.model, settings.max_sessions, "on" if settings.api_key else "off")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info" if args.verbose else "warning")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info" if args.verbose else "warning",
+                http=http_protocol(settings.header_timeout_s))
     return 0
 
 
@@ -73,6 +76,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
                    help="answer 408 and close the connection when a request body stalls for S seconds "
                         "(default 30)")
+    s.add_argument("--header-timeout", type=float, default=30.0, metavar="S",
+                   help="answer 408 and close the connection when a request's headers take longer than S "
+                        "seconds (default 30)")
     s.add_argument("--idle-timeout", type=float, default=600.0, metavar="S",
                    help="drop a session after S seconds without interaction (default 600)")
     s.add_argument("--liveness-timeout", type=float, default=60.0, metavar="S",

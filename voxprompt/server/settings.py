@@ -28,6 +28,7 @@ class ServerSettings:
     data_dir: Optional[Path] = None
     max_upload_mb: float = 1024.0
     body_timeout_s: float = 30.0  # longest wait for the next piece of a request body: 408 and closed
+    header_timeout_s: float = 30.0  # a request's headers must be complete within this: 408 and closed
     idle_timeout_s: float = 600.0  # no real interaction for this long: the lease is dropped
     liveness_timeout_s: float = 60.0  # no request at all (not even a heartbeat): dropped
     monai_session_expiry_s: float = 3600.0  # MONAI Label ``PUT /session/?expiry=0``
@@ -47,7 +48,7 @@ class ServerSettings:
             raise UsageError(f"--port must be 1..65535, got {self.port}")
         if int(self.max_sessions) < 1:
             raise UsageError(f"--max-sessions must be at least 1, got {self.max_sessions}")
-        for name in ("max_upload_mb", "body_timeout_s", "idle_timeout_s", "liveness_timeout_s",
+        for name in ("max_upload_mb", "body_timeout_s", "header_timeout_s", "idle_timeout_s", "liveness_timeout_s",
                      "monai_session_expiry_s",
                      "reaper_interval_s", "session_memory_mb", "max_memory_mb"):
             v = float(getattr(self, name))

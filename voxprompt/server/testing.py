@@ -39,7 +39,13 @@ class BackgroundServer:
         self._sock.bind((host, 0))
         self.port = self._sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        settings = getattr(getattr(getattr(app, "state", None), "ctx", None), "settings", None)
+        extra = {}
+        if settings is not None:  # the header time-out of ``voxprompt serve``
+            from .transport import http_protocol
+
+            extra["http"] = http_protocol(settings.header_timeout_s)
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **extra))
         self._thread: Optional[threading.Thread] = None
         self._timeout = start_timeout_s
 
