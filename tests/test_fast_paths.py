@@ -467,8 +467,12 @@ def test_cpu_allocator_setting(monkeypatch):
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         faults[setting] = float(out.stdout.split()[-1])
-    assert faults["1"] < 50, faults
-    assert faults["0"] > 4 * max(faults["1"], 25), faults  # the test can fail: glibc's default faults
+    # Without the setting every click maps its MiB-sized temporaries afresh (about 1,100 faults
+    # here); with it they come from the heap. What remains varies with the machine and its load
+    # (25-100 seen: thread stacks, the first use of a pool), so the check is the ratio, which
+    # fails whenever the setting has no effect.
+    assert faults["0"] > 200, faults  # glibc's default does fault per click, or the test proves nothing
+    assert faults["0"] > 5 * max(faults["1"], 1.0), faults
 
 
 def test_compiled_decoder_follows_prompt_counts(tiny_med3d):
