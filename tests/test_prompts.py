@@ -8,11 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import load_golden
-from golden_configs import sam_med3d_config
+from cli_volume import ORIGIN, SIZE_XYZ, SPACING_XYZ, write_cli_files
 
-import voxprompt
-from voxprompt.checkpoints import save_safetensors
 from voxprompt.cli import main
 from voxprompt.errors import PromptError, UsageError
 from voxprompt.io.image import Image
@@ -21,9 +18,6 @@ from voxprompt.prompts import (PromptFileError, apply_prompts, load_prompts, par
                                resolve_prompts, save_prompts, session_prompts)
 from voxprompt.session import Session
 
-SPACING_XYZ = (0.9, 0.8, 3.0)
-ORIGIN = (10.0, -20.0, 5.0)
-SIZE_XYZ = (36, 40, 16)
 
 
 def _oblique_image() -> Image:
@@ -35,20 +29,7 @@ def _oblique_image() -> Image:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("prompts")
-    g = load_golden("sam_med3d_tiny.pt")
-    model = voxprompt.load_model("sam-med3d", g["state_dict"], config=sam_med3d_config(g["config"]))
-    ckpt = save_safetensors(model.state_dict(), d / "tiny.safetensors", "sam-med3d", model.cfg.to_dict())
-    arr = np.random.default_rng(0).normal(100, 20, SIZE_XYZ[::-1]).astype(np.float32)
-    arr[4:12, 10:30, 8:28] += 60
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing(SPACING_XYZ)
-    img.SetOrigin(ORIGIN)
-    sitk.WriteImage(img, str(d / "img.nii.gz"))
-    prior = sitk.GetImageFromArray((arr > 150).astype(np.uint8))
-    prior.CopyInformation(img)
-    sitk.WriteImage(prior, str(d / "prior.nii.gz"))
-    return {"dir": d, "ckpt": ckpt, "img": d / "img.nii.gz", "prior": d / "prior.nii.gz", "model": model}
+    return write_cli_files(tmp_path_factory.mktemp("prompts"))
 
 
 # ----------------------------------------------------------------------------- parsing
