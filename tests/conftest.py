@@ -78,3 +78,26 @@ def tiny_unet():
     from golden_configs import sam_unet_config
 
     return _tiny("sam_unet_tiny.pt", "sam-unet", sam_unet_config, "image_encoder_input")
+
+
+@pytest.fixture(scope="session")
+def tiny_fine():
+    """(golden dict, tiny SAM-Med3D grown by a boundary head with a non-zero last layer, its embedding)."""
+    import dataclasses
+
+    from golden_configs import sam_med3d_config
+
+    import voxprompt
+    from voxprompt.train.trainer import grow
+
+    g = load_golden("sam_med3d_tiny.pt")
+    cfg = dataclasses.replace(sam_med3d_config(g["config"]), fine_channels=3)
+    model = voxprompt.load_model("sam-med3d", None, config=cfg, pretrained=False)
+    grow(model, {k: v.contiguous() for k, v in g["state_dict"].items()}, "tiny")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        head = model.mask_decoder.fine_head.to_logits
+        head.weight.normal_(0, 0.2)
+        head.bias.fill_(0.1)
+        emb = model.encode(g["image"].float())
+    return g, model, emb

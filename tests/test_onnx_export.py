@@ -22,7 +22,7 @@ def _image(g: dict) -> torch.Tensor:
     return (g["image_encoder_input"] if "image_encoder_input" in g else g["image"]).float()
 
 
-@pytest.mark.parametrize("fixture", ["tiny_med3d", "tiny_sam", "tiny_med2d", "tiny_unet"])
+@pytest.mark.parametrize("fixture", ["tiny_med3d", "tiny_fine", "tiny_sam", "tiny_med2d", "tiny_unet"])
 def test_onnx_matches_torch(fixture, request, tmp_path):
     g, model, emb = request.getfixturevalue(fixture)
     unet = isinstance(emb, dict)

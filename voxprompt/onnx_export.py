@@ -75,7 +75,7 @@ def embed_prompts(pe: PromptEncoder, coords: torch.Tensor, labels: torch.Tensor,
     shape = (1, -1) + (1,) * pe.spatial_dims
     no_mask = pe.no_mask_embed.weight.reshape(shape)
     h = has_mask.reshape((-1,) + (1,) * (pe.spatial_dims + 1))
-    dense = h * pe.mask_downscaling(mask_input) + (1 - h) * no_mask
+    dense = h * pe.downscale_mask(mask_input) + (1 - h) * no_mask
     return emb, dense
 
 

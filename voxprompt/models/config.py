@@ -44,6 +44,7 @@ class SamConfig:
     roi_spacing_mm: float = 1.5  # 3D: isotropic mm per voxel of the model's input ROI
     pe_axis_swap: bool = True  # 3D: SAM-Med3D's dense-PE axis-0/1 swap (official); False for our models
     refine_band_mm: float = 0.0  # 3D sessions: boundary refinement band (voxprompt.refine); 0 = off (official)
+    fine_channels: int = 0  # ours: a boundary head at the input resolution (models.fine_head); 0 = off (official)
 
 
     def __post_init__(self) -> None:
@@ -64,6 +65,8 @@ class SamConfig:
             raise UsageError(f"roi_spacing_mm must be positive, got {self.roi_spacing_mm}")
         if not self.refine_band_mm >= 0:
             raise UsageError(f"refine_band_mm must be >= 0 (0 = off), got {self.refine_band_mm}")
+        if self.fine_channels < 0:
+            raise UsageError(f"fine_channels must be >= 0 (0 = off), got {self.fine_channels}")
         if self.num_point_embeddings not in (2, 4):
             raise UsageError("num_point_embeddings must be 2 (points) or 4 (points and boxes)")
 
@@ -74,8 +77,14 @@ class SamConfig:
 
     @property
     def low_res_size(self) -> int:
-        """Side of the low-res mask logits (4x the embedding grid)."""
-        return 4 * self.grid_size
+        """Side of the decoder's mask logits: 4x the embedding grid, or the input size with the
+        boundary head (``fine_channels``)."""
+        return self.img_size if self.fine_channels else 4 * self.grid_size
+
+    @property
+    def embedding_channels(self) -> int:
+        """Channels of the image embedding: SAM's, then the boundary head's features packed per token."""
+        return self.prompt_embed_dim + self.fine_channels * self.patch_size**self.spatial_dims
 
     @property
     def supports_boxes(self) -> bool:

@@ -27,6 +27,7 @@ from .common import LayerNormNd, MLPBlock, channels_first, channels_last, conv_c
 from .config import SamConfig
 from .fast import reference_enabled, reference_mode
 from .fast_attention import window_attention, windowed_block_attention
+from .fine_head import FineStem, pack
 
 REL_POS_NAMES = {2: ("rel_pos_h", "rel_pos_w"), 3: ("rel_pos_d", "rel_pos_h", "rel_pos_w")}
 
@@ -243,6 +244,8 @@ class ImageEncoder(nn.Module):
             conv(out, out, kernel_size=3, padding=1, bias=False),
             LayerNormNd(out),
         )
+        # ours: features for the boundary head, packed behind SAM's channels (models.fine_head)
+        self.fine_stem = FineStem(d, cfg.in_chans, cfg.fine_channels) if cfg.fine_channels else None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embedding plus absolute position embedding, channels-last tokens."""
@@ -265,7 +268,11 @@ class ImageEncoder(nn.Module):
         return blk(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image = x
         x = self.embed(x)
         for i in range(len(self.blocks)):
             x = self.run_block(i, x)
-        return self.forward_neck(x)
+        emb = self.forward_neck(x)
+        if self.fine_stem is None:
+            return emb
+        return torch.cat([emb, pack(self.fine_stem(image).to(emb.dtype), self.cfg.patch_size)], dim=1)

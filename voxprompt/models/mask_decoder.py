@@ -1,6 +1,8 @@
 """SAM's mask decoder (IoU token + mask tokens + hypernetworks), generic in 2D and 3D."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -8,6 +10,7 @@ from .channels_last import PatchSequential, patch_layout_dot, run_patch_layout, 
 from .common import MLP, LayerNormNd, conv_transpose_cls
 from .config import SamConfig
 from .fast import reference_enabled
+from .fine_head import FineHead, unpack
 from .transformer import TwoWayTransformer
 
 
@@ -76,6 +79,10 @@ class MaskDecoder(nn.Module):
             MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
         self.iou_prediction_head = MLP(dim, cfg.iou_head_hidden_dim, self.num_mask_tokens, cfg.iou_head_depth)
+        # ours: logits moved to the input grid (models.fine_head); its features follow SAM's channels
+        self.sam_channels, self.patch_size = dim, cfg.patch_size
+        self.fine_head = FineHead(cfg.spatial_dims, cfg.fine_channels) if cfg.fine_channels else None
+        self._unpacked: Optional[tuple] = None  # (embedding, its version, its unpacked features): not state
 
     def forward(
         self,
@@ -84,18 +91,38 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool = False,
+        fine: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns masks ``(B, M, *low_res)`` and IoU ``(B, M)``: M = 1 (token 0) or the
-        multimask tokens 1.."""
+        multimask tokens 1.. With the boundary head, ``image_embeddings`` is the whole embedding,
+        or SAM's part with the head's features given unpacked as ``fine`` (:meth:`split`)."""
         sl = slice(1, None) if multimask_output else slice(0, 1)
+        if self.fine_head is not None and fine is None:
+            image_embeddings, fine = self.split(image_embeddings)
         if reference_enabled():
             masks, iou = self.predict_masks(
                 image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
             )
-            return masks[:, sl], iou[:, sl]
-        return self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, sl
-        )
+            masks, iou = masks[:, sl], iou[:, sl]
+        else:
+            masks, iou = self.predict_masks(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, sl
+            )
+        if fine is not None:
+            masks = self.fine_head(masks, fine.to(masks.dtype))
+        return masks, iou
+
+    def split(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A boundary-head model's embedding -> SAM's part ``(B, C, *grid)`` and the head's
+        features ``(B, F, *input)``."""
+        c = self.sam_channels
+        hit, version = self._unpacked, -1 if embedding.is_inference() else embedding._version
+        if hit is not None and hit[0] is embedding and hit[1] == version:
+            return embedding[:, :c], hit[2]  # the same embedding clicked again: unpacked once
+        fine = unpack(embedding[:, c:], self.fine_head.from_logits.out_channels, self.patch_size)
+        if not torch.jit.is_tracing():
+            self._unpacked = (embedding, version, fine)
+        return embedding[:, :c], fine
 
     def predict_masks(
         self,

@@ -19,6 +19,7 @@ import math
 from typing import Any, Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .channels_last import PatchSequential
@@ -74,6 +75,7 @@ class PromptEncoder(nn.Module):
         self.embed_dim = cfg.prompt_embed_dim
         self.input_image_size = (cfg.img_size,) * d
         self.image_embedding_size = (cfg.grid_size,) * d
+        self.low_res_size = cfg.low_res_size
         self.pe_layer = PositionEmbeddingRandom(d, cfg.prompt_embed_dim // d, swap01=d == 2 or cfg.pe_axis_swap)
         self.num_point_embeddings = cfg.num_point_embeddings
         self.point_embeddings = nn.ModuleList(
@@ -96,7 +98,16 @@ class PromptEncoder(nn.Module):
 
     @property
     def mask_input_size(self) -> tuple[int, ...]:
-        return tuple(4 * s for s in self.image_embedding_size)
+        return (self.low_res_size,) * self.spatial_dims
+
+    def downscale_mask(self, masks: torch.Tensor) -> torch.Tensor:
+        """Dense embedding of mask logits ``(B, 1, *mask_input_size)``; logits on the input grid
+        (the boundary head's) are first averaged onto SAM's grid, 4x the token grid."""
+        factor = self.low_res_size // (4 * self.image_embedding_size[0])
+        if factor > 1:
+            pool = F.avg_pool3d if self.spatial_dims == 3 else F.avg_pool2d
+            masks = pool(masks, kernel_size=factor)
+        return self.mask_downscaling(masks)
 
     def get_dense_pe(self) -> torch.Tensor:
         """``(1, C, *grid)`` positional encoding of the image embedding grid (float32).
@@ -167,7 +178,7 @@ class PromptEncoder(nn.Module):
         if boxes is not None:
             sparse = torch.cat([sparse, self._embed_boxes(boxes)], dim=1)
         if masks is not None:
-            dense = self.mask_downscaling(masks)
+            dense = self.downscale_mask(masks)
         else:
             shape = (1, -1) + (1,) * self.spatial_dims
             dense = self.no_mask_embed.weight.reshape(shape).expand(bs, -1, *self.image_embedding_size)

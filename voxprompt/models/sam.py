@@ -294,6 +294,13 @@ class SamModel(PromptableModel):
         """Raw low-res logits ``(B, M, *low_res)`` and IoU ``(B, M)``; M = 1, or 3 with multimask."""
         emb = self._check_embedding(emb)
         points, boxes, mask_input = self.check_prompts(emb.shape[0], points, boxes, mask_input)
+        fine = None
+        if self.cfg.fine_channels:
+            emb, fine = self.mask_decoder.split(emb)
+            if emb.requires_grad and not self._vit_trains():
+                # only the boundary head's features need a gradient: without the cut, the whole
+                # decoder would run backwards for the frozen ViT's part of the embedding
+                emb = emb.detach()
         with self.decode_autocast():
             sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             low, iou = self.low_precision(self.mask_decoder)(
@@ -302,6 +309,7 @@ class SamModel(PromptableModel):
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
+                fine=fine,
             )
         if self.amp_dtype is not None:
             return low.float(), iou.float()
@@ -311,8 +319,12 @@ class SamModel(PromptableModel):
         """Encode then decode (training and export)."""
         return self.decode(self.encode(image), **prompts)
 
+    def _vit_trains(self) -> bool:
+        """Whether a parameter of the image encoder outside the boundary head's stem needs a gradient."""
+        return any(p.requires_grad for n, p in self.image_encoder.named_parameters() if not n.startswith("fine_stem."))
+
     def _check_embedding(self, emb: Union[torch.Tensor, Any]) -> torch.Tensor:
-        expected = (self.cfg.prompt_embed_dim,) + (self.cfg.grid_size,) * self.spatial_dims
+        expected = (self.cfg.embedding_channels,) + (self.cfg.grid_size,) * self.spatial_dims
         if not isinstance(emb, torch.Tensor) or emb.dim() != 2 + self.spatial_dims or tuple(emb.shape[1:]) != expected:
             got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
             raise InputError(f"{self.name}: embedding must have shape (B, {', '.join(map(str, expected))}), got {got}")

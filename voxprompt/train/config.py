@@ -14,7 +14,7 @@ from ..errors import UsageError
 LOSSES = ("dice_ce", "focal_dice", "focal_20dice")
 AMP = ("none", "bf16", "fp16")
 CLICK_MODES = ("mixed", "cvpr25", "random")
-INIT_MODES = ("strict", "load_from")
+INIT_MODES = ("strict", "load_from", "grow")
 
 
 @dataclass
@@ -94,7 +94,9 @@ class TrainConfig:
     model: str = "voxprompt-med3d-small"
     model_overrides: dict = field(default_factory=dict)  # SamConfig fields
     init_checkpoint: Optional[str] = None  # a checkpoint path, "shipped" (the package's weights) or None
-    init_mode: str = "strict"  # "load_from": SAM-Med2D's resize of SAM weights of another input size
+    # "load_from": SAM-Med2D's resize of SAM weights of another input size; "grow": every checkpoint
+    # tensor loads exactly, and modules the checkpoint lacks (a boundary head) keep their initialisation
+    init_mode: str = "strict"
     trust_pickle: bool = False
     freeze: Union[str, list] = field(default_factory=list)  # frozen name prefixes, or paper / decoder / none
     data: list = field(default_factory=list)  # DataSource
@@ -136,7 +138,8 @@ class TrainConfig:
             (0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"),
             (self.save_every > 0 and self.log_every > 0, "save_every and log_every must be positive"),
             (self.init_mode in INIT_MODES, f"init_mode must be one of {INIT_MODES}, got {self.init_mode!r}"),
-            (self.init_mode == "strict" or self.init_checkpoint is not None, "init_mode load_from needs init_checkpoint"),
+            (self.init_mode == "strict" or self.init_checkpoint is not None,
+             f"init_mode {self.init_mode} needs init_checkpoint"),
             (isinstance(self.freeze, (str, list)), f"freeze must be a preset name or a list, got {self.freeze!r}"),
         ]
         for ok, msg in checks:

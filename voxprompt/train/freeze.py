@@ -6,7 +6,8 @@ Presets (``freeze:`` in the training config):
   without its adapters is frozen). SAM-UNet: everything but the SAM ViT (ResNet branch,
   reshapers, bridges, fusion decoder, prompt encoder). SAM ViT-B: the mask decoder (as
   MedSAM-style decoder fine-tuning). SAM-Med3D: everything.
-* ``decoder``: the mask decoder only. ``none``: every parameter (SAM-UNet's ViT included).
+* ``decoder``: the mask decoder only. ``fine``: the boundary head only (``fine_channels``; the
+  rest keeps the weights it grew from). ``none``: every parameter (SAM-UNet's ViT included).
 
 A list of prefixes freezes the parameters whose names start with one of them and leaves the
 others as the model has them (SAM-UNet's ViT is frozen by construction).
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..errors import UsageError
 
-PRESETS = ("paper", "decoder", "none")
+PRESETS = ("paper", "decoder", "fine", "none")
 Rule = Callable[[str], bool]  # parameter name -> trainable
 
 
@@ -43,6 +44,8 @@ def preset_rule(model: nn.Module, preset: str) -> Rule:
         return lambda name: True
     if preset == "decoder":
         return lambda name: name.startswith("mask_decoder.")
+    if preset == "fine":
+        return lambda name: name.startswith(("image_encoder.fine_stem.", "mask_decoder.fine_head."))
     if preset != "paper":
         raise UsageError(f"freeze preset {preset!r}: choose one of {PRESETS} or give a list of name prefixes")
     if fam == "sam-med2d":

@@ -67,11 +67,31 @@ def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
         model = load_model(cfg.model, None, device=device, config=_config(cfg), pretrained=False)
         sd, _ = read_checkpoint(init, trust_pickle=cfg.trust_pickle)
         model.load_state_dict(load_from(model, sd), strict=True)
+    elif cfg.init_mode == "grow":
+        from ..checkpoints import read_checkpoint
+
+        model = load_model(cfg.model, None, device=device, config=_config(cfg), pretrained=False)
+        sd, _ = read_checkpoint(init, trust_pickle=cfg.trust_pickle)
+        grow(model, sd, str(init))
     else:
         model = load_model(cfg.model, init, device=device, config=_config(cfg), trust_pickle=cfg.trust_pickle,
                            pretrained=False)
     apply_freeze(model, cfg.freeze)
     return model.train()
+
+
+def grow(model: torch.nn.Module, sd: dict, source: str) -> None:
+    """Load ``sd`` into a larger ``model``: every tensor of ``sd`` must match one of the model's
+    exactly; the model's extra parameters (new modules) keep their initialisation."""
+    own = model.state_dict()
+    unknown = sorted(k for k in sd if k not in own)
+    wrong = sorted(k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape))
+    if unknown or wrong:
+        raise CheckpointError(f"{source} cannot grow into this model: unknown keys {unknown[:5]}, "
+                              f"shape mismatches {wrong[:5]}")
+    missing = sorted(set(own) - set(sd))
+    model.load_state_dict(sd, strict=False)
+    log.info("grown from %s: %d new tensors keep their initialisation (%s ...)", source, len(missing), missing[:3])
 
 
 def _is_2d(model: torch.nn.Module) -> bool:
