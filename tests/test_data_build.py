@@ -186,7 +186,7 @@ def test_external_sources_registered_not_default():
     from voxprompt.cli import build_parser
 
     args = build_parser().parse_args(["data", "build", "out"])
-    assert args.sources == "ct,colin27,mni152,totalseg,totalseg_val"  # external sources stay opt-in
+    assert args.sources == "ct,colin27,mni152,totalseg,totalseg_val,stardist"  # external sources stay opt-in
 
 
 def test_apt_files_unavailable_without_apt(tmp_path, monkeypatch):

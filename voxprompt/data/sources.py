@@ -9,7 +9,8 @@ structure name, :mod:`voxprompt.data.split`), ``totalseg`` (a second CT patient,
 ``train``) and ``totalseg_val`` (a third: its soft organs and vessels are the ``val`` split that
 selects checkpoints, its bones and muscles are held out), and the external evaluation sources
 ``robex`` and ``itk_t1`` (new subjects, one ``brain`` target each, ``SourceCase.split = "test"``:
-never trained on).
+never trained on). ``stardist`` adds small instances for training: StarDist's synthetic 3D nuclei,
+every nucleus its own ``train`` target.
 """
 from __future__ import annotations
 
@@ -21,10 +22,18 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ImageReadError, InputError
 from ..io.image import Image
 from ..io.read import read_image
-from .fetch import fetch_chest_ct, fetch_colin27, fetch_itk_t1, fetch_mni152, fetch_robex, fetch_totalseg
+from .fetch import (
+    fetch_chest_ct,
+    fetch_colin27,
+    fetch_itk_t1,
+    fetch_mni152,
+    fetch_robex,
+    fetch_stardist,
+    fetch_totalseg,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +49,7 @@ class SourceCase:
     image: Image
     labels: Image  # integer label map on the image grid
     names: dict[int, str]  # label id -> structure name (background excluded)
-    modality: str  # "CT" or "MR"
+    modality: str  # "CT", "MR" ("microscopy": the StarDist nuclei)
     licence: str
     origin: str  # where the files come from
     split: Optional[str] = None  # "train" / "val" / "test" for every target; None = by name (split.split_for)
@@ -264,6 +273,63 @@ def totalseg_dicom_val(cache: Path) -> SourceCase:
                     {"test": "val", "train": "test"})
 
 
+# StarDist's demo stack has no physical spacing (its TIFF says "no unit", 1 pixel per unit). Its nuclei are
+# about half as tall (z extent median 7 voxels) as wide (14-15): synthetic round nuclei seen with a z step
+# of two pixels, so z is taken to be twice the pixel size and they come out round. The pixel size is chosen
+# for our models rather than for biology (the nuclei are synthetic): at 1.5 mm the build keeps x and y
+# voxel for voxel and repeats every z slice twice (labels) or interpolates it (image); a nucleus is
+# 12-30 mm across (0.9-14 ml, median 5 ml: lymph-node- or lesion-sized, the small instances the CT/MR
+# data lacks) and every one of the 51 keeps more than the build's 200 voxels (at least 264). The stack
+# is 93x92x86 mm, about one 64^3 training ROI at 1.5 mm (96 mm): a ROI centred on a nucleus holds 7-35
+# nucleus centres (median 16, two or three along each axis), the clicked one among its touching
+# neighbours. A 1 mm pixel would drop the smallest nuclei below 200 voxels and put the whole stack in
+# every ROI; 2 mm makes them 12 ml (median) and 28 mm across, no longer small.
+STARDIST_SPACING_XYZ = (1.5, 1.5, 3.0)  # mm, (x, y, z): an assumption, see above
+STARDIST_MODALITY = "microscopy"  # fluorescence-like synthetic stack; not CT/MR, so no CT/MR report group
+
+
+def _read_tif_zyx(path: Path) -> np.ndarray:
+    """A 3D TIFF stack as a (z, y, x) array (tifffile's page order, which is StarDist's ZYX)."""
+    import tifffile
+
+    try:
+        arr = tifffile.imread(path)
+    except (tifffile.TiffFileError, OSError, ValueError) as err:
+        raise ImageReadError(f"{path}: unreadable TIFF ({err})") from None
+    if arr.ndim != 3:
+        raise InputError(f"{path}: expected a 3D stack (z, y, x), got shape {arr.shape}")
+    return arr
+
+
+def stardist_nuclei(cache: Path) -> SourceCase:
+    """StarDist 0.9.2's 3D demo: synthetic nuclei, each instance label a separate ``train`` target.
+
+    The image keeps its intensities (as float32); the mask stays an instance label map (uint16), a
+    target per nucleus named ``nucleus_<id>`` by its label value in ``mask3d.tif``. Geometry:
+    :data:`STARDIST_SPACING_XYZ` (an assumption; the stack has no spacing), origin 0, identity
+    direction. Training data only (``split = "train"``): nothing of it is a patient.
+    """
+    files = fetch_stardist(cache)
+    img, mask = _read_tif_zyx(files.image), _read_tif_zyx(files.mask)
+    if img.shape != mask.shape:
+        raise InputError(f"{files.mask}: mask shape {mask.shape} does not match the image {img.shape}")
+    if not np.issubdtype(mask.dtype, np.integer) or mask.min() < 0 or mask.max() > 65535:
+        raise InputError(f"{files.mask}: expected an instance label map of 0..65535, got {mask.dtype}")
+    direction = np.eye(3)
+    image = Image(img.astype(np.float32), STARDIST_SPACING_XYZ, (0.0, 0.0, 0.0), direction, files.image)
+    labels = Image(mask.astype(np.uint16), STARDIST_SPACING_XYZ, (0.0, 0.0, 0.0), direction, files.mask)
+    names = {int(i): f"nucleus_{int(i)}" for i in np.unique(mask) if i != 0}
+    lines = [ln.strip() for ln in files.licence.read_text().splitlines() if ln.strip()]
+    holder = next((ln for ln in lines if ln.lower().startswith("copyright")), "")
+    licence = (f"{lines[0] if lines else 'BSD 3-Clause License'} (stardist 0.9.2 wheel; {holder}); "
+               "synthetic nuclei, no patient or specimen data")
+    return SourceCase("stardist_nuclei", image, labels, names, STARDIST_MODALITY, licence,
+                      "PyPI stardist==0.9.2 (manylinux_2_28_x86_64 cp311 wheel): stardist/data/images/img3d.tif, "
+                      "mask3d.tif; licence stardist-0.9.2.dist-info/licenses/LICENSE.txt; spacing assumed "
+                      f"{STARDIST_SPACING_XYZ[0]} x {STARDIST_SPACING_XYZ[1]} x {STARDIST_SPACING_XYZ[2]} mm (x, y, z)",
+                      split="train")
+
+
 SOURCES: dict[str, SourceFn] = {"ct": chest_ct, "colin27": colin27_aal, "mni152": mni152_tissue,
                                 "totalseg": totalseg_ct, "totalseg_val": totalseg_dicom_val,
-                                "robex": robex_brain, "itk_t1": itk_t1_brain}
+                                "robex": robex_brain, "itk_t1": itk_t1_brain, "stardist": stardist_nuclei}
