@@ -13,8 +13,12 @@ import pytest
 from voxprompt.cli import main
 from voxprompt.errors import UsageError
 from voxprompt.server.app import security_warnings
-from voxprompt.server.security import check_api_key, read_api_key_file, resolve_data_path
 from voxprompt.server.errors import BadRequest, NotFound, Unauthorized
+from voxprompt.server.security import (
+    check_api_key,
+    read_api_key_file,
+    resolve_data_path,
+)
 from voxprompt.server.settings import ServerSettings, is_loopback
 
 
@@ -26,6 +30,8 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
     assert main(["serve", "--api-key-file", str(tmp_path / "empty")]) == 2
     assert "empty" in capsys.readouterr().err
     assert main(["serve", "--max-sessions", "0"]) == 2
+    assert main(["serve", "--max-points", "0"]) == 2
+    assert "--max-points" in capsys.readouterr().err
     assert main(["serve", "--precision", "fp64"]) == 2
     with pytest.raises(UsageError):
         ServerSettings(precision="int8").validate()

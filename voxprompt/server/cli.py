@@ -25,7 +25,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         allowed_hosts=tuple(args.allowed_host or ()),
         idle_timeout_s=args.idle_timeout, liveness_timeout_s=args.liveness_timeout,
         autozoom=args.autozoom, refine=args.refine, clean=args.clean, web=not args.no_web,
-        session_memory_mb=args.session_memory_mb, max_memory_mb=args.max_memory_mb,
+        session_memory_mb=args.session_memory_mb, max_memory_mb=args.max_memory_mb, max_points=args.max_points,
     ).validate()
 
 
@@ -67,6 +67,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="inference precision (default fp32, exact; bf16: faster clicks on GPUs and, for "
                         "sam-med3d, on CPUs with bf16 instructions)")
     s.add_argument("--max-sessions", type=int, default=4, help="concurrent leases/sessions (default 4)")
+    s.add_argument("--max-points", type=int, default=32, metavar="N",
+                   help="most points in one MONAI Label infer request (each point is a model step; other "
+                        "users' clicks run between the steps; default 32)")
     s.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="also accept requests whose Host header names NAME (repeatable; by default only "
                         "localhost, 127.0.0.1 and [::1] are accepted when bound to loopback)")

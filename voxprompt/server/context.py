@@ -1,19 +1,34 @@
 """What every protocol router shares: settings, the model host, the lease table, auth."""
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import AsyncIterator, Callable, Optional, TypeVar
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from .errors import LeaseGone, TooLarge
+from .errors import ClientGone, LeaseGone, TooLarge
 from .leases import Lease, LeaseManager
 from .security import check_api_key, memory_limit_bytes
 from .sessions import ModelHost
 from .settings import ServerSettings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+async def watch_disconnect(request: Request, gone: threading.Event) -> None:
+    """Set ``gone`` when the client disconnects. Call after the body was read: the next message
+    the server receives for this request is then the disconnect."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return
 
 
 @dataclass
@@ -66,6 +81,28 @@ class ServerContext:
                     self.account(lease)
 
         return await run_in_threadpool(call)
+
+    def model_step(self, fn: Callable[[], T], gone: Optional[threading.Event] = None) -> T:
+        """Run one model step (one prompt) under the model lock, taken for this step only.
+
+        Requests that run several steps call this once per step, so other users' clicks queue
+        between them (the lock is first come, first served); ``gone`` set (the client went away)
+        stops the work before the next step with ClientGone.
+        """
+        if gone is not None and gone.is_set():
+            raise ClientGone("the client disconnected; the remaining steps were not run")
+        with self.host.lock:
+            return fn()
+
+    @asynccontextmanager
+    async def disconnect_event(self, request: Request) -> AsyncIterator[threading.Event]:
+        """An Event set when the client of ``request`` disconnects (watched while the block runs)."""
+        gone = threading.Event()
+        task = asyncio.ensure_future(watch_disconnect(request, gone))
+        try:
+            yield gone
+        finally:
+            task.cancel()
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run blocking work (file reading, NIfTI writing) in a worker thread, no lock held."""

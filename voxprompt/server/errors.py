@@ -55,6 +55,12 @@ class TooLarge(ApiError):
     status = 413
 
 
+class ClientGone(ApiError):
+    """The client disconnected while its request was running; the work stopped (nobody reads this)."""
+
+    status = 499  # "client closed request" (nginx)
+
+
 class AtCapacity(ApiError):
     """Every session slot is taken (503 + Retry-After)."""
 

@@ -63,8 +63,62 @@ class AutoZoomSwitch:
         return (self.zoom if self.active else self.base).plan(image, focus_zyx, current, box=box)
 
 
+class FairLock:
+    """A first-come, first-served lock for the shared model.
+
+    ``threading.Lock`` lets the thread that just released it take it straight back, so a request
+    that runs many model steps in a row (a MONAI Label infer with many points) would starve other
+    users' clicks. Here every ``acquire`` takes a ticket and waits for its turn: a click queued while
+    a step runs goes next, so it waits for at most the steps queued before it (one per other user).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next = 0  # next ticket handed out
+        self._serving = 0  # ticket that holds the lock (== _next when free)
+        self._abandoned: set[int] = set()  # tickets whose waiter gave up (interrupted)
+
+    def acquire(self) -> None:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            try:
+                while ticket != self._serving:
+                    self._cond.wait()
+            except BaseException:  # an interrupted waiter must not block those behind it
+                if ticket == self._serving:
+                    self._advance()
+                else:
+                    self._abandoned.add(ticket)
+                raise
+
+    def release(self) -> None:
+        with self._cond:
+            self._advance()
+
+    def _advance(self) -> None:
+        self._serving += 1
+        while self._serving in self._abandoned:
+            self._abandoned.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """Threads queued for the lock (not counting its holder)."""
+        with self._cond:
+            return max(0, self._next - self._serving - 1 - len(self._abandoned))
+
+    def __enter__(self) -> "FairLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class ModelHost:
-    """One model shared by every lease; ``lock`` serialises model calls across leases."""
+    """One model shared by every lease; ``lock`` (first come, first served) serialises model steps."""
 
     def __init__(self, model: torch.nn.Module, name: str, device: Optional[str] = None,
                  autozoom_default: bool = False, refine: Optional[bool] = None,
@@ -75,7 +129,7 @@ class ModelHost:
         self.name = name
         self.device = device
         self.autozoom_default = bool(autozoom_default)
-        self.lock = threading.Lock()
+        self.lock = FairLock()
         self.autozoom_available = autozoom_planner() is not None
         if not self.autozoom_available:
             log.info("voxprompt.autozoom is not available: set_do_autozoom is accepted and ignored")

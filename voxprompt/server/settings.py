@@ -40,6 +40,7 @@ class ServerSettings:
     web: bool = True  # serve the browser viewer at /
     session_memory_mb: float = 2048.0  # per session: embedding cache trimmed above it; larger images: 413
     max_memory_mb: float = 8192.0  # all sessions: least recently used idle sessions evicted above it
+    max_points: int = 32  # points in one MONAI Label infer (each is a model step); more: 400
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides loopback ones (--allowed-host)
 
     def validate(self) -> "ServerSettings":
@@ -48,6 +49,8 @@ class ServerSettings:
             raise UsageError(f"--port must be 1..65535, got {self.port}")
         if int(self.max_sessions) < 1:
             raise UsageError(f"--max-sessions must be at least 1, got {self.max_sessions}")
+        if int(self.max_points) < 1:
+            raise UsageError(f"--max-points must be at least 1, got {self.max_points}")
         for name in ("max_upload_mb", "body_timeout_s", "header_timeout_s", "idle_timeout_s", "liveness_timeout_s",
                      "monai_session_expiry_s",
                      "reaper_interval_s", "session_memory_mb", "max_memory_mb"):

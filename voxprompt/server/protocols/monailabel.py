@@ -19,6 +19,11 @@ points first. ``roi`` is ignored. The response label has value 1 for the object.
 (a sentence or null) when the result looks poor (:class:`~voxprompt.session.Prediction`; points in
 the sentence are array indices (k, j, i), the reverse of IJK).
 
+Sharing the model: a request's points are applied one model step at a time, each step taking the
+(first come, first served) model lock on its own, so other users' clicks run between the steps of a
+long request; at most ``--max-points`` points per request (400 above), and a request whose client
+disconnected stops before its next step (the points applied so far stay recorded).
+
 Images come from ``session_id`` (the Slicer module's way), else from an uploaded ``file`` part
 (one-off), else ``image`` names a file under ``--data-dir`` (kept in a session of its own).
 """
@@ -29,7 +34,7 @@ import logging
 import secrets
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -38,9 +43,9 @@ from fastapi.responses import JSONResponse
 from ... import __version__
 from ...io.image import Image
 from ...io.read import read_image
-from ...session import Session, from_slicer_ijk
+from ...session import Prediction, Session, from_slicer_ijk
 from ..context import ServerContext
-from ..errors import BadRequest, LeaseGone, NotFound, Unauthorized
+from ..errors import BadRequest, ClientGone, LeaseGone, NotFound, Unauthorized
 from ..leases import Lease
 from ..security import check_api_key, resolve_data_path
 from ..volumes import label_nifti_bytes, read_uploaded, safe_filename
@@ -103,10 +108,21 @@ def _check_inside(points: list, shape: tuple[int, ...], key: str) -> None:
 
 
 # ----------------------------------------------------------------------------- click replay
-def apply_points(session: Session, labels: dict, label: str, fg: list, bg: list, reset: bool) -> dict[str, Any]:
+Step = Callable[[Callable[[], Prediction]], Prediction]
+
+
+def _direct(fn: Callable[[], Prediction]) -> Prediction:
+    return fn()
+
+
+def apply_points(session: Session, labels: dict, label: str, fg: list, bg: list, reset: bool,
+                 step: Step = _direct) -> dict[str, Any]:
     """Bring ``label``'s object to the state of (fg, bg); returns what was done.
 
     ``labels`` maps label name -> {"object": id, "fg": [...], "bg": [...]} (points already applied).
+    ``step`` runs each model call (the server: one model-lock turn per point, stopping for a client
+    that went away); the entry records every point applied, so an interrupted request leaves a state
+    that the next request extends.
     """
     entry = labels.get(label)
     if entry is None:
@@ -122,7 +138,8 @@ def apply_points(session: Session, labels: dict, label: str, fg: list, bg: list,
     pred = None
     entry["fg"], entry["bg"] = list(done_fg), list(done_bg)
     for p, positive in new:
-        pred = session.add_point(from_slicer_ijk(p), positive=positive)  # IJK -> array (k, j, i)
+        index = from_slicer_ijk(p)  # IJK -> array (k, j, i)
+        pred = step(lambda: session.add_point(index, positive=positive))
         (entry["fg"] if positive else entry["bg"]).append(p)
     return {"object_id": entry["object"], "points_added": len(new), "replayed": not incremental,
             "score": None if pred is None else pred.score,
@@ -250,39 +267,47 @@ def make_router(ctx: ServerContext) -> APIRouter:
         label = str(params.get("label") or "label")
         fg, bg = _points(params, "foreground"), _points(params, "background")
         reset = bool(params.get("reset_state", False))
+        cap = ctx.settings.max_points
+        if len(fg) + len(bg) > cap:
+            raise BadRequest(f"{len(fg) + len(bg)} points in one request; this server runs at most {cap} "
+                             "(--max-points): reset the segment and click again, or ask for a larger cap")
         t0 = time.perf_counter()
 
-        def run(session: Session, img: Image, labels: dict) -> tuple[dict, np.ndarray]:
-            _check_inside(fg, img.shape, "foreground")
-            _check_inside(bg, img.shape, "background")
-            with ctx.host.lock:
-                done = apply_points(session, labels, label, fg, bg, reset)
-            return done, np.asarray(session.mask, dtype=np.uint8)
+        async with ctx.disconnect_event(request) as gone:
+            def run(session: Session, img: Image, labels: dict) -> tuple[dict, np.ndarray]:
+                _check_inside(fg, img.shape, "foreground")
+                _check_inside(bg, img.shape, "background")
+                done = apply_points(session, labels, label, fg, bg, reset, step=lambda fn: ctx.model_step(fn, gone))
+                return done, np.asarray(session.mask, dtype=np.uint8)
 
-        if session_id:
-            lease = session_lease(session_id)
-            done, mask = await ctx.run_locked(lease, lambda: run(lease.session, lease.state["image"],
-                                                                 lease.state["labels"]))
-            img, name = lease.state["image"], lease.state["name"]
-        elif upload_bytes is not None:
-            def one_off() -> tuple[dict, np.ndarray, Image]:
-                im = read_uploaded([(upload.filename, upload_bytes)], max_bytes=ctx.image_limit_bytes)
-                ctx.check_image_bytes(im.array.nbytes)
-                s = ctx.host.new_session()
-                s.set_image(im)
-                d, m = run(s, im, {})
-                return d, m, im
+            try:
+                if session_id:
+                    lease = session_lease(session_id)
+                    done, mask = await ctx.run_locked(lease, lambda: run(lease.session, lease.state["image"],
+                                                                         lease.state["labels"]))
+                    img, name = lease.state["image"], lease.state["name"]
+                elif upload_bytes is not None:
+                    def one_off() -> tuple[dict, np.ndarray, Image]:
+                        im = read_uploaded([(upload.filename, upload_bytes)], max_bytes=ctx.image_limit_bytes)
+                        ctx.check_image_bytes(im.array.nbytes)
+                        s = ctx.host.new_session()
+                        s.set_image(im)
+                        d, m = run(s, im, {})
+                        return d, m, im
 
-            done, mask, img = await ctx.run_blocking(one_off)
-            name = safe_filename(upload.filename, "image")
-        elif image:
-            lease = await ctx.run_blocking(lambda: data_lease(image))
-            done, mask = await ctx.run_locked(lease, lambda: run(lease.session, lease.state["image"],
-                                                                 lease.state["labels"]))
-            img, name = lease.state["image"], lease.state["name"]
-        else:
-            raise BadRequest("no image: give session_id (PUT /session/ first), a 'file' part, or image=<path "
-                             "under --data-dir>")
+                    done, mask, img = await ctx.run_blocking(one_off)
+                    name = safe_filename(upload.filename, "image")
+                elif image:
+                    lease = await ctx.run_blocking(lambda: data_lease(image))
+                    done, mask = await ctx.run_locked(lease, lambda: run(lease.session, lease.state["image"],
+                                                                         lease.state["labels"]))
+                    img, name = lease.state["image"], lease.state["name"]
+                else:
+                    raise BadRequest("no image: give session_id (PUT /session/ first), a 'file' part, or "
+                                     "image=<path under --data-dir>")
+            except ClientGone:
+                log.info("infer %s: the client disconnected; stopped after the points applied so far", label)
+                raise
 
         data = await ctx.run_blocking(lambda: label_nifti_bytes(mask, img))
         out = {"label_names": {label: 1}, "latencies": {"infer": round(time.perf_counter() - t0, 4)},
