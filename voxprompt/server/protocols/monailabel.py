@@ -25,7 +25,10 @@ long request; at most ``--max-points`` points per request (400 above), and a req
 disconnected stops before its next step (the points applied so far stay recorded).
 
 Images come from ``session_id`` (the Slicer module's way), else from an uploaded ``file`` part
-(one-off), else ``image`` names a file under ``--data-dir`` (kept in a session of its own).
+(one-off: it holds a session slot while it runs, 503 when every slot is taken), else ``image`` names a
+file under ``--data-dir``: kept in a session of its own, with the normal ``--idle-timeout``, whose id
+the reply gives as ``params.voxprompt.session_id`` (``DELETE /session/{id}`` releases it). One such
+session per file, shared by every client that names the file.
 """
 from __future__ import annotations
 
@@ -249,7 +252,8 @@ def make_router(ctx: ServerContext) -> APIRouter:
                 except LeaseGone:
                     data_sessions.pop(image_id, None)
             lease = new_lease(read_image(path, max_bytes=ctx.image_limit_bytes), path.name,
-                              ctx.settings.monai_session_expiry_s)
+                              ctx.settings.idle_timeout_s)
+            lease.state["source"] = "data-dir"
             data_sessions[image_id] = lease.token
             return lease
 
@@ -288,12 +292,18 @@ def make_router(ctx: ServerContext) -> APIRouter:
                     img, name = lease.state["image"], lease.state["name"]
                 elif upload_bytes is not None:
                     def one_off() -> tuple[dict, np.ndarray, Image]:
-                        im = read_uploaded([(upload.filename, upload_bytes)], max_bytes=ctx.image_limit_bytes)
-                        ctx.check_image_bytes(im.array.nbytes)
-                        s = ctx.host.new_session()
-                        s.set_image(im)
-                        d, m = run(s, im, {})
-                        return d, m, im
+                        lease = ctx.leases.claim(KIND, ctx.settings.idle_timeout_s)  # a slot while it runs
+                        lease.state["source"] = "upload"
+                        try:
+                            im = read_uploaded([(upload.filename, upload_bytes)], max_bytes=ctx.image_limit_bytes)
+                            ctx.check_image_bytes(im.array.nbytes)
+                            with lease.lock:
+                                lease.session.set_image(im)
+                                ctx.account(lease)
+                                d, m = run(lease.session, im, {})
+                            return d, m, im
+                        finally:
+                            ctx.leases.release(lease.token)
 
                     done, mask, img = await ctx.run_blocking(one_off)
                     name = safe_filename(upload.filename, "image")
@@ -302,6 +312,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
                     done, mask = await ctx.run_locked(lease, lambda: run(lease.session, lease.state["image"],
                                                                          lease.state["labels"]))
                     img, name = lease.state["image"], lease.state["name"]
+                    done["session_id"] = lease.token  # DELETE /session/{id} releases it
                 else:
                     raise BadRequest("no image: give session_id (PUT /session/ first), a 'file' part, or "
                                      "image=<path under --data-dir>")
