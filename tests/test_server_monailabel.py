@@ -258,3 +258,47 @@ def test_infer_reports_a_poor_result(server, volume_path, monkeypatch):
     assert params["voxprompt"]["low_confidence"] is True and "predicted IoU 0.01" in params["voxprompt"]["warning"]
     assert params["voxprompt"]["score"] == pytest.approx(0.01)
     httpx.delete(f"{server}/session/{sid}")
+
+
+def test_label_in_seeds_the_object(server, model, volume_path, tmp_path):
+    """A ``label`` file part (the client's ``label_in``) becomes the object's mask before the points."""
+    sid = create_session(server, volume_path)["session_id"]
+    ref = sitk.ReadImage(str(volume_path))
+    seg = np.zeros(sitk.GetArrayFromImage(ref).shape, np.uint8)  # (k, j, i)
+    seg[7:13, 12:24, 14:28] = 3
+    lab = sitk.GetImageFromArray(seg)
+    lab.CopyInformation(ref)
+    label_file = tmp_path / "label_in.nii.gz"
+    sitk.WriteImage(lab, str(label_file))
+    local = Session(model)
+    local.set_image(read_image(volume_path))
+
+    def post(fg, label_path=label_file):
+        files = {"params": (None, json.dumps({"label": "liver", "foreground": fg}))}
+        if label_path is not None:
+            files["label"] = (label_path.name, label_path.read_bytes())
+        return httpx.post(f"{server}/infer/{MODEL}", params={"session_id": sid, "output": "image"}, files=files)
+
+    def mask_of(r) -> np.ndarray:
+        assert r.status_code == 200, r.text
+        (tmp_path / "out.nii.gz").write_bytes(r.content)
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out.nii.gz")))
+
+    p1, p2 = [20, 18, 10], [3, 3, 3]
+    local.add_mask(seg > 0)
+    want = local.add_point(from_slicer_ijk(p1)).mask
+    got = mask_of(post([p1]))
+    np.testing.assert_array_equal(got, want.astype(np.uint8))
+    assert not np.array_equal(got, (seg > 0).astype(np.uint8))  # the click changed the seeded mask
+    # a moved point (no label part now): replayed on top of the same seed
+    local.reset()
+    local.add_mask(seg > 0)
+    want = local.add_point(from_slicer_ijk(p2)).mask
+    np.testing.assert_array_equal(mask_of(post([p2], None)), want.astype(np.uint8))
+    # a label on another grid is refused
+    small = sitk.GetImageFromArray(seg[:, :, :20])
+    small.SetSpacing(ref.GetSpacing())
+    sitk.WriteImage(small, str(tmp_path / "small.nii.gz"))
+    r = post([p1], tmp_path / "small.nii.gz")
+    assert r.status_code == 400 and "image's grid" in r.json()["detail"]
+    httpx.delete(f"{server}/session/{sid}")

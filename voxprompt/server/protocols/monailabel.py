@@ -14,10 +14,13 @@ lists travel every time), SAM-Med3D is a click loop. Each MONAI session keeps on
 object per ``label`` name; when a request's lists extend the points already applied to that label,
 only the new points are added (the official refinement chain); otherwise (a point was moved or
 deleted, or ``reset_state`` is true) the object is reset and every point is replayed, foreground
-points first. ``roi`` is ignored. The response label has value 1 for the object. The response's
-``params`` carry voxprompt's own ``voxprompt`` entry: ``score``, and ``low_confidence`` / ``warning``
-(a sentence or null) when the result looks poor (:class:`~voxprompt.session.Prediction`; points in
-the sentence are array indices (k, j, i), the reverse of IJK).
+points first. A ``label`` file part (the client's ``label_in``, on the image's grid) seeds the object:
+its nonzero voxels become the object's mask (``Session.add_mask``) before every point is applied, and
+stay its starting mask for later replays until ``reset_state``. ``roi`` is ignored. The response
+label has value 1 for the object. The response's ``params`` carry voxprompt's own ``voxprompt``
+entry: ``score``, and ``low_confidence`` / ``warning`` (a sentence or null) when the result looks
+poor (:class:`~voxprompt.session.Prediction`; points in the sentence are array indices (k, j, i),
+the reverse of IJK).
 
 Sharing the model: a request's points are applied one model step at a time, each step taking the
 (first come, first served) model lock on its own, so other users' clicks run between the steps of a
@@ -118,25 +121,51 @@ def _direct(fn: Callable[[], Prediction]) -> Prediction:
     return fn()
 
 
+def label_mask(label_in: Image, image: Image) -> np.ndarray:
+    """The nonzero voxels of a client's ``label_in`` on ``image``'s grid; 400 when the grids differ."""
+    if label_in.shape != image.shape:
+        raise BadRequest(f"the label file has size {list(label_in.shape[::-1])} (I, J, K) but the image has "
+                         f"{list(image.shape[::-1])}: send the label on the image's grid")
+    if not (np.allclose(label_in.spacing, image.spacing, rtol=1e-3, atol=1e-4)
+            and np.allclose(label_in.origin, image.origin, rtol=0, atol=1e-2 * min(image.spacing))
+            and np.allclose(label_in.direction, image.direction, atol=1e-3)):
+        raise BadRequest("the label file's spacing, origin or direction differ from the image's: send the label "
+                         "on the image's grid")
+    return np.asarray(label_in.array) != 0
+
+
 def apply_points(session: Session, labels: dict, label: str, fg: list, bg: list, reset: bool,
-                 step: Step = _direct) -> dict[str, Any]:
+                 step: Step = _direct, initial: Optional[np.ndarray] = None) -> dict[str, Any]:
     """Bring ``label``'s object to the state of (fg, bg); returns what was done.
 
     ``labels`` maps label name -> {"object": id, "fg": [...], "bg": [...]} (points already applied).
     ``step`` runs each model call (the server: one model-lock turn per point, stopping for a client
     that went away); the entry records every point applied, so an interrupted request leaves a state
-    that the next request extends.
+    that the next request extends. ``initial`` (the client's ``label_in``, a bool mask): the object is
+    reset, the mask becomes its mask (``Session.add_mask``) and every point is applied on top; the mask
+    is kept (bit-packed) and applied again whenever the object's points are replayed, until
+    ``reset_state``.
     """
     entry = labels.get(label)
     if entry is None:
         oid = 1 if not labels else session.new_object()
         entry = labels[label] = {"object": oid, "fg": [], "bg": []}
     session.select_object(entry["object"])
+    if initial is not None:
+        entry["initial"] = (np.packbits(initial.ravel()), initial.shape)
+    elif reset:
+        entry.pop("initial", None)
     done_fg, done_bg = entry["fg"], entry["bg"]
-    incremental = not reset and fg[:len(done_fg)] == done_fg and bg[:len(done_bg)] == done_bg
+    incremental = (initial is None and not reset and fg[:len(done_fg)] == done_fg
+                   and bg[:len(done_bg)] == done_bg)
     if not incremental:
         session.reset()
         done_fg, done_bg = [], []
+        entry["fg"], entry["bg"] = [], []
+        if entry.get("initial") is not None:
+            bits, shape = entry["initial"]
+            mask = np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
+            step(lambda: session.add_mask(mask))
     new = [(p, True) for p in fg[len(done_fg):]] + [(p, False) for p in bg[len(done_bg):]]
     pred = None
     entry["fg"], entry["bg"] = list(done_fg), list(done_bg)
@@ -145,6 +174,7 @@ def apply_points(session: Session, labels: dict, label: str, fg: list, bg: list,
         pred = step(lambda: session.add_point(index, positive=positive))
         (entry["fg"] if positive else entry["bg"]).append(p)
     return {"object_id": entry["object"], "points_added": len(new), "replayed": not incremental,
+            "label_in": initial is not None,
             "score": None if pred is None else pred.score,
             "low_confidence": bool(pred is not None and pred.low_confidence),
             "warning": None if pred is None else pred.warning}
@@ -268,6 +298,9 @@ def make_router(ctx: ServerContext) -> APIRouter:
         params = _params(form.get("params") if isinstance(form.get("params"), str) else None)
         upload = form.get("file")
         upload_bytes = await upload.read() if upload is not None and not isinstance(upload, str) else None
+        label_part = form.get("label")  # the client's label_in
+        label_in = ((label_part.filename, await label_part.read())
+                    if label_part is not None and not isinstance(label_part, str) else None)
         label = str(params.get("label") or "label")
         fg, bg = _points(params, "foreground"), _points(params, "background")
         reset = bool(params.get("reset_state", False))
@@ -281,7 +314,11 @@ def make_router(ctx: ServerContext) -> APIRouter:
             def run(session: Session, img: Image, labels: dict) -> tuple[dict, np.ndarray]:
                 _check_inside(fg, img.shape, "foreground")
                 _check_inside(bg, img.shape, "background")
-                done = apply_points(session, labels, label, fg, bg, reset, step=lambda fn: ctx.model_step(fn, gone))
+                initial = None
+                if label_in is not None:
+                    initial = label_mask(read_uploaded([label_in], max_bytes=ctx.image_limit_bytes), img)
+                done = apply_points(session, labels, label, fg, bg, reset, step=lambda fn: ctx.model_step(fn, gone),
+                                    initial=initial)
                 return done, np.asarray(session.mask, dtype=np.uint8)
 
             try:
