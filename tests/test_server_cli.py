@@ -32,6 +32,8 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
     assert main(["serve", "--max-sessions", "0"]) == 2
     assert main(["serve", "--max-points", "0"]) == 2
     assert "--max-points" in capsys.readouterr().err
+    assert main(["serve", "--restore-grace", "-1"]) == 2
+    assert "--restore-grace" in capsys.readouterr().err
     assert main(["serve", "--precision", "fp64"]) == 2
     with pytest.raises(UsageError):
         ServerSettings(precision="int8").validate()

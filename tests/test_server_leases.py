@@ -82,3 +82,101 @@ def test_data_dir_session_times_out_normally_and_can_be_released(model, volume_p
         assert len(leases) == 0
         assert open_session(h, volume_path).status_code == 200
         assert by_path(h, "ct.nii.gz").status_code == 503  # a released one is re-opened, counted again
+
+
+class Clock:
+    """The lease table's clock, moved by the test (no sleeping)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def clocked_app(model, **settings):
+    app = create_app(ServerSettings(**settings), model=model)
+    clock = Clock()
+    app.state.ctx.leases._clock = clock
+    return app, clock
+
+
+def test_heartbeats_keep_a_lease_alive(model):
+    app, clock = clocked_app(model, idle_timeout_s=100, liveness_timeout_s=1000)
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as h:
+        tok = {"X-Lease-Token": h.post("/claim").json()["lease_token"]}
+        for _ in range(3):  # 270 s without a click, a heartbeat every 90 s
+            clock.t += 90
+            r = h.post("/heartbeat", headers=tok)
+            assert r.status_code == 200 and r.json()["remaining_seconds"] == 100
+        assert h.get("/lease_status", headers=tok).status_code == 200
+        clock.t += 101
+        r = h.post("/heartbeat", headers=tok)
+        assert r.status_code == 410 and "POST /restore" in r.json()["detail"]
+
+
+def open_viewer(h: httpx.Client, path: Path) -> str:
+    with open(path, "rb") as fh:
+        r = h.post("/api/viewer/open", files={"file": (path.name, fh)})
+    assert r.status_code == 200, r.text
+    return r.json()["token"]
+
+
+def test_expired_session_is_restorable_during_its_grace(model, volume_path):
+    app, clock = clocked_app(model, max_sessions=1, idle_timeout_s=100, liveness_timeout_s=1000,
+                             restore_grace_s=500)
+    leases = app.state.ctx.leases
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as h:
+        tok = open_viewer(h, volume_path)
+        assert h.post(f"/api/viewer/{tok}/point", json={"ijk": [20, 18, 10]}).status_code == 200
+        labels = h.get(f"/api/viewer/{tok}/labels.nii.gz").content
+        # the page heartbeats: alive long after its last click
+        clock.t += 90
+        assert h.post(f"/api/viewer/{tok}/heartbeat").status_code == 200
+        clock.t += 90
+        assert h.get(f"/api/viewer/{tok}/labels.nii.gz").status_code == 200
+        clock.t += 101  # now idle past the time-out
+        r = h.get(f"/api/viewer/{tok}/labels.nii.gz")
+        assert r.status_code == 410
+        assert "kept for 500 s more" in r.json()["detail"] and "POST /restore" in r.json()["detail"]
+        assert len(leases) == 0 and len(leases.expired_leases()) == 1  # its slot is free ...
+        other = open_viewer(h, volume_path)
+        r = h.post("/restore", headers={"X-Lease-Token": tok})
+        assert r.status_code == 503 and "retry the restore later" in r.json()["detail"]
+        assert h.delete(f"/api/viewer/{other}").status_code == 200
+        r = h.post("/restore", headers={"X-Lease-Token": tok})  # ... and it comes back with its masks
+        assert r.status_code == 200 and r.json()["kind"] == "web" and r.json()["remaining_seconds"] == 100
+        assert h.get(f"/api/viewer/{tok}/labels.nii.gz").content == labels
+        # after the grace period it is gone for good
+        clock.t += 101
+        assert h.get(f"/api/viewer/{tok}/labels.nii.gz").status_code == 410
+        clock.t += 501
+        r = h.get(f"/api/viewer/{tok}/labels.nii.gz")
+        assert r.status_code == 410 and "restore" not in r.json()["detail"]
+        r = h.post("/restore", headers={"X-Lease-Token": tok})
+        assert r.status_code == 410 and "nothing to restore" in r.json()["detail"]
+        assert leases.expired_leases() == []
+
+
+def test_expired_monai_session_says_it_can_be_restored(model, volume_path):
+    app, clock = clocked_app(model, restore_grace_s=60)
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as h:
+        r = h.put("/session/", params={"expiry": 30}, files=[("files", (volume_path.name, volume_path.read_bytes()))])
+        sid = r.json()["session_id"]
+        clock.t += 31
+        r = h.get(f"/session/{sid}")
+        assert r.status_code == 404 and "POST /restore" in r.json()["detail"]  # 404: what Slicer's module expects
+        assert h.post("/restore", headers={"X-Lease-Token": sid}).json()["kind"] == "monailabel"
+        assert h.get(f"/session/{sid}").status_code == 200
+        assert h.delete(f"/session/{sid}").status_code == 200
+        assert h.post("/restore", headers={"X-Lease-Token": sid}).status_code == 410  # released: not restorable
+
+
+def test_restore_grace_zero_keeps_nothing(model):
+    app, clock = clocked_app(model, idle_timeout_s=10, restore_grace_s=0)
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as h:
+        tok = {"X-Lease-Token": h.post("/claim").json()["lease_token"]}
+        clock.t += 11
+        r = h.post("/heartbeat", headers=tok)
+        assert r.status_code == 410 and r.json()["detail"] == "lease expired or unknown"
+        assert h.post("/restore", headers=tok).status_code == 410

@@ -63,7 +63,8 @@ def create_app(settings: ServerSettings, model: Optional[torch.nn.Module] = None
 
     host = ModelHost(model, settings.model, autozoom_default=settings.autozoom, refine=settings.refine,
                      clean=settings.clean)
-    leases = LeaseManager(host.new_session, settings.max_sessions, settings.retry_after_s)
+    leases = LeaseManager(host.new_session, settings.max_sessions, settings.retry_after_s,
+                          grace_s=settings.restore_grace_s)
     ctx = ServerContext(settings=settings, host=host, leases=leases)
 
     @asynccontextmanager
@@ -91,8 +92,10 @@ def create_app(settings: ServerSettings, model: Optional[torch.nn.Module] = None
         def docs() -> HTMLResponse:
             return get_swagger_ui_html(openapi_url="/openapi.json", title="voxprompt server")
 
+    from . import lease_routes
     from .protocols import monailabel, nninteractive
 
+    app.include_router(lease_routes.make_router(ctx))
     app.include_router(nninteractive.make_router(ctx))
     app.include_router(monailabel.make_router(ctx))
     if settings.web:

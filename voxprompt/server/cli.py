@@ -24,6 +24,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
         allowed_hosts=tuple(args.allowed_host or ()),
         idle_timeout_s=args.idle_timeout, liveness_timeout_s=args.liveness_timeout,
+        restore_grace_s=args.restore_grace,
         autozoom=args.autozoom, refine=args.refine, clean=args.clean, web=not args.no_web,
         session_memory_mb=args.session_memory_mb, max_memory_mb=args.max_memory_mb, max_points=args.max_points,
     ).validate()
@@ -83,9 +84,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="answer 408 and close the connection when a request's headers take longer than S "
                         "seconds (default 30)")
     s.add_argument("--idle-timeout", type=float, default=600.0, metavar="S",
-                   help="drop a session after S seconds without interaction (default 600)")
+                   help="drop a session after S seconds without interaction; heartbeats count, so an open "
+                        "client keeps its session (default 600)")
     s.add_argument("--liveness-timeout", type=float, default=60.0, metavar="S",
                    help="drop an nnInteractive/browser lease after S seconds without any request (default 60)")
+    s.add_argument("--restore-grace", type=float, default=1800.0, metavar="S",
+                   help="keep an expired session's image and masks S seconds more: its client gets 410 saying "
+                        "so and POST /restore (header X-Lease-Token) brings it back; 0 turns this off "
+                        "(default 1800)")
     s.add_argument("--autozoom", action=argparse.BooleanOptionalAction, default=False,
                    help="auto-zoom on for new sessions (clients may switch it; default off)")
     s.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,

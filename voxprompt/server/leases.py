@@ -3,13 +3,19 @@
 A lease is claimed by a client (nnInteractive ``/claim``, MONAI Label ``PUT /session/``, the browser
 viewer) and identified by a random token. Two clocks drop it:
 
-* **idle**: no real interaction (image, prompt, undo ...) for ``idle_timeout`` seconds;
+* **idle**: no interaction (image, prompt, undo ... or a heartbeat: a client that is open but
+  whose user is reading keeps its work) for ``idle_timeout`` seconds;
 * **liveness** (optional): no request at all, not even a heartbeat, for ``liveness_timeout``
   seconds, which frees the slots of crashed clients quickly.
 
 An expired lease is dropped by the background reaper or, at the latest, by the next request
 that names it (so behaviour does not depend on the reaper's timing). All leases share one
 model; each has its own Session and lock.
+
+Restoring: an expired lease (idle or dead, not released or evicted) keeps its Session, image and
+masks (cached embeddings dropped) for ``grace_s`` seconds outside the slot count. Requests naming
+it get 410 saying so; :meth:`LeaseManager.restore` (``POST /restore`` with the token) puts it back
+under the same token when a slot is free. Under memory pressure these are dropped first.
 """
 from __future__ import annotations
 
@@ -44,6 +50,8 @@ class Lease:
     state: dict[str, Any] = field(default_factory=dict)
     memory_bytes: int = 0  # last estimate, taken under ``lock`` (see LeaseManager.account)
     closed: bool = False  # released, reaped or evicted
+    expired_at: Optional[float] = None  # when it expired, while it waits to be restored
+    expired_why: str = ""  # sentence for the 410
 
     def expiry_reason(self, now: float) -> Optional[str]:
         if self.liveness_timeout is not None and now - self.last_seen > self.liveness_timeout:
@@ -56,17 +64,24 @@ class Lease:
         """Seconds until the idle time-out."""
         return max(0.0, self.idle_timeout - (now - self.last_active))
 
+    def why(self, reason: str) -> str:
+        if reason == "dead":
+            return f"no request, not even a heartbeat, for {self.liveness_timeout:g} s"
+        return f"no interaction or heartbeat for {self.idle_timeout:g} s"
+
 
 class LeaseManager:
     """Thread-safe token -> Lease table with a capacity and a reaper thread."""
 
     def __init__(self, session_factory: Callable[[], Session], max_sessions: int,
-                 retry_after_s: int = 10, clock: Clock = time.monotonic) -> None:
+                 retry_after_s: int = 10, clock: Clock = time.monotonic, grace_s: float = 0.0) -> None:
         self._factory = session_factory
         self.max_sessions = int(max_sessions)
         self.retry_after_s = int(retry_after_s)
+        self.grace_s = float(grace_s)
         self._clock = clock
         self._leases: dict[str, Lease] = {}
+        self._expired: dict[str, Lease] = {}  # restorable, oldest first
         self._mu = threading.Lock()
         self._stop = threading.Event()
         self._reaper: Optional[threading.Thread] = None
@@ -109,18 +124,91 @@ class LeaseManager:
         """Like :meth:`get` without touching either clock."""
         if not token:
             raise LeaseGone("lease token missing")
+        now = self._clock()
+        expired = None
         with self._mu:
             lease = self._leases.get(token)
             if lease is not None and (kind is not None and lease.kind != kind):
                 lease = None
-            if lease is not None and lease.expiry_reason(self._clock()) is not None:
-                self._leases.pop(token, None)
-                lease.closed = True
-                log.info("dropped expired %s lease %s…", lease.kind, token[:8])
-                lease = None
+            if lease is not None and (reason := lease.expiry_reason(now)) is not None:
+                self._expire(token, lease, reason, now)
+                expired, lease = lease, None
+            grave = self._expired.get(token) if lease is None else None
+            if grave is not None and (kind is not None and grave.kind != kind or not self._restorable(grave, now)):
+                grave = None
+        if expired is not None:
+            log.info("dropped expired %s lease %s…", expired.kind, token[:8])
+            self._trim(expired)
+        if grave is not None:
+            raise LeaseGone(self.gone_detail(grave, now))
         if lease is None:
             raise LeaseGone("lease expired or unknown")
         return lease
+
+    def gone_detail(self, lease: Lease, now: float) -> str:
+        """The 410 sentence for an expired lease that can still be restored."""
+        left = self.grace_s - (now - (lease.expired_at or now))
+        return (f"lease expired ({lease.expired_why}); its image and masks are kept for {max(0.0, left):.0f} s "
+                "more: POST /restore with header X-Lease-Token set to this token (the MONAI Label session id, "
+                "the viewer's token) brings it back")
+
+    def restore(self, token: Optional[str], kind: Optional[str] = None) -> Lease:
+        """Put an expired lease back under its token (clocks restarted); LeaseGone when there is none
+        to restore, AtCapacity (503) when every slot is taken."""
+        now = self._clock()
+        with self._mu:
+            self._purge(now)
+            lease = self._expired.get(token or "")
+            if lease is None or (kind is not None and lease.kind != kind):
+                raise LeaseGone(f"nothing to restore: the lease is unknown, was released, or expired more than "
+                                f"{self.grace_s:g} s ago (claim a new one)")
+            if len(self._leases) >= self.max_sessions:
+                raise AtCapacity(f"server is at capacity ({self.max_sessions} sessions); retry the restore later "
+                                 f"(kept for {self.grace_s - (now - (lease.expired_at or now)):.0f} s more)",
+                                 self.retry_after_s)
+            self._expired.pop(lease.token)
+            lease.closed, lease.expired_at, lease.expired_why = False, None, ""
+            lease.last_active = lease.last_seen = now
+            self._leases[lease.token] = lease
+        log.info("restored %s lease %s…", lease.kind, lease.token[:8])
+        return lease
+
+    # the helpers below run with ``_mu`` held (except _trim)
+    def _expire(self, token: str, lease: Lease, reason: str, now: float) -> None:
+        self._leases.pop(token, None)
+        lease.closed = True
+        if self.grace_s > 0:
+            lease.expired_at, lease.expired_why = now, lease.why(reason)
+            self._expired[token] = lease
+
+    def _restorable(self, lease: Lease, now: float) -> bool:
+        return lease.expired_at is not None and now - lease.expired_at <= self.grace_s
+
+    def _purge(self, now: float) -> None:
+        for token in [t for t, x in self._expired.items() if not self._restorable(x, now)]:
+            lease = self._expired.pop(token)
+            log.info("restore grace of expired %s lease %s… ended: dropped", lease.kind, token[:8])
+
+    def _trim(self, lease: Lease) -> None:
+        """Drop an expired lease's cached embeddings (if nobody is using it) while it waits."""
+        if lease.token not in self._expired or not lease.lock.acquire(blocking=False):
+            return
+        try:
+            lease.session.trim_cache(0)
+            lease.memory_bytes = lease.session.memory_bytes()
+        finally:
+            lease.lock.release()
+
+    def expired_leases(self) -> list[Lease]:
+        """The leases waiting to be restored, oldest first."""
+        with self._mu:
+            self._purge(self._clock())
+            return list(self._expired.values())
+
+    def leases(self) -> list[Lease]:
+        """The live leases, oldest first."""
+        with self._mu:
+            return list(self._leases.values())
 
     def release(self, token: Optional[str]) -> bool:
         """Drop a lease; idempotent. Returns whether one was dropped."""
@@ -128,6 +216,8 @@ class LeaseManager:
             return False
         with self._mu:
             lease = self._leases.pop(token, None)
+            if lease is None:
+                lease = self._expired.pop(token, None)
         if lease is not None:
             lease.closed = True
             log.info("released %s lease %s…", lease.kind, token[:8])
@@ -137,25 +227,27 @@ class LeaseManager:
         """Drop every expired lease; returns how many."""
         now = self._clock()
         with self._mu:
+            self._purge(now)
             dead = [(t, lease, r) for t, lease in self._leases.items() if (r := lease.expiry_reason(now))]
-            for token, lease, _ in dead:
-                self._leases.pop(token, None)
-                lease.closed = True
+            for token, lease, reason in dead:
+                self._expire(token, lease, reason, now)
         for token, lease, reason in dead:
             log.info("reaped %s %s lease %s…", reason, lease.kind, token[:8])
+            self._trim(lease)
         return len(dead)
 
     # ------------------------------------------------------------------ memory
     def total_memory_bytes(self) -> int:
-        """Sum of the leases' last memory estimates."""
+        """Sum of the leases' last memory estimates (those waiting to be restored included)."""
         with self._mu:
-            return sum(lease.memory_bytes for lease in self._leases.values())
+            return sum(x.memory_bytes for x in (*self._leases.values(), *self._expired.values()))
 
     def account(self, lease: Lease, session_cap: int, total_cap: int) -> list[str]:
         """Trim ``lease``'s cache to ``session_cap``, then evict LRU idle leases while over ``total_cap``.
 
-        The caller holds ``lease.lock``. A lease is idle when its lock is free; evicted leases are
-        dropped like expired ones (their clients get 410). Returns the evicted tokens.
+        The caller holds ``lease.lock``. Expired leases waiting to be restored go first (oldest
+        first), then idle live ones (a lease is idle when its lock is free); evicted leases are
+        dropped for good (their clients get 410). Returns the evicted tokens.
         """
         session = lease.session
         if session.memory_bytes() > session_cap:
@@ -165,7 +257,15 @@ class LeaseManager:
         lease.memory_bytes = session.memory_bytes()
         evicted: list[str] = []
         with self._mu:
-            total = sum(x.memory_bytes for x in self._leases.values())
+            total = sum(x.memory_bytes for x in (*self._leases.values(), *self._expired.values()))
+            while total > total_cap and self._expired:
+                token, grave = next(iter(self._expired.items()))
+                self._expired.pop(token)
+                total -= grave.memory_bytes
+                evicted.append(token)
+                log.warning("dropped expired %s lease %s… (%d MiB) before its restore grace ended: sessions use "
+                            "more than --max-memory-mb %d", grave.kind, token[:8], grave.memory_bytes >> 20,
+                            total_cap >> 20)
             if total <= total_cap:
                 return evicted
             others = sorted((x for x in self._leases.values() if x is not lease and x.memory_bytes > 0),
@@ -195,6 +295,7 @@ class LeaseManager:
     def close_all(self) -> None:
         with self._mu:
             self._leases.clear()
+            self._expired.clear()
 
     # ------------------------------------------------------------------ reaper
     def start_reaper(self, interval_s: float) -> None:

@@ -31,6 +31,7 @@ class ServerSettings:
     header_timeout_s: float = 30.0  # a request's headers must be complete within this: 408 and closed
     idle_timeout_s: float = 600.0  # no real interaction for this long: the lease is dropped
     liveness_timeout_s: float = 60.0  # no request at all (not even a heartbeat): dropped
+    restore_grace_s: float = 1800.0  # an expired lease stays restorable (POST /restore) this long; 0: never
     monai_session_expiry_s: float = 3600.0  # MONAI Label ``PUT /session/?expiry=0``
     reaper_interval_s: float = 15.0
     autozoom: bool = False  # default of ``set_do_autozoom`` for new leases
@@ -49,6 +50,8 @@ class ServerSettings:
             raise UsageError(f"--port must be 1..65535, got {self.port}")
         if int(self.max_sessions) < 1:
             raise UsageError(f"--max-sessions must be at least 1, got {self.max_sessions}")
+        if not (math.isfinite(float(self.restore_grace_s)) and float(self.restore_grace_s) >= 0):
+            raise UsageError(f"--restore-grace must be 0 or more seconds, got {self.restore_grace_s}")
         if int(self.max_points) < 1:
             raise UsageError(f"--max-points must be at least 1, got {self.max_points}")
         for name in ("max_upload_mb", "body_timeout_s", "header_timeout_s", "idle_timeout_s", "liveness_timeout_s",

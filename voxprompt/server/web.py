@@ -197,7 +197,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
 
     @r.post("/{token}/heartbeat", dependencies=auth)
     def heartbeat(token: str) -> dict:
-        lease = lease_of(token, active=False)
+        lease = lease_of(token)  # an open page keeps its work: resets the idle clock too
         return {"remaining_seconds": lease.remaining(ctx.leases.now())}
 
     @r.delete("/{token}", dependencies=auth)

@@ -258,8 +258,8 @@ def make_router(ctx: ServerContext) -> APIRouter:
     def session_lease(session_id: str) -> Lease:
         try:
             return ctx.leases.get(session_id, kind=KIND, active=True)
-        except LeaseGone:
-            raise NotFound(f"session {session_id!r} not found or expired") from None
+        except LeaseGone as exc:  # 404, as Slicer's module expects; the sentence says if it can be restored
+            raise NotFound(f"session {session_id!r} not found or expired: {exc.detail}") from None
 
     @r.get("/session/{session_id}", dependencies=auth)
     def get_session(session_id: str) -> dict:

@@ -187,9 +187,6 @@ def make_router(ctx: ServerContext) -> APIRouter:
     r = APIRouter(tags=["nnInteractive v2"])
     caps = capabilities(ctx)
 
-    def seen(x_lease_token: Optional[str] = Header(None, alias=LEASE_HEADER)) -> Lease:
-        return ctx.leases.get(x_lease_token, kind=KIND)
-
     def active(x_lease_token: Optional[str] = Header(None, alias=LEASE_HEADER)) -> Lease:
         return ctx.leases.get(x_lease_token, kind=KIND, active=True)
 
@@ -215,7 +212,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
         return {"released": True}
 
     @r.post("/heartbeat", dependencies=auth)
-    def heartbeat(lease: Lease = Depends(seen)) -> dict:
+    def heartbeat(lease: Lease = Depends(active)) -> dict:  # an open client keeps its work (idle clock too)
         return {"remaining_seconds": lease.remaining(ctx.leases.now())}
 
     @r.get("/lease_status", dependencies=auth)
