@@ -180,3 +180,31 @@ def test_restore_grace_zero_keeps_nothing(model):
         r = h.post("/heartbeat", headers=tok)
         assert r.status_code == 410 and r.json()["detail"] == "lease expired or unknown"
         assert h.post("/restore", headers=tok).status_code == 410
+
+
+def test_status_lists_leases_without_tokens(model, volume_path):
+    app, clock = clocked_app(model, api_key="k3y", idle_timeout_s=100, liveness_timeout_s=1000, restore_grace_s=500)
+    key = {"Authorization": "Bearer k3y"}
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60, headers=key) as h:
+        assert httpx.get(f"{url}/status").status_code == 401  # behind the key
+        sid = open_session(h, volume_path).json()["session_id"]
+        clock.t += 30
+        nn = h.post("/claim").json()["lease_token"]
+        clock.t += 10
+        r = h.get("/status")
+        assert r.status_code == 200
+        body = r.json()
+        assert sid not in r.text and nn not in r.text  # no tokens, only their first 8 digits
+        assert body["sessions"] == 2 and body["max_sessions"] == 4 and body["model"] == MODEL
+        rows = {x["id"]: x for x in body["leases"]}
+        mon, nni = rows[sid[:8]], rows[nn[:8]]
+        assert mon["kind"] == "monailabel" and mon["source"] == "session" and nni["kind"] == "nninteractive"
+        assert mon["age_s"] == 40 and mon["idle_s"] == 40 and nni["age_s"] == 10
+        assert mon["memory_bytes"] >= 20 * 36 * 40 * 2 and nni["memory_bytes"] == 0  # the int16 image; none
+        assert body["memory_bytes"] == mon["memory_bytes"] and body["expired"] == []
+        clock.t += 101  # the nnInteractive lease is idle past its time-out (the MONAI one has an hour)
+        r = h.post("/heartbeat", headers={"X-Lease-Token": nn})
+        assert r.status_code == 410
+        body = h.get("/status").json()
+        (gone,) = body["expired"]
+        assert gone["id"] == nn[:8] and gone["restorable_for_s"] == 500 and "heartbeat" in gone["why"]

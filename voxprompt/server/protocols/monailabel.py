@@ -213,7 +213,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
         with lease.lock:
             lease.session.set_image(image)
             ctx.account(lease)
-        lease.state.update(image=image, name=name, labels={}, create_ts=time.time())
+        lease.state.update(image=image, name=name, labels={}, create_ts=time.time(), source="session")
         return lease
 
     @r.get("/info/", dependencies=auth)
