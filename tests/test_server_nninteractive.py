@@ -214,10 +214,14 @@ def test_bad_requests_get_4xx_with_a_reason(model, volume):
         bad(400, "/add_point_interaction", "outside the volume", body={"coordinates": [99, 1, 1], "include_interaction": True})
         bad(400, "/add_point_interaction", "coordinates", body={"coordinates": [1, 1], "include_interaction": True})
         bad(400, "/add_point_interaction", "include_interaction", body={"coordinates": [1, 1, 1]})
-        bad(400, "/add_point_interaction", "run_prediction", body={"coordinates": [1, 1, 1], "include_interaction": True,
-                                                                  "run_prediction": False})
+        queued = {"coordinates": [99, 1, 1], "include_interaction": True, "run_prediction": False}
+        bad(400, "/add_point_interaction", "outside the volume", body=queued)  # checked before it is queued
         bad(400, "/add_bbox_interaction", "negative boxes", body={"bbox_coords": [[1, 2], [1, 9], [1, 9]],
                                                                  "include_interaction": False})
+        bad(400, "/add_bbox_interaction", "negative boxes", body={"bbox_coords": [[1, 2], [1, 9], [1, 9]],
+                                                                 "include_interaction": False, "run_prediction": False})
+        bad(400, "/add_bbox_interaction", "empty", body={"bbox_coords": [[1, 1], [1, 9], [1, 9]],
+                                                        "include_interaction": True, "run_prediction": False})
         bad(400, "/add_bbox_interaction", "empty", body={"bbox_coords": [[1, 1], [1, 9], [1, 9]], "include_interaction": True})
         bad(400, "/add_scribble_interaction", "not supported", content=b"")
         bad(400, "/add_initial_seg_interaction", "zero_shot", content=b"", meta={"run_prediction": True})
@@ -255,3 +259,49 @@ def test_prediction_meta_carries_the_confidence_flag(model, volume, monkeypatch)
         want = local.add_point((12, 20, 18))  # the same state: the same flag (the click may be outside)
         assert meta["low_confidence"] is want.low_confidence and meta["warning"] == want.warning
         httpx.post(f"{url}/release", headers={"X-Lease-Token": tok})
+
+
+def test_queued_interactions_run_with_the_next_prediction(model, volume):
+    """``run_prediction=False`` queues an interaction; the next prediction (or ``/predict``) runs the queue."""
+    local = Session(model)
+    local.set_image(volume, spacing=SPACING_KJI)
+    with serve(model, max_points=3) as url, Client(url) as c:
+        c.set_image(volume[None], {"spacing": list(SPACING_KJI)})
+        buf = np.zeros(volume.shape, np.uint8)
+        c.set_target_buffer(buf)
+        assert c.add_point_interaction([12, 20, 18], include_interaction=True, run_prediction=False) is None
+        assert c.add_bbox_interaction([[11, 12], [12, 30], [10, 26]], include_interaction=True,
+                                      run_prediction=False) is None
+        assert not buf.any()  # nothing predicted yet
+        c.add_point_interaction([12, 5, 5], include_interaction=False)  # runs the queue, then itself
+        local.add_point((12, 20, 18))
+        local.add_box((11, 12, 10), (12, 30, 26))
+        compare(buf, local.add_point((12, 5, 5), positive=False).mask)
+        assert buf.any()
+
+        c.add_point_interaction([10, 25, 20], include_interaction=True, run_prediction=False)
+        assert c._predict() is not None  # the official client's manual prediction
+        compare(buf, local.add_point((10, 25, 20)).mask)
+        assert c._predict() is None  # nothing queued
+
+        c.add_point_interaction([4, 35, 32], include_interaction=True, run_prediction=False)
+        assert c.undo() is True  # drops the queued point
+        assert c._predict() is None
+        compare(buf, local.mask)
+        assert c.undo() is True  # then undoes predictions as before
+        compare(buf, local.undo().mask)
+
+        for _ in range(3):
+            c.add_point_interaction([4, 35, 32], include_interaction=True, run_prediction=False)
+        with pytest.raises(httpx.HTTPStatusError) as err:  # at most --max-points wait
+            c.add_point_interaction([4, 35, 32], include_interaction=True, run_prediction=False)
+        assert err.value.response.status_code == 400 and "--max-points" in err.value.response.json()["detail"]
+        c.reset_interactions()  # drops the queue
+        local.reset()
+        assert c._predict() is None and not buf.any()
+
+        caps = httpx.get(f"{url}/capabilities").json()
+        assert caps["supports_negative_bbox"] is False  # advertised as missing, and refused
+        with pytest.raises(httpx.HTTPStatusError) as err:
+            c.add_bbox_interaction([[11, 12], [12, 30], [10, 26]], include_interaction=False)
+        assert err.value.response.status_code == 400 and "negative boxes" in err.value.response.json()["detail"]

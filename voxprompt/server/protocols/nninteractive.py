@@ -20,7 +20,15 @@ Mapping onto the Session API:
   object already has a mask is reset so that both sides agree on a zero buffer.
 * ``add_point_interaction`` -> ``Session.add_point(coordinates, positive=include_interaction)``.
 * ``add_bbox_interaction`` -> ``Session.add_box(lo, hi)`` (positive boxes only; boxes are made of
-  clicks, see :mod:`voxprompt.session`).
+  clicks, see :mod:`voxprompt.session`, and the Session has no negative box: a negative box gets 400
+  and the capabilities say ``supports_negative_bbox: false``, voxprompt's addition).
+* ``run_prediction=false`` on a point or box queues it (checked at once, answered with
+  ``ran_prediction: false``); the next interaction with ``run_prediction=true``, or ``/predict``,
+  applies the queue in order and then itself, each a model step of its own, and answers with the
+  union of the regions they changed. ``/undo`` drops the last queued interaction first;
+  ``reset_interactions``, ``set_image``, ``set_target_buffer`` and an initial segmentation (which
+  replaces the mask, as the official session resets its interactions) drop the queue. At most
+  ``--max-points`` interactions wait in a queue.
 * ``add_initial_seg_interaction`` -> ``Session.add_mask(seg)`` (``run_prediction`` must be false).
 * ``undo`` -> ``Session.undo()``; ``reset_interactions`` -> ``Session.reset()``.
 * ``set_do_autozoom`` switches :class:`voxprompt.autozoom.AutoZoomPlanner` for this lease.
@@ -37,6 +45,9 @@ Capabilities advertise points, 2D and 3D boxes, initial labels and undo; scribbl
 zero-shot label refinement are false (the model has no such prompts), so Slicer disables those
 tools. ``channel_mapping``, ``num_interaction_channels``, ``interaction_decay`` and
 ``preferred_scribble_thickness`` are placeholders that matter only to nnInteractive's internals.
+
+Model steps take the shared (first come, first served) model lock one at a time, so a flushed queue
+lets other users' clicks through between its steps.
 """
 from __future__ import annotations
 
@@ -87,6 +98,10 @@ class PointBody(_Body):
     override_capability_checks: StrictBool = False
 
 
+class PredictBody(_Body):
+    force_full_refine: StrictBool = False  # nnInteractive's; voxprompt has nothing to refine further
+
+
 class BboxBody(_Body):
     bbox_coords: list[list[int]] = Field(min_length=3, max_length=3)
     include_interaction: StrictBool
@@ -111,6 +126,7 @@ def capabilities(ctx: ServerContext) -> dict[str, Any]:
         "do_autozoom": bool(ctx.host.autozoom_default and ctx.host.autozoom_available),
         "inference_session_version": f"voxprompt-{__version__}",
         "supports_undo": True,
+        "supports_negative_bbox": False,  # voxprompt's addition: the Session has no negative box
         "model": ctx.host.name,
     }
 
@@ -152,10 +168,18 @@ def _bbox_json(bbox: Optional[Slices]) -> Optional[list[list[int]]]:
     return None if bbox is None else [[int(s.start), int(s.stop)] for s in bbox]
 
 
-def prediction_response(lease: Lease, ran: bool, pred: Optional[Prediction]) -> Response:
-    """200 octet-stream: the target buffer's new contents inside the changed bbox (or nothing)."""
+_CHANGED = object()  # prediction_response: take the bbox from the prediction
+
+
+def prediction_response(lease: Lease, ran: bool, pred: Optional[Prediction], changed: Any = _CHANGED) -> Response:
+    """200 octet-stream: the target buffer's new contents inside the changed bbox (or nothing).
+
+    ``changed``: the region to send when several steps ran (their union), else ``pred.changed_bbox``.
+    """
     buf = lease.state.get("buffer")
-    bbox = pred.changed_bbox if (ran and pred is not None) else None
+    if changed is _CHANGED:
+        changed = pred.changed_bbox if pred is not None else None
+    bbox = changed if (ran and pred is not None) else None
     meta: dict[str, Any] = {"ran_prediction": bool(ran), "bbox": None,
                             "low_confidence": bool(pred is not None and pred.low_confidence),
                             "warning": None if pred is None else pred.warning}
@@ -165,6 +189,32 @@ def prediction_response(lease: Lease, ran: bool, pred: Optional[Prediction]) -> 
         meta.update(bbox=_bbox_json(bbox), dtype=sub.dtype.name, shape=list(sub.shape))
         body = nnia.pack(sub)
     return Response(content=body, media_type=OCTET, headers={META_HEADER: json.dumps(meta, separators=(",", ":"))})
+
+
+def _union(a: Optional[Slices], b: Optional[Slices]) -> Optional[Slices]:
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+
+
+def _check_point(session: Session, coordinates: list[float]) -> None:
+    """400 now for a point that would fail later (a queued one runs with a later request)."""
+    idx = np.floor(np.asarray(coordinates, dtype=np.float64) + 0.5)
+    if not np.isfinite(idx).all() or np.any(idx < 0) or np.any(idx >= np.asarray(session.shape)):
+        raise BadRequest(f"point {list(coordinates)} is outside the volume of shape {list(session.shape)}")
+
+
+def _check_box(session: Session, lo: list[int], hi: list[int]) -> None:
+    if any(b <= a for a, b in zip(lo, hi)):
+        raise BadRequest(f"box [{lo}, {hi}) is empty (need lo < hi on every axis; a 2D box spans one slice)")
+    if any(a < 0 for a in lo) or any(b > n for b, n in zip(hi, session.shape)):
+        raise BadRequest(f"box [{lo}, {hi}) is outside the volume of shape {list(session.shape)}")
+
+
+def _apply(session: Session, op: tuple) -> Prediction:
+    if op[0] == "point":
+        return session.add_point(op[1], positive=op[2])
+    return session.add_box(op[1], op[2])
 
 
 def _need_image(session: Session) -> None:
@@ -202,7 +252,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
     def claim() -> dict:
         s = ctx.settings
         lease = ctx.leases.claim(KIND, s.idle_timeout_s, s.liveness_timeout_s)
-        lease.state.update(buffer=None, autozoom=autozoom_on(lease.session))
+        lease.state.update(buffer=None, autozoom=autozoom_on(lease.session), pending=[])
         return {"lease_token": lease.token, "idle_timeout_seconds": s.idle_timeout_s,
                 "liveness_timeout_seconds": s.liveness_timeout_s, "max_sessions": ctx.leases.max_sessions}
 
@@ -233,6 +283,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
                 raise BadRequest(f"image must be [1, X, Y, Z] (one channel), got shape {list(arr.shape)}")
             ctx.check_image_bytes(arr[0].nbytes)
             lease.session.set_image(arr[0], spacing=spacing)
+            lease.state["pending"] = []
             buf = lease.state.get("buffer")
             if buf is not None and tuple(buf[0]) != tuple(arr.shape[1:]):
                 lease.state["buffer"] = None
@@ -258,6 +309,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
                 raise BadRequest(f"target buffer shape {body.shape} does not match the image's spatial "
                                  f"shape {list(session.shape)}")
             lease.state["buffer"] = (tuple(body.shape), dtype)
+            lease.state["pending"] = []
             if session.image is not None and session.mask.any():
                 session.reset()  # the client's new buffer is zeros: start the object afresh
             return {}
@@ -277,43 +329,62 @@ def make_router(ctx: ServerContext) -> APIRouter:
     @r.post("/reset_interactions", dependencies=auth)
     async def reset_interactions(lease: Lease = Depends(active)) -> dict:
         def do() -> dict:
+            lease.state["pending"] = []
             if lease.session.image is not None:
                 lease.session.reset()
             return {}
 
         return await ctx.run_locked(lease, do)
 
+    def interact(lease: Lease, op: tuple, run_prediction: bool) -> Response:
+        """Queue ``op`` or run the queue and ``op`` (caller holds the lease lock)."""
+        _need_image(lease.session)
+        _buffer_matches_image(lease)
+        if op[0] == "point":
+            _check_point(lease.session, op[1])
+        else:
+            _check_box(lease.session, op[1], op[2])
+        pending: list = lease.state["pending"]
+        if not run_prediction:
+            if len(pending) >= ctx.settings.max_points:
+                raise BadRequest(f"{len(pending)} interactions already wait for a prediction, the most this "
+                                 "server queues (--max-points): send one with run_prediction=true")
+            pending.append(op)
+            return prediction_response(lease, False, None)
+        return run_queue(lease, [op])
+
+    def run_queue(lease: Lease, extra: list) -> Response:
+        ops, lease.state["pending"] = lease.state["pending"] + extra, []
+        pred, changed = None, None
+        for op in ops:
+            pred = ctx.model_step(lambda: _apply(lease.session, op))
+            changed = _union(changed, pred.changed_bbox)
+        return prediction_response(lease, pred is not None, pred, changed)
+
     @r.post("/add_point_interaction", dependencies=auth)
     async def add_point(body: PointBody, lease: Lease = Depends(active)) -> Response:
-        if not body.run_prediction:
-            raise BadRequest("run_prediction=false is not supported: this server predicts on every prompt")
-
-        def do() -> Response:
-            _need_image(lease.session)
-            _buffer_matches_image(lease)
-            pred = lease.session.add_point(body.coordinates, positive=body.include_interaction)
-            return prediction_response(lease, True, pred)
-
-        return await ctx.run_locked(lease, do, model=True)
+        op = ("point", [float(v) for v in body.coordinates], body.include_interaction)
+        return await ctx.run_locked(lease, lambda: interact(lease, op, body.run_prediction))
 
     @r.post("/add_bbox_interaction", dependencies=auth)
     async def add_bbox(body: BboxBody, lease: Lease = Depends(active)) -> Response:
-        if not body.run_prediction:
-            raise BadRequest("run_prediction=false is not supported: this server predicts on every prompt")
         if not body.include_interaction:
             raise BadRequest("negative boxes are not supported (SAM-Med3D has no box prompt; boxes are made "
-                             "of clicks): use negative points")
+                             "of clicks; capabilities: supports_negative_bbox = false): use negative points")
         if any(len(b) != 2 for b in body.bbox_coords):
             raise BadRequest(f"bbox_coords must be [[lo, hi] x 3] (half-open), got {body.bbox_coords}")
-        lo = [b[0] for b in body.bbox_coords]
-        hi = [b[1] for b in body.bbox_coords]
+        op = ("box", [b[0] for b in body.bbox_coords], [b[1] for b in body.bbox_coords])
+        return await ctx.run_locked(lease, lambda: interact(lease, op, body.run_prediction))
 
+    @r.post("/predict", dependencies=auth)
+    async def predict(body: PredictBody, lease: Lease = Depends(active)) -> Response:
+        """Run the queued interactions (``ran_prediction`` false when none wait)."""
         def do() -> Response:
             _need_image(lease.session)
             _buffer_matches_image(lease)
-            return prediction_response(lease, True, lease.session.add_box(lo, hi))
+            return run_queue(lease, [])
 
-        return await ctx.run_locked(lease, do, model=True)
+        return await ctx.run_locked(lease, do)
 
     @r.post("/add_initial_seg_interaction", dependencies=auth)
     async def add_initial_seg(request: Request, lease: Lease = Depends(active)) -> Response:
@@ -328,6 +399,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
             seg = nnia.unpack(body, ctx.array_limit_bytes, "the initial segmentation")
             if seg.dtype.kind == "f":
                 raise BadRequest(f"initial segmentation must be bool or integer, got {seg.dtype}")
+            lease.state["pending"] = []  # the segmentation replaces the mask they would have changed
             lease.session.add_mask(seg)  # shape checked by the Session
             return prediction_response(lease, False, None)  # the client already mirrored the seg
 
@@ -337,6 +409,10 @@ def make_router(ctx: ServerContext) -> APIRouter:
     async def undo(lease: Lease = Depends(active)) -> Response:
         def do() -> Response:
             _need_image(lease.session)
+            if lease.state["pending"]:  # a queued interaction is undone by dropping it (nothing to redraw)
+                lease.state["pending"].pop()
+                return Response(content=b"", media_type=OCTET,
+                                headers={META_HEADER: json.dumps({"ran_prediction": True, "bbox": None})})
             if not lease.session.can_undo:
                 return prediction_response(lease, False, None)
             return prediction_response(lease, True, lease.session.undo())
