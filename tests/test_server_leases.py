@@ -208,3 +208,22 @@ def test_status_lists_leases_without_tokens(model, volume_path):
         body = h.get("/status").json()
         (gone,) = body["expired"]
         assert gone["id"] == nn[:8] and gone["restorable_for_s"] == 500 and "heartbeat" in gone["why"]
+
+
+def test_memory_pressure_drops_restorable_sessions_first(model):
+    from voxprompt.server.errors import LeaseGone
+    from voxprompt.server.leases import LeaseManager
+    from voxprompt.session import Session
+
+    clock = Clock()
+    lm = LeaseManager(lambda: Session(model), 4, clock=clock, grace_s=100)
+    old, idle = lm.claim("web", 10), lm.claim("web", 1000)
+    clock.t += 11
+    assert lm.sweep() == 1 and [x.token for x in lm.expired_leases()] == [old.token]
+    old.memory_bytes, idle.memory_bytes = 100, 100
+    busy = lm.claim("web", 1000)
+    with busy.lock:
+        evicted = lm.account(busy, session_cap=2**30, total_cap=150)
+    assert evicted == [old.token] and lm.expired_leases() == [] and len(lm) == 2  # the live idle one stays
+    with pytest.raises(LeaseGone, match="nothing to restore"):
+        lm.restore(old.token)
