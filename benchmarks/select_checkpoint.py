@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> dict:
     targets = list(open_dataset(args.data, split=args.targets))
     if args.limit:
         targets = targets[:args.limit]
-    refine = RefineConfig(band_mm=args.refine_band) if args.refine_band > 0 else False
+    refine = (RefineConfig(band_mm=args.refine_band, grid_mm=args.refine_grid, solver=args.refine_solver)
+              if args.refine_band > 0 else False)
     out = {}
     for name in args.candidates:
         ckpt = shipped_weights(args.model) if name == "shipped" else name
@@ -58,6 +59,8 @@ def main() -> int:
                    help="val (default); train for a second opinion. Never the held-out split")
     p.add_argument("--roi-spacing", type=float, default=2.25)
     p.add_argument("--refine-band", type=float, default=9.0, help="mm (0: the model alone)")
+    p.add_argument("--refine-grid", type=float, default=1.5, help="RefineConfig.grid_mm")
+    p.add_argument("--refine-solver", default="labels", choices=("labels", "difference"))
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="first N targets only")
@@ -71,6 +74,7 @@ def main() -> int:
     out = Path(args.out) if args.out else RESULTS / "select_checkpoint.json"
     meta = {"benchmark": "select_checkpoint", "protocol": "cvpr25 (5 clicks, no box)", "data": args.data,
             "targets": args.targets, "roi_spacing_mm": args.roi_spacing, "refine_band_mm": args.refine_band,
+            "refine_grid_mm": args.refine_grid, "refine_solver": args.refine_solver,
             "seed": args.seed, "machine": f"{platform.node()} {platform.platform()}", "best": best}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
