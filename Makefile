@@ -25,12 +25,12 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "chromium could not be installed: the browser viewer test will be skipped"
 
-# Rebuild the viewer bundle voxprompt/server/web/viewer.js (committed, so users need no npm; needs node).
+# Rebuild the viewer bundle voxprompt/server/static/viewer.js (committed, so users need no npm; needs node).
 web:
 	cd web && npm ci --no-audit --no-fund && node build.mjs
 
 demo: $(STAMP)
-	$(PY) -m voxprompt.demo
+	$(PY) -m voxprompt.cli.demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

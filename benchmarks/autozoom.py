@@ -26,15 +26,15 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import voxprompt  # noqa: E402
-from voxprompt.autozoom import AutoZoomPlanner  # noqa: E402
+from voxprompt.session.autozoom import AutoZoomPlanner  # noqa: E402
 from voxprompt.eval.metrics import dice, nsd  # noqa: E402
 from voxprompt.io import Image, read_image  # noqa: E402
+from voxprompt.masks import deepest_voxel  # noqa: E402
 from voxprompt.models.loading import shipped_weights  # noqa: E402
 from voxprompt.session import Session  # noqa: E402
 
@@ -60,8 +60,7 @@ class Row:
 
 def deepest_point(mask: np.ndarray, spacing_zyx) -> tuple[int, int, int]:
     """Interior voxel farthest from the mask's boundary (exact EDT in mm; outside the array = background)."""
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
-    return tuple(int(v) for v in np.unravel_index(int(np.argmax(dist)), mask.shape))
+    return tuple(int(v) for v in deepest_voxel(mask, spacing_zyx))
 
 
 def targets(args: argparse.Namespace) -> Iterator[tuple[str, Image, np.ndarray]]:

@@ -61,7 +61,7 @@ def timed(store: dict[str, float], key: str, fn: Callable[..., Any]) -> Callable
 
 def run_pipeline(model: torch.nn.Module, ct: Path, out: Path, reference: bool,
                  refine: bool | None = None) -> dict[str, float]:
-    import voxprompt.session as session_mod
+    import voxprompt.session.roi_predictor as session_mod
     from voxprompt.io.read import read_image
     from voxprompt.io.write import write_mask
     from voxprompt.models.fast import reference_mode
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all available)")
     args = ap.parse_args()
     import voxprompt
-    from voxprompt.checkpoints import save_safetensors
+    from voxprompt.models.checkpoints import save_safetensors
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -31,7 +31,8 @@ GPU_CONFIGS = [("reference", "fp32"), ("reference", "bf16"), ("fast", "fp32"), (
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     import voxprompt
-    from voxprompt.models.fast import configure_cpu_threads, reference_mode
+    from voxprompt.models.fast import reference_mode
+    from voxprompt.runtime import configure_cpu_threads
 
     if args.threads:
         configure_cpu_threads(args.threads)

@@ -117,7 +117,8 @@ def gen_randint(gen: torch.Generator, lo: int, hi: int) -> int:
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     import voxprompt
-    from voxprompt.models.fast import configure_cpu_threads, reference_mode
+    from voxprompt.models.fast import reference_mode
+    from voxprompt.runtime import configure_cpu_threads
 
     if args.threads:
         configure_cpu_threads(args.threads)

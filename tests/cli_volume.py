@@ -9,7 +9,7 @@ from conftest import load_golden
 from golden_configs import sam_med3d_config
 
 import voxprompt
-from voxprompt.checkpoints import save_safetensors
+from voxprompt.models.checkpoints import save_safetensors
 
 SPACING_XYZ = (0.9, 0.8, 3.0)
 ORIGIN = (10.0, -20.0, 5.0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from voxprompt.autozoom import AutoZoomPlanner, touches_border
+from voxprompt.session.autozoom import AutoZoomPlanner, touches_border
 from voxprompt.errors import UsageError
 from voxprompt.eval.metrics import dice
 from voxprompt.io.image import Image
@@ -247,7 +247,7 @@ def test_cli_autozoom_flag(tmp_path, monkeypatch):
     import SimpleITK as sitk
     import voxprompt
     from voxprompt import session as session_mod
-    from voxprompt.checkpoints import save_safetensors
+    from voxprompt.models.checkpoints import save_safetensors
     from voxprompt.cli import main
 
     g = load_golden("sam_med3d_tiny.pt")

@@ -9,7 +9,7 @@ import torch
 import voxprompt
 from conftest import load_golden
 from golden_configs import sam_config, sam_med2d_config, sam_med3d_config
-from voxprompt.checkpoints import identify, read_checkpoint, save_safetensors
+from voxprompt.models.checkpoints import identify, read_checkpoint, save_safetensors
 
 
 @pytest.fixture(scope="module")

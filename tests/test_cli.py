@@ -9,7 +9,7 @@ import torch
 
 import voxprompt
 from voxprompt import load_model
-from voxprompt.checkpoints import save_safetensors
+from voxprompt.models.checkpoints import save_safetensors
 from voxprompt.cli import main
 
 

@@ -13,11 +13,11 @@ from voxprompt.eval.clicks import (
     cvpr25_next_click,
     jitter_click,
     ritm_click,
-    run_click_protocol,
     sam_med2d_box,
     sam_med2d_points,
     sam_med3d_random_click,
 )
+from voxprompt.eval.protocol import run_click_protocol
 from voxprompt.eval.metrics import dice
 
 

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import voxprompt
-from voxprompt.checkpoints import save_safetensors
+from voxprompt.models.checkpoints import save_safetensors
 from voxprompt.cli import main
 from voxprompt.errors import InputError
 from voxprompt.io import read_image

@@ -13,7 +13,7 @@ from fake2d import BrightInBox
 from golden_configs import sam_med2d_config
 
 import voxprompt
-from voxprompt.checkpoints import save_safetensors
+from voxprompt.models.checkpoints import save_safetensors
 from voxprompt.cli import main
 from voxprompt.eval.runner import evaluate
 from voxprompt.eval.runner2d import evaluate_slices, pick_slices, slice_session_factory

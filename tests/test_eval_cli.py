@@ -89,7 +89,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     import torch
 
     import voxprompt
-    from voxprompt.checkpoints import save_safetensors
+    from voxprompt.models.checkpoints import save_safetensors
 
     cfg = voxprompt.SamConfig(spatial_dims=3, img_size=32, in_chans=1, patch_size=8, embed_dim=32, depth=1,
                               num_heads=2, global_attn_indexes=(0,), window_size=0, prompt_embed_dim=24,

@@ -258,7 +258,7 @@ def test_full_size_fast_vs_reference(name):
 def test_patch_layout_dot_matches_upscaler_then_dot(nd):
     """The chunked inference upscaler (last conv + activation + hypernetwork dot per row chunk)
     equals the official upscaler followed by the dot, batch > 1, several tokens, ragged chunks."""
-    from voxprompt.models.channels_last import patch_layout_dot, unshuffle
+    from voxprompt.models.fast.channels_last import patch_layout_dot, unshuffle
     from voxprompt.models.mask_decoder import upscaler
 
     torch.manual_seed(0)
@@ -363,7 +363,7 @@ def test_attention_mixed_gemms(few):
 def test_permuted_gather_and_token_major_layout(tiny_med3d):
     """The cached-index gather equals permute + contiguous; embeddings and the dense PE come back
     token-major (same values as reference mode, rows contiguous)."""
-    from voxprompt.models.channels_last import permuted
+    from voxprompt.models.fast.channels_last import permuted
 
     x = torch.randn(2, 3, 4, 2, 2, 5)
     order = (0, 2, 4, 1, 5, 3)
@@ -384,7 +384,7 @@ def test_permuted_gather_and_token_major_layout(tiny_med3d):
 
 
 def test_convt_matrix_cache_follows_weights():
-    from voxprompt.models.channels_last import _convt_matrix
+    from voxprompt.models.fast.channels_last import _convt_matrix
 
     conv = torch.nn.ConvTranspose3d(4, 3, kernel_size=2, stride=2)
     with torch.no_grad():
@@ -432,7 +432,7 @@ def test_cpu_allocator_setting(monkeypatch):
     import subprocess
     import sys
 
-    from voxprompt.models import fast
+    from voxprompt import runtime as fast
 
     monkeypatch.setattr(fast, "_ALLOCATOR_TUNED", False)
     monkeypatch.setenv("VOXPROMPT_CPU_ALLOCATOR", "0")
@@ -447,7 +447,7 @@ def test_cpu_allocator_setting(monkeypatch):
     script = (
         "import os, resource, torch, voxprompt\n"
         "from voxprompt import SamConfig\n"
-        "from voxprompt.models.fast import configure_cpu_allocator\n"
+        "from voxprompt.runtime import configure_cpu_allocator\n"
         "assert configure_cpu_allocator() == (os.environ['VOXPROMPT_CPU_ALLOCATOR'] == '1')\n"
         "cfg = SamConfig(spatial_dims=3, img_size=128, in_chans=1, patch_size=16, embed_dim=32, depth=1,"
         " num_heads=2, global_attn_indexes=(0,), prompt_embed_dim=384, num_point_embeddings=2)\n"

@@ -13,7 +13,7 @@ pytest.importorskip("onnx")
 
 from voxprompt.cli import main  # noqa: E402
 from voxprompt.errors import PromptError  # noqa: E402
-from voxprompt.onnx_export import decoder_prompt, export_onnx  # noqa: E402
+from voxprompt.models.onnx import decoder_prompt, export_onnx  # noqa: E402
 
 ATOL = 1e-4  # onnxruntime vs torch, fp32 (measured <= 3e-5 on the tiny models)
 
@@ -86,7 +86,7 @@ def test_export_onnx_cli(tmp_path, capsys):
 def test_export_onnx_refuses_random_weights_unless_asked(tmp_path, capsys, monkeypatch):
     """Issue 20, item 2: no --checkpoint and no shipped weights is a usage error, as for ``segment``;
     ``--random-weights`` exports a randomly initialised model on purpose."""
-    from voxprompt import onnx_export
+    from voxprompt.models import onnx as onnx_export
     from voxprompt.models.loading import load_model
 
     out = tmp_path / "out"
@@ -108,7 +108,7 @@ def test_export_onnx_refuses_random_weights_unless_asked(tmp_path, capsys, monke
     assert main(["export-onnx", "voxprompt-med3d-small", str(out)]) == 0  # the shipped weights
     assert all(torch.equal(v, shipped[k]) for k, v in seen["model"].state_dict().items())
     ckpt = tmp_path / "w.safetensors"
-    from voxprompt.checkpoints import save_safetensors
+    from voxprompt.models.checkpoints import save_safetensors
 
     save_safetensors(shipped, ckpt, "voxprompt-med3d-small", load_model("voxprompt-med3d-small").cfg.to_dict())
     assert main(["export-onnx", "voxprompt-med3d-small", str(out), "--checkpoint", str(ckpt),

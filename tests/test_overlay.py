@@ -6,7 +6,7 @@ import pytest
 from PIL import Image as PILImage
 
 from voxprompt.io.image import Image
-from voxprompt.overlay import patient_axes, save_overlay
+from voxprompt.viz.overlay import patient_axes, save_overlay
 
 N = 24
 
@@ -85,7 +85,7 @@ def test_patient_axes_and_every_click_drawn(tmp_path, monkeypatch):
 def test_cli_overlay_draws_clicks_and_neurological_needs_overlay(tmp_path, capsys, monkeypatch):
     import SimpleITK as sitk
 
-    import voxprompt.overlay as overlay
+    import voxprompt.viz.overlay as overlay
     from voxprompt.cli import main
 
     arr = np.random.default_rng(0).normal(0, 1, (12, 20, 20)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Prompt files (voxprompt.prompts): parsing, the image geometry, ``segment --prompts`` and export -> replay."""
+"""Prompt files (voxprompt.session.prompts): parsing, the image geometry, ``segment --prompts`` and export -> replay."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from voxprompt.cli import main
 from voxprompt.errors import PromptError, UsageError
 from voxprompt.io.image import Image
 from voxprompt.io.read import read_image
-from voxprompt.prompts import (PromptFileError, apply_prompts, load_prompts, parse_csv, parse_json,
+from voxprompt.session.prompts import (PromptFileError, apply_prompts, load_prompts, parse_csv, parse_json,
                                resolve_prompts, save_prompts, session_prompts)
 from voxprompt.session import Session
 

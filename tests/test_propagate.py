@@ -6,9 +6,9 @@ import pytest
 from fake2d import BrightInBox, tube_volume
 
 from voxprompt.errors import InputError, PromptError, UsageError
-from voxprompt.propagate import (PropagationConfig, SliceEncoder, SliceStack, box_of, deepest_point, propagate,
+from voxprompt.session.propagate import (PropagationConfig, SliceEncoder, SliceStack, box_of, deepest_point, propagate,
                                  take_slice)
-from voxprompt.slice_session import SliceSession
+from voxprompt.session.slices import SliceSession
 
 CFG = PropagationConfig(box_margin=2)
 
@@ -147,6 +147,8 @@ def test_slice_session_bad_prompts():
         s.add_prompts(points=[((3, 4, 5), True), ((4, 4, 5), True)])
     with pytest.raises(PromptError, match="slice range"):
         s.add_box((10, 20, 10), (20, 45, 50), slice_index=25)
+    with pytest.raises(PromptError, match="integer"):  # as Session: never truncated to (11, 20, 45)
+        s.add_box((10, 10, 10), (11.5, 20, 45))
     assert not s.can_undo and not s.mask.any()
     with pytest.raises(UsageError, match="2D model"):
         SliceSession(type("M3", (BrightInBox,), {"spatial_dims": 3})())

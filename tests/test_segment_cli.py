@@ -14,8 +14,9 @@ from conftest import ROOT
 from cli_volume import ORIGIN, SPACING_XYZ, write_cli_files
 
 import voxprompt
-from voxprompt import segment_cli
+from voxprompt.cli import common as segment_cli
 from voxprompt.cli import main
+from voxprompt.models.loading import shipped_weights
 
 
 
@@ -127,14 +128,14 @@ def test_segment_warns_on_a_poor_result_writes_it_and_exits_0(files, caplog, mon
     monkeypatch.setattr(session_mod.Session, "_decode", lambda self, *a: (decode(self, *a)[0], 0.01))
     base = ["segment", str(files["img"]), "--checkpoint", str(files["ckpt"]), "--point", "18,20,8"]
     out = files["dir"] / "poor.nii.gz"
-    with caplog.at_level(logging.WARNING, logger="voxprompt.segment_cli"):
+    with caplog.at_level(logging.WARNING, logger="voxprompt.cli.segment"):
         assert main(base + ["-o", str(out)]) == 0
     assert out.exists()  # written all the same: the user decides
     assert "check the result: low confidence: predicted IoU 0.01 <" in caplog.text
     assert main(base + ["-o", str(out), "--clean"]) == 0 and main(base + ["-o", str(out), "--no-clean"]) == 0
     assert cleans == [False, True, False]  # an official model: off unless asked for
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="voxprompt.segment_cli"):
+    with caplog.at_level(logging.WARNING, logger="voxprompt.cli.segment"):
         assert main(base[:4] + ["-o", str(out), "--box", "8,10,4,28,30,12"]) == 0  # a box alone reports too
     assert "predicted IoU 0.01" in caplog.text
 
@@ -175,7 +176,7 @@ def test_segment_errors(files, capsys, extra, code, words):
 
 
 def test_segment_needs_a_checkpoint_and_valid_output(files, capsys):
-    assert segment_cli.default_checkpoint("sam-med3d") is None  # official weights cannot be shipped
+    assert shipped_weights("sam-med3d") is None  # official weights cannot be shipped
     rc, err = _run_err(files, capsys, "--model", "sam-med3d", "--point", "1,2,3")
     assert rc == 2 and "--checkpoint" in err
     rc, err = _run_err(files, capsys, "--checkpoint", str(files["ckpt"]), "--point", "1,2,3", output="bad.png")

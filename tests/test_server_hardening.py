@@ -16,7 +16,7 @@ import voxprompt.io.read as vread
 from voxprompt.errors import ImageTooLarge
 from voxprompt.io import read_image
 from voxprompt.server import ServerSettings, create_app
-from voxprompt.server.testing import BackgroundServer, tiny_model
+from server_testing import BackgroundServer, tiny_model
 
 MiB = 1024 * 1024
 

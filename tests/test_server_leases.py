@@ -7,12 +7,10 @@ import json
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from voxprompt.server import ServerSettings, create_app
-from voxprompt.server.testing import BackgroundServer, tiny_model
+from server_testing import BackgroundServer, tiny_model, write_blob_volume
 
 MODEL = "voxprompt-med3d-small"
 
@@ -24,12 +22,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def volume_path(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(5)
-    arr = rng.normal(0, 20, size=(20, 36, 40)).astype(np.int16)  # (k, j, i)
-    arr[6:14, 10:26, 12:30] += 300
-    path = tmp_path_factory.mktemp("vol") / "vol.nii.gz"
-    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
-    return path
+    return write_blob_volume(tmp_path_factory.mktemp("vol"), seed=5)
 
 
 @pytest.fixture(scope="module")

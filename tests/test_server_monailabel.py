@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from voxprompt.io import read_image
 from voxprompt.server import ServerSettings, create_app
-from voxprompt.server.testing import BackgroundServer, tiny_model
+from server_testing import BackgroundServer, tiny_model
 from voxprompt.session import Session, from_slicer_ijk
 
 MODEL = "voxprompt-med3d-small"

@@ -15,7 +15,7 @@ import pytest
 
 from voxprompt.server import ServerSettings, create_app
 from voxprompt.server.protocols import nnia
-from voxprompt.server.testing import BackgroundServer, tiny_model
+from server_testing import BackgroundServer, tiny_model
 from voxprompt.session import Session
 
 remote = pytest.importorskip("nnInteractive.inference.remote")

@@ -16,9 +16,9 @@ import SimpleITK as sitk
 
 from voxprompt.io import read_image
 from voxprompt.server import ServerSettings, create_app
-from voxprompt.server.testing import BackgroundServer, tiny_model
+from server_testing import BackgroundServer, tiny_model
 from voxprompt.server.volumes import nifti_affine, ras_to_file_ijk
-from voxprompt.server.web import WEB_DIR
+from voxprompt.server.viewer import STATIC_DIR
 from voxprompt.session import from_slicer_ijk
 
 API = "api/viewer"
@@ -129,7 +129,7 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
 
     decode = Session._decode  # a low predicted IoU: every result is flagged (the masks are unchanged)
     monkeypatch.setattr(Session, "_decode", lambda self, *a: (decode(self, *a)[0], 0.01))
-    assert (WEB_DIR / "viewer.js").is_file(), "run `make web`"
+    assert (STATIC_DIR / "viewer.js").is_file(), "run `make web`"
     url, ctx = served
     errors: list[str] = []
     with sync_api.sync_playwright() as p:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image as PILImage
 
 from voxprompt.errors import InputError, PromptError, UsageError
-from voxprompt.session2d import Session2D
+from voxprompt.session.image2d import Session2D
 
 
 def _session(fixture, bgr: bool = False) -> tuple[dict, Session2D]:

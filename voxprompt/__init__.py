@@ -11,6 +11,7 @@ The models (and torch) are imported on first use of ``load_model``, ``build_mode
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_attributes
+from .version import __version__ as __version__
 from .errors import (
     CheckpointError,
     ImageReadError,
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from .models.loading import convert_checkpoint, load_model
     from .models.zoo import build_model
 
-__version__ = "0.1.0"
 
 
 def list_models() -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError, UsageError
-from .objects import bbox_of
+from .masks import bbox_of
 
 __all__ = ["CONNECTIVITY", "clean_mask", "resolve_clean"]
 

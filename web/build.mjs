@@ -1,4 +1,4 @@
-// Bundle the viewer (NiiVue included) into voxprompt/server/web/viewer.js, plus the licences of
+// Bundle the viewer (NiiVue included) into voxprompt/server/static/viewer.js, plus the licences of
 // every bundled npm package in THIRD_PARTY_LICENSES.txt. Run by `make web` (npm ci && node build.mjs).
 import { build } from "esbuild";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -6,7 +6,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const out = join(here, "..", "voxprompt", "server", "web");
+const out = join(here, "..", "voxprompt", "server", "static");
 
 const result = await build({
   entryPoints: [join(here, "src", "main.js")],

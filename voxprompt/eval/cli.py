@@ -12,42 +12,18 @@ import logging
 import os
 import platform
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from voxprompt.errors import UsageError
+from voxprompt.io.image import SLICE_AXES
+from voxprompt.models.family import spatial_dims
+from voxprompt.runtime import Dist, check_device
 
 log = logging.getLogger(__name__)
 
 BASELINE = "random-walker"
 CLI_PROTOCOLS = ("cvpr25", "sam-med3d", "sam-med2d")
-SLICE_AXES = {"i": 2, "j": 1, "k": 0}  # 2D models: slice direction (IJK) -> numpy (z, y, x) axis
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> "Dist":
-        try:
-            return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                       int(os.environ.get("LOCAL_RANK", 0)))
-        except ValueError as exc:
-            raise UsageError(f"bad torchrun environment: {exc}") from None
-
-
-def _model_dims(name: str) -> int:
-    from voxprompt.models.config import SamUNetConfig
-    from voxprompt.models.zoo import get_spec
-
-    cfg = get_spec(name).config
-    return (cfg.sam if isinstance(cfg, SamUNetConfig) else cfg).spatial_dims
 
 
 def _sha256_prefix(path: str, n: int = 12) -> str:
@@ -70,14 +46,8 @@ def _check_args(args: argparse.Namespace) -> Optional[str]:
         raise UsageError(f"--clicks must be >= 1, got {args.clicks}")
     if not args.click_noise >= 0 or args.click_noise == float("inf"):
         raise UsageError(f"--click-noise must be a finite number of mm >= 0, got {args.click_noise}")
-    if args.device not in ("cpu", "cuda"):
-        raise UsageError(f"--device must be cpu or cuda, got {args.device!r}")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: CUDA is not available on this machine")
-    dims = 3 if args.model == BASELINE else _model_dims(args.model)
+    check_device(args.device, ("cpu", "cuda"), "--device")
+    dims = 3 if args.model == BASELINE else spatial_dims(args.model)
     if args.protocol == "sam-med2d" and dims == 3:
         raise UsageError(f"the sam-med2d protocol is for 2D models; {args.model} is 3D: use "
                          "--protocol cvpr25 or sam-med3d")
@@ -93,14 +63,9 @@ def _check_args(args: argparse.Namespace) -> Optional[str]:
         return None
     if rw_beta is not None:
         log.warning("--rw-beta is ignored by %s (only the %s baseline has a beta)", args.model, BASELINE)
-    from voxprompt.segment_cli import default_checkpoint
+    from voxprompt.models.loading import resolve_checkpoint
 
-    ckpt = args.checkpoint or default_checkpoint(args.model)
-    if ckpt is None:
-        raise UsageError(f"no weights are shipped for {args.model}; give a checkpoint with --checkpoint PATH")
-    if not Path(ckpt).is_file():
-        raise UsageError(f"--checkpoint {ckpt}: no such file")
-    return ckpt
+    return resolve_checkpoint(args.model, args.checkpoint)
 
 
 def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> tuple[Any, dict]:
@@ -116,7 +81,7 @@ def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> tupl
     from voxprompt.models.loading import load_model
 
     model = load_model(args.model, ckpt, device=device).set_precision(getattr(args, "precision", "fp32"))
-    if _model_dims(args.model) == 2:  # a 2D model on 3D targets: prompt a slice, propagate
+    if spatial_dims(args.model) == 2:  # a 2D model on 3D targets: prompt a slice, propagate
         from voxprompt.eval.runner2d import slice_session_factory
 
         return slice_session_factory(model, axis=SLICE_AXES[args.slice_axis], device=device), {}
@@ -266,7 +231,7 @@ def select_targets(targets: list, names: list[str], split: str) -> list:
 
 def _meta_2d(args: argparse.Namespace) -> dict:
     """Report settings specific to 2D models (slice direction, slices per target)."""
-    if args.model == BASELINE or _model_dims(args.model) != 2:
+    if args.model == BASELINE or spatial_dims(args.model) != 2:
         return {}
     meta = {"slice_axis": args.slice_axis}
     if args.protocol == "sam-med2d":

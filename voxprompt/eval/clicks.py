@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from voxprompt.errors import InputError, UsageError
 from voxprompt.eval.metrics import as_mask, as_spacing
+from voxprompt.masks import distance_inside
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +73,6 @@ def _uniform_voxel(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, ...
     return tuple(int(i) for i in np.unravel_index(k, mask.shape))
 
 
-def _padded_edt(mask: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:
-    """EDT of ``mask`` with the array border counted as background (zero padding by 1)."""
-    sp = as_spacing(spacing, mask.ndim)
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=sp)
-    return dist[(slice(1, -1),) * mask.ndim]
-
-
 def _full_structure(ndim: int) -> np.ndarray:
     return ndimage.generate_binary_structure(ndim, ndim)
 
@@ -105,7 +99,7 @@ def cvpr25_next_click(
     largest = int(np.argmax(sizes))
     box = ndimage.find_objects(labels, max_label=largest)[largest - 1]
     component = labels[box] == largest
-    dist = _padded_edt(component, spacing)
+    dist = distance_inside(component, as_spacing(spacing, component.ndim))
     centres = np.argwhere(dist == dist.max())
     pick = centres[np.random.RandomState(_CVPR25_TIE_SEED).choice(len(centres))]
     index = tuple(int(c + b.start) for c, b in zip(pick, box))
@@ -178,7 +172,8 @@ def ritm_click(
     fn, fp = g & ~p, p & ~g
     if not (fn.any() or fp.any()):
         return sam_med3d_random_click(p, g, rng)
-    fn_dt, fp_dt = _padded_edt(fn, spacing), _padded_edt(fp, spacing)
+    sp = as_spacing(spacing, fn.ndim)
+    fn_dt, fp_dt = distance_inside(fn, sp), distance_inside(fp, sp)
     fn_max, fp_max = float(fn_dt.max()), float(fp_dt.max())
     dist = fn_dt if fn_max > fp_max else fp_dt
     index = _uniform_voxel(dist > max(fn_max, fp_max) / 2.0, rng)
@@ -269,11 +264,3 @@ def jitter_click(
     logger.debug("jitter_click kept %s after %d rejected draws", click.index, max_tries)
     return click
 
-
-def __getattr__(name: str) -> object:
-    """Lazy re-export of the evaluation loop, which lives in :mod:`voxprompt.eval.protocol`."""
-    if name in ("run_click_protocol", "ProtocolResult"):
-        from voxprompt.eval import protocol
-
-        return getattr(protocol, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

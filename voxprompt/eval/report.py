@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from voxprompt.errors import UsageError
-from voxprompt.figures import pyplot, save_figure
+from voxprompt.viz.figures import pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def plot_dice_vs_clicks(rows: Sequence[dict], path: Path) -> None:
 
 def write_overlays(extremes: Extremes, targets: dict[tuple, Any], loader: Callable, out: Path) -> dict[str, dict]:
     """``best_case.png`` / ``worst_case.png``: final masks through the GT's centre of mass."""
-    from voxprompt.overlay import save_overlay
+    from voxprompt.viz.overlay import save_overlay
 
     written: dict[str, dict] = {}
     for which, item in (("best", extremes.best), ("worst", extremes.worst)):

@@ -23,10 +23,10 @@ from voxprompt.eval.clicks import Box3D, Click, jitter_click
 from voxprompt.eval.metrics import auc_trapezoid, dice, hd95
 from voxprompt.eval.protocol import run_click_protocol
 from voxprompt.io.image import Image
+from voxprompt.masks import Slices
 
 log = logging.getLogger(__name__)
 
-Slices = tuple[slice, ...]
 Engine = Callable[[list[Click], Optional[Box3D]], tuple[np.ndarray, Optional[Slices]]]
 PredictorFactory = Callable[[Image], Engine]
 Loader = Callable[[Any], tuple[Image, np.ndarray]]
@@ -194,7 +194,7 @@ def session_factory(model: Any, device: Any = None, autozoom: bool = False,
                     refine: Any = None, clean: Optional[bool] = None) -> PredictorFactory:
     """Engines driving a fresh 3D :class:`~voxprompt.session.Session` per target.
 
-    ``autozoom`` gives each session an :class:`~voxprompt.autozoom.AutoZoomPlanner`; ``refine`` is
+    ``autozoom`` gives each session an :class:`~voxprompt.session.autozoom.AutoZoomPlanner`; ``refine`` is
     the Session's (None = the model's stored setting, bool, or a :class:`~voxprompt.refine.RefineConfig`);
     ``clean`` the Session's mask clean-up (None = the model's stored setting).
 
@@ -206,7 +206,7 @@ def session_factory(model: Any, device: Any = None, autozoom: bool = False,
     def factory(image: Image) -> Engine:
         planner = None
         if autozoom:
-            from voxprompt.autozoom import AutoZoomPlanner
+            from voxprompt.session import AutoZoomPlanner
 
             planner = AutoZoomPlanner()
         session = Session(model, device=device, planner=planner, refine=refine, clean=clean)

@@ -1,7 +1,7 @@
 """2D models in the evaluation harness.
 
 * :func:`slice_session_factory`: engines for the 3D protocols (``cvpr25``, ``sam-med3d``) that run
-  a 2D model on the volume through :class:`~voxprompt.slice_session.SliceSession` (prompt on a
+  a 2D model on the volume through :class:`~voxprompt.session.slices.SliceSession` (prompt on a
   slice, propagate slice by slice), so 2D and 3D models are scored on the same 3D targets. The
   CVPR 2025 box becomes the box on its middle slice with propagation limited to its z range.
 * :func:`evaluate_slices`: the SAM-Med2D protocol on slices of 3D targets. Per target, up to
@@ -38,9 +38,9 @@ MIN_FRACTION = 100 / 256**2  # SAM-UNet's slice filter: foreground above 0.153 %
 
 
 def slice_session_factory(model: Any, axis: int = 0, device: Any = None, config: Any = None) -> PredictorFactory:
-    """Engines driving a :class:`~voxprompt.slice_session.SliceSession` per target (3D protocols)."""
-    from voxprompt.propagate import PropagationConfig
-    from voxprompt.slice_session import SliceSession
+    """Engines driving a :class:`~voxprompt.session.slices.SliceSession` per target (3D protocols)."""
+    from voxprompt.session.propagate import PropagationConfig
+    from voxprompt.session.slices import SliceSession
 
     def factory(image: Image) -> Engine:
         session = SliceSession(model, axis=axis, config=config or PropagationConfig(), device=device)
@@ -118,8 +118,8 @@ def evaluate_target_slices(target: Any, image: Image, gt: np.ndarray, model: Any
                            device: Any = None) -> tuple[dict, np.ndarray]:
     """The SAM-Med2D protocol on one 3D target; returns its row and a 3D mask holding the final
     point-mode prediction on each evaluated slice."""
-    from voxprompt.propagate import SliceEncoder, SliceStack, take_slice
-    from voxprompt.session2d import Session2D
+    from voxprompt.session.propagate import SliceEncoder, SliceStack, take_slice
+    from voxprompt.session.image2d import Session2D
 
     gt = checked_gt(target, image, gt)
     ax = config.axis

@@ -133,7 +133,7 @@ def write_dicom_seg(mask_zyx: np.ndarray, source_dir: Union[str, os.PathLike], o
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from .. import __version__
+    from ..version import __version__
 
     src = Path(source_dir)
     if image is None:

@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import UsageError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+SLICE_AXES = {"i": 2, "j": 1, "k": 0}  # a slice direction named in IJK -> its numpy (z, y, x) axis
 
 
 def _frame_matrix(frame: str) -> np.ndarray:

@@ -26,7 +26,7 @@ from .adapter import Adapter
 from .common import LayerNormNd, MLPBlock, channels_first, channels_last, conv_cls
 from .config import SamConfig
 from .fast import reference_enabled, reference_mode
-from .fast_attention import window_attention, windowed_block_attention
+from .fast.attention import window_attention, windowed_block_attention
 from .fine_head import FineStem, pack
 
 REL_POS_NAMES = {2: ("rel_pos_h", "rel_pos_w"), 3: ("rel_pos_d", "rel_pos_h", "rel_pos_w")}

@@ -9,10 +9,11 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from ..checkpoints import CheckpointLike, check_compatible, family, identify, read_checkpoint, save_safetensors
+from .checkpoints import CheckpointLike, check_compatible, identify, read_checkpoint, save_safetensors
+from .family import family
 from ..errors import CheckpointError, UsageError
 from .config import DEFAULT_MODEL, SamConfig, SamUNetConfig  # noqa: F401  (DEFAULT_MODEL: re-exported)
-from .fast import configure_cpu_threads
+from ..runtime import check_device, configure_cpu_threads
 from .sam import SamModel
 from .sam_unet import SamUNet
 from .zoo import Config, build_model, get_spec
@@ -47,7 +48,7 @@ def load_model(
     for files you trust).
     """
     spec = get_spec(name)
-    device = _check_device(device)
+    device = check_device(device)
     if checkpoint is None and pretrained and config is None:
         checkpoint = shipped_weights(name)
     cfg: Config = spec.config
@@ -81,14 +82,14 @@ def shipped_weights(name: str) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def _check_device(device: Union[str, torch.device]) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise UsageError(f"bad device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} requested but CUDA is not available on this machine")
-    return dev
+def resolve_checkpoint(name: str, checkpoint: Optional[str] = None) -> str:
+    """A command's ``--checkpoint``, or the weights shipped for ``name``; refused when neither exists."""
+    path = checkpoint or shipped_weights(name)
+    if path is None:
+        raise UsageError(f"no weights are shipped for {name}; give a checkpoint with --checkpoint PATH")
+    if not Path(path).is_file():
+        raise UsageError(f"--checkpoint {path}: no such file")
+    return str(path)
 
 
 def _overridden(base: Config, overrides: Mapping[str, Any]) -> Config:

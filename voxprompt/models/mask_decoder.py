@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .channels_last import PatchSequential, patch_layout_dot, run_patch_layout, unshuffle
+from .fast.channels_last import PatchSequential, patch_layout_dot, run_patch_layout, unshuffle
 from .common import MLP, LayerNormNd, conv_transpose_cls
 from .config import SamConfig
 from .fast import reference_enabled

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .channels_last import PatchSequential
+from .fast.channels_last import PatchSequential
 from .common import LayerNormNd, conv_cls, token_major
 from .config import SamConfig
 from .fast import reference_enabled, tensor_key

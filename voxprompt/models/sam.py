@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, PromptError, UsageError
-from .channels_last import PatchSequential, run_patch_layout_supported
+from .fast.channels_last import PatchSequential, run_patch_layout_supported
 from .common import MLPBlock, token_major
 from .config import SamConfig
 from .fast import reference_enabled

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -165,31 +165,16 @@ class Policy2D:
         return torch.sigmoid(low_res_logits) if self.mask_feedback == "sigmoid" else low_res_logits
 
 
-def _family(model: Any) -> str:
-    from ..models.config import SamUNetConfig
+def official_policy(family: str, size: int, channel_order: Optional[str] = None) -> Policy2D:
+    """The official policy of a 2D model family (``sam-med2d``, ``sam-unet``, else SAM) at input side ``size``.
 
-    name = str(getattr(model, "name", ""))
-    cfg = getattr(model, "cfg", None)
-    if name.startswith("sam-unet") or isinstance(cfg, SamUNetConfig):
-        return "sam-unet"
-    if name == "sam-med2d" or (name != "sam-vit-b" and getattr(cfg, "adapter", False)):
-        return "sam-med2d"
-    return "sam"
-
-
-def policy_for(model: Any, channel_order: Optional[str] = None) -> Policy2D:
-    """The official policy of a 2D model (by zoo name, else by architecture).
-
-    ``channel_order`` overrides the default (``"bgr"`` for SAM-Med2D, ``"rgb"`` otherwise).
+    ``channel_order`` overrides the default (``"bgr"`` for SAM-Med2D, ``"rgb"`` otherwise). The family
+    of a model object: :func:`voxprompt.models.family.policy_for`.
     """
-    if getattr(model, "spatial_dims", 2) != 2:
-        raise UsageError(f"{getattr(model, 'name', 'model')} is a 3D model; 2D sessions need a 2D model")
-    size = int(model.img_size)
-    fam = _family(model)
-    if fam == "sam-med2d":
+    if family == "sam-med2d":
         pol = Policy2D("sam-med2d", size, "square", "bgr", mask_feedback="sigmoid", multimask="always",
                        pad_small=True)
-    elif fam == "sam-unet":
+    elif family == "sam-unet":
         pol = Policy2D("sam-unet", size, "longest", "rgb", mask_feedback="logits", multimask="never")
     else:
         pol = Policy2D("sam", size, "longest", "rgb")
@@ -322,5 +307,5 @@ def mask_prior(mask: np.ndarray, frame: Frame2D, low_res_size: int, policy: Poli
 
 
 __all__ = ["Frame2D", "IMAGENET_MEAN", "IMAGENET_STD", "Policy2D", "WINDOWS", "frame_for", "intensity_range",
-           "longest_side_shape", "mask_prior", "parse_window", "policy_for", "preprocess_image", "rgb_uint8",
+           "longest_side_shape", "mask_prior", "parse_window", "official_policy", "preprocess_image", "rgb_uint8",
            "to_rgb", "to_uint8"]

@@ -15,14 +15,14 @@ import torch
 from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UsageError
 from .context import ServerContext
 from .errors import install_error_handlers
 from .leases import LeaseManager
 from .security import (BodyLimitMiddleware, HostCheckMiddleware, OriginCheckMiddleware, RequestGuardMiddleware,
                        install_access_log_filter)
-from .sessions import ModelHost
+from .model_host import ModelHost
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,9 @@ def create_app(settings: ServerSettings, model: Optional[torch.nn.Module] = None
     app.include_router(nninteractive.make_router(ctx))
     app.include_router(monailabel.make_router(ctx))
     if settings.web:
-        from . import web
+        from . import viewer
 
-        web.install(app, ctx)
+        viewer.install(app, ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestGuardMiddleware, body_timeout_s=settings.body_timeout_s)
     if settings.web:

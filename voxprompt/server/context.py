@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from .errors import ClientGone, LeaseGone, TooLarge
 from .leases import Lease, LeaseManager
 from .security import check_api_key, memory_limit_bytes
-from .sessions import ModelHost
+from .model_host import ModelHost
 from .settings import ServerSettings
 
 T = TypeVar("T")

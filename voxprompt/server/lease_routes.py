@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Header
 
-from .. import __version__
+from ..version import __version__
 from .context import ServerContext
 from .leases import Lease
 

@@ -24,22 +24,11 @@ PRESETS = ("paper", "decoder", "fine", "none")
 Rule = Callable[[str], bool]  # parameter name -> trainable
 
 
-def _family(model: nn.Module) -> str:
-    from ..checkpoints import family
-    from ..models.sam_unet import SamUNet
-
-    if isinstance(model, SamUNet):
-        return "sam-unet"
-    if getattr(model, "spatial_dims", 2) == 3:
-        return "sam-med3d"
-    if family(str(getattr(model, "name", ""))) == "sam-med2d" or getattr(model.cfg, "adapter", False):
-        return "sam-med2d"
-    return "sam-vit-b"
-
-
 def preset_rule(model: nn.Module, preset: str) -> Rule:
     """The trainable-or-not rule of a preset for this model."""
-    fam = _family(model)
+    from ..models.family import model_family
+
+    fam = model_family(model)
     if preset == "none":
         return lambda name: True
     if preset == "decoder":
@@ -48,7 +37,7 @@ def preset_rule(model: nn.Module, preset: str) -> Rule:
         return lambda name: name.startswith(("image_encoder.fine_stem.", "mask_decoder.fine_head."))
     if preset != "paper":
         raise UsageError(f"freeze preset {preset!r}: choose one of {PRESETS} or give a list of name prefixes")
-    if fam == "sam-med2d":
+    if fam == "sam-med2d" or (fam == "sam-vit-b" and getattr(model.cfg, "adapter", False)):  # adapters train
         return lambda name: ".Adapter." in name or not name.startswith("image_encoder.")
     if fam == "sam-unet":
         return lambda name: not name.startswith("image_encoder.")

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..autozoom import deepest_voxel
+from ..masks import deepest_voxel
 from ..data.render import render_labels
 from ..errors import UsageError
 from ..preprocess import extract_roi_label, extract_roi_labels, preprocess_roi, roi_around

@@ -95,7 +95,7 @@ class SlicePool:
     def sample(self, rng: np.random.Generator, policy: Policy2D, aug: AugmentConfig
                ) -> tuple[np.ndarray, np.ndarray]:
         from ..data.readers import load_target
-        from ..propagate import take_slice
+        from ..session.propagate import take_slice
 
         for _ in range(10):
             i = int(rng.integers(len(self.targets)))

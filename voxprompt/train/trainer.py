@@ -14,7 +14,6 @@ import csv
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,9 +25,10 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from ..checkpoints import save_safetensors
+from ..models.checkpoints import save_safetensors
 from ..errors import CheckpointError, UsageError
 from ..models.loading import load_model, shipped_weights
+from ..runtime import Dist
 from .config import TrainConfig
 from .freeze import apply_freeze
 from .interaction import ClickLoop
@@ -46,12 +46,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def _dist_info() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return rank, world
-
-
 def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     """The model to train: zoo architecture (+ overrides), optionally initialised from weights."""
     torch.manual_seed(cfg.seed)
@@ -61,14 +55,14 @@ def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
         if init is None:
             raise UsageError(f"init_checkpoint: shipped, but no weights are shipped for {cfg.model}")
     if cfg.init_mode == "load_from":  # SAM-Med2D: SAM weights of another input size, resized
-        from ..checkpoints import read_checkpoint
+        from ..models.checkpoints import read_checkpoint
         from ..models.load_from import load_from
 
         model = load_model(cfg.model, None, device=device, config=_config(cfg), pretrained=False)
         sd, _ = read_checkpoint(init, trust_pickle=cfg.trust_pickle)
         model.load_state_dict(load_from(model, sd), strict=True)
     elif cfg.init_mode == "grow":
-        from ..checkpoints import read_checkpoint
+        from ..models.checkpoints import read_checkpoint
 
         model = load_model(cfg.model, None, device=device, config=_config(cfg), pretrained=False)
         sd, _ = read_checkpoint(init, trust_pickle=cfg.trust_pickle)
@@ -104,7 +98,7 @@ def _loop_and_mixer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.nn.
         loop = ClickLoop(model, cfg.click_steps, cfg.click_mode, cfg.loss, cfg.iou_loss_weight)
         mixer = SampleMixer(cfg.data, cfg.synthetic, cfg.augment, model.img_size, float(model.cfg.roi_spacing_mm))
         return loop, mixer
-    from ..preprocess.image2d import policy_for
+    from ..models.family import policy_for
     from .interaction2d import ClickLoop2D
     from .samples2d import SampleMixer2D
 
@@ -130,7 +124,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.rank, self.world = _dist_info()
+        self.env = Dist.from_env()
+        self.rank, self.world = self.env.rank, self.env.world
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         self.device = self._setup_device()
@@ -154,7 +149,7 @@ class Trainer:
         if dev.type == "cuda":
             if not torch.cuda.is_available():
                 raise UsageError("device cuda requested but CUDA is not available")
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            dev = torch.device("cuda", self.env.local_rank)
             torch.cuda.set_device(dev)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
@@ -387,17 +382,14 @@ class CsvLog:
 
 def plot_log(csv_path: Path, png: Path) -> None:
     """Loss and Dice-per-click curves of a training log as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..viz.figures import pyplot, save_figure
 
     with csv_path.open() as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return
     steps = [int(r["step"]) for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 4))
     a.plot(steps, [float(r["loss"]) for r in rows])
     a.set_xlabel("step")
     a.set_ylabel("loss")
@@ -408,10 +400,7 @@ def plot_log(csv_path: Path, png: Path) -> None:
     b.set_ylabel("training Dice")
     b.legend()
     fig.tight_layout()
-    tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png)
+    save_figure(fig, png, dpi=100)
 
 
 def train(cfg: TrainConfig, resume: bool = True, steps: Optional[int] = None, progress: bool = True) -> Path:

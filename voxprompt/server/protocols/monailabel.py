@@ -46,7 +46,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from ... import __version__
+from ...version import __version__
 from ...io.image import Image
 from ...io.read import read_image
 from ...session import Prediction, Session, from_slicer_ijk

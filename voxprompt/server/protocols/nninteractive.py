@@ -31,7 +31,7 @@ Mapping onto the Session API:
   ``--max-points`` interactions wait in a queue.
 * ``add_initial_seg_interaction`` -> ``Session.add_mask(seg)`` (``run_prediction`` must be false).
 * ``undo`` -> ``Session.undo()``; ``reset_interactions`` -> ``Session.reset()``.
-* ``set_do_autozoom`` switches :class:`voxprompt.autozoom.AutoZoomPlanner` for this lease.
+* ``set_do_autozoom`` switches :class:`voxprompt.session.autozoom.AutoZoomPlanner` for this lease.
 
 Prediction responses carry the current object's mask inside ``Prediction.changed_bbox`` (the
 region that changed), cast to the client's buffer dtype and NNIA-packed; ``X-Meta`` holds
@@ -59,13 +59,14 @@ import numpy as np
 from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from ... import __version__
-from ...session import Prediction, Session, Slices
+from ...version import __version__
+from ...masks import Slices, union_box
+from ...session import Prediction, Session
 from ..context import ServerContext
 from ..errors import BadRequest
 from ..leases import Lease
 from ..security import check_size
-from ..sessions import autozoom_on, set_autozoom
+from ..model_host import autozoom_on, set_autozoom
 from . import nnia
 
 log = logging.getLogger(__name__)
@@ -189,12 +190,6 @@ def prediction_response(lease: Lease, ran: bool, pred: Optional[Prediction], cha
         meta.update(bbox=_bbox_json(bbox), dtype=sub.dtype.name, shape=list(sub.shape))
         body = nnia.pack(sub)
     return Response(content=body, media_type=OCTET, headers={META_HEADER: json.dumps(meta, separators=(",", ":"))})
-
-
-def _union(a: Optional[Slices], b: Optional[Slices]) -> Optional[Slices]:
-    if a is None or b is None:
-        return a if b is None else b
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
 def _check_point(session: Session, coordinates: list[float]) -> None:
@@ -321,7 +316,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
         def do() -> dict:
             lease.state["autozoom"] = set_autozoom(lease.session, body.do_autozoom)
             if body.do_autozoom and not lease.state["autozoom"]:
-                log.info("lease %s…: auto-zoom requested but voxprompt.autozoom is unavailable", lease.token[:8])
+                log.info("lease %s…: auto-zoom requested but voxprompt.session.autozoom is unavailable", lease.token[:8])
             return {}
 
         return await ctx.run_locked(lease, do)
@@ -358,7 +353,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
         pred, changed = None, None
         for op in ops:
             pred = ctx.model_step(lambda: _apply(lease.session, op))
-            changed = _union(changed, pred.changed_bbox)
+            changed = union_box(changed, pred.changed_bbox)
         return prediction_response(lease, pred is not None, pred, changed)
 
     @r.post("/add_point_interaction", dependencies=auth)

@@ -1,7 +1,7 @@
 """Browser viewer: a NiiVue page at ``/`` and its small JSON API under ``/api/viewer``.
 
-The page (``voxprompt/server/web/``: ``index.html`` plus ``viewer.js``, NiiVue bundled by
-``make web``) opens a volume (an upload, or a file under ``--data-dir``), shows it with NiiVue,
+The page (``voxprompt/server/static/``: ``index.html`` plus ``viewer.js``, NiiVue bundled by
+``make web`` from ``web/``) opens a volume (an upload, or a file under ``--data-dir``), shows it with NiiVue,
 turns clicks into positive/negative points, overlays the label map after every change and
 downloads it as NIfTI. Each opened volume is a lease of kind ``web`` (idle and liveness time-outs;
 the page heartbeats), addressed by its token in the URL.
@@ -38,7 +38,7 @@ from .volumes import (image_nifti_bytes, label_nifti_bytes, list_volumes, nifti_
 log = logging.getLogger(__name__)
 
 KIND = "web"
-WEB_DIR = Path(__file__).resolve().parent / "web"
+STATIC_DIR = Path(__file__).resolve().parent / "static"  # the built page (`make web` from web/)
 NO_CACHE = {"Cache-Control": "no-store"}
 
 
@@ -65,14 +65,14 @@ def _summary(lease: Lease, pred=None) -> dict[str, Any]:
 
 def install(app: FastAPI, ctx: ServerContext) -> None:
     """Serve the page at ``/``, its assets at ``/web/`` and the viewer API (API key required)."""
-    if not (WEB_DIR / "index.html").is_file():
-        log.warning("browser viewer files are missing in %s (run `make web`)", WEB_DIR)
+    if not (STATIC_DIR / "index.html").is_file():
+        log.warning("browser viewer files are missing in %s (run `make web`)", STATIC_DIR)
         return
-    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+    app.mount("/web", StaticFiles(directory=STATIC_DIR), name="web")
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(WEB_DIR / "index.html", headers=NO_CACHE)
+        return FileResponse(STATIC_DIR / "index.html", headers=NO_CACHE)
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:

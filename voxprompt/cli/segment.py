@@ -8,102 +8,28 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from .errors import PromptError, UsageError, VoxpromptError
-from .io.paths import file_extension
-from .models.config import DEFAULT_MODEL, SamConfig, SamUNetConfig
-
-if TYPE_CHECKING:  # the image I/O (SimpleITK) and the models (torch) load in the commands, not at --help
-    from .io.image import Image
+from ..errors import PromptError, UsageError, VoxpromptError
+from ..io.paths import file_extension
+from ..models.config import DEFAULT_MODEL, SamConfig, SamUNetConfig
+from ..runtime import check_device
+from .common import (CLI_DEVICES, TWO_D_FLAGS, TWO_D_MODELS, check_output, parse_box, parse_point, point_index,
+                     read_config_json, single_slice_error, size_ijk, warn_if_empty)
 
 log = logging.getLogger(__name__)
 
 AUTOZOOM_DEFAULT = False  # --autozoom / --no-autozoom when neither is given
 
 
-def default_checkpoint(model: str = DEFAULT_MODEL) -> Optional[str]:
-    """Checkpoint used when ``--checkpoint`` is not given: the weights shipped for ``model``, if any."""
-    from .models.loading import shipped_weights
-
-    path = shipped_weights(model)
-    return str(path) if path is not None else None
-
-
-@dataclass
-class PointArg:
-    """One prompt point as typed: IJK voxel indices or world mm, and its polarity."""
-
-    text: str
-    values: tuple[float, float, float]
-    positive: bool
-    world: bool = False
-
-
-def parse_point(text: str, world: bool = False) -> PointArg:
-    """Parse ``a,b,c`` with an optional ``:+`` / ``:-`` suffix (integers unless ``world``)."""
-    body, sign = text, "+"
-    if ":" in text:
-        body, sign = text.rsplit(":", 1)
-        if sign not in ("+", "-"):
-            raise UsageError(f"point {text!r}: polarity must be ':+' or ':-'")
-    parts = [p.strip() for p in body.split(",")]
-    what = "x,y,z mm" if world else "i,j,k voxel indices"
-    if len(parts) == 1 and len(body.split()) > 1:
-        fixed = ",".join(body.split()) + text[len(body):]
-        raise UsageError(f"point {text!r}: use commas between the values: "
-                         f"{'--point-mm' if world else '--point'} {fixed}")
-    if len(parts) != 3:
-        raise UsageError(f"point {text!r}: expected three values ({what})")
-    try:
-        vals = tuple(float(p) if world else int(p) for p in parts)
-    except ValueError:
-        raise UsageError(f"point {text!r}: expected {'numbers' if world else 'integers'} ({what})") from None
-    if not all(np.isfinite(vals)):
-        raise UsageError(f"point {text!r}: values must be finite")
-    return PointArg(text, vals, sign == "+", world)
-
-
-def parse_box(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Parse ``i0,j0,k0,i1,j1,k1`` (IJK, half-open) -> (lo_ijk, hi_ijk)."""
-    if "," not in text and len(text.split()) > 1:
-        raise UsageError(f"box {text!r}: use commas between the values: --box {','.join(text.split())}")
-    try:
-        vals = tuple(int(p.strip()) for p in text.split(","))
-    except ValueError:
-        raise UsageError(f"box {text!r}: expected six integers i0,j0,k0,i1,j1,k1") from None
-    if len(vals) != 6:
-        raise UsageError(f"box {text!r}: expected six integers i0,j0,k0,i1,j1,k1, got {len(vals)}")
-    lo, hi = vals[:3], vals[3:]
-    if any(b <= a for a, b in zip(lo, hi)):
-        raise UsageError(f"box {text!r} is empty: need i0<i1, j0<j1, k0<k1 (half-open; a 2D box has k1=k0+1)")
-    return lo, hi
-
-
-def _size_ijk(image: Image) -> str:
-    return "x".join(str(n) for n in image.size_xyz)
-
-
-def _check_output(path: str, exts: tuple[str, ...], what: str) -> None:
-    ext = file_extension(path)
-    if ext not in exts:
-        raise UsageError(f"{what} {path}: unsupported extension {ext or '(none)'!r}; use {', '.join(exts)}")
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise UsageError(f"{what} {path}: folder {parent} does not exist")
-
-
 def _check_seg_output(path: str, image: str) -> None:
     """A DICOM SEG output (``.dcm`` or a folder) needs a DICOM input and an existing folder."""
-    from .io.dicom_seg import NotDicomError, seg_output_path
+    from ..io.dicom_seg import NotDicomError, seg_output_path
 
     src = Path(image)
     if src.exists() and not src.is_dir() and file_extension(src) != ".dcm":
@@ -112,49 +38,6 @@ def _check_seg_output(path: str, image: str) -> None:
     out = seg_output_path(path)
     if not out.parent.is_dir() and not (path.endswith(("/", "\\")) and out.parent.parent.is_dir()):
         raise UsageError(f"output {path}: folder {out.parent} does not exist")
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    if device == "cpu":
-        return
-    if not device.startswith("cuda"):
-        raise UsageError(f"unknown device {device!r}; use cpu or cuda")
-    if not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
-
-
-def _read_config(path: Optional[str]) -> Optional[dict]:
-    if path is None:
-        return None
-    try:
-        cfg = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise UsageError(f"--config-json {path}: cannot read ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise UsageError(f"--config-json {path}: not valid JSON ({exc})") from None
-    if not isinstance(cfg, dict):
-        raise UsageError(f"--config-json {path}: expected a JSON object")
-    return cfg
-
-
-TWO_D_MODELS = "sam-med2d, sam-unet or sam-vit-b"
-TWO_D_FLAGS = (("--window", "window"), ("--propagate", "propagate"), ("--slice-axis", "slice_axis"),
-               ("--slice", "slice"), ("--channel-order", "channel_order"), ("--mask-values", "mask_values"))
-
-
-def single_slice_error(image: str, model: str, size: Optional[str] = None) -> UsageError:
-    """The one refusal of a 2D image, a single-frame DICOM file or a one-slice volume by a 3D model."""
-    what = f"a single slice ({size})" if size else "a single slice (a 2D image)"
-    return UsageError(f"{image} is {what}: {model} is a 3D model, which needs a volume; a single slice needs a 2D "
-                      f"model (--model {TWO_D_MODELS}, with --checkpoint)")
-
-
-def warn_if_empty(mask: np.ndarray, out, unit: str = "voxel") -> None:
-    """Log a warning naming ``out`` when the written mask is empty (it is written all the same: exit 0)."""
-    if not np.any(mask):
-        log.warning("%s: the mask is empty (no %s segmented); written all the same", out, unit)
 
 
 def _dicom_folder_output(args: argparse.Namespace) -> None:
@@ -173,22 +56,9 @@ def config_keys_help() -> str:
             f"sam-unet models: {unet} (sam: an object of the keys above)")
 
 
-def _point_index(image: Image, p: PointArg, frame: str) -> tuple[int, int, int]:
-    """A CLI point -> array index (z, y, x), refusing points outside the volume."""
-    if p.world:
-        zyx = np.floor(image.world_to_index(np.asarray(p.values), frame=frame) + 0.5).astype(int)
-        where = f"--point-mm {p.text} ({frame}) = IJK {','.join(map(str, zyx[::-1]))}"
-    else:
-        zyx = np.asarray(p.values[::-1], dtype=int)
-        where = f"--point {p.text} (IJK)"
-    if np.any(zyx < 0) or np.any(zyx >= np.asarray(image.shape)):
-        raise PromptError(f"{where} is outside the volume of size {_size_ijk(image)} (IJK)")
-    return tuple(int(v) for v in zyx)
-
-
 def cmd_info(args: argparse.Namespace) -> int:
-    from .io.info import describe, orientation_text
-    from .io.read import choose_series, list_dicom_series, read_image
+    from ..io.info import describe, orientation_text
+    from ..io.read import choose_series, list_dicom_series, read_image
 
     series, listing = args.series, ""
     if Path(args.image).is_dir():
@@ -214,10 +84,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .io.read import read_image
-    from .io.write import SUPPORTED_WRITE_EXTENSIONS
-    from .models.zoo import get_spec
-    from .segment2d_cli import cmd_segment_2d, wants_2d
+    from ..io.read import read_image
+    from ..io.write import SUPPORTED_WRITE_EXTENSIONS
+    from ..models.zoo import get_spec
+    from .segment2d import cmd_segment_2d, wants_2d
 
     if args.series is not None and not Path(args.image).is_dir():
         raise UsageError(f"--series chooses a series of a DICOM folder; {args.image} is not a folder")
@@ -233,66 +103,64 @@ def cmd_segment(args: argparse.Namespace) -> int:
     # 1. everything that needs no file
     points = [parse_point(t) for t in args.point or []] + [parse_point(t, world=True) for t in args.point_mm or []]
     boxes = [parse_box(t) for t in args.box or []]
-    from .prompts import apply_prompts, prompts_from_args, resolve_prompts
+    from ..session.prompts import apply_prompts, prompts_from_args, resolve_prompts
 
     replay = prompts_from_args(args)  # --prompts FILE (refused beside the flags above)
     if not points and not boxes and args.mask_in is None and replay is None:
         raise UsageError("segment needs a prompt: --point, --point-mm, --box, --mask-in or --prompts")
-    from .io.dicom_seg import is_dicom_seg_output
+    from ..io.dicom_seg import is_dicom_seg_output
 
     dicom_seg = is_dicom_seg_output(args.output)
-    from .io.seg_codes import seg_codes_from_args
+    from ..io.seg_codes import seg_codes_from_args
 
     seg_codes = seg_codes_from_args(args, dicom_seg)  # --seg-category / --seg-type
     if dicom_seg:
         _check_seg_output(args.output, args.image)
     else:
-        _check_output(args.output, SUPPORTED_WRITE_EXTENSIONS + (".dcm",), "output")
+        check_output(args.output, SUPPORTED_WRITE_EXTENSIONS + (".dcm",), "output")
     if args.overlay is not None:
-        _check_output(args.overlay, (".png",), "--overlay")
+        check_output(args.overlay, (".png",), "--overlay")
     elif getattr(args, "neurological", False):
         raise UsageError("--neurological sets the view of --overlay PNG; give --overlay too")
     get_spec(args.model)
-    _check_device(args.device)
-    checkpoint = args.checkpoint or default_checkpoint(args.model)
-    if checkpoint is None:
-        raise UsageError(f"no weights are shipped for {args.model}; give a checkpoint with --checkpoint PATH")
-    if not Path(checkpoint).is_file():
-        raise UsageError(f"--checkpoint {checkpoint}: no such file")
-    config = _read_config(args.config_json)
+    check_device(args.device, CLI_DEVICES, "--device")
+    from ..models.loading import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.model, args.checkpoint)
+    config = read_config_json(args.config_json)
 
     # 2. the image and the prompts against it
     image = read_image(args.image, series=args.series)
     if 1 in image.shape:  # a 2D image, a single-frame DICOM file, a one-voxel-thick volume
-        raise single_slice_error(args.image, args.model, f"{_size_ijk(image)} IJK")
+        raise single_slice_error(args.image, args.model, f"{size_ijk(image)} IJK")
     if dicom_seg and not image.is_dicom:
-        from .io.dicom_seg import NotDicomError
+        from ..io.dicom_seg import NotDicomError
 
         raise NotDicomError(f"output {args.output}: a DICOM SEG needs a DICOM input; {args.image} is not DICOM "
                             "(write .nii.gz, .nrrd or .mha instead)")
-    idx = [(_point_index(image, p, args.frame), p.positive) for p in points]
+    idx = [(point_index(image, p, args.frame), p.positive) for p in points]
     box_zyx = []
     for lo, hi in boxes:
         if any(a < 0 for a in lo) or any(b > n for b, n in zip(hi, image.size_xyz)):
             raise PromptError(f"--box {','.join(map(str, lo + hi))} is outside the volume of size "
-                              f"{_size_ijk(image)} (IJK)")
+                              f"{size_ijk(image)} (IJK)")
         box_zyx.append((lo[::-1], hi[::-1]))
     prior = None
     if args.mask_in is not None:
         prior = read_image(args.mask_in)
         if prior.shape != image.shape:
-            raise PromptError(f"--mask-in {args.mask_in}: size {_size_ijk(prior)} (IJK) differs from the image "
-                              f"size {_size_ijk(image)}")
+            raise PromptError(f"--mask-in {args.mask_in}: size {size_ijk(prior)} (IJK) differs from the image "
+                              f"size {size_ijk(image)}")
     replay = resolve_prompts(replay, image) if replay is not None else None
 
     # 3. model and session
-    from .models.loading import load_model
-    from .session import Session
+    from ..models.loading import load_model
+    from ..session import Session
 
     model = load_model(args.model, checkpoint, device=args.device, config=config).set_precision(args.precision)
     planner = None
     if args.autozoom:
-        from .autozoom import AutoZoomPlanner
+        from ..session import AutoZoomPlanner
 
         planner = AutoZoomPlanner()
     session = Session(model, device=args.device, planner=planner, refine=args.refine, clean=args.clean)
@@ -308,12 +176,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         pred = apply_prompts(session, replay)
 
     # 4. outputs
-    from .io.write import write_mask
+    from ..io.write import write_mask
 
     mask = session.mask
     try:
         if dicom_seg:
-            from .io.dicom_seg import write_dicom_seg
+            from ..io.dicom_seg import write_dicom_seg
 
             out = write_dicom_seg(mask, args.image, args.output, image=image, label_name=args.label_name,
                                   model_name=args.model, parameters={"checkpoint": Path(checkpoint).name},
@@ -331,7 +199,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         note = " (the click as an array index k,j,i: the reverse of IJK)" if "click at" in pred.warning else ""
         log.warning("check the result: %s%s", pred.warning, note)
     if args.overlay is not None:
-        from .overlay import save_overlay
+        from ..viz.overlay import save_overlay
 
         focus = idx[0][0] if idx else (tuple((np.asarray(box_zyx[0][0]) + box_zyx[0][1]) // 2) if box_zyx else None)
         save_overlay(image, mask, args.overlay, point_zyx=focus, title=Path(args.image).name, clicks=idx,
@@ -373,7 +241,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--series", metavar="UID|NUMBER", help=series_help)
     s.add_argument("--label-name", metavar="NAME", help="segment label of a DICOM SEG output "
                                                         "(default 'voxprompt segment')")
-    from .io.seg_codes import add_seg_code_arguments
+    from ..io.seg_codes import add_seg_code_arguments
 
     add_seg_code_arguments(s)
     s.add_argument("--point", action="append", metavar="I,J,K[:+|:-]",
@@ -416,11 +284,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="keep only the parts of the mask connected to a positive click (or box centre) and fill "
                         "their holes; --no-clean keeps every component the model returned (default: the model's "
                         "stored setting, on for the default model, off for the official ones)")
-    from .segment2d_cli import add_2d_arguments
+    from .segment2d import add_2d_arguments
 
     add_2d_arguments(s)
     s.set_defaults(func=cmd_segment)
 
 
-__all__ = ["add_subcommands", "cmd_info", "cmd_segment", "config_keys_help", "default_checkpoint", "parse_point",
-           "parse_box", "single_slice_error", "warn_if_empty"]
+__all__ = ["add_subcommands", "cmd_info", "cmd_segment", "config_keys_help"]

@@ -37,20 +37,17 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 from scipy import ndimage
 
-from .errors import UsageError
-from .io.image import Image, apply_affine
-from .objects import bbox_of
-from .preprocess import Roi, extract_roi_label, roi_around
-from .session import (BaseStage, CenteredRoiPlanner, Expansion, Slices, _union, mask_prior_logits, paste_over,
-                      roi_footprint)
-
-if TYPE_CHECKING:
-    from .session import Session
+from ..errors import UsageError
+from ..io.image import Image, apply_affine
+from ..masks import Slices, bbox_of, deepest_voxel, union_box
+from ..preprocess import Roi, extract_roi_label, roi_around
+from .planning import BaseStage, BasePlanner, Box, CenteredRoiPlanner, Expansion
+from .roi_predictor import RoiPredictor, paste_over, roi_footprint
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +88,6 @@ def clicks_in(roi: Roi, clicks: list) -> list:
     return out
 
 
-def deepest_voxel(mask: np.ndarray, sampling=None) -> Optional[np.ndarray]:
-    """Index of the mask voxel farthest from its boundary (exact EDT; outside the array is background)."""
-    m = np.asarray(mask, dtype=bool)
-    if not m.any():
-        return None
-    dist = ndimage.distance_transform_edt(np.pad(m, 1), sampling=sampling)[1:-1, 1:-1, 1:-1]
-    return np.asarray(np.unravel_index(int(np.argmax(dist)), m.shape), dtype=float)
-
-
 def _cores_hit(band: np.ndarray, origin: np.ndarray, size: np.ndarray, step: np.ndarray) -> np.ndarray:
     """Lattice indices k (N, 3) of the tiles [k*step, k*step + size) whose core holds a ``band`` voxel.
 
@@ -124,7 +112,7 @@ def _bbox_lohi(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------- the planner
 @dataclass
-class AutoZoomPlanner:
+class AutoZoomPlanner(BasePlanner):
     """Base ROI as the official planner, then zoom out and refine in tiles (module docstring).
 
     ``size``/``spacing`` default to the model's (set by the Session). ``max_tiles``: refine at
@@ -143,6 +131,7 @@ class AutoZoomPlanner:
     refine_margin: float = 2.0  # coarse voxels around the coarse boundary refined at the base spacing
     max_tiles: Optional[int] = None
     cache_size: int = 256  # embeddings the session keeps (all tiles of a click; 768 KB each for SAM-Med3D)
+    expands: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         try:
@@ -175,15 +164,15 @@ class AutoZoomPlanner:
         return dataclasses.replace(self, size=int(size), spacing=float(spacing))
 
     def plan(self, image: Image, focus_zyx: np.ndarray, current: Optional[Roi],
-             box: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Roi:
+             box: Optional[Box] = None) -> Roi:
         """The base ROI: the official one."""
         if self.size is None or self.spacing is None:
             raise UsageError("AutoZoomPlanner has no ROI size: pass it to Session(model, planner=...)")
         return CenteredRoiPlanner(self.size, self.spacing).plan(image, focus_zyx, current, box)
 
-    def expand(self, session: "Session", base: BaseStage) -> Optional[Expansion]:
+    def expand(self, predictor: RoiPredictor, base: BaseStage) -> Optional[Expansion]:
         """Zoom out while the prediction touches the border, then refine; None when no zoom was needed."""
-        image = session.image
+        image = predictor.image
         mask, region = base.mask, base.region
         roi, mask_roi, f = base.roi, base.mask_roi, 1.0
         zooms: list[float] = []
@@ -199,22 +188,21 @@ class AutoZoomPlanner:
                 deep = deepest_voxel(label)
                 if deep is None:
                     break
-                points.append((deep, 1))
+                points.append((deep.astype(float), 1))
             roi, f = nxt
-            prior = mask_prior_logits(label, session.model.low_res_size).to(session.device)
-            _, _, prob = session._predict_roi(roi, points, prior)
+            _, _, prob = predictor.predict(roi, points, predictor.label_prior(label))
             mask_roi = (prob > 0.5).cpu().numpy()
-            bbox, block = session._pasted(mask, roi, mask_roi, cache=False)
+            bbox, block = predictor.paste(mask, roi, mask_roi, cache=False)
             if bbox is not None:
                 mask[bbox] = block
-                region = _union(region, bbox)
+                region = union_box(region, bbox)
             zooms.append(f)
         if not zooms:
             return None
         tiles = 0
         if self.refine and mask_roi.any():
-            tiles, bbox = self._refine(session, base.roi, roi, mask_roi, f, mask, base.clicks)
-            region = _union(region, bbox)
+            tiles, bbox = self._refine(predictor, base.roi, roi, mask_roi, f, mask, base.clicks)
+            region = union_box(region, bbox)
         log.info("auto-zoom: zoomed out x%s, refined %d tile(s)", "/".join(f"{z:g}" for z in zooms), tiles)
         return Expansion(mask=mask, region=region, zooms=tuple(zooms), tiles=tiles)
 
@@ -233,10 +221,10 @@ class AutoZoomPlanner:
         centre = roi.to_original_index((lo + hi - 1) / 2.0)
         return roi_around(image, centre, size=self.size, spacing=self.spacing * z), z
 
-    def _refine(self, session: "Session", base_roi: Roi, coarse_roi: Roi, coarse_mask_roi: np.ndarray, f: float,
+    def _refine(self, predictor: RoiPredictor, base_roi: Roi, coarse_roi: Roi, coarse_mask_roi: np.ndarray, f: float,
                 mask: np.ndarray, clicks: list) -> tuple[int, Optional[Slices]]:
         """Re-predict the coarse mask's boundary band in base-spacing tiles; updates ``mask`` in place."""
-        image = session.image
+        image = predictor.image
         size = np.asarray(base_roi.size)
         step = np.maximum(1, np.round(size * (1 - self.tile_overlap)).astype(int))
         grid = np.asarray(base_roi.grid_shape)
@@ -277,7 +265,6 @@ class AutoZoomPlanner:
         depth[box] = np.where(inside, dist + 1, 0)
         acc = np.zeros(coarse.shape, np.float32)
         cnt = np.zeros(coarse.shape, np.uint8)
-        low = session.model.low_res_size
         done = 0
         for kk in chosen:
             tile = dataclasses.replace(base_roi, start=tuple(int(v) for v in kk * step))
@@ -290,8 +277,7 @@ class AutoZoomPlanner:
                     points.append((np.asarray(np.unravel_index(int(np.argmax(d)), d.shape), dtype=float), 1))
             if not points:
                 continue  # no object and no click here: the coarse mask stands
-            prior = mask_prior_logits(coarse[sl], low).to(session.device)
-            _, _, prob = session._predict_roi(tile, points, prior)
+            _, _, prob = predictor.predict(tile, points, predictor.label_prior(coarse[sl]))
             acc[sl] += prob.cpu().numpy()
             cnt[sl] += 1
             done += 1
@@ -309,4 +295,4 @@ class AutoZoomPlanner:
         return done, bbox
 
 
-__all__ = ["AutoZoomPlanner", "touches_border", "clicks_in", "deepest_voxel"]
+__all__ = ["AutoZoomPlanner", "touches_border", "clicks_in"]

@@ -27,7 +27,8 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from .family import family
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +143,6 @@ def identify(sd: Mapping[str, torch.Tensor]) -> str:
     if grid == 64:
         return "sam-vit-b"
     return f"a SAM ViT-B at {grid * 16} px without adapters"
-
-
-def family(name: str) -> str:
-    """Architecture family: weights of one family load into any config of it."""
-    if name.startswith("sam-unet"):
-        return "sam-unet"
-    return "sam-med3d" if name == "voxprompt-med3d-small" else name
 
 
 def _looks_like(looks: str) -> str:

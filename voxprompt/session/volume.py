@@ -38,7 +38,7 @@ Masks: ``add_mask`` makes an existing segmentation the object's mask and the pre
 next click: the ROI is the one the official pipeline centres on the label, and the label resampled
 into it is turned into +/- ``MASK_PRIOR_LOGIT`` logits averaged down to the 32^3 low-res grid.
 
-Auto-zoom: ``Session(model, planner=AutoZoomPlanner())`` (:mod:`voxprompt.autozoom`) follows a
+Auto-zoom: ``Session(model, planner=AutoZoomPlanner())`` (:mod:`voxprompt.session.autozoom`) follows a
 prediction that touches the ROI's border with zoomed-out ROIs and tiles refined at the base spacing;
 the whole multi-ROI result of one call is one undo step. The default planner is the official one.
 
@@ -75,27 +75,24 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .errors import InputError, PromptError, UsageError
-from .io.image import LPS_TO_RAS, Image
-from .io.read import read_image
-from .objects import ObjectsMixin, Slices, bbox_of, unshared_mask, within
-from .preprocess import (Roi, extract_roi_label, preprocess_roi, roi_around, roi_block_to_original,
-                         roi_for_label)
-from .cleanup import clean_mask, resolve_clean
-from .refine import RefineConfig, refine_mask, resolve_refine
+from ..errors import InputError, PromptError, UsageError
+from ..io.image import LPS_TO_RAS, Image
+from ..io.read import read_image
+from ..masks import Slices, bbox_of, within
+from ..preprocess import Roi, roi_for_label
+from ..cleanup import clean_mask, resolve_clean
+from ..refine import RefineConfig, refine_mask, resolve_refine
+from .objects import ObjectsMixin, box_corners, point_index, unshared_mask
+from .planning import ROI_SPACING_MM, BaseStage, CenteredRoiPlanner, Expansion, RoiPlanner
+from .roi_predictor import EMBEDDING_CACHE_SIZE, RoiPredictor, roi_key
 
 log = logging.getLogger(__name__)
 
-ROI_SPACING_MM = 1.5
-MASK_PRIOR_LOGIT = 10.0  # |logit| of an add_mask prior (sigmoid(10) = 0.99995)
-EMBEDDING_CACHE_SIZE = 4
-COVERAGE_CACHE_SIZE = 8  # ROI footprints on the original grid kept for pasting
 BOX_NEGATIVE_MARGIN = 2  # voxels outside a box face where its negative click goes
 # A result whose predicted IoU (the model's own score) is below this is flagged as low confidence.
 # Chosen for the default model on the training structures (benchmarks/confidence.py: the largest
@@ -157,78 +154,6 @@ def image_from_array(array: np.ndarray, spacing: Optional[Sequence[float]] = Non
     return Image(arr, spacing=tuple(sp), origin=tuple(lps[:3, 3]), direction=direction)
 
 
-# ----------------------------------------------------------------------------- ROI planning
-Click = tuple[np.ndarray, int]  # (original-array index (z, y, x), label 1 = positive / 0 = negative)
-
-
-class RoiPlanner(Protocol):
-    """Decides the model ROI for a prompt.
-
-    A planner may also define ``expand(session, base: BaseStage) -> Optional[Expansion]`` to follow
-    the base ROI's prediction with more ROIs (:class:`voxprompt.autozoom.AutoZoomPlanner`),
-    ``bind(size, spacing)`` returning a copy set up for the model, and ``cache_size`` (embeddings).
-    """
-
-    def plan(self, image: Image, focus_zyx: np.ndarray, current: Optional[Roi],
-             box: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Roi:
-        """ROI for a prompt at ``focus_zyx``; returning ``current`` keeps refining in it."""
-        ...
-
-
-@dataclass
-class BaseStage:
-    """The base ROI's prediction, handed to a planner's ``expand``.
-
-    ``mask`` is a private full-size copy of the object's mask with the base prediction pasted in
-    (the planner may modify it); ``region`` bounds where it differs from the object's mask.
-    """
-
-    roi: Roi
-    mask_roi: np.ndarray  # bool roi.size: the base prediction in the ROI
-    clicks: list  # [Click]: the object's clicks in original indices
-    mask: np.ndarray
-    region: Slices
-
-
-@dataclass
-class Expansion:
-    """A multi-ROI result: the object's new full-size ``mask``; ``region`` bounds every change."""
-
-    mask: np.ndarray
-    region: Slices
-    zooms: tuple[float, ...] = ()  # zoom factors of the zoomed-out ROIs, in order
-    tiles: int = 0  # tiles refined at the base spacing
-
-
-@dataclass
-class CenteredRoiPlanner:
-    """Official behaviour: keep the current ROI while the click lies in it, else centre on it."""
-
-    size: int = 128
-    spacing: float = ROI_SPACING_MM
-
-    def plan(self, image: Image, focus_zyx: np.ndarray, current: Optional[Roi],
-             box: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Roi:
-        if box is None and current is not None and bool(current.contains(current.from_original_index(focus_zyx))):
-            return current
-        return roi_around(image, focus_zyx, size=self.size, spacing=self.spacing)
-
-
-def roi_key(roi: Roi) -> tuple:
-    """Hashable identity of a ROI within one image: start, size and spacing (zoomed ROIs differ)."""
-    return tuple(roi.start), tuple(roi.size), tuple(round(v, 6) for v in roi.spacing)
-
-
-def mask_prior_logits(label_roi: np.ndarray, low_res_size: int) -> torch.Tensor:
-    """A binary ROI label -> +/- ``MASK_PRIOR_LOGIT`` logits averaged down to the low-res grid.
-
-    Returns float32 ``(1, 1, L, L, L)`` on the CPU, the ``mask_input`` of a mask prior.
-    """
-    lab = torch.from_numpy(np.asarray(label_roi, dtype=np.float32))[None, None]
-    frac = F.avg_pool3d(lab, kernel_size=lab.shape[-1] // low_res_size)
-    return (frac * 2 - 1) * MASK_PRIOR_LOGIT
-
-
 # ----------------------------------------------------------------------------- results and state
 @dataclass
 class Prediction:
@@ -259,7 +184,7 @@ class Prediction:
 
 
 @dataclass
-class _Step:
+class _VolumeStep:
     """What undo needs: the state before a call and the part of the mask it overwrote."""
 
     roi: Optional[Roi]
@@ -280,32 +205,6 @@ class _Object:
     logits: Optional[torch.Tensor] = None  # (1, 1, 32, 32, 32) raw low-res logits
     score: Optional[float] = None
     history: list = field(default_factory=list)
-
-
-def roi_footprint(mask_roi: np.ndarray, roi: Roi, image: Image) -> tuple[Optional[Slices], np.ndarray]:
-    """A ROI mask mapped back onto ``image``'s grid, cropped to what it covers: (bbox, bool block),
-    or (None, empty). Only the ROI's sub-block of the image is ever resampled."""
-    box, part = roi_block_to_original(mask_roi, roi, image)
-    local = None if box is None else bbox_of(part)
-    if local is None:
-        return None, np.zeros((0, 0, 0), bool)
-    return within(box, local), part[local] != 0
-
-
-def paste_over(mask: np.ndarray, bbox: Slices, cover: np.ndarray, mask_roi: np.ndarray, roi: Roi,
-               image: Image) -> np.ndarray:
-    """``mask[bbox]`` with ``mask_roi`` mapped back over the ROI's footprint ``(bbox, cover)`` (from
-    :func:`roi_footprint` of the same ROI and image)."""
-    box, part = roi_block_to_original(mask_roi, roi, image)  # the footprint's sub-block: bbox lies in it
-    local = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bbox, box))
-    return np.where(cover, part[local] != 0, mask[bbox])
-
-
-def _union(a: Optional[Slices], b: Optional[Slices]) -> Optional[Slices]:
-    """Smallest box containing two boxes (either may be None)."""
-    if a is None or b is None:
-        return a if b is None else b
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
 def _box_centre(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -374,7 +273,7 @@ class Session(ObjectsMixin):
                  planner: Optional[RoiPlanner] = None, refine: Union[bool, RefineConfig, None] = None,
                  clean: Optional[bool] = None, low_confidence_iou: float = LOW_CONFIDENCE_IOU) -> None:
         if model is None:  # the default model, with the weights shipped in the package
-            from .models.loading import DEFAULT_MODEL, load_model, shipped_weights
+            from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
             if shipped_weights(DEFAULT_MODEL) is None:
                 raise UsageError(f"Session(): no weights shipped for {DEFAULT_MODEL}; pass a model")
@@ -382,13 +281,13 @@ class Session(ObjectsMixin):
         if getattr(model, "spatial_dims", 3) != 3:
             raise UsageError(f"Session needs a 3D model, got spatial_dims={model.spatial_dims}")
         self.model = model
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.img_size = int(model.cfg.img_size)
         self.roi_spacing = float(getattr(model.cfg, "roi_spacing_mm", ROI_SPACING_MM))
         planner = planner or CenteredRoiPlanner(size=self.img_size, spacing=self.roi_spacing)
-        bind = getattr(planner, "bind", None)
-        self.planner: RoiPlanner = bind(self.img_size, self.roi_spacing) if bind is not None else planner
-        self.cache_size = max(EMBEDDING_CACHE_SIZE, int(getattr(self.planner, "cache_size", 0) or 0))
+        self.planner: RoiPlanner = planner.bind(self.img_size, self.roi_spacing)
+        self.cache_size = max(EMBEDDING_CACHE_SIZE, int(self.planner.cache_size or 0))
+        self.predictor = RoiPredictor(model, device, cache_size=self.cache_size)
+        self.device = self.predictor.device
         self.refine: Optional[RefineConfig] = resolve_refine(refine, model.cfg)
         self.clean: bool = resolve_clean(clean, model.cfg)
         try:
@@ -398,8 +297,6 @@ class Session(ObjectsMixin):
         if not 0.0 <= self.low_confidence_iou <= 1.0:
             raise UsageError(f"low_confidence_iou must be in [0, 1] (0 = no score rule), got {low_confidence_iou}")
         self.image: Optional[Image] = None
-        self._embeddings: dict[tuple, torch.Tensor] = {}
-        self._coverage: dict[tuple, tuple[Optional[Slices], np.ndarray]] = {}
         self._objects: dict[int, _Object] = {}
         self._current = 1
 
@@ -421,8 +318,7 @@ class Session(ObjectsMixin):
             log.info("image %s is one slice thick; the ROI is zero-padded (a 2D model may fit better)",
                      img.shape)
         self.image = img
-        self._embeddings.clear()
-        self._coverage.clear()
+        self.predictor.set_image(img)
         self._clear_objects(img.shape)
 
     @property
@@ -436,38 +332,10 @@ class Session(ObjectsMixin):
 
     # ------------------------------------------------------------------ validation
     def _index(self, point: Sequence[float], what: str = "point") -> np.ndarray:
-        img = self._img()
-        try:
-            p = np.asarray(point, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise PromptError(f"{what} {point!r} is not numeric") from None
-        if p.shape != (3,):
-            raise PromptError(f"{what} needs 3 coordinates (array axis order), got {p.size}: {point!r}")
-        if not np.isfinite(p).all():
-            raise PromptError(f"{what} {point!r} is not finite")
-        idx = np.floor(p + 0.5).astype(int)
-        if np.any(idx < 0) or np.any(idx >= np.asarray(img.shape)):
-            raise PromptError(f"{what} {tuple(idx.tolist())} is outside the volume of shape {img.shape}")
-        return idx
+        return point_index(point, self._img().shape, what)
 
     def _box(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        img = self._img()
-        try:
-            a, b = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise PromptError(f"box corners {lo!r}, {hi!r} are not numeric") from None
-        if a.shape != (3,) or b.shape != (3,):
-            raise PromptError(f"box corners need 3 coordinates each, got {lo!r} and {hi!r}")
-        if not (np.isfinite(a).all() and np.isfinite(b).all()) or np.any(a != np.round(a)) or np.any(b != np.round(b)):
-            raise PromptError(f"box corners must be integer voxel indices, got {lo!r} and {hi!r}")
-        a, b = a.astype(int), b.astype(int)
-        if np.any(b <= a):
-            raise PromptError(f"box [{tuple(a.tolist())}, {tuple(b.tolist())}) is empty (need lo < hi on "
-                              "every axis; a 2D box spans one slice: hi = lo + 1)")
-        if np.any(a < 0) or np.any(b > np.asarray(img.shape)):
-            raise PromptError(f"box [{tuple(a.tolist())}, {tuple(b.tolist())}) is outside the volume of "
-                              f"shape {img.shape}")
-        return a, b
+        return box_corners(lo, hi, self._img().shape)
 
     # ------------------------------------------------------------------ world helpers
     def point_from_world(self, mm: Sequence[float], frame: str = "LPS") -> np.ndarray:
@@ -492,101 +360,35 @@ class Session(ObjectsMixin):
             total += int(obj.mask.nbytes) + t(obj.logits)
             for step in obj.history:
                 total += t(step.logits) + (0 if step.old_block is None else int(step.old_block.nbytes))
-        total += self.cache_bytes()
-        total += sum(int(m.nbytes) for _, m in self._coverage.values())
-        return total
+        return total + self.predictor.cache_bytes() + self.predictor.coverage_bytes()
 
     def cache_bytes(self) -> int:
         """Bytes of the cached image embeddings (re-computable on demand)."""
-        return sum(int(e.element_size() * e.nelement()) for e in self._embeddings.values())
+        return self.predictor.cache_bytes()
 
     def trim_cache(self, max_bytes: int) -> int:
         """Drop cached embeddings, least recently used first, until :meth:`memory_bytes` <= ``max_bytes``.
 
         Results are unchanged: a dropped embedding is re-encoded when next needed. Returns bytes freed.
         """
-        freed = 0
-        over = self.memory_bytes() - int(max_bytes)
-        while over > 0 and self._embeddings:
-            emb = self._embeddings.pop(next(iter(self._embeddings)))
-            n = int(emb.element_size() * emb.nelement())
-            freed += n
-            over -= n
-        if over > 0 and self._coverage:
-            freed += sum(int(m.nbytes) for _, m in self._coverage.values())
-            self._coverage.clear()
+        freed = self.predictor.trim(self.memory_bytes() - int(max_bytes))
         if freed:
             log.debug("trimmed %d bytes of cache", freed)
         return freed
 
     # ------------------------------------------------------------------ model plumbing
-    def _embedding(self, roi: Roi) -> torch.Tensor:
-        key = roi_key(roi)
-        emb = self._embeddings.pop(key, None)
-        if emb is None:
-            x = torch.from_numpy(preprocess_roi(self._img(), roi))[None, None].to(self.device)
-            emb = self.model.encode(x)
-            log.debug("encoded ROI start=%s", roi.start)
-        self._embeddings[key] = emb  # most recently used last
-        while len(self._embeddings) > self.cache_size:
-            self._embeddings.pop(next(iter(self._embeddings)))
-        return emb
-
-    def _roi_coverage(self, roi: Roi, cache: bool = True) -> tuple[Optional[Slices], np.ndarray]:
-        """Image region (bbox, mask inside it) that the ROI maps back onto (small LRU cache)."""
-        key = roi_key(roi)
-        hit = self._coverage.pop(key, None)
-        if hit is None:
-            hit = roi_footprint(np.ones(roi.size, np.uint8), roi, self._img())
-        if cache:
-            self._coverage[key] = hit
-            while len(self._coverage) > COVERAGE_CACHE_SIZE:
-                self._coverage.pop(next(iter(self._coverage)))
-        return hit
+    def _decode(self, roi: Roi, points_roi: list, logits: Optional[torch.Tensor]) -> tuple[torch.Tensor, float]:
+        """The session's decoder call (the predictor's; a seam that tests replace to fix the score)."""
+        return self.predictor.decode(roi, points_roi, logits)
 
     def _pasted(self, mask: np.ndarray, roi: Roi, mask_roi: np.ndarray,
                 cache: bool = True) -> tuple[Optional[Slices], Optional[np.ndarray]]:
-        """(bbox, block): ``mask`` with a ROI prediction pasted over the ROI's footprint, on its bbox.
-
-        ``cache=False`` for large one-off ROIs (zoomed out), whose footprint is not kept.
-        """
-        bbox, cover = self._roi_coverage(roi, cache)
-        if bbox is None:
-            return None, None
-        return bbox, paste_over(mask, bbox, cover, mask_roi, roi, self._img())
-
-    def _mask_prior(self, mask: np.ndarray, roi: Roi) -> torch.Tensor:
-        """A full-size mask resampled into ``roi`` as +/- logits on the low-res grid (add_mask's prior)."""
-        lab = extract_roi_label(self._img(), mask, roi)
-        return mask_prior_logits(lab, self.model.low_res_size).to(self.device)
-
-    def _upsampled_prob(self, logits: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(logits.float(), size=(self.img_size,) * 3, mode="trilinear", align_corners=False)
-        return torch.sigmoid(up)[0, 0]
-
-    def _decode(self, roi: Roi, points_roi: list, logits: Optional[torch.Tensor]) -> tuple[torch.Tensor, float]:
-        emb = self._embedding(roi)
-        coords = torch.tensor(np.stack([p for p, _ in points_roi])[None], dtype=torch.float32, device=self.device)
-        labels = torch.tensor([[lab for _, lab in points_roi]], dtype=torch.int64, device=self.device)
-        low = self.model.low_res_size
-        if logits is None:
-            logits = torch.zeros((1, 1, low, low, low), device=self.device)
-        out, iou = self.model.decode(emb, points=(coords, labels), mask_input=logits, multimask=False)
-        return out, float(iou[0, 0])
-
-    def _predict_roi(self, roi: Roi, points_roi: list,
-                     logits: Optional[torch.Tensor]) -> tuple[torch.Tensor, float, torch.Tensor]:
-        """Decode in ``roi``: (raw low-res logits, IoU score, upsampled probabilities ``roi.size``)."""
-        out, score = self._decode(roi, points_roi, logits)
-        return out, score, self._upsampled_prob(out)
-
-    def _roi_point(self, roi: Roi, index_zyx: np.ndarray) -> np.ndarray:
-        c = np.floor(roi.from_original_index(index_zyx.astype(float)) + 0.5)
-        return np.clip(c, 0, np.asarray(roi.size) - 1)
+        """The session's paste-back of a base ROI's result (the predictor's; a seam for tests)."""
+        return self.predictor.paste(mask, roi, mask_roi, cache)
 
     # ------------------------------------------------------------------ state changes
     def _push(self, obj: _Object) -> None:
-        obj.history.append(_Step(obj.roi, list(obj.points_roi), list(obj.prompts), obj.logits, obj.score,
+        obj.history.append(_VolumeStep(obj.roi, list(obj.points_roi), list(obj.prompts), obj.logits, obj.score,
                                  None, None))
 
     def _commit(self, obj: _Object, new_mask_region: Optional[tuple[Slices, np.ndarray]],
@@ -616,8 +418,8 @@ class Session(ObjectsMixin):
                     expansion: Optional[Expansion] = None) -> Prediction:
         if prob is None and obj.logits is not None:
             with torch.inference_mode():
-                prob = self._upsampled_prob(obj.logits).cpu().numpy()
-        roi_bbox = self._roi_coverage(obj.roi)[0] if obj.roi is not None else None
+                prob = self.predictor.probabilities(obj.logits).cpu().numpy()
+        roi_bbox = self.predictor.coverage(obj.roi)[0] if obj.roi is not None else None
         extra = {} if expansion is None else {"zooms": tuple(expansion.zooms), "tiles": expansion.tiles}
         warning = self._warning(obj)
         return Prediction(mask=self.mask, probabilities=prob, changed_bbox=changed, score=obj.score,
@@ -648,17 +450,17 @@ class Session(ObjectsMixin):
         ``clicks``: the object's clicks in original indices (for a multi-ROI planner); ``clip``:
         a box [lo, hi) outside which the mask does not change.
         """
-        logits, score, prob = self._predict_roi(roi, obj.points_roi, obj.logits)
+        logits, score = self._decode(roi, obj.points_roi, obj.logits)
+        prob = self.predictor.probabilities(logits)
         mask_roi = (prob > 0.5).cpu().numpy()
         obj.roi, obj.logits, obj.score = roi, logits, score
         region, block = self._pasted(obj.mask, roi, mask_roi)
         expansion = None
-        expand = getattr(self.planner, "expand", None)
-        if expand is not None and region is not None:
+        if self.planner.expands and region is not None:
             candidate = obj.mask.copy()
             candidate[region] = block
-            expansion = expand(self, BaseStage(roi=roi, mask_roi=mask_roi, clicks=clicks, mask=candidate,
-                                               region=region))
+            expansion = self.planner.expand(self.predictor, BaseStage(roi=roi, mask_roi=mask_roi, clicks=clicks,
+                                                                      mask=candidate, region=region))
             if expansion is not None:
                 region, block = expansion.region, expansion.mask[expansion.region]
         if region is not None and self.refine is not None:
@@ -669,7 +471,7 @@ class Session(ObjectsMixin):
             block = self._cleaned(obj, region, block, clip)
         changed = self._commit(obj, None if region is None else (region, block))
         if expansion is not None:  # later clicks in this ROI refine what is shown, not the cut-off logits
-            obj.logits = self._mask_prior(obj.mask, roi)
+            obj.logits = self.predictor.prior(obj.mask, roi)
         return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
 
     def _cleaned(self, obj: _Object, region: Slices, block: np.ndarray,
@@ -723,7 +525,7 @@ class Session(ObjectsMixin):
             try:
                 if obj.roi is None or roi_key(roi) != roi_key(obj.roi):
                     obj.points_roi, obj.logits = [], None  # new ROI: official first click, zero mask
-                obj.points_roi = obj.points_roi + [(self._roi_point(roi, idx), 1 if positive else 0)]
+                obj.points_roi = obj.points_roi + [(self.predictor.roi_point(roi, idx), 1 if positive else 0)]
                 obj.prompts = obj.prompts + [("point", (tuple(idx.tolist()), bool(positive)))]
                 return self._run(obj, roi, _point_clicks(obj.prompts))
             except BaseException:
@@ -738,7 +540,7 @@ class Session(ObjectsMixin):
         center = _box_centre(a, b)
         extent = b - a
         if (np.any(extent * np.asarray(img.spacing[::-1]) > self.img_size * self.roi_spacing)
-                and getattr(self.planner, "expand", None) is None):
+                and not self.planner.expands):
             log.warning("box %s..%s is larger than the %d^3 ROI at %.1f mm; the ROI covers its centre only",
                         tuple(a.tolist()), tuple(b.tolist()), self.img_size, self.roi_spacing)
         clicks: list = [(center.astype(float), 1)]
@@ -752,7 +554,7 @@ class Session(ObjectsMixin):
                     clicks.append((q.astype(float), 0))
         with torch.inference_mode():
             roi = self.planner.plan(img, center.astype(float), obj.roi, box=(a, b))
-            pts = [(self._roi_point(roi, center), 1)]
+            pts = [(self.predictor.roi_point(roi, center), 1)]
             for q, _ in clicks[1:]:
                 c = np.floor(roi.from_original_index(q) + 0.5)
                 if bool(roi.contains(c)):
@@ -779,7 +581,7 @@ class Session(ObjectsMixin):
                 except InputError:
                     roi = None  # too small to survive resampling: keep it without a prior
             if roi is not None:
-                logits = self._mask_prior(m, roi)
+                logits = self.predictor.prior(m, roi)
             self._push(obj)
             obj.roi, obj.points_roi, obj.logits, obj.score = roi, [], logits, None
             obj.prompts = obj.prompts + [("mask", None)]
@@ -787,7 +589,7 @@ class Session(ObjectsMixin):
             return self._prediction(obj, changed)
 
     # ------------------------------------------------------------------ history
-    def _restore(self, obj: _Object, step: _Step) -> Optional[Slices]:
+    def _restore(self, obj: _Object, step: _VolumeStep) -> Optional[Slices]:
         obj.roi, obj.points_roi, obj.prompts = step.roi, step.points_roi, step.prompts
         obj.logits, obj.score = step.logits, step.score
         if step.bbox is not None:
@@ -805,5 +607,4 @@ class Session(ObjectsMixin):
         return self._prediction(self._obj, changed)
 
 
-__all__ = ["Session", "Prediction", "RoiPlanner", "CenteredRoiPlanner", "BaseStage", "Expansion",
-           "from_slicer_ijk", "to_slicer_ijk", "image_from_array", "roi_key", "mask_prior_logits"]
+__all__ = ["Session", "Prediction", "from_slicer_ijk", "to_slicer_ijk", "image_from_array"]

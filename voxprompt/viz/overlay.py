@@ -15,9 +15,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .figures import draw_mask, pyplot, save_figure
-from .io.image import Image
+from ..io.image import Image
 
 
 CT_SOFT_TISSUE = (-160.0, 240.0)  # W 400 / L 40 HU

@@ -20,11 +20,12 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-from .errors import InputError, UsageError
-from .preprocess.image2d import Policy2D, Window, intensity_range, policy_for, rgb_uint8
-from .session2d import Decoded, Predictor2D
+from ..errors import InputError, UsageError
+from ..masks import deepest_voxel, largest_component
+from ..models.family import policy_for
+from ..preprocess.image2d import Policy2D, Window, intensity_range, rgb_uint8
+from .image2d import Decoded, Predictor2D
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +138,6 @@ def _nbytes(emb: Union[torch.Tensor, dict, None]) -> int:
 
 
 # ----------------------------------------------------------------------------- prompts from masks
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a 2D mask (ties: first in raster order)."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if n <= 1:
-        return labels > 0
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
-
-
 def box_of(mask: np.ndarray, margin: int = 0) -> tuple[int, int, int, int]:
     """XYXY box (max exclusive) of the largest component, grown by ``margin`` and clipped."""
     comp = largest_component(mask)
@@ -158,8 +149,7 @@ def box_of(mask: np.ndarray, margin: int = 0) -> tuple[int, int, int, int]:
 
 def deepest_point(mask: np.ndarray) -> tuple[int, int]:
     """(x, y) of the largest component's pixel farthest from its border (first in raster order)."""
-    dist = ndimage.distance_transform_edt(np.pad(largest_component(mask), 1))[1:-1, 1:-1]
-    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    r, c = deepest_voxel(largest_component(mask))
     return int(c), int(r)
 
 
@@ -245,5 +235,5 @@ def propagate(encoder: SliceEncoder, start: int, mask: np.ndarray, config: Propa
 
 
 __all__ = ["PROMPTS", "PropagationConfig", "PropagationResult", "SliceEncoder", "SliceResult", "SliceStack",
-           "box_of", "decode_slice", "deepest_point", "inplane", "largest_component", "prompts_from_mask",
+           "box_of", "decode_slice", "deepest_point", "inplane", "prompts_from_mask",
            "propagate", "slice_region", "take_slice"]

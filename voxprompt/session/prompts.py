@@ -46,11 +46,11 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import PromptError, UsageError
+from ..errors import PromptError, UsageError
 
 if TYPE_CHECKING:
-    from .io.image import Image
-    from .session import Prediction, Session
+    from ..io.image import Image
+    from .volume import Prediction, Session
 
 FORMAT_VERSION = 1
 FRAMES = ("ijk", "lps", "ras")
@@ -282,7 +282,7 @@ def resolve_prompts(entries: Sequence[PromptEntry], image: Image) -> list[Resolv
     out = []
     for e in entries:
         if e.kind == "mask":
-            from .io.read import read_image
+            from ..io.read import read_image
 
             m = read_image(e.path)
             if m.shape != image.shape:
@@ -362,7 +362,7 @@ def prompts_from_args(args: Any) -> Optional[list[PromptEntry]]:
     for e in entries:
         if e.object != 1:
             raise _err(e.where, f"object {e.object}: segment writes one mask, so its prompts file holds "
-                                "object 1 only (replay several objects in Python: voxprompt.prompts.apply_prompts "
+                                "object 1 only (replay several objects in Python: voxprompt.session.prompts.apply_prompts "
                                 "and Session.label_map)")
     return entries
 
@@ -424,7 +424,7 @@ def save_prompts(session: Session, path: Union[str, Path], frame: str = "ijk") -
     """Write ``session``'s prompts as a JSON prompts file; each mask prompt's mask goes beside it
     (``NAME.mask1.nii.gz``, ...; recovered from the undo history). Replay with :func:`apply_prompts`
     or ``voxprompt segment --prompts`` (object 1 only)."""
-    from .io.write import write_mask
+    from ..io.write import write_mask
 
     out = Path(path)
     names, files = [], []

@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .models.loading import load_model, shipped_weights
-    from .onnx_export import export_onnx
+    from ..models.loading import load_model, shipped_weights
+    from ..models.onnx import export_onnx
 
     if args.random_weights and args.checkpoint is not None:
         raise UsageError("give either --checkpoint or --random-weights, not both")

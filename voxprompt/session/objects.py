@@ -1,31 +1,53 @@
-"""Objects and undo shared by :class:`~voxprompt.session.Session` and :class:`~voxprompt.session2d.Session2D`."""
+"""Objects and undo shared by :class:`~voxprompt.session.Session` and :class:`~voxprompt.session.image2d.Session2D`."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .errors import PromptError, UsageError
+from ..errors import PromptError, UsageError
+from ..masks import Slices, bbox_of
 
-Slices = tuple[slice, ...]
-
-
-def bbox_of(diff: np.ndarray) -> Optional[Slices]:
-    """Slices bounding the nonzero entries of ``diff`` (None when there are none)."""
-    if not diff.any():
-        return None
-    sl = []
-    for ax in range(diff.ndim):
-        other = tuple(a for a in range(diff.ndim) if a != ax)
-        nz = np.flatnonzero(diff.any(axis=other))
-        sl.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    return tuple(sl)
+MASK_PRIOR_LOGIT = 10.0  # |logit| standing for a mask prompt in both sessions (sigmoid(10) = 0.99995)
 
 
-def within(outer: Slices, inner: Slices) -> Slices:
-    """``inner`` (slices of the block ``array[outer]``) as slices of ``array`` itself."""
-    return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
+def point_index(point: Sequence[float], shape: Sequence[int], what: str = "point") -> np.ndarray:
+    """A prompt point (array indices, any real numbers) -> the nearest voxel, refused outside ``shape``."""
+    try:
+        p = np.asarray(point, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PromptError(f"{what} {point!r} is not numeric") from None
+    if p.shape != (len(shape),):
+        raise PromptError(f"{what} needs {len(shape)} coordinates (array axis order), got {p.size}: {point!r}")
+    if not np.isfinite(p).all():
+        raise PromptError(f"{what} {point!r} is not finite")
+    idx = np.floor(p + 0.5).astype(int)
+    if np.any(idx < 0) or np.any(idx >= np.asarray(shape)):
+        raise PromptError(f"{what} {tuple(idx.tolist())} is outside the volume of shape {tuple(shape)}")
+    return idx
+
+
+def box_corners(lo: Sequence[int], hi: Sequence[int], shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A prompt box [lo, hi) (integer array indices) checked against ``shape``: non-integer, empty or
+    outside boxes are refused, never rounded."""
+    try:
+        a, b = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PromptError(f"box corners {lo!r}, {hi!r} are not numeric") from None
+    n = len(shape)
+    if a.shape != (n,) or b.shape != (n,):
+        raise PromptError(f"box corners need {n} coordinates each, got {lo!r} and {hi!r}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()) or np.any(a != np.round(a)) or np.any(b != np.round(b)):
+        raise PromptError(f"box corners must be integer voxel indices, got {lo!r} and {hi!r}")
+    a, b = a.astype(int), b.astype(int)
+    if np.any(b <= a):
+        raise PromptError(f"box [{tuple(a.tolist())}, {tuple(b.tolist())}) is empty or in the wrong order "
+                          "(need lo < hi on every axis; a 2D box spans one slice: hi = lo + 1)")
+    if np.any(a < 0) or np.any(b > np.asarray(shape)):
+        raise PromptError(f"box [{tuple(a.tolist())}, {tuple(b.tolist())}) is outside the volume of "
+                          f"shape {tuple(shape)}")
+    return a, b
 
 
 def unshared_mask(obj: Any) -> np.ndarray:

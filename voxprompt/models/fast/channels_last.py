@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import LayerNormNd, channels_first, channels_last
-from .fast import reference_enabled, tensor_key
+from ..common import LayerNormNd, channels_first, channels_last
+from . import reference_enabled, tensor_key
 
 _ELEMENTWISE = (nn.GELU, nn.ReLU, nn.Identity)
 _CONVS = (nn.Conv2d, nn.Conv3d)

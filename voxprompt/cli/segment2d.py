@@ -12,40 +12,35 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from .errors import PromptError, UsageError, VoxpromptError
-from .io.image2d import RASTER_EXTENSIONS, WRITE_EXTENSIONS_2D, count_frames, is_2d_file
-from .io.paths import file_extension
+from ..errors import PromptError, UsageError, VoxpromptError
+from ..io.image2d import RASTER_EXTENSIONS, WRITE_EXTENSIONS_2D, count_frames, is_2d_file
+from ..io.image import SLICE_AXES
+from ..io.paths import file_extension
+from ..runtime import check_device
+from .common import (CLI_DEVICES, check_output, parse_box, parse_point, point_index, read_config_json,
+                     single_slice_error, warn_if_empty)
 
 log = logging.getLogger(__name__)
 
-AXES_IJK = {"i": 2, "j": 1, "k": 0}  # IJK slice axis -> numpy (z, y, x) axis
 VOLUME_WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
-
-
-def model_dims(name: str) -> Optional[int]:
-    """Spatial dims of a zoo model, or None for an unknown name (the 3D path words that error)."""
-    from .errors import UnknownModelError
-    from .models.config import SamUNetConfig
-    from .models.zoo import get_spec
-
-    try:
-        cfg = get_spec(name).config
-    except UnknownModelError:
-        return None
-    return (cfg.sam if isinstance(cfg, SamUNetConfig) else cfg).spatial_dims
 
 
 def wants_2d(args: argparse.Namespace) -> bool:
     """Whether ``segment`` goes through this module: a 2D model, or a PNG/JPEG/TIFF input."""
-    return model_dims(args.model) == 2 or file_extension(args.image) in RASTER_EXTENSIONS
+    from ..errors import UnknownModelError
+    from ..models.family import spatial_dims
+
+    try:
+        two_d = spatial_dims(args.model) == 2
+    except UnknownModelError:
+        two_d = False  # the 3D path words the error
+    return two_d or file_extension(args.image) in RASTER_EXTENSIONS
 
 
 def parse_point2d(text: str) -> tuple[tuple[float, float], bool]:
@@ -88,19 +83,16 @@ def parse_box2d(text: str) -> tuple[float, float, float, float]:
 
 def _check_common(args: argparse.Namespace) -> str:
     """Model, device, checkpoint and overlay checks; returns the checkpoint path."""
-    import torch
+    from ..models.zoo import get_spec
 
-    from .models.zoo import get_spec
+    from ..models.family import spatial_dims
 
     get_spec(args.model)
-    if model_dims(args.model) != 2:
-        from .segment_cli import single_slice_error
-
+    if spatial_dims(args.model) != 2:
         raise single_slice_error(args.image, args.model)
-    if args.device != "cpu" and (not args.device.startswith("cuda") or not torch.cuda.is_available()):
-        raise UsageError(f"--device {args.device}: use cpu, or cuda on a machine with CUDA")
+    check_device(args.device, CLI_DEVICES, "--device")
     if args.overlay is not None:
-        _check_out(args.overlay, (".png",), "--overlay")
+        check_output(args.overlay, (".png",), "--overlay")
     elif getattr(args, "neurological", False):
         raise UsageError("--neurological sets the view of --overlay PNG; give --overlay too")
     if getattr(args, "autozoom", False):
@@ -109,14 +101,9 @@ def _check_common(args: argparse.Namespace) -> str:
         raise UsageError("--refine is for 3D models (boundary refinement of a 3D session)")
     if getattr(args, "clean", None):
         raise UsageError("--clean is for 3D models (mask clean-up of a 3D session)")
-    from .models.loading import shipped_weights
+    from ..models.loading import resolve_checkpoint
 
-    ckpt = args.checkpoint or shipped_weights(args.model)
-    if ckpt is None:
-        raise UsageError(f"no weights are shipped for {args.model}; give a checkpoint with --checkpoint PATH")
-    if not Path(ckpt).is_file():
-        raise UsageError(f"--checkpoint {ckpt}: no such file")
-    return str(ckpt)
+    return resolve_checkpoint(args.model, args.checkpoint)
 
 
 def mask_foreground(args: argparse.Namespace) -> int:
@@ -134,36 +121,16 @@ def mask_foreground(args: argparse.Namespace) -> int:
     return hi
 
 
-def _check_out(path: str, exts: tuple[str, ...], what: str) -> None:
-    ext = file_extension(path)
-    if ext not in exts:
-        raise UsageError(f"{what} {path}: unsupported extension {ext or '(none)'!r}; use {', '.join(exts)}")
-    if not Path(path).parent.is_dir():
-        raise UsageError(f"{what} {path}: folder {Path(path).parent} does not exist")
-
-
-def _config(path: Optional[str]) -> Optional[dict]:
-    if path is None:
-        return None
-    try:
-        cfg = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--config-json {path}: cannot read a JSON object ({exc})") from None
-    if not isinstance(cfg, dict):
-        raise UsageError(f"--config-json {path}: expected a JSON object")
-    return cfg
-
-
 def _load(args: argparse.Namespace, ckpt: str):
-    from .models.loading import load_model
+    from ..models.loading import load_model
 
-    model = load_model(args.model, ckpt, device=args.device, config=_config(args.config_json))
+    model = load_model(args.model, ckpt, device=args.device, config=read_config_json(args.config_json))
     return model.set_precision(getattr(args, "precision", "fp32"))
 
 
 def cmd_segment_2d(args: argparse.Namespace) -> int:
-    """``segment`` for a 2D model or a 2D image (dispatched from :func:`voxprompt.segment_cli.cmd_segment`)."""
-    from .preprocess.image2d import parse_window
+    """``segment`` for a 2D model or a 2D image (dispatched from :func:`voxprompt.cli.segment.cmd_segment`)."""
+    from ..preprocess.image2d import parse_window
 
     window = parse_window(args.window)
     if not (args.point or args.point_mm or args.box or args.mask_in):
@@ -177,21 +144,21 @@ def cmd_segment_2d(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- 2D images
 def _segment_image(args: argparse.Namespace, ckpt: str, window) -> int:
-    from .io.image2d import read_image2d, write_mask2d
-    from .session2d import Session2D
+    from ..io.image2d import read_image2d, write_mask2d
+    from ..session.image2d import Session2D
 
     for what, given in (("--point-mm", args.point_mm), ("--slice", args.slice), ("--propagate", args.propagate),
                         ("--neurological", getattr(args, "neurological", False))):
         if given:
             raise UsageError(f"{what} is for volumes; {args.image} is a 2D image")
-    from .io.seg_codes import seg_codes_from_args
+    from ..io.seg_codes import seg_codes_from_args
 
     seg_codes_from_args(args, False)  # a 2D image's mask is no DICOM SEG: the code flags are refused
     points = [parse_point2d(t) for t in args.point or []]
     boxes = [parse_box2d(t) for t in args.box or []]
     if len(boxes) > 1:
         raise UsageError("a 2D object takes one --box (SAM-style models accept a single box per prompt)")
-    _check_out(args.output, WRITE_EXTENSIONS_2D, "output")
+    check_output(args.output, WRITE_EXTENSIONS_2D, "output")
     image = read_image2d(args.image)
     prior = None
     if args.mask_in is not None:
@@ -212,13 +179,12 @@ def _segment_image(args: argparse.Namespace, ckpt: str, window) -> int:
         out = write_mask2d(session.mask, args.output, foreground=mask_foreground(args))
     except OSError as exc:
         raise VoxpromptError(f"output {args.output}: {exc}") from None
-    from .segment_cli import warn_if_empty
 
     warn_if_empty(session.mask, out, "pixel")
     score = f", predicted IoU {pred.score:.3f}" if pred is not None and pred.score is not None else ""
     sys.stdout.write(f"wrote {out} ({int(session.mask.sum())} pixels{score})\n")
     if args.overlay is not None:
-        from .overlay2d import save_overlay_2d
+        from ..viz.overlay2d import save_overlay_2d
 
         save_overlay_2d(session.rgb, session.mask, args.overlay, points, boxes[0] if boxes else None,
                         title=f"{Path(args.image).name} ({args.model})")
@@ -228,53 +194,38 @@ def _segment_image(args: argparse.Namespace, ckpt: str, window) -> int:
 
 # ----------------------------------------------------------------------------- volumes
 def _read_volume(path: str, series=None):
-    from .io.image2d import read_frames
-    from .io.read import read_image
+    from ..io.image2d import read_frames
+    from ..io.read import read_image
 
     return read_frames(path) if is_2d_file(path) else read_image(path, series=series)
 
 
-def _ijk_to_zyx(image, text: str, world: bool, frame: str) -> tuple[tuple[int, int, int], bool]:
-    from .segment_cli import parse_point
-
-    p = parse_point(text, world=world)
-    if world:
-        zyx = np.floor(image.world_to_index(np.asarray(p.values), frame=frame) + 0.5).astype(int)
-    else:
-        zyx = np.asarray(p.values[::-1], dtype=int)
-    if np.any(zyx < 0) or np.any(zyx >= np.asarray(image.shape)):
-        size = "x".join(map(str, image.size_xyz))
-        raise PromptError(f"point {text} is outside the volume of size {size} (IJK)")
-    return tuple(int(v) for v in zyx), p.positive
-
-
 def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
-    from .io.dicom_seg import is_dicom_seg_output
-    from .preprocess.image2d import policy_for
-    from .propagate import PropagationConfig
-    from .segment_cli import parse_box
-    from .slice_session import SliceSession
+    from ..io.dicom_seg import is_dicom_seg_output
+    from ..models.family import policy_for
+    from ..session.propagate import PropagationConfig
+    from ..session.slices import SliceSession
 
     if args.mask_in is not None:
         raise UsageError("--mask-in is not supported with a 2D model on a volume; prompt with --point / --box")
     multi_frame = is_2d_file(args.image)
     dicom_seg = is_dicom_seg_output(args.output)
-    from .io.seg_codes import seg_codes_from_args
+    from ..io.seg_codes import seg_codes_from_args
 
     seg_codes = seg_codes_from_args(args, dicom_seg)  # --seg-category / --seg-type
     out_exts = VOLUME_WRITE_EXTENSIONS + ((".tif", ".tiff") if multi_frame else ())
     if not dicom_seg:
-        _check_out(args.output, out_exts, "output")
+        check_output(args.output, out_exts, "output")
     slice_axis = args.slice_axis or "k"
-    axis = AXES_IJK[slice_axis]
+    axis = SLICE_AXES[slice_axis]
     boxes = [parse_box(t) for t in args.box or []]
     if len(boxes) > 1:
         raise UsageError("give one --box (SAM-style models accept a single box per prompt)")
     image = _read_volume(args.image, getattr(args, "series", None))
     if dicom_seg and not image.is_dicom:
         raise UsageError(f"output {args.output}: a DICOM SEG needs a DICOM series input")
-    points = [_ijk_to_zyx(image, t, False, args.frame) for t in args.point or []]
-    points += [_ijk_to_zyx(image, t, True, args.frame) for t in args.point_mm or []]
+    typed = [parse_point(t) for t in args.point or []] + [parse_point(t, world=True) for t in args.point_mm or []]
+    points = [(point_index(image, p, args.frame), p.positive) for p in typed]
     box = None
     if boxes:
         lo, hi = boxes[0]
@@ -292,28 +243,27 @@ def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
     mask = session.mask
     try:
         if dicom_seg:
-            from .io.dicom_seg import write_dicom_seg
+            from ..io.dicom_seg import write_dicom_seg
 
             out = write_dicom_seg(mask, args.image, args.output, image=image, label_name=args.label_name,
                                   model_name=args.model, parameters={"checkpoint": Path(ckpt).name}, **seg_codes)
         elif file_extension(args.output) in (".tif", ".tiff"):
-            from .io.image2d import write_mask2d
+            from ..io.image2d import write_mask2d
 
             out = write_mask2d(mask, args.output, foreground=mask_foreground(args))
         else:
-            from .io.write import write_mask
+            from ..io.write import write_mask
 
             out = write_mask(mask.astype(np.uint8), image, args.output)
     except OSError as exc:
         raise VoxpromptError(f"output {args.output}: {exc}") from None
-    from .segment_cli import warn_if_empty
 
     warn_if_empty(mask, out)
     n_slices = int(np.count_nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))))
     score = f", predicted IoU {pred.score:.3f} on slice {pred.anchor}" if pred.score is not None else ""
     sys.stdout.write(f"wrote {out} ({int(mask.sum())} voxels on {n_slices} slice(s){score})\n")
     if args.overlay is not None:
-        from .overlay import save_overlay
+        from ..viz.overlay import save_overlay
 
         focus = points[0][0] if points else None
         save_overlay(image, mask, args.overlay, point_zyx=focus, title=f"{Path(args.image).name} ({args.model})",
@@ -323,7 +273,7 @@ def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
 
 
 def add_2d_arguments(s: argparse.ArgumentParser) -> None:
-    """The 2D options of ``segment`` (called by :func:`voxprompt.segment_cli.add_subcommands`)."""
+    """The 2D options of ``segment`` (called by :func:`voxprompt.cli.segment.add_subcommands`)."""
     s.description = (s.description or "") + (
         " 2D images (PNG, JPEG, TIFF, DICOM) need a 2D model (--model sam-med2d, sam-unet, sam-vit-b) and take "
         "--point X,Y (pixel column,row) and --box X0,Y0,X1,Y1; on volumes a 2D model segments one slice "
@@ -333,7 +283,7 @@ def add_2d_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--window", metavar="PRESET|W,L",
                    help="intensity window for 2D models: soft-tissue, lung, bone, brain or W,L in HU "
                         "(default: the image's min..max; for volumes its 0.5-99.5 percentiles)")
-    g.add_argument("--slice-axis", choices=tuple(AXES_IJK),
+    g.add_argument("--slice-axis", choices=tuple(SLICE_AXES),
                    help="2D model on a volume: slice direction, IJK (default k)")
     g.add_argument("--slice", type=int, metavar="N", help="2D model on a volume: the prompted slice index")
     g.add_argument("--propagate", action="store_true",

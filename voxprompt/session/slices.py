@@ -2,11 +2,11 @@
 
 Prompts are 3D array indices (the volume's own axis order, as :class:`voxprompt.session.Session`);
 ``axis`` picks the slice direction. A prompted slice becomes an *anchor*: a
-:class:`~voxprompt.session2d.Session2D` on that slice (points accumulate, the previous mask is fed
+:class:`~voxprompt.session.image2d.Session2D` on that slice (points accumulate, the previous mask is fed
 back). A click on a slice that already has a mask (e.g. propagated) seeds the anchor with that
 mask, its box and the click, so a click refines rather than restarts.
 
-After each prompt the anchor's mask is propagated to both sides (:mod:`voxprompt.propagate`).
+After each prompt the anchor's mask is propagated to both sides (:mod:`voxprompt.session.propagate`).
 Each non-anchor slice belongs to the anchor that produced it; an anchor re-propagates over its own
 slices and over those of another anchor that lie nearer to it than to their own anchor, and stops
 at anchor slices. ``propagate=False`` segments the prompted slices only. :meth:`SliceSession.undo`
@@ -25,12 +25,13 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .errors import PromptError, UsageError
-from .io.image import Image
-from .objects import ObjectsMixin, unshared_mask
-from .preprocess.image2d import Policy2D, Window, parse_window, policy_for
+from ..errors import PromptError, UsageError
+from ..io.image import Image
+from .objects import ObjectsMixin, box_corners, point_index, unshared_mask
+from ..models.family import policy_for
+from ..preprocess.image2d import Policy2D, Window, parse_window
 from .propagate import PropagationConfig, SliceEncoder, SliceStack, box_of, inplane, propagate, slice_region
-from .session2d import Session2D
+from .image2d import Session2D
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class VolumePrediction:
 
 
 @dataclass
-class _Step:
+class _SliceStep:
     anchor: int
     new_anchor: bool
     anchor_calls: int
@@ -64,7 +65,7 @@ class _SliceObject:
     owner: np.ndarray  # per slice: anchor slice that produced it, -1 = none
     anchors: dict = field(default_factory=dict)  # anchor slice -> Session2D
     prompts: list = field(default_factory=list)  # [(kind, data)], array indices, oldest first
-    history: list = field(default_factory=list)  # _Step per call
+    history: list = field(default_factory=list)  # _SliceStep per call
 
 
 class SliceSession(ObjectsMixin):
@@ -114,17 +115,7 @@ class SliceSession(ObjectsMixin):
 
     # ------------------------------------------------------------------ prompts
     def _index(self, index: Sequence[float], what: str = "point") -> np.ndarray:
-        shape = self.shape
-        try:
-            p = np.asarray(index, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise PromptError(f"{what} {index!r} is not numeric") from None
-        if p.shape != (3,) or not np.isfinite(p).all():
-            raise PromptError(f"{what} needs 3 finite coordinates (array axis order), got {index!r}")
-        idx = np.floor(p + 0.5).astype(int)
-        if np.any(idx < 0) or np.any(idx >= np.asarray(shape)):
-            raise PromptError(f"{what} {tuple(idx.tolist())} is outside the volume of shape {shape}")
-        return idx
+        return point_index(index, self.shape, what)
 
     def add_point(self, index: Sequence[float], positive: bool = True) -> VolumePrediction:
         """Click at a 3D array index; its slice along ``axis`` is prompted, then propagated."""
@@ -171,22 +162,13 @@ class SliceSession(ObjectsMixin):
         return self._prompt(s, xy, [pos for _, pos in idx], xyxy, limits, given)
 
     def _box(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        a, b = self._index(lo, "box corner"), np.asarray(hi, dtype=np.float64)
-        if b.shape != (3,) or not np.isfinite(b).all():
-            raise PromptError(f"box corner needs 3 finite coordinates, got {hi!r}")
-        b = b.astype(int)
-        if np.any(b <= a):
-            raise PromptError(f"box [{tuple(a.tolist())}, {tuple(b.tolist())}) is empty or in the wrong order "
-                              "(need lo < hi on every axis; one slice thick: hi = lo + 1)")
-        if np.any(b > np.asarray(self.shape)):
-            raise PromptError(f"box [{tuple(a.tolist())}, {tuple(b.tolist())}) is outside the volume of shape {self.shape}")
-        return a, b
+        return box_corners(lo, hi, self.shape)
 
     def _prompt(self, s: int, points: list, positive: list, box: Optional[tuple],
                 limits: Optional[tuple[int, int]], prompts: list) -> VolumePrediction:
         enc, obj = self.encoder, self._obj
         unshared_mask(obj)  # copy-on-write: masks handed out earlier never change
-        step = _Step(s, s not in obj.anchors, 0, {})
+        step = _SliceStep(s, s not in obj.anchors, 0, {})
         with torch.inference_mode():
             try:
                 anchor = obj.anchors.get(s)
@@ -214,7 +196,7 @@ class SliceSession(ObjectsMixin):
         result.mask, result.slices = self.mask, sorted(step.old)
         return result
 
-    def _write(self, step: _Step, i: int, mask2d: Optional[np.ndarray], owner: int) -> None:
+    def _write(self, step: _SliceStep, i: int, mask2d: Optional[np.ndarray], owner: int) -> None:
         obj, region = self._obj, slice_region(self.axis, i)
         if i not in step.old:
             step.old[i] = (obj.mask[region].copy(), int(obj.owner[i]))
@@ -231,7 +213,7 @@ class SliceSession(ObjectsMixin):
             return other in (-1, anchor) or other not in obj.anchors or abs(i - anchor) < abs(i - other)
         return ok
 
-    def _propagate(self, step: _Step, s: int, mask: np.ndarray, low_res: Optional[torch.Tensor],
+    def _propagate(self, step: _SliceStep, s: int, mask: np.ndarray, low_res: Optional[torch.Tensor],
                    limits: Optional[tuple[int, int]], result: VolumePrediction) -> None:
         for i in np.flatnonzero(self._obj.owner == s):
             if int(i) != s:
@@ -243,7 +225,7 @@ class SliceSession(ObjectsMixin):
         result.stopped = dict(res.stopped)
 
     # ------------------------------------------------------------------ history
-    def _undo_step(self, step: _Step) -> None:
+    def _undo_step(self, step: _SliceStep) -> None:
         obj = self._obj
         unshared_mask(obj)
         for i, (old, owner) in step.old.items():
@@ -257,7 +239,7 @@ class SliceSession(ObjectsMixin):
                 for _ in range(step.anchor_calls):
                     anchor.undo()
 
-    def _restore(self, obj: _SliceObject, step: _Step) -> None:
+    def _restore(self, obj: _SliceObject, step: _SliceStep) -> None:
         self._undo_step(step)
         del obj.prompts[len(obj.prompts) - step.prompts:]
 

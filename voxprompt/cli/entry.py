@@ -10,7 +10,7 @@ import logging
 import sys
 from typing import Callable, Optional, Sequence
 
-from .errors import UsageError, VoxpromptError
+from ..errors import UsageError, VoxpromptError
 
 log = logging.getLogger("voxprompt")
 
@@ -21,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models.zoo import ZOO
+    from ..models.zoo import ZOO
 
     for spec in ZOO.values():
         files = f"  [{', '.join(spec.official_files)}]" if spec.official_files else ""
@@ -30,7 +30,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .models.loading import convert_checkpoint
+    from ..models.loading import convert_checkpoint
 
     path, name = convert_checkpoint(args.checkpoint, args.output, name=args.model, trust_pickle=args.trust_pickle,
                                     roi_spacing_mm=args.roi_spacing, refine_band_mm=args.refine_band)
@@ -67,18 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0 = off; default: keep)")
     s.set_defaults(func=cmd_convert)
 
-    from .segment_cli import add_subcommands
+    from .segment import add_subcommands
 
     add_subcommands(sub)  # info, segment
-    from .eval.cli import add_subcommands as add_eval_subcommands
+    from ..eval.cli import add_subcommands as add_eval_subcommands
     add_eval_subcommands(sub)  # eval
-    from .data.cli import add_subcommands as add_data_subcommands
+    from ..data.cli import add_subcommands as add_data_subcommands
     add_data_subcommands(sub)  # data build, data list
-    from .server.cli import add_subcommands as add_server_subcommands
+    from ..server.cli import add_subcommands as add_server_subcommands
     add_server_subcommands(sub)  # serve
-    from .train.cli import add_subcommands as add_train_subcommands
+    from ..train.cli import add_subcommands as add_train_subcommands
     add_train_subcommands(sub)  # train
-    from .onnx_cli import add_subcommands as add_onnx_subcommands
+    from .onnx import add_subcommands as add_onnx_subcommands
     add_onnx_subcommands(sub)  # export-onnx
     _add_verbose(p)
     return p
@@ -102,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-        from .models.fast import configure_cpu_allocator
+        from ..runtime import configure_cpu_allocator
 
         configure_cpu_allocator()  # the app owns its process: no page faults on each click's temporaries
         func: Callable[[argparse.Namespace], int] = args.func

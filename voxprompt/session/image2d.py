@@ -19,7 +19,7 @@ Prompt semantics (per object)
   :attr:`Prediction2D.candidates` (:meth:`Session2D.select_candidate` switches).
 * ``mask = logits > 0`` at the original size (= ``sigmoid > 0.5``, SAM-Med2D).
 
-Objects and undo are the 3D :class:`voxprompt.session.Session`'s (:mod:`voxprompt.objects`).
+Objects and undo are the 3D :class:`voxprompt.session.Session`'s (:mod:`voxprompt.session.objects`).
 """
 from __future__ import annotations
 
@@ -31,15 +31,15 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .errors import PromptError, UsageError
-from .io.image2d import Image2D, image2d_from_array, read_image2d
-from .objects import ObjectsMixin, bbox_of
-from .preprocess.image2d import (Frame2D, Policy2D, Window, mask_prior, parse_window, policy_for,
-                                 preprocess_image, rgb_uint8)
+from ..errors import PromptError, UsageError
+from ..io.image2d import Image2D, image2d_from_array, read_image2d
+from ..masks import bbox_of
+from .objects import MASK_PRIOR_LOGIT, ObjectsMixin
+from ..models.family import policy_for
+from ..preprocess.image2d import Frame2D, Policy2D, Window, mask_prior, parse_window, preprocess_image, rgb_uint8
 
 log = logging.getLogger(__name__)
 
-MASK_PRIOR_LOGIT = 10.0
 ImageLike2D = Union[Image2D, np.ndarray, str, os.PathLike]
 Slices2D = tuple[slice, slice]
 

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .figures import draw_mask, pyplot, save_figure
 
 

@@ -1,12 +1,14 @@
-"""Helpers for running the server inside a process: a background uvicorn and a tiny test model."""
+"""Test helpers for running the server inside the test process: a background uvicorn and a tiny model."""
 from __future__ import annotations
 
 import logging
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -21,7 +23,7 @@ TINY_MED3D = {
 
 def tiny_model(seed: int = 0) -> torch.nn.Module:
     """A randomly initialised tiny voxprompt-med3d-small (deterministic for a given ``seed``)."""
-    from ..models.loading import load_model
+    from voxprompt.models.loading import load_model
 
     base = load_model("voxprompt-med3d-small", pretrained=False).cfg.to_dict()
     torch.manual_seed(seed)
@@ -42,7 +44,7 @@ class BackgroundServer:
         settings = getattr(getattr(getattr(app, "state", None), "ctx", None), "settings", None)
         extra = {}
         if settings is not None:  # the header time-out of ``voxprompt serve``
-            from .transport import http_protocol
+            from voxprompt.server.transport import http_protocol
 
             extra["http"] = http_protocol(settings.header_timeout_s)
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **extra))
@@ -65,3 +67,20 @@ class BackgroundServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._sock.close()
+
+
+def blob_volume(seed: int) -> np.ndarray:
+    """A (k, j, i) = 20x36x40 int16 noise volume with one bright box: a structure a tiny model can find."""
+    rng = np.random.default_rng(seed)
+    arr = rng.normal(0, 20, size=(20, 36, 40)).astype(np.int16)
+    arr[6:14, 10:26, 12:30] += 300
+    return arr
+
+
+def write_blob_volume(folder: Path, seed: int) -> Path:
+    """:func:`blob_volume` written as ``folder/vol.nii.gz`` (unit spacing, identity geometry)."""
+    import SimpleITK as sitk
+
+    path = folder / "vol.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(blob_volume(seed)), str(path))
+    return path

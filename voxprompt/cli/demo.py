@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy import ndimage
 
-from .errors import VoxpromptError
-from .models.fast import configure_cpu_allocator
+from ..errors import VoxpromptError
+from ..masks import deepest_voxel
+from ..runtime import configure_cpu_allocator
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +38,18 @@ def structure_id(structures_csv: Path, name: str) -> int:
 
 def interior_point(mask: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[int, int, int]:
     """The voxel farthest (in mm) from the mask's boundary."""
-    dist = ndimage.distance_transform_edt(mask, sampling=spacing_zyx)
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(dist)), mask.shape))
+    return tuple(int(i) for i in deepest_voxel(mask, spacing_zyx, edge_is_background=False))
 
 
 def run(out_dir: Path, structure: str = "spleen", clicks: int = 1, autozoom: bool = False,
         refine: Optional[bool] = None) -> dict:
-    from .data.fetch import fetch_chest_ct
-    from .eval.clicks import cvpr25_next_click
-    from .eval.metrics import dice, nsd
-    from .io import read_image, write_mask
-    from .models.loading import DEFAULT_MODEL, load_model, shipped_weights
-    from .overlay import save_overlay
-    from .session import Session
+    from ..data.fetch import fetch_chest_ct
+    from ..eval.clicks import cvpr25_next_click
+    from ..eval.metrics import dice, nsd
+    from ..io import read_image, write_mask
+    from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
+    from ..viz.overlay import save_overlay
+    from ..session import Session
 
     if shipped_weights(DEFAULT_MODEL) is None:
         raise VoxpromptError(f"no shipped weights for {DEFAULT_MODEL} in this installation")
@@ -63,7 +62,7 @@ def run(out_dir: Path, structure: str = "spleen", clicks: int = 1, autozoom: boo
     load_s = time.perf_counter() - t0
     planner = None
     if autozoom:
-        from .autozoom import AutoZoomPlanner
+        from ..session import AutoZoomPlanner
 
         planner = AutoZoomPlanner()
     session = Session(model, planner=planner, refine=refine)
@@ -92,7 +91,7 @@ def run(out_dir: Path, structure: str = "spleen", clicks: int = 1, autozoom: boo
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m voxprompt.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m voxprompt.cli.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--structure", default="spleen", help="TotalSegmentator structure name (default spleen)")
     p.add_argument("--clicks", type=int, default=1, help="clicks in total (default 1)")

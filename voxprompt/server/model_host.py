@@ -1,10 +1,9 @@
 """The shared model and the per-lease Session it backs, with auto-zoom switchable per lease.
 
-Auto-zoom uses :class:`voxprompt.autozoom.AutoZoomPlanner` when that module is present
-(imported lazily); :class:`AutoZoomSwitch` is a :class:`~voxprompt.session.RoiPlanner` that
-delegates to it or to the official :class:`~voxprompt.session.CenteredRoiPlanner`, so a lease's
-``set_do_autozoom`` takes effect on its next prompt without losing the session's state.
-Without the module the flag is accepted, recorded and reported as off.
+:class:`AutoZoomSwitch` is a :class:`~voxprompt.session.RoiPlanner` that delegates to
+:class:`~voxprompt.session.autozoom.AutoZoomPlanner` or to the official
+:class:`~voxprompt.session.CenteredRoiPlanner`, so a lease's ``set_do_autozoom`` takes effect on its
+next prompt without losing the session's state.
 """
 from __future__ import annotations
 
@@ -12,55 +11,47 @@ import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
-from ..session import CenteredRoiPlanner, Session
+from ..io.image import Image
+from ..preprocess import Roi
+from ..session import AutoZoomPlanner, BasePlanner, BaseStage, CenteredRoiPlanner, Expansion, RoiPredictor, Session
+from ..session.planning import Box
 
 log = logging.getLogger(__name__)
 
 
-def autozoom_planner() -> Optional[Any]:
-    """A fresh AutoZoomPlanner, or None when :mod:`voxprompt.autozoom` is not available."""
-    try:
-        from ..autozoom import AutoZoomPlanner
-    except ImportError:
-        return None
-    return AutoZoomPlanner()
-
-
 @dataclass
-class AutoZoomSwitch:
+class AutoZoomSwitch(BasePlanner):
     """RoiPlanner that follows ``enabled``: auto-zoom planner when on, official planner when off."""
 
     enabled: bool = False
-    base: Any = field(default_factory=CenteredRoiPlanner)
-    zoom: Optional[Any] = None
-
-    @property
-    def available(self) -> bool:
-        return self.zoom is not None
+    base: CenteredRoiPlanner = field(default_factory=CenteredRoiPlanner)
+    zoom: AutoZoomPlanner = field(default_factory=AutoZoomPlanner)
 
     @property
     def active(self) -> bool:
-        return self.enabled and self.zoom is not None
+        return self.enabled
 
     @property
-    def cache_size(self) -> int:
-        return int(getattr(self.zoom, "cache_size", 0) or 0)
+    def cache_size(self) -> int:  # type: ignore[override]  # room for auto-zoom's tiles either way
+        return int(self.zoom.cache_size)
 
     @property
-    def expand(self):  # Session looks for ``planner.expand`` and skips expansion when it is None
-        return self.zoom.expand if self.active else None
+    def expands(self) -> bool:  # type: ignore[override]
+        return self.enabled
 
     def bind(self, size: int, spacing: float) -> "AutoZoomSwitch":
         base = CenteredRoiPlanner(size=int(size), spacing=float(spacing))
-        zoom = self.zoom.bind(size, spacing) if self.zoom is not None and hasattr(self.zoom, "bind") else self.zoom
-        return dataclasses.replace(self, base=base, zoom=zoom)
+        return dataclasses.replace(self, base=base, zoom=self.zoom.bind(size, spacing))
 
-    def plan(self, image, focus_zyx, current, box=None):
-        return (self.zoom if self.active else self.base).plan(image, focus_zyx, current, box=box)
+    def plan(self, image: Image, focus_zyx, current: Optional[Roi], box: Optional[Box] = None) -> Roi:
+        return (self.zoom if self.enabled else self.base).plan(image, focus_zyx, current, box=box)
+
+    def expand(self, predictor: RoiPredictor, base: BaseStage) -> Optional[Expansion]:
+        return self.zoom.expand(predictor, base) if self.enabled else None
 
 
 class FairLock:
@@ -120,6 +111,8 @@ class FairLock:
 class ModelHost:
     """One model shared by every lease; ``lock`` (first come, first served) serialises model steps."""
 
+    autozoom_available = True  # reported to nnInteractive clients (auto-zoom always ships)
+
     def __init__(self, model: torch.nn.Module, name: str, device: Optional[str] = None,
                  autozoom_default: bool = False, refine: Optional[bool] = None,
                  clean: Optional[bool] = None) -> None:
@@ -130,9 +123,6 @@ class ModelHost:
         self.device = device
         self.autozoom_default = bool(autozoom_default)
         self.lock = FairLock()
-        self.autozoom_available = autozoom_planner() is not None
-        if not self.autozoom_available:
-            log.info("voxprompt.autozoom is not available: set_do_autozoom is accepted and ignored")
 
     @property
     def roi_size(self) -> int:
@@ -140,7 +130,7 @@ class ModelHost:
 
     def new_session(self) -> Session:
         return Session(self.model, device=self.device,
-                       planner=AutoZoomSwitch(enabled=self.autozoom_default, zoom=autozoom_planner()),
+                       planner=AutoZoomSwitch(enabled=self.autozoom_default),
                        refine=self.refine, clean=self.clean)
 
 

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import PromptError, UsageError
-from .models.prompt_encoder import PromptEncoder
-from .models.sam import SamModel
-from .models.sam_unet import SamUNet
+from ..errors import PromptError, UsageError
+from .prompt_encoder import PromptEncoder
+from .sam import SamModel
+from .sam_unet import SamUNet
 
 log = logging.getLogger(__name__)
 OPSET = 17

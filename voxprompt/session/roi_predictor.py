@@ -1,0 +1,185 @@
+"""One 3D image's model ROIs: embedding cache, decoder calls and pasting results back; no prompt state.
+
+The 3D twin of :class:`~voxprompt.session.image2d.Predictor2D`: :class:`~voxprompt.session.Session`
+keeps the prompts, objects and undo, and a planner's ``expand`` (auto-zoom) decodes further ROIs
+through the same predictor, so every ROI of an image shares one embedding cache.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UsageError
+from ..io.image import Image
+from ..masks import Slices, bbox_of, within
+from ..preprocess import Roi, extract_roi_label, preprocess_roi, roi_block_to_original
+from .objects import MASK_PRIOR_LOGIT
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_CACHE_SIZE = 4
+COVERAGE_CACHE_SIZE = 8  # ROI footprints on the original grid kept for pasting
+
+RoiPoints = list[tuple[np.ndarray, int]]  # [(ROI voxel coords (3,), label 1/0)]
+
+
+def roi_key(roi: Roi) -> tuple:
+    """Hashable identity of a ROI within one image: start, size and spacing (zoomed ROIs differ)."""
+    return tuple(roi.start), tuple(roi.size), tuple(round(v, 6) for v in roi.spacing)
+
+
+def mask_prior_logits(label_roi: np.ndarray, low_res_size: int) -> torch.Tensor:
+    """A binary ROI label -> +/- ``MASK_PRIOR_LOGIT`` logits averaged down to the low-res grid.
+
+    Returns float32 ``(1, 1, L, L, L)`` on the CPU, the ``mask_input`` of a mask prior.
+    """
+    lab = torch.from_numpy(np.asarray(label_roi, dtype=np.float32))[None, None]
+    frac = F.avg_pool3d(lab, kernel_size=lab.shape[-1] // low_res_size)
+    return (frac * 2 - 1) * MASK_PRIOR_LOGIT
+
+
+def roi_footprint(mask_roi: np.ndarray, roi: Roi, image: Image) -> tuple[Optional[Slices], np.ndarray]:
+    """A ROI mask mapped back onto ``image``'s grid, cropped to what it covers: (bbox, bool block),
+    or (None, empty). Only the ROI's sub-block of the image is ever resampled."""
+    box, part = roi_block_to_original(mask_roi, roi, image)
+    local = None if box is None else bbox_of(part)
+    if local is None:
+        return None, np.zeros((0, 0, 0), bool)
+    return within(box, local), part[local] != 0
+
+
+def paste_over(mask: np.ndarray, bbox: Slices, cover: np.ndarray, mask_roi: np.ndarray, roi: Roi,
+               image: Image) -> np.ndarray:
+    """``mask[bbox]`` with ``mask_roi`` mapped back over the ROI's footprint ``(bbox, cover)`` (from
+    :func:`roi_footprint` of the same ROI and image)."""
+    box, part = roi_block_to_original(mask_roi, roi, image)  # the footprint's sub-block: bbox lies in it
+    local = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bbox, box))
+    return np.where(cover, part[local] != 0, mask[bbox])
+
+
+class RoiPredictor:
+    """A stateless 3D model applied to ROIs of one image, in the original image's indices."""
+
+    def __init__(self, model: torch.nn.Module, device: Union[str, torch.device, None] = None,
+                 cache_size: int = EMBEDDING_CACHE_SIZE) -> None:
+        self.model = model
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.img_size = int(model.cfg.img_size)
+        self.cache_size = int(cache_size)
+        self.image: Optional[Image] = None
+        self._embeddings: dict[tuple, torch.Tensor] = {}  # most recently used last
+        self._coverage: dict[tuple, tuple[Optional[Slices], np.ndarray]] = {}
+
+    @property
+    def low_res_size(self) -> int:
+        return int(self.model.low_res_size)
+
+    def set_image(self, image: Image) -> None:
+        """Predict on ``image`` from now on (drops the caches)."""
+        self.image = image
+        self._embeddings.clear()
+        self._coverage.clear()
+
+    def _img(self) -> Image:
+        if self.image is None:
+            raise UsageError("no image: call set_image() before prompting")
+        return self.image
+
+    # ------------------------------------------------------------------ model
+    def embedding(self, roi: Roi) -> torch.Tensor:
+        """The image embedding of ``roi`` (encoded on first use, kept in a small LRU cache)."""
+        key = roi_key(roi)
+        emb = self._embeddings.pop(key, None)
+        if emb is None:
+            x = torch.from_numpy(preprocess_roi(self._img(), roi))[None, None].to(self.device)
+            emb = self.model.encode(x)
+            log.debug("encoded ROI start=%s", roi.start)
+        self._embeddings[key] = emb
+        while len(self._embeddings) > self.cache_size:
+            self._embeddings.pop(next(iter(self._embeddings)))
+        return emb
+
+    def decode(self, roi: Roi, points_roi: RoiPoints, logits: Optional[torch.Tensor]) -> tuple[torch.Tensor, float]:
+        """One decoder call in ``roi``: (raw low-res logits, the model's IoU score); ``logits``: the prior."""
+        emb = self.embedding(roi)
+        coords = torch.tensor(np.stack([p for p, _ in points_roi])[None], dtype=torch.float32, device=self.device)
+        labels = torch.tensor([[lab for _, lab in points_roi]], dtype=torch.int64, device=self.device)
+        low = self.low_res_size
+        if logits is None:
+            logits = torch.zeros((1, 1, low, low, low), device=self.device)
+        out, iou = self.model.decode(emb, points=(coords, labels), mask_input=logits, multimask=False)
+        return out, float(iou[0, 0])
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Low-res logits -> sigmoid of their trilinear upsampling to the ROI (``roi.size``)."""
+        up = F.interpolate(logits.float(), size=(self.img_size,) * 3, mode="trilinear", align_corners=False)
+        return torch.sigmoid(up)[0, 0]
+
+    def predict(self, roi: Roi, points_roi: RoiPoints,
+                logits: Optional[torch.Tensor]) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """Decode in ``roi``: (raw low-res logits, IoU score, upsampled probabilities ``roi.size``)."""
+        out, score = self.decode(roi, points_roi, logits)
+        return out, score, self.probabilities(out)
+
+    def prior(self, mask: np.ndarray, roi: Roi) -> torch.Tensor:
+        """A full-size mask resampled into ``roi`` as +/- logits on the low-res grid (a mask prompt's prior)."""
+        return self.label_prior(extract_roi_label(self._img(), mask, roi))
+
+    def label_prior(self, label_roi: np.ndarray) -> torch.Tensor:
+        """A ROI label as +/- logits on the low-res grid, on the model's device."""
+        return mask_prior_logits(label_roi, self.low_res_size).to(self.device)
+
+    def roi_point(self, roi: Roi, index_zyx: np.ndarray) -> np.ndarray:
+        """An original index as the nearest voxel of ``roi`` (clipped into it)."""
+        c = np.floor(roi.from_original_index(index_zyx.astype(float)) + 0.5)
+        return np.clip(c, 0, np.asarray(roi.size) - 1)
+
+    # ------------------------------------------------------------------ original grid
+    def coverage(self, roi: Roi, cache: bool = True) -> tuple[Optional[Slices], np.ndarray]:
+        """Image region (bbox, mask inside it) that the ROI maps back onto (small LRU cache)."""
+        key = roi_key(roi)
+        hit = self._coverage.pop(key, None)
+        if hit is None:
+            hit = roi_footprint(np.ones(roi.size, np.uint8), roi, self._img())
+        if cache:
+            self._coverage[key] = hit
+            while len(self._coverage) > COVERAGE_CACHE_SIZE:
+                self._coverage.pop(next(iter(self._coverage)))
+        return hit
+
+    def paste(self, mask: np.ndarray, roi: Roi, mask_roi: np.ndarray,
+              cache: bool = True) -> tuple[Optional[Slices], Optional[np.ndarray]]:
+        """(bbox, block): ``mask`` with a ROI prediction pasted over the ROI's footprint, on its bbox.
+
+        ``cache=False`` for large one-off ROIs (zoomed out), whose footprint is not kept.
+        """
+        bbox, cover = self.coverage(roi, cache)
+        if bbox is None:
+            return None, None
+        return bbox, paste_over(mask, bbox, cover, mask_roi, roi, self._img())
+
+    # ------------------------------------------------------------------ memory
+    def cache_bytes(self) -> int:
+        """Bytes of the cached image embeddings (re-computable on demand)."""
+        return sum(int(e.element_size() * e.nelement()) for e in self._embeddings.values())
+
+    def coverage_bytes(self) -> int:
+        return sum(int(m.nbytes) for _, m in self._coverage.values())
+
+    def trim(self, excess: int) -> int:
+        """Drop cached embeddings, least recently used first, until ``excess`` bytes are freed, then the
+        footprints if that was not enough. Results are unchanged. Returns bytes freed."""
+        freed = 0
+        while excess > 0 and self._embeddings:
+            emb = self._embeddings.pop(next(iter(self._embeddings)))
+            n = int(emb.element_size() * emb.nelement())
+            freed += n
+            excess -= n
+        if excess > 0 and self._coverage:
+            freed += self.coverage_bytes()
+            self._coverage.clear()
+        return freed
