@@ -3,7 +3,7 @@
 For each structure, a model-like coarse mask (the reference label resampled to a 4.5 mm grid and
 back, what the default model's 32^3 logits resolve) and one click at the label's centre go through
 ``refine_mask`` three times per round, alternating: with the linear system built by scikit-image
-over the whole crop, by :mod:`voxprompt.walker` on the band only (both solving once per label: the
+over the whole crop, by :mod:`voxprompt.refine.walker` on the band only (both solving once per label: the
 labels must be identical), and with the band walker's single solve of the label difference
 (``RefineConfig(solver="difference")``, an option; the table gives how many voxels it labels
 differently). Median seconds of each and the ratios.
@@ -27,7 +27,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_utils import RESULTS, machine, write_json  # noqa: E402
 
-import voxprompt.walker  # noqa: E402
+import voxprompt.refine.walker  # noqa: E402
 from voxprompt.data.readers import load_target, open_dataset  # noqa: E402
 from voxprompt.refine import RefineConfig, refine_mask  # noqa: E402
 
@@ -56,7 +56,7 @@ def main() -> int:
                if t.case == args.case and (not args.names or t.name in args.names.split(","))]
     if not targets:
         p.error(f"no {args.targets} targets of case {args.case} in {args.data}")
-    fast = voxprompt.walker.band_random_walker
+    fast = voxprompt.refine.walker.band_random_walker
     cfg = RefineConfig(solver="labels")
     configs = {"skimage": cfg, "band": cfg, "difference": RefineConfig(solver="difference")}
     rows = []
@@ -72,11 +72,11 @@ def main() -> int:
         outs = {}
         for _ in range(args.rounds):
             for name, config in configs.items():
-                voxprompt.walker.band_random_walker = fast if name != "skimage" else (lambda *a, **k: None)
+                voxprompt.refine.walker.band_random_walker = fast if name != "skimage" else (lambda *a, **k: None)
                 t0 = time.perf_counter()
                 outs[name] = refine_mask(arr, mask, [click], spacing, config)
                 times[name].append(time.perf_counter() - t0)
-        voxprompt.walker.band_random_walker = fast
+        voxprompt.refine.walker.band_random_walker = fast
         row = {"name": target.name, "voxels": int(gt.sum()), "skimage_s": statistics.median(times["skimage"]),
                "band_s": statistics.median(times["band"]),
                "identical": bool(np.array_equal(outs["skimage"], outs["band"])),

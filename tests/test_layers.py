@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"io"},
     {"preprocess"},
     {"models"},
-    {"refine", "walker", "cleanup"},  # algorithms on a prediction: boundary refinement, clean-up
+    {"refine", "cleanup"},  # algorithms on a prediction: boundary refinement, clean-up
     {"session"},
     {"viz"},  # pictures of results, for eval, train and the command lines
     {"data", "eval", "train"},

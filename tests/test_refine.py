@@ -162,7 +162,7 @@ def test_grid_cap_leaves_coarse_images_unchanged(scene):
 def test_grid_cap_on_a_fine_image_solves_fewer_unknowns_as_well(monkeypatch):
     """At 0.5 mm in-plane the band is walked on 1.5 mm blocks, then one block's width on the image
     grid: fewer unknowns in all, about the same boundary."""
-    import voxprompt.refine as refine_mod
+    import voxprompt.refine.boundary as refine_mod
 
     spacing = (1.0, 0.5, 0.5)
     rng = np.random.default_rng(1)

@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from voxprompt.refine import RefineConfig, band_seeds, normalise_window, solve_random_walker
-from voxprompt.walker import band_random_walker, band_system
+from voxprompt.refine.walker import band_random_walker, band_system
 
 skimage_rw = pytest.importorskip("skimage.segmentation.random_walker_segmentation")
 
@@ -92,7 +92,7 @@ def test_difference_solve(beta, monkeypatch):
     """One CG solve of label 1 minus label 2: the same labels as the two solves once CG converges
     (the system is linear), one ``cg`` call instead of two, and close to scikit-image's labels at
     the refinement's tolerance."""
-    import voxprompt.walker as walker
+    import voxprompt.refine.walker as walker
 
     data, labels, spacing = _case(True)
     tight = (band_random_walker(data, labels, beta, 1e-10, spacing, difference=True),

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError, UsageError
+from ..errors import InputError, UsageError
 
 log = logging.getLogger(__name__)
 
