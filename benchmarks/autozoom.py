@@ -20,9 +20,9 @@ import logging
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import voxprompt  # noqa: E402
-from voxprompt.session.autozoom import AutoZoomPlanner  # noqa: E402
 from voxprompt.eval.metrics import dice, nsd  # noqa: E402
 from voxprompt.io import Image, read_image  # noqa: E402
 from voxprompt.masks import deepest_voxel  # noqa: E402
 from voxprompt.models.loading import shipped_weights  # noqa: E402
 from voxprompt.session import Session  # noqa: E402
+from voxprompt.session.autozoom import AutoZoomPlanner  # noqa: E402
 
 log = logging.getLogger("benchmarks.autozoom")
 
@@ -81,7 +81,7 @@ def targets(args: argparse.Namespace) -> Iterator[tuple[str, Image, np.ndarray]]
 
 
 def run_one(model: torch.nn.Module, device: str, image: Image, click: tuple[int, int, int],
-            planner: Optional[AutoZoomPlanner]):
+            planner: AutoZoomPlanner | None):
     s = Session(model, device=device, planner=planner)
     s.set_image(image)
     t0 = time.perf_counter()
@@ -91,7 +91,7 @@ def run_one(model: torch.nn.Module, device: str, image: Image, click: tuple[int,
     return p, time.perf_counter() - t0
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="voxprompt-med3d-small")
     ap.add_argument("--checkpoint", help="weights (.pth / .safetensors; default: the shipped ones)")

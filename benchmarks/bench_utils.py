@@ -11,9 +11,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
-
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -29,7 +29,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def load_average() -> Optional[float]:
+def load_average() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
     except OSError:
@@ -116,7 +116,7 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
     path.write_text(json.dumps(result, indent=1) + "\n")
 
 
-def fmt_ms(v: Optional[float]) -> str:
+def fmt_ms(v: float | None) -> str:
     if v is None:
         return "-"
     return f"{v / 1e3:.2f} s" if v >= 1000 else f"{v:.1f} ms"

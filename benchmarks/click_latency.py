@@ -30,14 +30,14 @@ STRUCTURES = ("spleen", "kidney_right", "liver", "heart", "aorta", "vertebrae_T8
 
 
 def run(args: argparse.Namespace) -> dict:
-    from voxprompt.data.fetch import fetch_chest_ct
     from voxprompt.cli.demo import interior_point, structure_id
+    from voxprompt.data.fetch import fetch_chest_ct
     from voxprompt.eval.clicks import cvpr25_next_click
     from voxprompt.eval.metrics import dice
     from voxprompt.io import read_image
-    from voxprompt.runtime import configure_cpu_allocator
     from voxprompt.models.loading import load_model
     from voxprompt.refine import RefineConfig
+    from voxprompt.runtime import configure_cpu_allocator
     from voxprompt.session import Session
 
     configure_cpu_allocator()

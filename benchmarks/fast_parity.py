@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import voxprompt  # noqa: E402
 from bench_utils import RESULTS, machine, write_json  # noqa: E402
 from golden_configs import sam_config, sam_med2d_config, sam_med3d_config, sam_unet_config  # noqa: E402
 from golden_paths import golden_dirs  # noqa: E402
+
+import voxprompt  # noqa: E402
 from voxprompt.models.fast import reference_mode  # noqa: E402
 
 FIXTURES = {
@@ -108,7 +109,8 @@ def main() -> None:
         image = torch.randn(1, model.in_chans, *([size] * d), generator=gen)
         pts = (torch.rand(1, 2, d, generator=gen) * (size - 1), torch.tensor([[1, 0]]))
         result[f"{name} (full size, random)"] = compare(model, image, [{"points": pts}])
-    print(f"{'model':34s} {'variant':10s} {'emb max abs':>12s} {'emb rel L2':>11s} {'logit max abs':>14s} {'logit rel L2':>13s}")
+    print(f"{'model':34s} {'variant':10s} {'emb max abs':>12s} {'emb rel L2':>11s} "
+          f"{'logit max abs':>14s} {'logit rel L2':>13s}")
     for model_name, rows in result.items():
         for tag, r in rows.items():
             print(f"{model_name:34s} {tag:10s} {r['embedding_max_abs']:12.2e} {r['embedding_rel_l2']:11.2e} "

@@ -19,9 +19,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import voxprompt  # noqa: E402
 from golden_configs import sam_config, sam_med2d_config, sam_med3d_config, sam_unet_config  # noqa: E402
 from golden_paths import golden_dirs  # noqa: E402
+
+import voxprompt  # noqa: E402
 
 
 def err(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:

@@ -18,8 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,8 +101,8 @@ def cli_latency_ms(name: str, ckpt: Path, ct: Path, out: Path, reference: bool, 
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     z, y, x = (s // 2 for s in SHAPE_ZYX)
-    cmd = [sys.executable, "-m", "voxprompt", "segment", str(ct), "--model", name, "--checkpoint", str(ckpt), "--no-autozoom",
-           "--point", f"{x},{y},{z}", "-o", str(out)] + (["--no-refine"] if refine is False else [])
+    cmd = [sys.executable, "-m", "voxprompt", "segment", str(ct), "--model", name, "--checkpoint", str(ckpt),
+           "--no-autozoom", "--point", f"{x},{y},{z}", "-o", str(out)] + (["--no-refine"] if refine is False else [])
     t = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     return (time.perf_counter() - t) * 1e3
@@ -124,8 +125,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ct = Path(tmp) / "ct.nii.gz"
         synthetic_ct(ct)
-        cols = ["read", "set_image", "crop_resample", "encode", "decode", "first_click", "second_click", "write", "total",
-                "cli_segment"]
+        cols = ["read", "set_image", "crop_resample", "encode", "decode", "first_click", "second_click", "write",
+                "total", "cli_segment"]
         print(f"{'model':22s} {'mode':19s} " + " ".join(f"{c:>13s}" for c in cols))
         for name in args.models.split(","):
             model = voxprompt.load_model(name, device=args.device)  # shipped weights when there are some
@@ -140,7 +141,8 @@ def main() -> None:
                 row["cli_segment_ms"] = cli_latency_ms(name, ckpt, ct, Path(tmp) / "cli.nii.gz", reference,
                                                        args.threads, refine)
                 rows.append(row)
-                print(f"{name:22s} {row['mode']:19s} " + " ".join(f"{row[c + '_ms']:11.0f}ms" for c in cols), flush=True)
+                times = " ".join(f"{row[c + '_ms']:11.0f}ms" for c in cols)
+                print(f"{name:22s} {row['mode']:19s} {times}", flush=True)
     result = {"benchmark": "pipeline", "machine": machine(args.device), "note": args.note,
               "volume": {"shape_zyx": SHAPE_ZYX, "spacing_xyz_mm": SPACING_XYZ, "format": "NIfTI .nii.gz int16"},
               "rows": rows}

@@ -60,7 +60,8 @@ def main() -> int:
     args = p.parse_args()
     args.spacings = [float(s) for s in args.spacings.split(",")]
     results = run(args)
-    print(f"{'spacing':>7s} {'FOV mm':>6s} {'n':>3s} {'DSC AUC':>8s} {'final DSC':>9s}  Dice per click  | final DSC by group")
+    print(f"{'spacing':>7s} {'FOV mm':>6s} {'n':>3s} {'DSC AUC':>8s} {'final DSC':>9s}  "
+          "Dice per click  | final DSC by group")
     for r in results.values():
         clicks = " ".join(f"{d:.3f}" for d in r["dice_per_click"])
         groups = ", ".join(f"{g} {v:.3f}" for g, v in r["final_dice_by_group"].items())

@@ -21,7 +21,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_utils import (  # noqa: E402
-    RESULTS, fmt_ms, machine, peak_mib, peak_rss_mib, reset_peak, run_worker, timeit, write_json,
+    RESULTS,
+    fmt_ms,
+    machine,
+    peak_mib,
+    peak_rss_mib,
+    reset_peak,
+    run_worker,
+    timeit,
+    write_json,
 )
 
 MODELS = ["sam-med3d", "voxprompt-med3d-small", "sam-vit-b", "sam-med2d", "sam-unet"]
@@ -62,7 +70,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         out["click_ms"] = click["median_ms"]
         if model.supports_boxes:
             box = torch.tensor([[size * 0.25] * d + [size * 0.6] * d])
-            out["box_ms"] = timeit(lambda: model.decode(emb, boxes=box), dev, args.click_repeats, warmup=warm + 1)["median_ms"]
+            t = timeit(lambda: model.decode(emb, boxes=box), dev, args.click_repeats, warmup=warm + 1)
+            out["box_ms"] = t["median_ms"]
         first = pts if d == 3 or not model.supports_boxes else None
         fbox = None if first is not None else torch.tensor([[size * 0.25] * d + [size * 0.6] * d])
 
@@ -77,7 +86,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             batch = image.expand(b, *image.shape[1:]).contiguous()
             reset_peak(dev)
-            t = timeit(lambda: model.encode(batch), dev, max(1, args.repeats - 1), warmup=warm if compiled else 0)
+            t = timeit(lambda batch=batch: model.encode(batch), dev, max(1, args.repeats - 1),
+                       warmup=warm if compiled else 0)
             out["per_volume_ms"][str(b)] = t["median_ms"] / b
             out[f"peak_mib_batch{b}"] = peak_mib(dev, rss0)
     out["throughput_per_s"] = {b: 1e3 / v for b, v in out["per_volume_ms"].items()}

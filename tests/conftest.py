@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from golden_paths import golden_dirs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,8 +1,6 @@
 """A deterministic stand-in 2D model for propagation and protocol tests."""
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 from torch import nn
@@ -14,7 +12,7 @@ class BrightInBox(nn.Module):
 
     spatial_dims = 2
 
-    def __init__(self, size: int = 64, score: Optional[float] = 0.9, name: str = "fake-2d") -> None:
+    def __init__(self, size: int = 64, score: float | None = 0.9, name: str = "fake-2d") -> None:
         super().__init__()
         self.w = nn.Parameter(torch.zeros(1))
         self.img_size = self.low_res_size = size

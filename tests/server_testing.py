@@ -6,7 +6,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -48,7 +47,7 @@ class BackgroundServer:
 
             extra["http"] = http_protocol(settings.header_timeout_s)
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **extra))
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._timeout = start_timeout_s
 
     def __enter__(self) -> str:

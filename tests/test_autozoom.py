@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from voxprompt.session.autozoom import AutoZoomPlanner, touches_border
 from voxprompt.errors import UsageError
 from voxprompt.eval.metrics import dice
 from voxprompt.io.image import Image
 from voxprompt.preprocess import roi_around
 from voxprompt.session import CenteredRoiPlanner, Session, roi_key
+from voxprompt.session.autozoom import AutoZoomPlanner, touches_border
 
 OBJECT, BACKGROUND = 300.0, -300.0
 NEG_RADIUS = 4  # ROI voxels a negative click removes
@@ -241,14 +241,14 @@ def test_roi_key_includes_spacing_and_planner_checks(big):
 
 
 def test_cli_autozoom_flag(tmp_path, monkeypatch):
+    import SimpleITK as sitk
     from conftest import load_golden
     from golden_configs import sam_med3d_config
 
-    import SimpleITK as sitk
     import voxprompt
     from voxprompt import session as session_mod
-    from voxprompt.models.checkpoints import save_safetensors
     from voxprompt.cli import main
+    from voxprompt.models.checkpoints import save_safetensors
 
     g = load_golden("sam_med3d_tiny.pt")
     model = voxprompt.load_model("sam-med3d", g["state_dict"], config=sam_med3d_config(g["config"]))

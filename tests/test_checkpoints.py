@@ -5,10 +5,10 @@ import argparse
 
 import pytest
 import torch
-
-import voxprompt
 from conftest import load_golden
 from golden_configs import sam_config, sam_med2d_config, sam_med3d_config
+
+import voxprompt
 from voxprompt.models.checkpoints import identify, read_checkpoint, save_safetensors
 
 

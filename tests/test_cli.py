@@ -9,8 +9,8 @@ import torch
 
 import voxprompt
 from voxprompt import load_model
-from voxprompt.models.checkpoints import save_safetensors
 from voxprompt.cli import main
+from voxprompt.models.checkpoints import save_safetensors
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

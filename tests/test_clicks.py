@@ -17,8 +17,8 @@ from voxprompt.eval.clicks import (
     sam_med2d_points,
     sam_med3d_random_click,
 )
-from voxprompt.eval.protocol import run_click_protocol
 from voxprompt.eval.metrics import dice
+from voxprompt.eval.protocol import run_click_protocol
 
 
 def ball(shape, centre, radius):

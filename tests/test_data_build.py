@@ -197,7 +197,7 @@ def test_apt_files_unavailable_without_apt(tmp_path, monkeypatch):
         fetch.fetch_itk_t1(tmp_path)
     with pytest.raises(DataUnavailable, match="mricron-data is not installed and apt-get is not"):
         fetch.fetch_colin27(tmp_path)
-    for name, prefix in fetch.ITK_EXAMPLES_FILES.items():  # present but changed: refused
+    for name in fetch.ITK_EXAMPLES_FILES:  # present but changed: refused
         (tmp_path / name).write_bytes(b"x")
     with pytest.raises(DataUnavailable, match="does not match the pinned"):
         fetch.fetch_itk_t1(tmp_path)

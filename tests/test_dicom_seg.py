@@ -12,11 +12,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import voxprompt
-from voxprompt.models.checkpoints import save_safetensors
 from voxprompt.cli import main
 from voxprompt.errors import InputError
 from voxprompt.io import read_image
 from voxprompt.io.dicom_seg import NotDicomError, write_dicom_seg
+from voxprompt.models.checkpoints import save_safetensors
 
 SLICES, ROWS, COLS = 4, 16, 16
 PIXEL_SPACING = (0.8, 0.7)  # (row spacing, column spacing) mm

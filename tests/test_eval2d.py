@@ -13,11 +13,11 @@ from fake2d import BrightInBox
 from golden_configs import sam_med2d_config
 
 import voxprompt
-from voxprompt.models.checkpoints import save_safetensors
 from voxprompt.cli import main
 from voxprompt.eval.runner import evaluate
 from voxprompt.eval.runner2d import evaluate_slices, pick_slices, slice_session_factory
 from voxprompt.io.image import Image
+from voxprompt.models.checkpoints import save_safetensors
 
 SHAPE = (24, 40, 40)
 

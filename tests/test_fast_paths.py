@@ -4,12 +4,12 @@ activation checkpointing. Measured max errors are in benchmarks/results/ and the
 from __future__ import annotations
 
 import pytest
+import test_golden as golden
 import torch
+from numerics import ScoreInputs, assert_scores_close
 from torch import nn
 
-import test_golden as golden
 import voxprompt
-from numerics import ScoreInputs, assert_scores_close
 from voxprompt import SamConfig
 from voxprompt.models.fast import reference_enabled, reference_mode
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from numerics import ScoreInputs, assert_scores_close
 
 REL_L2 = 1e-5  # contract: relative L2 error against the official fp32 outputs

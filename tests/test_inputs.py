@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import voxprompt
 from conftest import load_golden
 from golden_configs import sam_unet_config
+
+import voxprompt
 from voxprompt import InputError, PromptError
 
 
@@ -54,8 +54,10 @@ def test_bad_2d_image_channels(sam):
         ({"points": (torch.tensor([[[1.0, 2.0, 10.0]]]), torch.tensor([[-2]]))}, "labels must be"),
         ({"points": (torch.tensor([[[1.0, float("nan"), 10.0]]]), torch.tensor([[1]]))}, "NaN or infinite"),
         ({"points": (torch.tensor([[[1.0, 2.0, float("inf")]]]), torch.tensor([[1]]))}, "NaN or infinite"),
-        ({"mask_input": torch.zeros(1, 1, 32, 32, 32).index_fill_(2, torch.tensor([3]), float("nan"))}, "mask_input contains NaN"),
-        ({"mask_input": torch.zeros(1, 1, 32, 32, 32).index_fill_(4, torch.tensor([31]), -float("inf"))}, "mask_input contains NaN"),
+        ({"mask_input": torch.zeros(1, 1, 32, 32, 32).index_fill_(2, torch.tensor([3]), float("nan"))},
+         "mask_input contains NaN"),
+        ({"mask_input": torch.zeros(1, 1, 32, 32, 32).index_fill_(4, torch.tensor([31]), -float("inf"))},
+         "mask_input contains NaN"),
         ({"points": (torch.tensor([[[1.0, 2.0, 10.0]]]), torch.tensor([[0.5]]))}, "integers"),
         ({"points": torch.tensor([[[1.0, 2.0, 10.0]]])}, "pair"),
         ({"mask_input": torch.zeros(1, 1, 64, 64, 64)}, r"\(B, 1, 32, 32, 32\)"),

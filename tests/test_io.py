@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import GOLDEN
+
 from voxprompt.errors import ImageReadError, InputError, UsageError
 from voxprompt.io import Image, describe, orientation_code, read_image, write_mask
 

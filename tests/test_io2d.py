@@ -8,8 +8,7 @@ from io2d_files import phantom, write_dicom
 from PIL import Image as PILImage
 
 from voxprompt.errors import ImageReadError, InputError, UsageError
-from voxprompt.io.image2d import (count_frames, image2d_from_array, is_2d_file, read_frames, read_image2d,
-                                  write_mask2d)
+from voxprompt.io.image2d import count_frames, image2d_from_array, is_2d_file, read_frames, read_image2d, write_mask2d
 
 
 def test_png_jpeg_grey_rgb_16bit(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
@@ -106,7 +105,7 @@ def _targets(module: str) -> set[str]:
 GRAPH = {m: _targets(m) for m in MODULES}
 
 
-def _top(module: str) -> Optional[str]:
+def _top(module: str) -> str | None:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else None
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import REFERENCE
 
 import voxprompt
-from conftest import REFERENCE
 
 MANIFESTS = {
     "sam-med3d": "sam_med3d_turbo_state_dict_shapes.json",

@@ -7,10 +7,10 @@ from functools import partial
 
 import pytest
 import torch
-
-import voxprompt
 from numerics import ScoreInputs, assert_scores_close
 from official_ref import medim_sam_med3d, segment_anything_modeling
+
+import voxprompt
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,8 @@ def test_sam_vit_b_full_size_matches_segment_anything():
         assert rel_err(emb, emb_ref) < 1e-5
         cases = [
             dict(points=None, boxes=torch.tensor([[300.0, 200.0, 700.0, 650.0]]), masks=None, multimask=False),
-            dict(points=(torch.tensor([[[512.0, 300.0]]]), torch.tensor([[1]])), boxes=None, masks=None, multimask=True),
+            dict(points=(torch.tensor([[[512.0, 300.0]]]), torch.tensor([[1]])), boxes=None, masks=None,
+                 multimask=True),
             dict(
                 points=(torch.tensor([[[512.0, 300.0], [100.0, 900.0]]]), torch.tensor([[1, 0]])),
                 boxes=None,

@@ -5,13 +5,20 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import GOLDEN
+
 from voxprompt.errors import InputError, PromptError
 from voxprompt.io import Image, read_image
-from voxprompt.preprocess import (canonical_grid, extract_roi, postprocess_mask,
-                                  preprocess_label_roi, roi_around, roi_block_to_original, roi_to_original,
-                                  zscore_positive)
+from voxprompt.preprocess import (
+    canonical_grid,
+    extract_roi,
+    postprocess_mask,
+    preprocess_label_roi,
+    roi_around,
+    roi_block_to_original,
+    roi_to_original,
+    zscore_positive,
+)
 
 G = GOLDEN / "sam_med3d_preproc"
 N = 128

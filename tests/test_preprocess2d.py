@@ -9,8 +9,17 @@ from conftest import load_golden
 
 from voxprompt.errors import InputError, UsageError
 from voxprompt.models.family import policy_for
-from voxprompt.preprocess.image2d import (Policy2D, frame_for, longest_side_shape, mask_prior, parse_window,
-                                          preprocess_image, rgb_uint8, to_rgb, to_uint8)
+from voxprompt.preprocess.image2d import (
+    Policy2D,
+    frame_for,
+    longest_side_shape,
+    mask_prior,
+    parse_window,
+    preprocess_image,
+    rgb_uint8,
+    to_rgb,
+    to_uint8,
+)
 
 SAM = Policy2D("sam", 256, "longest")
 MED2D = Policy2D("sam-med2d", 256, "square", "bgr", mask_feedback="sigmoid", multimask="always", pad_small=True)

@@ -14,10 +14,17 @@ from voxprompt.cli import main
 from voxprompt.errors import PromptError, UsageError
 from voxprompt.io.image import Image
 from voxprompt.io.read import read_image
-from voxprompt.session.prompts import (PromptFileError, apply_prompts, load_prompts, parse_csv, parse_json,
-                               resolve_prompts, save_prompts, session_prompts)
 from voxprompt.session import Session
-
+from voxprompt.session.prompts import (
+    PromptFileError,
+    apply_prompts,
+    load_prompts,
+    parse_csv,
+    parse_json,
+    resolve_prompts,
+    save_prompts,
+    session_prompts,
+)
 
 
 def _oblique_image() -> Image:

@@ -6,8 +6,15 @@ import pytest
 from fake2d import BrightInBox, tube_volume
 
 from voxprompt.errors import InputError, PromptError, UsageError
-from voxprompt.session.propagate import (PropagationConfig, SliceEncoder, SliceStack, box_of, deepest_point, propagate,
-                                 take_slice)
+from voxprompt.session.propagate import (
+    PropagationConfig,
+    SliceEncoder,
+    SliceStack,
+    box_of,
+    deepest_point,
+    propagate,
+    take_slice,
+)
 from voxprompt.session.slices import SliceSession
 
 CFG = PropagationConfig(box_margin=2)

@@ -40,7 +40,8 @@ def test_chest_ct_click_geometry_and_mask(chest_ct, tiny_med3d, tmp_path):
     # the click is the same physical point in the 128^3 ROI the model saw
     roi_point = pred.roi.from_original_index(np.asarray(click, dtype=float))
     np.testing.assert_allclose(
-        pred.roi.roi_to_world(roi_point, frame="LPS"), image.index_to_world(np.asarray(click, float), frame="LPS"), atol=1e-6
+        pred.roi.roi_to_world(roi_point, frame="LPS"), image.index_to_world(np.asarray(click, float), frame="LPS"),
+        atol=1e-6
     )
     assert np.all(np.abs(roi_point - 64) <= 1.0)  # centred on the click
 

@@ -8,8 +8,15 @@ from scipy import ndimage
 
 from voxprompt.errors import InputError, UsageError
 from voxprompt.eval.metrics import dice, nsd
-from voxprompt.refine import (RefineConfig, band_seeds, draw_seed_balls, normalise_window, refine_mask,
-                              resolve_refine, solve_random_walker)
+from voxprompt.refine import (
+    RefineConfig,
+    band_seeds,
+    draw_seed_balls,
+    normalise_window,
+    refine_mask,
+    resolve_refine,
+    solve_random_walker,
+)
 
 pytest.importorskip("skimage")
 

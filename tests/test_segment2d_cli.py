@@ -16,10 +16,10 @@ from io2d_files import phantom, write_dicom
 from PIL import Image as PILImage
 
 import voxprompt
-from voxprompt.models.checkpoints import save_safetensors
 from voxprompt.cli import main
 from voxprompt.cli.segment2d import parse_box2d, parse_point2d
 from voxprompt.errors import UsageError
+from voxprompt.models.checkpoints import save_safetensors
 
 
 @pytest.fixture(scope="module")

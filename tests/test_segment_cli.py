@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import ROOT
 from cli_volume import ORIGIN, SPACING_XYZ, write_cli_files
+from conftest import ROOT
 
 import voxprompt
 from voxprompt.cli import common as segment_cli
 from voxprompt.cli import main
 from voxprompt.models.loading import shipped_weights
-
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from server_testing import BackgroundServer, tiny_model, write_blob_volume
 
 import voxprompt.server.context as server_context
 from voxprompt.server import ServerSettings, create_app
 from voxprompt.server.model_host import FairLock
-from server_testing import BackgroundServer, tiny_model, write_blob_volume
 from voxprompt.session import Session
 
 MODEL = "voxprompt-med3d-small"

@@ -11,12 +11,12 @@ import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from server_testing import BackgroundServer, tiny_model
 
 import voxprompt.io.read as vread
 from voxprompt.errors import ImageTooLarge
 from voxprompt.io import read_image
 from voxprompt.server import ServerSettings, create_app
-from server_testing import BackgroundServer, tiny_model
 
 MiB = 1024 * 1024
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from server_testing import BackgroundServer, tiny_model, write_blob_volume
 
 from voxprompt.server import ServerSettings, create_app
-from server_testing import BackgroundServer, tiny_model, write_blob_volume
 
 MODEL = "voxprompt-med3d-small"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
+from server_testing import BackgroundServer, tiny_model
 
 from voxprompt.server import ServerSettings, create_app
 from voxprompt.server.protocols import nnia
-from server_testing import BackgroundServer, tiny_model
 from voxprompt.session import Session
 
 remote = pytest.importorskip("nnInteractive.inference.remote")

@@ -18,10 +18,10 @@ import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from server_testing import BackgroundServer, tiny_model
 
 from voxprompt.io import read_image
 from voxprompt.server import ServerSettings, create_app
-from server_testing import BackgroundServer, tiny_model
 from voxprompt.session import Session, from_slicer_ijk
 
 MODEL = "voxprompt-med3d-small"

@@ -12,10 +12,10 @@ import time
 import httpx
 import numpy as np
 import pytest
+from server_testing import BackgroundServer, tiny_model
 
 from voxprompt.server import ServerSettings, create_app
 from voxprompt.server.protocols import nnia
-from server_testing import BackgroundServer, tiny_model
 from voxprompt.session import Session
 
 remote = pytest.importorskip("nnInteractive.inference.remote")
@@ -204,14 +204,16 @@ def test_bad_requests_get_4xx_with_a_reason(model, volume):
         bad(413, "/set_image", "server allows", content=huge)  # refused before allocating
         bad(413, "/set_image", "--max-upload-mb", content=b"x" * 600_000)
         bad(413, "/set_image", "--max-upload-mb", content=iter([b"x" * 200_000] * 4))  # chunked, no length
-        ok = _post(url, "/set_image", tok, content=nnia.pack(volume[None]), meta={"image_properties": {"spacing": [1, 1, 1]}})
+        ok = _post(url, "/set_image", tok, content=nnia.pack(volume[None]),
+                   meta={"image_properties": {"spacing": [1, 1, 1]}})
         assert ok.status_code == 200
         bad(400, "/set_target_buffer", "dtype", body={"shape": list(volume.shape), "dtype": "float32"})
         bad(400, "/set_target_buffer", "does not match", body={"shape": [1, 2, 3], "dtype": "uint8"})
         bad(413, "/set_target_buffer", "server allows", body={"shape": [10**5, 10**5, 10**5], "dtype": "uint8"})
         bad(400, "/set_target_buffer", "shape", body={"shape": "abc", "dtype": "uint8"})
         assert _post(url, "/set_target_buffer", tok, body={"shape": list(volume.shape), "dtype": "uint8"}).json() == {}
-        bad(400, "/add_point_interaction", "outside the volume", body={"coordinates": [99, 1, 1], "include_interaction": True})
+        bad(400, "/add_point_interaction", "outside the volume",
+            body={"coordinates": [99, 1, 1], "include_interaction": True})
         bad(400, "/add_point_interaction", "coordinates", body={"coordinates": [1, 1], "include_interaction": True})
         bad(400, "/add_point_interaction", "include_interaction", body={"coordinates": [1, 1, 1]})
         queued = {"coordinates": [99, 1, 1], "include_interaction": True, "run_prediction": False}
@@ -222,7 +224,8 @@ def test_bad_requests_get_4xx_with_a_reason(model, volume):
                                                                  "include_interaction": False, "run_prediction": False})
         bad(400, "/add_bbox_interaction", "empty", body={"bbox_coords": [[1, 1], [1, 9], [1, 9]],
                                                         "include_interaction": True, "run_prediction": False})
-        bad(400, "/add_bbox_interaction", "empty", body={"bbox_coords": [[1, 1], [1, 9], [1, 9]], "include_interaction": True})
+        bad(400, "/add_bbox_interaction", "empty",
+            body={"bbox_coords": [[1, 1], [1, 9], [1, 9]], "include_interaction": True})
         bad(400, "/add_scribble_interaction", "not supported", content=b"")
         bad(400, "/add_initial_seg_interaction", "zero_shot", content=b"", meta={"run_prediction": True})
         bad(400, "/add_initial_seg_interaction", "does not match",

@@ -13,12 +13,12 @@ import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from server_testing import BackgroundServer, tiny_model
 
 from voxprompt.io import read_image
 from voxprompt.server import ServerSettings, create_app
-from server_testing import BackgroundServer, tiny_model
-from voxprompt.server.volumes import nifti_affine, ras_to_file_ijk
 from voxprompt.server.viewer import STATIC_DIR
+from voxprompt.server.volumes import nifti_affine, ras_to_file_ijk
 from voxprompt.session import from_slicer_ijk
 
 API = "api/viewer"

@@ -14,8 +14,7 @@ import voxprompt
 from voxprompt.errors import PromptError, UsageError
 from voxprompt.io.image import Image
 from voxprompt.preprocess import postprocess_mask, preprocess_roi, roi_around
-from voxprompt.session import (CenteredRoiPlanner, Prediction, Session, from_slicer_ijk, image_from_array,
-                               to_slicer_ijk)
+from voxprompt.session import CenteredRoiPlanner, Prediction, Session, from_slicer_ijk, image_from_array, to_slicer_ijk
 
 SHAPE = (12, 40, 36)
 SPACING_ZYX = (3.0, 0.8, 0.9)

@@ -102,9 +102,9 @@ def test_load_from_resizes_sam_weights_like_sam_med2d(tmp_path):
             src[k] = torch.randn_like(src[k])
     torch.save(src, tmp_path / "sam512.pth")
     dst_cfg = voxprompt.SamConfig(img_size=256, adapter=True, **small).to_dict()
-    cfg = config_from_dict({"model": "sam-med2d", "model_overrides": dst_cfg, "init_checkpoint": str(tmp_path / "sam512.pth"),
-                            "init_mode": "load_from", "synthetic": {"weight": 1.0}, "out_dir": str(tmp_path / "run"),
-                            "seed": 5})
+    cfg = config_from_dict({"model": "sam-med2d", "model_overrides": dst_cfg,
+                            "init_checkpoint": str(tmp_path / "sam512.pth"), "init_mode": "load_from",
+                            "synthetic": {"weight": 1.0}, "out_dir": str(tmp_path / "run"), "seed": 5})
     model = Trainer(cfg).model
     fresh = _fresh(dst_cfg, 5)
     sd = model.state_dict()
@@ -119,7 +119,8 @@ def test_load_from_resizes_sam_weights_like_sam_med2d(tmp_path):
               "mask_decoder.transformer.layers.0.self_attn.q_proj.weight"):
         assert torch.equal(sd[k], src[k])
     for k in ("mask_decoder.mask_tokens.weight", "mask_decoder.iou_prediction_head.layers.0.weight",
-              "mask_decoder.output_hypernetworks_mlps.0.layers.0.weight", "image_encoder.blocks.0.Adapter.channel.0.weight"):
+              "mask_decoder.output_hypernetworks_mlps.0.layers.0.weight",
+              "image_encoder.blocks.0.Adapter.channel.0.weight"):
         assert torch.equal(sd[k], fresh[k]) and (k not in src or not torch.equal(sd[k], src[k]))
     assert resize_rel_pos(g, 63).equal(g)
     with pytest.raises(voxprompt.CheckpointError, match="shares no key"):

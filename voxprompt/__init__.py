@@ -11,7 +11,6 @@ The models (and torch) are imported on first use of ``load_model``, ``build_mode
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_attributes
-from .version import __version__ as __version__
 from .errors import (
     CheckpointError,
     ImageReadError,
@@ -21,6 +20,7 @@ from .errors import (
     UsageError,
     VoxpromptError,
 )
+from .version import __version__ as __version__
 
 if TYPE_CHECKING:
     from .models.config import SamConfig, SamUNetConfig

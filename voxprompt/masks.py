@@ -4,7 +4,7 @@ Plain numpy/scipy, no model or image geometry: every layer may use these (sessio
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -12,7 +12,7 @@ from scipy import ndimage
 Slices = tuple[slice, ...]  # a box of an array, one slice per axis
 
 
-def bbox_of(diff: np.ndarray) -> Optional[Slices]:
+def bbox_of(diff: np.ndarray) -> Slices | None:
     """Slices bounding the nonzero entries of ``diff`` (None when there are none)."""
     if not diff.any():
         return None
@@ -29,7 +29,7 @@ def within(outer: Slices, inner: Slices) -> Slices:
     return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
 
 
-def union_box(a: Optional[Slices], b: Optional[Slices]) -> Optional[Slices]:
+def union_box(a: Slices | None, b: Slices | None) -> Slices | None:
     """Smallest box containing two boxes (either may be None)."""
     if a is None or b is None:
         return a if b is None else b
@@ -47,7 +47,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def distance_inside(mask: np.ndarray, spacing: Optional[Sequence[float]] = None,
+def distance_inside(mask: np.ndarray, spacing: Sequence[float] | None = None,
                     edge_is_background: bool = True) -> np.ndarray:
     """Exact Euclidean distance of each mask voxel to the nearest background voxel (0 outside the mask).
 
@@ -62,8 +62,8 @@ def distance_inside(mask: np.ndarray, spacing: Optional[Sequence[float]] = None,
     return dist[(slice(1, -1),) * m.ndim]
 
 
-def deepest_voxel(mask: np.ndarray, spacing: Optional[Sequence[float]] = None,
-                  edge_is_background: bool = True) -> Optional[np.ndarray]:
+def deepest_voxel(mask: np.ndarray, spacing: Sequence[float] | None = None,
+                  edge_is_background: bool = True) -> np.ndarray | None:
     """Index (int array) of the mask voxel farthest from the background, first in raster order among
     equals (:func:`distance_inside`), or None for an empty mask."""
     m = np.asarray(mask, dtype=bool)

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 
@@ -36,7 +36,7 @@ def available_cpus() -> int:
     return max(1, n)
 
 
-def configure_cpu_threads(num_threads: Optional[int] = None) -> int:
+def configure_cpu_threads(num_threads: int | None = None) -> int:
     """Sensible intra-op threads for CPU inference; returns the count in force.
 
     With ``num_threads`` set, use it. Otherwise only lower torch's count when it exceeds the CPUs
@@ -97,7 +97,7 @@ class Dist:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls) -> "Dist":
+    def from_env(cls) -> Dist:
         """Read ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (set by torchrun)."""
         try:
             return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
@@ -106,7 +106,7 @@ class Dist:
             raise UsageError(f"bad torchrun environment: {exc}") from None
 
 
-def check_device(device: object, kinds: Optional[tuple[str, ...]] = None, flag: str = "device") -> "torch.device":
+def check_device(device: object, kinds: tuple[str, ...] | None = None, flag: str = "device") -> torch.device:
     """``device`` as a torch device (``cpu``, ``cuda``, ``cuda:1``, ...), refused with a UsageError when it
     does not parse, is not one of ``kinds`` (None: any) or needs CUDA on a machine without it."""
     import torch

@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,7 +30,7 @@ TWO_D_FLAGS = (("--window", "window"), ("--propagate", "propagate"), ("--slice-a
                ("--slice", "slice"), ("--channel-order", "channel_order"), ("--mask-values", "mask_values"))
 
 
-def single_slice_error(image: str, model: str, size: Optional[str] = None) -> UsageError:
+def single_slice_error(image: str, model: str, size: str | None = None) -> UsageError:
     """The one refusal of a 2D image, a single-frame DICOM file or a one-slice volume by a 3D model."""
     what = f"a single slice ({size})" if size else "a single slice (a 2D image)"
     return UsageError(f"{image} is {what}: {model} is a 3D model, which needs a volume; a single slice needs a 2D "
@@ -53,7 +53,7 @@ def check_output(path: str, exts: tuple[str, ...], what: str) -> None:
         raise UsageError(f"{what} {path}: folder {parent} does not exist")
 
 
-def read_config_json(path: Optional[str]) -> Optional[dict]:
+def read_config_json(path: str | None) -> dict | None:
     """The JSON object of ``--config-json`` (None without the flag)."""
     if path is None:
         return None

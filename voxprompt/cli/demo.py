@@ -15,8 +15,8 @@ import csv
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -42,14 +42,14 @@ def interior_point(mask: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[int,
 
 
 def run(out_dir: Path, structure: str = "spleen", clicks: int = 1, autozoom: bool = False,
-        refine: Optional[bool] = None) -> dict:
+        refine: bool | None = None) -> dict:
     from ..data.fetch import fetch_chest_ct
     from ..eval.clicks import cvpr25_next_click
     from ..eval.metrics import dice, nsd
     from ..io import read_image, write_mask
     from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
-    from ..viz.overlay import save_overlay
     from ..session import Session
+    from ..viz.overlay import save_overlay
 
     if shipped_weights(DEFAULT_MODEL) is None:
         raise VoxpromptError(f"no shipped weights for {DEFAULT_MODEL} in this installation")
@@ -90,7 +90,7 @@ def run(out_dir: Path, structure: str = "spleen", clicks: int = 1, autozoom: boo
             "seconds_per_click": times, "model_load_s": load_s, "mask": str(mask_path), "overlay": str(png)}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m voxprompt.cli.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--structure", default="spleen", help="TotalSegmentator structure name (default spleen)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import UsageError, VoxpromptError
 
@@ -97,7 +97,7 @@ def _add_verbose(parser: argparse.ArgumentParser) -> None:
                             help="log progress to stderr (same as voxprompt -v)")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -19,8 +19,19 @@ from ..errors import PromptError, UsageError, VoxpromptError
 from ..io.paths import file_extension
 from ..models.config import DEFAULT_MODEL, SamConfig, SamUNetConfig
 from ..runtime import check_device
-from .common import (CLI_DEVICES, TWO_D_FLAGS, TWO_D_MODELS, check_output, parse_box, parse_point, point_index,
-                     read_config_json, single_slice_error, size_ijk, warn_if_empty)
+from .common import (
+    CLI_DEVICES,
+    TWO_D_FLAGS,
+    TWO_D_MODELS,
+    check_output,
+    parse_box,
+    parse_point,
+    point_index,
+    read_config_json,
+    single_slice_error,
+    size_ijk,
+    warn_if_empty,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +94,47 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs(args: argparse.Namespace) -> tuple[bool, dict]:
+    """The output and ``--overlay`` checks, before anything is read; (DICOM SEG output?, its codes)."""
+    from ..io.dicom_seg import is_dicom_seg_output
+    from ..io.seg_codes import seg_codes_from_args
+    from ..io.write import SUPPORTED_WRITE_EXTENSIONS
+
+    dicom_seg = is_dicom_seg_output(args.output)
+    seg_codes = seg_codes_from_args(args, dicom_seg)  # --seg-category / --seg-type
+    if dicom_seg:
+        _check_seg_output(args.output, args.image)
+    else:
+        check_output(args.output, SUPPORTED_WRITE_EXTENSIONS + (".dcm",), "output")
+    if args.overlay is not None:
+        check_output(args.overlay, (".png",), "--overlay")
+    elif getattr(args, "neurological", False):
+        raise UsageError("--neurological sets the view of --overlay PNG; give --overlay too")
+    return dicom_seg, seg_codes
+
+
+def _box_index(image: object, lo: tuple[int, ...], hi: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A ``--box`` (IJK, half-open) as array corners (z, y, x), refused outside the volume."""
+    if any(a < 0 for a in lo) or any(b > n for b, n in zip(hi, image.size_xyz)):
+        raise PromptError(f"--box {','.join(map(str, lo + hi))} is outside the volume of size "
+                          f"{size_ijk(image)} (IJK)")
+    return lo[::-1], hi[::-1]
+
+
+def _report(out: object, mask: np.ndarray, pred: object) -> None:
+    """The one line saying what was written, and the session's warning about a poor result."""
+    warn_if_empty(mask, out)
+    score = f", predicted IoU {pred.score:.3f}" if pred is not None and pred.score is not None else ""
+    if pred is not None and pred.zooms:
+        score += f", auto-zoom x{'/'.join(f'{z:g}' for z in pred.zooms)} + {pred.tiles} tile(s)"
+    sys.stdout.write(f"wrote {out} ({int(mask.sum())} voxels{score})\n")
+    if pred is not None and pred.warning:  # the mask is written all the same: the user decides
+        note = " (the click as an array index k,j,i: the reverse of IJK)" if "click at" in pred.warning else ""
+        log.warning("check the result: %s%s", pred.warning, note)
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from ..io.read import read_image
-    from ..io.write import SUPPORTED_WRITE_EXTENSIONS
     from ..models.zoo import get_spec
     from .segment2d import cmd_segment_2d, wants_2d
 
@@ -108,20 +157,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     replay = prompts_from_args(args)  # --prompts FILE (refused beside the flags above)
     if not points and not boxes and args.mask_in is None and replay is None:
         raise UsageError("segment needs a prompt: --point, --point-mm, --box, --mask-in or --prompts")
-    from ..io.dicom_seg import is_dicom_seg_output
-
-    dicom_seg = is_dicom_seg_output(args.output)
-    from ..io.seg_codes import seg_codes_from_args
-
-    seg_codes = seg_codes_from_args(args, dicom_seg)  # --seg-category / --seg-type
-    if dicom_seg:
-        _check_seg_output(args.output, args.image)
-    else:
-        check_output(args.output, SUPPORTED_WRITE_EXTENSIONS + (".dcm",), "output")
-    if args.overlay is not None:
-        check_output(args.overlay, (".png",), "--overlay")
-    elif getattr(args, "neurological", False):
-        raise UsageError("--neurological sets the view of --overlay PNG; give --overlay too")
+    dicom_seg, seg_codes = _check_outputs(args)
     get_spec(args.model)
     check_device(args.device, CLI_DEVICES, "--device")
     from ..models.loading import resolve_checkpoint
@@ -139,12 +175,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise NotDicomError(f"output {args.output}: a DICOM SEG needs a DICOM input; {args.image} is not DICOM "
                             "(write .nii.gz, .nrrd or .mha instead)")
     idx = [(point_index(image, p, args.frame), p.positive) for p in points]
-    box_zyx = []
-    for lo, hi in boxes:
-        if any(a < 0 for a in lo) or any(b > n for b, n in zip(hi, image.size_xyz)):
-            raise PromptError(f"--box {','.join(map(str, lo + hi))} is outside the volume of size "
-                              f"{size_ijk(image)} (IJK)")
-        box_zyx.append((lo[::-1], hi[::-1]))
+    box_zyx = [_box_index(image, lo, hi) for lo, hi in boxes]
     prior = None
     if args.mask_in is not None:
         prior = read_image(args.mask_in)
@@ -190,14 +221,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             out = write_mask(mask.astype(np.uint8), image, args.output)
     except OSError as exc:
         raise VoxpromptError(f"output {args.output}: {exc}") from None
-    warn_if_empty(mask, out)
-    score = f", predicted IoU {pred.score:.3f}" if pred is not None and pred.score is not None else ""
-    if pred is not None and pred.zooms:
-        score += f", auto-zoom x{'/'.join(f'{z:g}' for z in pred.zooms)} + {pred.tiles} tile(s)"
-    sys.stdout.write(f"wrote {out} ({int(mask.sum())} voxels{score})\n")
-    if pred is not None and pred.warning:  # the mask is written all the same: the user decides
-        note = " (the click as an array index k,j,i: the reverse of IJK)" if "click at" in pred.warning else ""
-        log.warning("check the result: %s%s", pred.warning, note)
+    _report(out, mask, pred)
     if args.overlay is not None:
         from ..viz.overlay import save_overlay
 

@@ -19,12 +19,20 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PromptError, UsageError, VoxpromptError
-from ..io.image2d import RASTER_EXTENSIONS, WRITE_EXTENSIONS_2D, count_frames, is_2d_file
 from ..io.image import SLICE_AXES
+from ..io.image2d import RASTER_EXTENSIONS, WRITE_EXTENSIONS_2D, count_frames, is_2d_file
 from ..io.paths import file_extension
 from ..runtime import check_device
-from .common import (CLI_DEVICES, check_output, parse_box, parse_point, point_index, read_config_json,
-                     single_slice_error, warn_if_empty)
+from .common import (
+    CLI_DEVICES,
+    check_output,
+    parse_box,
+    parse_point,
+    point_index,
+    read_config_json,
+    single_slice_error,
+    warn_if_empty,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +91,8 @@ def parse_box2d(text: str) -> tuple[float, float, float, float]:
 
 def _check_common(args: argparse.Namespace) -> str:
     """Model, device, checkpoint and overlay checks; returns the checkpoint path."""
-    from ..models.zoo import get_spec
-
     from ..models.family import spatial_dims
+    from ..models.zoo import get_spec
 
     get_spec(args.model)
     if spatial_dims(args.model) != 2:

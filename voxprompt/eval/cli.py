@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from voxprompt.errors import UsageError
 from voxprompt.io.image import SLICE_AXES
@@ -34,7 +34,7 @@ def _sha256_prefix(path: str, n: int = 12) -> str:
     return h.hexdigest()[:n]
 
 
-def _check_args(args: argparse.Namespace) -> Optional[str]:
+def _check_args(args: argparse.Namespace) -> str | None:
     """Validate everything that needs no data or model; returns the checkpoint path (or None)."""
     from voxprompt.eval.report import check_report_dir
 
@@ -68,7 +68,7 @@ def _check_args(args: argparse.Namespace) -> Optional[str]:
     return resolve_checkpoint(args.model, args.checkpoint)
 
 
-def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> tuple[Any, dict]:
+def _factory(args: argparse.Namespace, ckpt: str | None, device: str) -> tuple[Any, dict]:
     """The engine factory and the settings it resolved, for the report (the refinement band)."""
     from voxprompt.eval.runner import random_walker_factory, session_factory
 
@@ -95,7 +95,7 @@ def _factory(args: argparse.Namespace, ckpt: Optional[str], device: str) -> tupl
 
 
 def _run_eval(
-    args: argparse.Namespace, ckpt: Optional[str], device: str, targets: list, **kw: Any
+    args: argparse.Namespace, ckpt: str | None, device: str, targets: list, **kw: Any
 ) -> tuple[list[dict], dict]:
     """Rows of one rank (the SAM-Med2D slice protocol, or a click protocol through a session) and
     the resolved settings to report."""

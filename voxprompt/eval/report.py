@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -91,8 +91,8 @@ def add_groups(rows: Iterable[dict]) -> None:
 class Extremes:
     """Best and worst target by final Dice, with their final masks (bit-packed)."""
 
-    best: Optional[tuple] = None   # (row, packed mask, shape)
-    worst: Optional[tuple] = None
+    best: tuple | None = None   # (row, packed mask, shape)
+    worst: tuple | None = None
 
     @staticmethod
     def _dice(row: dict) -> float:
@@ -108,7 +108,7 @@ class Extremes:
     def add(self, row: dict, mask: np.ndarray) -> None:
         self._offer((row, np.packbits(np.asarray(mask, bool)), tuple(mask.shape)))
 
-    def merge(self, other: "Extremes") -> None:
+    def merge(self, other: Extremes) -> None:
         for item in (other.best, other.worst):
             if item is not None:
                 self._offer(item)
@@ -338,7 +338,7 @@ class Report:
     meta: dict
     extremes: Extremes = field(default_factory=Extremes)
 
-    def write(self, out: Path, targets: dict[tuple, Any], loader: Optional[Callable]) -> None:
+    def write(self, out: Path, targets: dict[tuple, Any], loader: Callable | None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.meta.setdefault("timing", timing_note(self.meta))
         add_groups(self.rows)

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from voxprompt.masks import Slices
 
 log = logging.getLogger(__name__)
 
-Engine = Callable[[list[Click], Optional[Box3D]], tuple[np.ndarray, Optional[Slices]]]
+Engine = Callable[[list[Click], Box3D | None], tuple[np.ndarray, Slices | None]]
 PredictorFactory = Callable[[Image], Engine]
 Loader = Callable[[Any], tuple[Image, np.ndarray]]
 ResultHook = Callable[[dict, np.ndarray], None]
@@ -42,7 +42,7 @@ class EvalConfig:
 
     protocol: str = "cvpr25"
     seed: int = 0
-    n_clicks: Optional[int] = None  # None: the protocol's default (5 / 10)
+    n_clicks: int | None = None  # None: the protocol's default (5 / 10)
     use_box: bool = True            # cvpr25 only
     click_noise_mm: float = 0.0     # sigma of jitter_click in mm (0 = exact clicks)
 
@@ -77,10 +77,10 @@ class _Recorder:
         self.prev = np.zeros_like(gt)
         self.sent: list[Click] = []
         self.seconds: list[float] = []
-        self.box_seconds: Optional[float] = None
+        self.box_seconds: float | None = None
         self.roi_dice: list[float] = []
 
-    def __call__(self, clicks: list[Click], box: Optional[Box3D]) -> np.ndarray:
+    def __call__(self, clicks: list[Click], box: Box3D | None) -> np.ndarray:
         for c in clicks[len(self.sent):]:
             if self.noisy:
                 region = (self.gt & ~self.prev) if c.label else (self.prev & ~self.gt)
@@ -161,11 +161,11 @@ def evaluate(
     protocol: str = "cvpr25",
     seed: int = 0,
     *,
-    n_clicks: Optional[int] = None,
+    n_clicks: int | None = None,
     use_box: bool = True,
     click_noise_mm: float = 0.0,
-    loader: Optional[Loader] = None,
-    on_result: Optional[ResultHook] = None,
+    loader: Loader | None = None,
+    on_result: ResultHook | None = None,
     progress: bool = False,
 ) -> list[dict]:
     """Evaluate every target in order; returns one row (dict) per target.
@@ -191,7 +191,7 @@ def evaluate(
 
 # ----------------------------------------------------------------------------- engines
 def session_factory(model: Any, device: Any = None, autozoom: bool = False,
-                    refine: Any = None, clean: Optional[bool] = None) -> PredictorFactory:
+                    refine: Any = None, clean: bool | None = None) -> PredictorFactory:
     """Engines driving a fresh 3D :class:`~voxprompt.session.Session` per target.
 
     ``autozoom`` gives each session an :class:`~voxprompt.session.autozoom.AutoZoomPlanner`; ``refine`` is
@@ -213,7 +213,7 @@ def session_factory(model: Any, device: Any = None, autozoom: bool = False,
         session.set_image(image)
         state = {"clicks": 0, "box": False, "roi": None}
 
-        def engine(clicks: list[Click], box: Optional[Box3D]) -> tuple[np.ndarray, Optional[Slices]]:
+        def engine(clicks: list[Click], box: Box3D | None) -> tuple[np.ndarray, Slices | None]:
             if box is not None and not state["box"]:
                 pred = session.add_box((box.z_min, box.y_min, box.x_min),
                                        (box.z_max + 1, box.y_max + 1, box.x_max + 1))

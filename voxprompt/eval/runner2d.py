@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ def slice_session_factory(model: Any, axis: int = 0, device: Any = None, config:
         session.set_image(image)
         state = {"clicks": 0, "box": False}
 
-        def engine(clicks: list[Click], box: Optional[Box3D]) -> tuple[np.ndarray, Optional[Slices]]:
+        def engine(clicks: list[Click], box: Box3D | None) -> tuple[np.ndarray, Slices | None]:
             if box is not None and not state["box"]:
                 session.add_box((box.z_min, box.y_min, box.x_min), (box.z_max + 1, box.y_max + 1, box.x_max + 1),
                                 slice_index=box.z_mid if axis == 0 else None)
@@ -118,8 +118,8 @@ def evaluate_target_slices(target: Any, image: Image, gt: np.ndarray, model: Any
                            device: Any = None) -> tuple[dict, np.ndarray]:
     """The SAM-Med2D protocol on one 3D target; returns its row and a 3D mask holding the final
     point-mode prediction on each evaluated slice."""
-    from voxprompt.session.propagate import SliceEncoder, SliceStack, take_slice
     from voxprompt.session.image2d import Session2D
+    from voxprompt.session.propagate import SliceEncoder, SliceStack, take_slice
 
     gt = checked_gt(target, image, gt)
     ax = config.axis
@@ -183,9 +183,10 @@ def evaluate_target_slices(target: Any, image: Image, gt: np.ndarray, model: Any
     return row, final
 
 
-def evaluate_slices(targets: Sequence[Any], model: Any, seed: int = 0, *, n_clicks: Optional[int] = None,
+def evaluate_slices(targets: Sequence[Any], model: Any, seed: int = 0, *, n_clicks: int | None = None,
                     use_box: bool = True, click_noise_mm: float = 0.0, axis: int = 0, slices: int = 3,
-                    loader: Any = None, on_result: Any = None, progress: bool = False, device: Any = None) -> list[dict]:
+                    loader: Any = None, on_result: Any = None, progress: bool = False,
+                    device: Any = None) -> list[dict]:
     """Run the SAM-Med2D protocol over targets in order; one row per target (see module doc)."""
     from tqdm import tqdm
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -34,14 +35,14 @@ class NotDicomError(UsageError):
     """A DICOM SEG was asked for but the input image was not read from DICOM."""
 
 
-def is_dicom_seg_output(path: Union[str, os.PathLike]) -> bool:
+def is_dicom_seg_output(path: str | os.PathLike) -> bool:
     """Whether an output path asks for DICOM SEG: ``*.dcm``, an existing folder, or ``folder/``."""
     text = os.fspath(path)
     return (file_extension(text) == ".dcm" or Path(text).is_dir()
             or text.endswith(("/", os.sep)))
 
 
-def seg_output_path(path: Union[str, os.PathLike]) -> Path:
+def seg_output_path(path: str | os.PathLike) -> Path:
     """The SEG file for an output argument (a folder gets :data:`DEFAULT_SEG_NAME`)."""
     text = os.fspath(path)
     p = Path(text)
@@ -115,11 +116,11 @@ def _code(given: Any, default: tuple, flag: str) -> Any:
     return Code(value=str(value), scheme_designator=str(scheme), meaning=str(meaning))
 
 
-def write_dicom_seg(mask_zyx: np.ndarray, source_dir: Union[str, os.PathLike], out_path: Union[str, os.PathLike],
-                    *, image: Optional[Image] = None, label_name: Optional[str] = None,
-                    model_name: str = "voxprompt", model_version: Optional[str] = None,
-                    series_number: Optional[int] = None,
-                    parameters: Optional[dict[str, str]] = None,
+def write_dicom_seg(mask_zyx: np.ndarray, source_dir: str | os.PathLike, out_path: str | os.PathLike,
+                    *, image: Image | None = None, label_name: str | None = None,
+                    model_name: str = "voxprompt", model_version: str | None = None,
+                    series_number: int | None = None,
+                    parameters: dict[str, str] | None = None,
                     category: Any = None, segment_type: Any = None) -> Path:
     """Write ``mask_zyx`` (bool / 0-1, (z, y, x)) as a one-segment BINARY DICOM SEG; returns the path.
 

@@ -14,7 +14,6 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 
@@ -28,7 +27,7 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 READ_EXTENSIONS_2D = RASTER_EXTENSIONS + DICOM_EXTENSIONS
 WRITE_EXTENSIONS_2D = (".png", ".tif", ".tiff")
 MAX_PIXELS = 1 << 28
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 @dataclass
@@ -37,7 +36,7 @@ class Image2D:
 
     array: np.ndarray
     spacing: tuple[float, float] = (1.0, 1.0)  # mm per (row, column); 1.0 when unknown
-    source_path: Optional[Path] = None
+    source_path: Path | None = None
     modality: str = ""  # DICOM Modality (e.g. "CT"), else ""
 
     @property
@@ -216,7 +215,7 @@ def count_frames(path: PathLike) -> int:
     return 1
 
 
-def read_image2d(path: PathLike, frame: Optional[int] = None) -> Image2D:
+def read_image2d(path: PathLike, frame: int | None = None) -> Image2D:
     """Read one frame of a PNG / JPEG / TIFF / DICOM file.
 
     A multi-frame file needs ``frame`` (0-based); otherwise :class:`ImageReadError` says how many

@@ -15,7 +15,6 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,7 +42,7 @@ def _pixel_bytes(reader) -> int:
 
 
 def _check_header(reader, where: str, max_voxels: int, n_slices: int | None = None,
-                  max_bytes: Optional[int] = None) -> None:
+                  max_bytes: int | None = None) -> None:
     """Refuse 2D/4D, vector, empty or absurdly large images from header information only.
 
     ``n_slices``: for a DICOM series, the number of files (one slice each) read along z.
@@ -175,7 +174,7 @@ def _to_image(img: sitk.Image, path: Path, is_dicom: bool, files: list[str]) -> 
                  source_path=path, is_dicom=is_dicom, dicom_files=files)
 
 
-def _read_file(path: Path, max_voxels: int, max_bytes: Optional[int] = None) -> Image:
+def _read_file(path: Path, max_voxels: int, max_bytes: int | None = None) -> Image:
     ext = file_extension(path)
     if ext not in SUPPORTED_READ_EXTENSIONS:
         raise ImageReadError(f"{path}: unsupported image extension {ext or '(none)'!r}; expected "
@@ -214,7 +213,7 @@ class DicomSeries:
     """One series of a DICOM folder, from the header of its first file."""
 
     uid: str  # SeriesInstanceUID
-    number: Optional[int]  # SeriesNumber, None when absent
+    number: int | None  # SeriesNumber, None when absent
     description: str  # SeriesDescription, "" when absent
     files: tuple[str, ...]
     size_xyz: tuple[int, int, int]  # columns, rows, slices
@@ -246,10 +245,10 @@ def _series_header(path: Path, uid: str, names: list[str]) -> DicomSeries:
                        tuple(names), (int(size[0]), int(size[1]), len(names) * int(size[2])))
 
 
-SeriesChoice = Union[str, int, DicomSeries, None]
+SeriesChoice = str | int | DicomSeries | None
 
 
-def list_dicom_series(path: Union[str, os.PathLike]) -> list[DicomSeries]:
+def list_dicom_series(path: str | os.PathLike) -> list[DicomSeries]:
     """The DICOM series of a folder (UID, number, description, files, size), by series number."""
     p = Path(path)
     if not p.is_dir():
@@ -264,7 +263,7 @@ def list_dicom_series(path: Union[str, os.PathLike]) -> list[DicomSeries]:
     return sorted(out, key=lambda s: (s.number is None, s.number or 0, s.uid))
 
 
-def choose_series(path: Union[str, os.PathLike], found: list[DicomSeries], series: SeriesChoice = None,
+def choose_series(path: str | os.PathLike, found: list[DicomSeries], series: SeriesChoice = None,
                   warn: bool = True) -> DicomSeries:
     """The series named by ``series`` (SeriesInstanceUID or SeriesNumber), else the one with most slices
     (with a warning when there are several, unless ``warn=False``).
@@ -293,7 +292,7 @@ def choose_series(path: Union[str, os.PathLike], found: list[DicomSeries], serie
 
 
 def _read_dicom_dir(path: Path, max_voxels: int, series: SeriesChoice = None,
-                    max_bytes: Optional[int] = None) -> Image:
+                    max_bytes: int | None = None) -> Image:
     chosen = series if isinstance(series, DicomSeries) else choose_series(path, list_dicom_series(path), series)
     names = list(chosen.files)
     info = sitk.ImageFileReader()
@@ -319,7 +318,7 @@ def _short(err: Exception) -> str:
 
 
 def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS, series: SeriesChoice = None,
-               max_bytes: Optional[int] = None) -> Image:
+               max_bytes: int | None = None) -> Image:
     """Read a 3D scalar volume file or DICOM series folder; validates before allocating.
 
     ``series`` (DICOM folders only): the SeriesInstanceUID or SeriesNumber to read (or a

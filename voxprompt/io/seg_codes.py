@@ -7,7 +7,6 @@ Standard library only, so the CLI can check the flags before loading anything.
 from __future__ import annotations
 
 import argparse
-from typing import Optional
 
 from ..errors import UsageError
 
@@ -52,7 +51,7 @@ def parse_seg_code(text: str, flag: str = "--seg-type") -> Code3:
                      "VALUE,SCHEME,MEANING (e.g. 10200004,SCT,Liver)")
 
 
-def seg_codes_from_args(args: argparse.Namespace, dicom_seg: bool) -> dict[str, Optional[Code3]]:
+def seg_codes_from_args(args: argparse.Namespace, dicom_seg: bool) -> dict[str, Code3 | None]:
     """``{"category": ..., "segment_type": ...}`` for :func:`~voxprompt.io.dicom_seg.write_dicom_seg`;
     the flags are refused when the output is not a DICOM SEG (never silently ignored)."""
     given = {"category": getattr(args, "seg_category", None), "segment_type": getattr(args, "seg_type", None)}

@@ -22,8 +22,9 @@ import pickle
 import re
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 import torch
 
@@ -33,7 +34,7 @@ from .family import family
 log = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
-CheckpointLike = Union[str, os.PathLike, Mapping[str, Any]]
+CheckpointLike = str | os.PathLike | Mapping[str, Any]
 WRAPPER_KEYS = ("model_state_dict", "model", "state_dict")
 
 
@@ -175,8 +176,8 @@ def check_compatible(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], nam
     raise CheckpointError("; ".join(parts))
 
 
-def save_safetensors(sd: Mapping[str, torch.Tensor], path: Union[str, os.PathLike], name: str,
-                     config: Optional[Mapping[str, Any]] = None) -> Path:
+def save_safetensors(sd: Mapping[str, torch.Tensor], path: str | os.PathLike, name: str,
+                     config: Mapping[str, Any] | None = None) -> Path:
     """Write a state dict as safetensors with voxprompt metadata, atomically."""
     from safetensors.torch import save_file
 

@@ -1,20 +1,18 @@
 """Small building blocks shared by every model, generic in the number of spatial dimensions."""
 from __future__ import annotations
 
-from typing import Optional, Type
-
 import torch
 from torch import nn
 
 from .fast import packed_linear, reference_enabled
 
 
-def conv_cls(spatial_dims: int) -> Type[nn.Module]:
+def conv_cls(spatial_dims: int) -> type[nn.Module]:
     """``nn.Conv2d`` or ``nn.Conv3d``."""
     return {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
 
 
-def conv_transpose_cls(spatial_dims: int) -> Type[nn.Module]:
+def conv_transpose_cls(spatial_dims: int) -> type[nn.Module]:
     """``nn.ConvTranspose2d`` or ``nn.ConvTranspose3d``."""
     return {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims]
 
@@ -43,9 +41,9 @@ class MLPBlock(nn.Module):
     ``PromptableModel.low_precision``): the block runs in that dtype (its weights are stored in it)
     and returns the input's dtype."""
 
-    gemm_dtype: Optional[torch.dtype] = None
+    gemm_dtype: torch.dtype | None = None
 
-    def __init__(self, embedding_dim: int, mlp_dim: int, act: Type[nn.Module] = nn.GELU) -> None:
+    def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
         self.lin1 = nn.Linear(embedding_dim, mlp_dim)
         self.lin2 = nn.Linear(mlp_dim, embedding_dim)

@@ -3,8 +3,9 @@ smaller model of those families); ``SamUNetConfig`` adds SAM-UNet's ResNet branc
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import UsageError
 
@@ -96,7 +97,7 @@ class SamConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SamConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> SamConfig:
         return _from_dict(cls, d)
 
 
@@ -124,7 +125,7 @@ class SamUNetConfig:
         return {"sam": self.sam.to_dict(), "resnet_depth": self.resnet_depth}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SamUNetConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> SamUNetConfig:
         return _from_dict(cls, d)
 
 

@@ -5,7 +5,7 @@ Weights of one family load into any config of it; a family decides the official 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 
@@ -46,7 +46,7 @@ def spatial_dims(name: str) -> int:
     return (cfg.sam if isinstance(cfg, SamUNetConfig) else cfg).spatial_dims
 
 
-def policy_for(model: Any, channel_order: Optional[str] = None) -> "Policy2D":
+def policy_for(model: Any, channel_order: str | None = None) -> Policy2D:
     """The official 2D policy of a model (:func:`~voxprompt.preprocess.image2d.official_policy`).
 
     ``channel_order`` overrides the default (``"bgr"`` for SAM-Med2D, ``"rgb"`` otherwise).

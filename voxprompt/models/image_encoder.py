@@ -15,7 +15,7 @@ Outside :func:`.fast.reference_mode` the attention takes the exact fast paths of
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +116,7 @@ class Attention(nn.Module):
     def rel_pos_tables(self) -> list[torch.Tensor]:
         return [getattr(self, n) for n in self.rel_pos_names]
 
-    def rel_pos_rows(self, size: Sequence[int]) -> Optional[list[torch.Tensor]]:
+    def rel_pos_rows(self, size: Sequence[int]) -> list[torch.Tensor] | None:
         """Per-axis relative-position rows ``(s, s, head_dim)`` for a ``size`` grid, or None."""
         if not self.use_rel_pos:
             return None
@@ -202,7 +202,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=cfg.layernorm_eps)
         self.mlp = MLPBlock(dim, int(dim * cfg.mlp_ratio))
         self.window_size = window_size
-        self.Adapter: Optional[Adapter] = Adapter(dim, cfg.adapter_ratio) if cfg.adapter else None
+        self.Adapter: Adapter | None = Adapter(dim, cfg.adapter_ratio) if cfg.adapter else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x

@@ -11,7 +11,7 @@ not by the official substring match on block numbers (same result for ViT-B/L/H)
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F

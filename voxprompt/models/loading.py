@@ -4,16 +4,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 import torch
 
-from .checkpoints import CheckpointLike, check_compatible, identify, read_checkpoint, save_safetensors
-from .family import family
 from ..errors import CheckpointError, UsageError
-from .config import DEFAULT_MODEL, SamConfig, SamUNetConfig  # noqa: F401  (DEFAULT_MODEL: re-exported)
 from ..runtime import check_device, configure_cpu_threads
+from .checkpoints import CheckpointLike, check_compatible, identify, read_checkpoint, save_safetensors
+from .config import DEFAULT_MODEL, SamConfig, SamUNetConfig  # noqa: F401  (DEFAULT_MODEL: re-exported)
+from .family import family
 from .sam import SamModel
 from .sam_unet import SamUNet
 from .zoo import Config, build_model, get_spec
@@ -21,15 +22,15 @@ from .zoo import Config, build_model, get_spec
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-Model = Union[SamModel, SamUNet]
+Model = SamModel | SamUNet
 
 
 def load_model(
     name: str,
-    checkpoint: Optional[CheckpointLike] = None,
-    device: Union[str, torch.device] = "cpu",
+    checkpoint: CheckpointLike | None = None,
+    device: str | torch.device = "cpu",
     *,
-    config: Optional[Union[Config, Mapping[str, Any]]] = None,
+    config: Config | Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
     pretrained: bool = True,
 ) -> Model:
@@ -75,14 +76,14 @@ def load_model(
     return model.to(device).eval()
 
 
-def shipped_weights(name: str) -> Optional[Path]:
+def shipped_weights(name: str) -> Path | None:
     """Path of the weights shipped in the package for zoo model ``name``, or None."""
     get_spec(name)
     path = WEIGHTS_DIR / f"{name}.safetensors"
     return path if path.is_file() else None
 
 
-def resolve_checkpoint(name: str, checkpoint: Optional[str] = None) -> str:
+def resolve_checkpoint(name: str, checkpoint: str | None = None) -> str:
     """A command's ``--checkpoint``, or the weights shipped for ``name``; refused when neither exists."""
     path = checkpoint or shipped_weights(name)
     if path is None:
@@ -111,12 +112,12 @@ def _config_from(cls: type, d: Mapping[str, Any]) -> Config:
 
 def convert_checkpoint(
     src: CheckpointLike,
-    dst: Union[str, os.PathLike],
-    name: Optional[str] = None,
+    dst: str | os.PathLike,
+    name: str | None = None,
     trust_pickle: bool = False,
-    config: Optional[Mapping[str, Any]] = None,
-    roi_spacing_mm: Optional[float] = None,
-    refine_band_mm: Optional[float] = None,
+    config: Mapping[str, Any] | None = None,
+    roi_spacing_mm: float | None = None,
+    refine_band_mm: float | None = None,
 ) -> tuple[Path, str]:
     """Read any official checkpoint, verify it loads strictly, write voxprompt safetensors.
 

@@ -1,15 +1,13 @@
 """SAM's mask decoder (IoU token + mask tokens + hypernetworks), generic in 2D and 3D."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
-from .fast.channels_last import PatchSequential, patch_layout_dot, run_patch_layout, unshuffle
 from .common import MLP, LayerNormNd, conv_transpose_cls
 from .config import SamConfig
 from .fast import reference_enabled
+from .fast.channels_last import PatchSequential, patch_layout_dot, run_patch_layout, unshuffle
 from .fine_head import FineHead, unpack
 from .transformer import TwoWayTransformer
 
@@ -82,7 +80,7 @@ class MaskDecoder(nn.Module):
         # ours: logits moved to the input grid (models.fine_head); its features follow SAM's channels
         self.sam_channels, self.patch_size = dim, cfg.patch_size
         self.fine_head = FineHead(cfg.spatial_dims, cfg.fine_channels) if cfg.fine_channels else None
-        self._unpacked: Optional[tuple] = None  # (embedding, its version, its unpacked features): not state
+        self._unpacked: tuple | None = None  # (embedding, its version, its unpacked features): not state
 
     def forward(
         self,
@@ -91,7 +89,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool = False,
-        fine: Optional[torch.Tensor] = None,
+        fine: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns masks ``(B, M, *low_res)`` and IoU ``(B, M)``: M = 1 (token 0) or the
         multimask tokens 1.. With the boundary head, ``image_embeddings`` is the whole embedding,
@@ -152,9 +150,8 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Only the requested mask tokens' hypernetworks and products; channels-last upscaling."""
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        hs, src = run_two_way(
-            self.transformer, output_tokens, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
+        hs, src = run_two_way(self.transformer, output_tokens, image_embeddings, image_pe,
+                              sparse_prompt_embeddings, dense_prompt_embeddings)
         b = hs.shape[0]
         # with autograd on, every token takes part (unused ones get zero gradients, as in the
         # official code, so optimizer state and weight decay evolve identically)
@@ -187,9 +184,8 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The official computation of all mask tokens."""
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        hs, src = run_two_way(
-            self.transformer, output_tokens, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
+        hs, src = run_two_way(self.transformer, output_tokens, image_embeddings, image_pe,
+                              sparse_prompt_embeddings, dense_prompt_embeddings)
         b = hs.shape[0]
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]

@@ -24,8 +24,9 @@ import copy
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from .sam_unet import SamUNet
 
 log = logging.getLogger(__name__)
 OPSET = 17
-Model = Union[SamModel, SamUNet]
+Model = SamModel | SamUNet
 
 
 def _require_onnx() -> None:
@@ -99,8 +100,8 @@ class DecoderGraph(nn.Module):
         return m.mask_decoder(image_embeddings, pe.get_dense_pe(), sparse, dense, multimask_output=self.multimask)
 
 
-def decoder_prompt(model: Model, points: Optional[Sequence[Sequence[float]]] = None,
-                   labels: Optional[Sequence[int]] = None, box: Optional[Sequence[float]] = None
+def decoder_prompt(model: Model, points: Sequence[Sequence[float]] | None = None,
+                   labels: Sequence[int] | None = None, box: Sequence[float] | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """``point_coords`` ``(1, N, d)`` and ``point_labels`` ``(1, N)`` for the decoder graph,
     as ``decode(points=..., boxes=...)`` would embed them."""
@@ -133,7 +134,7 @@ def _example_inputs(model: Model) -> tuple[torch.Tensor, tuple[torch.Tensor, ...
     return image, (*embs, coords, labels, mask, has_mask)
 
 
-def export_onnx(model: Model, out_dir: Union[str, Path], name: Optional[str] = None,
+def export_onnx(model: Model, out_dir: str | Path, name: str | None = None,
                 multimask: bool = False, opset: int = OPSET) -> dict[str, Path]:
     """Write ``NAME.encoder.onnx``, ``NAME.decoder.onnx`` and ``NAME.onnx.json`` (input / output
     names and sizes) into ``out_dir``; returns their paths."""

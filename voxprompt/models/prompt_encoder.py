@@ -16,16 +16,17 @@ mask downscaler runs as channels-last GEMMs.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast.channels_last import PatchSequential
 from .common import LayerNormNd, conv_cls, token_major
 from .config import SamConfig
 from .fast import reference_enabled, tensor_key
+from .fast.channels_last import PatchSequential
 
 
 def _swap01(values: list) -> list:
@@ -84,7 +85,7 @@ class PromptEncoder(nn.Module):
         self.not_a_point_embed = nn.Embedding(1, self.embed_dim)
         conv = conv_cls(d)
         mic = cfg.mask_in_chans
-        self._dense_pe: Optional[tuple[tuple, torch.Tensor]] = None  # cache, not a buffer
+        self._dense_pe: tuple[tuple, torch.Tensor] | None = None  # cache, not a buffer
         self.mask_downscaling = PatchSequential(
             conv(1, mic // 4, kernel_size=2, stride=2),
             LayerNormNd(mic // 4),
@@ -127,7 +128,7 @@ class PromptEncoder(nn.Module):
         """Forget the cached dense PE (done automatically on ``.to()`` and ``load_state_dict``)."""
         self._dense_pe = None
 
-    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "PromptEncoder":
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> PromptEncoder:
         self.clear_cache()
         return super()._apply(fn, *args, **kwargs)
 
@@ -157,9 +158,9 @@ class PromptEncoder(nn.Module):
 
     def forward(
         self,
-        points: Optional[tuple[torch.Tensor, torch.Tensor]],
-        boxes: Optional[torch.Tensor],
-        masks: Optional[torch.Tensor],
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns sparse ``(B, N, C)`` (N+1 with the pad token when there is no box) and dense
         ``(B, C, *grid)`` embeddings."""

@@ -5,8 +5,6 @@ is ``stage0`` (conv1, bn1, relu, maxpool as a Sequential), the four layers are `
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -22,7 +20,7 @@ def _conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, width: int, stride: int = 1, downsample: Optional[nn.Module] = None) -> None:
+    def __init__(self, cin: int, width: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = _conv3x3(cin, width, stride)
         self.bn1 = nn.BatchNorm2d(width)
@@ -43,7 +41,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, cin: int, width: int, stride: int = 1, downsample: Optional[nn.Module] = None) -> None:
+    def __init__(self, cin: int, width: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = _conv1x1(cin, width)
         self.bn1 = nn.BatchNorm2d(width)

@@ -9,22 +9,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Any, ContextManager, Optional, Union
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import InputError, PromptError, UsageError
-from .fast.channels_last import PatchSequential, run_patch_layout_supported
 from .common import MLPBlock, token_major
 from .config import SamConfig
 from .fast import reference_enabled
+from .fast.channels_last import PatchSequential, run_patch_layout_supported
 from .image_encoder import Block, ImageEncoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .transformer import Attention
 
-Points = Optional[tuple[torch.Tensor, torch.Tensor]]
+Points = tuple[torch.Tensor, torch.Tensor] | None
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -37,9 +38,9 @@ class PromptableModel(nn.Module):
     in_chans: int
     low_res_size: int
     supports_boxes: bool
-    amp_dtype: Optional[torch.dtype] = None  # runtime setting (set_precision), not in checkpoints
+    amp_dtype: torch.dtype | None = None  # runtime setting (set_precision), not in checkpoints
 
-    def set_precision(self, precision: str) -> "PromptableModel":
+    def set_precision(self, precision: str) -> PromptableModel:
         """Run ``encode``/``decode`` under autocast: ``fp32`` (default, exact), ``bf16`` or ``fp16``
         (GPU); on CPU, bf16 decoding is mixed (:meth:`low_precision`). Outputs stay float32.
         Returns the model."""
@@ -48,7 +49,7 @@ class PromptableModel(nn.Module):
         self.amp_dtype = PRECISIONS[precision]
         return self
 
-    def autocast(self) -> ContextManager[Any]:
+    def autocast(self) -> AbstractContextManager[Any]:
         """The autocast context of ``encode``/``decode`` (a no-op in fp32)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -98,11 +99,11 @@ class PromptableModel(nn.Module):
         return (self.amp_dtype == torch.bfloat16 and not torch.is_grad_enabled() and not reference_enabled()
                 and self._device_dtype()[0].type == "cpu")
 
-    def decode_autocast(self) -> ContextManager[Any]:
+    def decode_autocast(self) -> AbstractContextManager[Any]:
         """The context of the decoder: :meth:`autocast`, or none when decoding is mixed."""
         return contextlib.nullcontext() if self.mixed_cpu() else self.autocast()
 
-    def compile_decoder(self, mode: Optional[str] = None, dynamic: Optional[bool] = None) -> "PromptableModel":
+    def compile_decoder(self, mode: str | None = None, dynamic: bool | None = None) -> PromptableModel:
         """``torch.compile`` the mask decoder in place (state-dict keys unchanged). ``mode``
         defaults to ``reduce-overhead`` (CUDA graphs) on GPU, ``default`` elsewhere. The compiled
         decoder always takes the fast paths.
@@ -116,7 +117,7 @@ class PromptableModel(nn.Module):
         _compile(self.mask_decoder, mode, dynamic)
         return self
 
-    def compile_encoder(self, mode: Optional[str] = None) -> "PromptableModel":
+    def compile_encoder(self, mode: str | None = None) -> PromptableModel:
         """``torch.compile`` every ViT block in place (as :meth:`compile_decoder`; on GPU,
         ``reduce-overhead`` removes the launch overhead of the many small per-block kernels)."""
         if mode is None:
@@ -134,7 +135,8 @@ class PromptableModel(nn.Module):
         """Validate an encoder input and move it to the model's device and dtype."""
         expected = ("B", self.in_chans) + (self.img_size,) * self.spatial_dims
         if not isinstance(image, torch.Tensor):
-            raise InputError(f"{self.name}: image must be a torch.Tensor of shape {expected}, got {type(image).__name__}")
+            raise InputError(f"{self.name}: image must be a torch.Tensor of shape {expected}, "
+                             f"got {type(image).__name__}")
         if image.dim() != 2 + self.spatial_dims or tuple(image.shape[1:]) != expected[1:] or image.shape[0] < 1:
             raise InputError(
                 f"{self.name}: image must have shape {expected} (normalised and padded), got {tuple(image.shape)}"
@@ -150,9 +152,9 @@ class PromptableModel(nn.Module):
         self,
         batch: int,
         points: Points,
-        boxes: Optional[torch.Tensor],
-        mask_input: Optional[torch.Tensor],
-    ) -> tuple[Points, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+    ) -> tuple[Points, torch.Tensor | None, torch.Tensor | None]:
         """Validate prompts against an embedding batch; returns them on the model's device."""
         device, dtype = self._device_dtype()
         d, size = self.spatial_dims, float(self.img_size)
@@ -235,7 +237,7 @@ def _param_state(params: list) -> list:
     return [(p.data_ptr(), -1 if p.is_inference() else p._version) for p in params]
 
 
-def _compile(module: nn.Module, mode: str, dynamic: Optional[bool] = False) -> None:
+def _compile(module: nn.Module, mode: str, dynamic: bool | None = False) -> None:
     """``module.compile`` in place, remembering the settings (for :meth:`low_precision` copies)."""
     module._voxprompt_compile = {"mode": mode, "dynamic": dynamic}
     module.compile(mode=mode, dynamic=dynamic)
@@ -255,7 +257,8 @@ def _check_range(name: str, what: str, coords: torch.Tensor, size: float) -> Non
         raise PromptError(f"{name}: {what} coordinates contain NaN or infinite values")
     if lo < 0 or hi > size:
         raise PromptError(
-            f"{name}: {what} coordinates must lie in [0, {size:g}] (the network-input frame), got range [{lo:g}, {hi:g}]"
+            f"{name}: {what} coordinates must lie in [0, {size:g}] (the network-input frame), "
+            f"got range [{lo:g}, {hi:g}]"
         )
 
 
@@ -287,8 +290,8 @@ class SamModel(PromptableModel):
         self,
         emb: torch.Tensor,
         points: Points = None,
-        boxes: Optional[torch.Tensor] = None,
-        mask_input: Optional[torch.Tensor] = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
         multimask: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw low-res logits ``(B, M, *low_res)`` and IoU ``(B, M)``; M = 1, or 3 with multimask."""
@@ -323,7 +326,7 @@ class SamModel(PromptableModel):
         """Whether a parameter of the image encoder outside the boundary head's stem needs a gradient."""
         return any(p.requires_grad for n, p in self.image_encoder.named_parameters() if not n.startswith("fine_stem."))
 
-    def _check_embedding(self, emb: Union[torch.Tensor, Any]) -> torch.Tensor:
+    def _check_embedding(self, emb: torch.Tensor | Any) -> torch.Tensor:
         expected = (self.cfg.embedding_channels,) + (self.cfg.grid_size,) * self.spatial_dims
         if not isinstance(emb, torch.Tensor) or emb.dim() != 2 + self.spatial_dims or tuple(emb.shape[1:]) != expected:
             got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__

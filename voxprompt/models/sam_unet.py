@@ -5,7 +5,7 @@ decoder predicting one mask without IoU. Module names follow the official state 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,11 +35,13 @@ class Reshaper(nn.Module):
         layers: list[nn.Module] = []
         if size_in > size_out:
             for _ in range(int(math.log2(size_in // size_out))):
-                layers += [nn.Conv2d(channel_in, channel_in * 2, 3, stride=2, padding=1), LayerNormNd(channel_in * 2), nn.GELU()]
+                layers += [nn.Conv2d(channel_in, channel_in * 2, 3, stride=2, padding=1), LayerNormNd(channel_in * 2),
+                           nn.GELU()]
                 channel_in *= 2
         elif size_in < size_out:
             for _ in range(int(math.log2(size_out // size_in))):
-                layers += [nn.ConvTranspose2d(channel_in, channel_in // 2, 2, stride=2), LayerNormNd(channel_in // 2), nn.GELU()]
+                layers += [nn.ConvTranspose2d(channel_in, channel_in // 2, 2, stride=2), LayerNormNd(channel_in // 2),
+                           nn.GELU()]
                 channel_in //= 2
         layers.append(nn.Conv2d(channel_in, channel_out, kernel_size=1))
         self.reshaper = nn.ModuleList(layers)
@@ -146,7 +148,7 @@ class SamUNet(PromptableModel):
     def _encode(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.resnet(image)
         tokens = self.vit.embed(image)
-        bridges: list[Optional[torch.Tensor]] = [None] * 3
+        bridges: list[torch.Tensor | None] = [None] * 3
         for stage, g in enumerate(self.cfg.sam.global_attn_indexes):
             for j in range(2):
                 tokens = self.vit.run_block(stage * 3 + j, tokens)
@@ -164,8 +166,8 @@ class SamUNet(PromptableModel):
         self,
         emb: dict[str, torch.Tensor],
         points: Points = None,
-        boxes: Optional[torch.Tensor] = None,
-        mask_input: Optional[torch.Tensor] = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
         multimask: bool = False,
     ) -> tuple[torch.Tensor, None]:
         """One raw low-res mask ``(B,1,64,64)`` per prompt row; SAM-UNet has no IoU head."""
@@ -177,7 +179,8 @@ class SamUNet(PromptableModel):
         points, boxes, mask_input = self.check_prompts(image_embeddings.shape[0], points, boxes, mask_input)
         with self.decode_autocast():
             sparse, dense = self.prompts(points=points, boxes=boxes, masks=mask_input)
-            low = self.low_precision(self.mask_decoder)(image_embeddings, self.prompts.get_dense_pe(), sparse, dense, msf)
+            pe = self.prompts.get_dense_pe()
+            low = self.low_precision(self.mask_decoder)(image_embeddings, pe, sparse, dense, msf)
         return low.float(), None
 
     def forward(self, image: torch.Tensor, **prompts: Any) -> tuple[torch.Tensor, None]:

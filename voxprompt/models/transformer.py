@@ -15,7 +15,6 @@ that dtype and everything else, token-side products and softmax included, in flo
 from __future__ import annotations
 
 import math
-from typing import Optional, Type
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,7 @@ from .fast import reference_enabled
 class Attention(nn.Module):
     """Attention with separate q/k/v projections and an optional internal downsampling."""
 
-    gemm_dtype: Optional[torch.dtype] = None  # see the module docstring
+    gemm_dtype: torch.dtype | None = None  # see the module docstring
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -122,7 +121,7 @@ class TwoWayAttentionBlock(nn.Module):
         embedding_dim: int,
         num_heads: int,
         mlp_dim: int,
-        activation: Type[nn.Module] = nn.ReLU,
+        activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
         skip_first_layer_pe: bool = False,
     ) -> None:
@@ -167,7 +166,7 @@ class TwoWayTransformer(nn.Module):
         embedding_dim: int,
         num_heads: int,
         mlp_dim: int,
-        activation: Type[nn.Module] = nn.ReLU,
+        activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
     ) -> None:
         super().__init__()

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from ..errors import UnknownModelError
 from .config import SamConfig, SamUNetConfig
 from .sam import SamModel
 from .sam_unet import SamUNet
 
-Config = Union[SamConfig, SamUNetConfig]
+Config = SamConfig | SamUNetConfig
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ def get_spec(name: str) -> ModelSpec:
     return ZOO[name]
 
 
-def build_model(config: Config, name: str = "model") -> Union[SamModel, SamUNet]:
+def build_model(config: Config, name: str = "model") -> SamModel | SamUNet:
     """A randomly initialised model of ``config`` (official initialisation)."""
     if isinstance(config, SamUNetConfig):
         return SamUNet(config, name=name)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ Window = tuple[float, float]  # (width, level)
 
 
 # ----------------------------------------------------------------------------- intensities
-def parse_window(text: Union[str, Sequence[float], None]) -> Optional[Window]:
+def parse_window(text: str | Sequence[float] | None) -> Window | None:
     """A preset name (``soft-tissue``, ``lung``, ``bone``, ``brain``) or ``"W,L"`` -> (width, level)."""
     if text is None:
         return None
@@ -65,8 +65,8 @@ def parse_window(text: Union[str, Sequence[float], None]) -> Optional[Window]:
     return vals[0], vals[1]
 
 
-def intensity_range(array: np.ndarray, window: Optional[Window] = None,
-                    percentiles: Optional[tuple[float, float]] = None) -> tuple[float, float]:
+def intensity_range(array: np.ndarray, window: Window | None = None,
+                    percentiles: tuple[float, float] | None = None) -> tuple[float, float]:
     """(low, high) that map to 0 and 255: the window, given percentiles, or min..max."""
     if window is not None:
         w, level = window
@@ -78,8 +78,8 @@ def intensity_range(array: np.ndarray, window: Optional[Window] = None,
     return float(lo), float(hi)
 
 
-def to_uint8(array: np.ndarray, window: Optional[Window] = None,
-             value_range: Optional[tuple[float, float]] = None) -> np.ndarray:
+def to_uint8(array: np.ndarray, window: Window | None = None,
+             value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Map intensities to 0..255 uint8: a CT window, a fixed ``value_range``, or the image's
     min..max. 8-bit input without a window or range is returned unchanged."""
     a = np.asarray(array)
@@ -121,8 +121,8 @@ def to_rgb(array: np.ndarray) -> np.ndarray:
     raise InputError(f"image of shape {a.shape} is not 2D grey (H, W) or RGB (H, W, 3)")
 
 
-def rgb_uint8(array: np.ndarray, window: Optional[Window] = None,
-              value_range: Optional[tuple[float, float]] = None) -> np.ndarray:
+def rgb_uint8(array: np.ndarray, window: Window | None = None,
+              value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Any 2D grey or RGB array -> (H, W, 3) uint8, the input every 2D policy starts from."""
     return np.ascontiguousarray(to_rgb(to_uint8(array, window, value_range)))
 
@@ -165,7 +165,7 @@ class Policy2D:
         return torch.sigmoid(low_res_logits) if self.mask_feedback == "sigmoid" else low_res_logits
 
 
-def official_policy(family: str, size: int, channel_order: Optional[str] = None) -> Policy2D:
+def official_policy(family: str, size: int, channel_order: str | None = None) -> Policy2D:
     """The official policy of a 2D model family (``sam-med2d``, ``sam-unet``, else SAM) at input side ``size``.
 
     ``channel_order`` overrides the default (``"bgr"`` for SAM-Med2D, ``"rgb"`` otherwise). The family

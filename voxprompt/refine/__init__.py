@@ -3,8 +3,16 @@ the model (:mod:`.boundary`), on a linear system built on the undecided band onl
 
 The random-walker primitives are shared with the classical baseline (:mod:`voxprompt.eval.baseline`).
 """
-from .boundary import (RefineConfig, band_seeds, draw_seed_balls, grid_factors, normalise_window, refine_mask,
-                       resolve_refine, solve_random_walker)
+from .boundary import (
+                       RefineConfig,
+                       band_seeds,
+                       draw_seed_balls,
+                       grid_factors,
+                       normalise_window,
+                       refine_mask,
+                       resolve_refine,
+                       solve_random_walker,
+)
 
 __all__ = ["RefineConfig", "refine_mask", "resolve_refine", "band_seeds", "normalise_window", "draw_seed_balls",
            "solve_random_walker", "grid_factors"]

@@ -67,7 +67,7 @@ class RefineConfig:
             raise UsageError(f"percentiles need 0 <= lo < hi <= 100, got {self.percentiles}")
 
 
-def resolve_refine(setting: "bool | RefineConfig | None", model_cfg: object) -> RefineConfig | None:
+def resolve_refine(setting: bool | RefineConfig | None, model_cfg: object) -> RefineConfig | None:
     """The refinement a session uses: ``None`` = the model's stored ``refine_band_mm`` (0 = off),
     ``True`` = on (the stored band, or the default one), ``False`` = off, or an explicit config."""
     band = float(getattr(model_cfg, "refine_band_mm", 0.0) or 0.0)

@@ -24,7 +24,6 @@ runs scikit-image itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -34,7 +33,7 @@ EPS = 1.0e-10  # scikit-image's weight floor
 
 
 def band_random_walker(data: np.ndarray, labels: np.ndarray, beta: float, tol: float,
-                       spacing: Sequence[float], difference: bool = False) -> Optional[np.ndarray]:
+                       spacing: Sequence[float], difference: bool = False) -> np.ndarray | None:
     """Labels as ``random_walker(data, labels, beta, mode="cg_j", tol=tol, spacing=spacing)`` returns
     them (``labels`` with every 0 replaced by 1 or 2), or ``None`` outside this function's scope.
 
@@ -64,7 +63,7 @@ def band_random_walker(data: np.ndarray, labels: np.ndarray, beta: float, tol: f
 
 
 def band_system(data: np.ndarray, labels: np.ndarray, beta: float,
-                spacing: Sequence[float]) -> Optional[tuple[sparse.csr_array, np.ndarray, np.ndarray]]:
+                spacing: Sequence[float]) -> tuple[sparse.csr_array, np.ndarray, np.ndarray] | None:
     """The walker's linear system on the undecided voxels: the Laplacian block ``(n, n)`` (canonical
     CSR), the right-hand sides ``(n, 2)`` (labels 1 and 2) and the undecided voxels' flat indices
     (C order) -- equal bit for bit to scikit-image's -- or ``None`` outside the module's scope."""

@@ -8,21 +8,26 @@ leases while the app runs (uvicorn's lifespan).
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Optional
 
 import torch
 from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from ..version import __version__
 from ..errors import UsageError
+from ..version import __version__
 from .context import ServerContext
 from .errors import install_error_handlers
 from .leases import LeaseManager
-from .security import (BodyLimitMiddleware, HostCheckMiddleware, OriginCheckMiddleware, RequestGuardMiddleware,
-                       install_access_log_filter)
 from .model_host import ModelHost
+from .security import (
+    BodyLimitMiddleware,
+    HostCheckMiddleware,
+    OriginCheckMiddleware,
+    RequestGuardMiddleware,
+    install_access_log_filter,
+)
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -49,7 +54,7 @@ def load_server_model(settings: ServerSettings) -> torch.nn.Module:
     return model
 
 
-def create_app(settings: ServerSettings, model: Optional[torch.nn.Module] = None) -> FastAPI:
+def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -> FastAPI:
     """Build the server. ``model`` (already loaded, e.g. a tiny one in tests) skips loading."""
     settings.validate()
     if model is None:

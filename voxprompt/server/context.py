@@ -4,17 +4,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Optional, TypeVar
+from typing import TypeVar
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from .errors import ClientGone, LeaseGone, TooLarge
 from .leases import Lease, LeaseManager
-from .security import check_api_key, memory_limit_bytes
 from .model_host import ModelHost
+from .security import check_api_key, memory_limit_bytes
 from .settings import ServerSettings
 
 T = TypeVar("T")
@@ -82,7 +83,7 @@ class ServerContext:
 
         return await run_in_threadpool(call)
 
-    def model_step(self, fn: Callable[[], T], gone: Optional[threading.Event] = None) -> T:
+    def model_step(self, fn: Callable[[], T], gone: threading.Event | None = None) -> T:
         """Run one model step (one prompt) under the model lock, taken for this step only.
 
         Requests that run several steps call this once per step, so other users' clicks queue

@@ -7,7 +7,6 @@ Bodies are ``{"detail": "<what is wrong>"}`` (FastAPI's and nnInteractive's shap
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,7 +23,7 @@ class ApiError(Exception):
 
     status = 400
 
-    def __init__(self, detail: str, headers: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
@@ -70,7 +69,7 @@ class AtCapacity(ApiError):
         super().__init__(detail, {"Retry-After": str(int(retry_after_s))})
 
 
-def _json(status: int, detail: str, headers: Optional[dict[str, str]] = None) -> JSONResponse:
+def _json(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 

@@ -12,7 +12,7 @@ tokens themselves never appear.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import APIRouter, Depends, Header
 
@@ -61,7 +61,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
     auth = [Depends(ctx.auth)]
 
     @r.post("/restore", dependencies=auth)
-    def restore(x_lease_token: Optional[str] = Header(None, alias=LEASE_HEADER)) -> dict[str, Any]:
+    def restore(x_lease_token: str | None = Header(None, alias=LEASE_HEADER)) -> dict[str, Any]:
         lease = ctx.leases.restore(x_lease_token)
         return {"restored": True, "kind": lease.kind, "remaining_seconds": lease.remaining(ctx.leases.now()),
                 "idle_timeout_seconds": lease.idle_timeout}

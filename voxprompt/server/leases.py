@@ -23,8 +23,9 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ..session import Session
 from .errors import AtCapacity, LeaseGone
@@ -42,7 +43,7 @@ class Lease:
     kind: str
     session: Session
     idle_timeout: float
-    liveness_timeout: Optional[float]
+    liveness_timeout: float | None
     created: float
     last_active: float
     last_seen: float
@@ -50,10 +51,10 @@ class Lease:
     state: dict[str, Any] = field(default_factory=dict)
     memory_bytes: int = 0  # last estimate, taken under ``lock`` (see LeaseManager.account)
     closed: bool = False  # released, reaped or evicted
-    expired_at: Optional[float] = None  # when it expired, while it waits to be restored
+    expired_at: float | None = None  # when it expired, while it waits to be restored
     expired_why: str = ""  # sentence for the 410
 
-    def expiry_reason(self, now: float) -> Optional[str]:
+    def expiry_reason(self, now: float) -> str | None:
         if self.liveness_timeout is not None and now - self.last_seen > self.liveness_timeout:
             return "dead"
         if now - self.last_active > self.idle_timeout:
@@ -84,7 +85,7 @@ class LeaseManager:
         self._expired: dict[str, Lease] = {}  # restorable, oldest first
         self._mu = threading.Lock()
         self._stop = threading.Event()
-        self._reaper: Optional[threading.Thread] = None
+        self._reaper: threading.Thread | None = None
 
     def __len__(self) -> int:
         with self._mu:
@@ -94,7 +95,7 @@ class LeaseManager:
         return self._clock()
 
     # ------------------------------------------------------------------ lifecycle
-    def claim(self, kind: str, idle_timeout: float, liveness_timeout: Optional[float] = None) -> Lease:
+    def claim(self, kind: str, idle_timeout: float, liveness_timeout: float | None = None) -> Lease:
         """A new lease with a fresh Session; AtCapacity (503) when every slot is taken."""
         self.sweep()
         with self._mu:
@@ -111,7 +112,7 @@ class LeaseManager:
         log.info("claimed %s lease %s… (%d/%d)", kind, token[:8], count, self.max_sessions)
         return lease
 
-    def get(self, token: Optional[str], kind: Optional[str] = None, active: bool = False) -> Lease:
+    def get(self, token: str | None, kind: str | None = None, active: bool = False) -> Lease:
         """The live lease for ``token`` (LeaseGone otherwise); marks it seen, and active if asked."""
         lease = self.peek(token, kind)
         now = self._clock()
@@ -120,7 +121,7 @@ class LeaseManager:
             lease.last_active = now
         return lease
 
-    def peek(self, token: Optional[str], kind: Optional[str] = None) -> Lease:
+    def peek(self, token: str | None, kind: str | None = None) -> Lease:
         """Like :meth:`get` without touching either clock."""
         if not token:
             raise LeaseGone("lease token missing")
@@ -152,7 +153,7 @@ class LeaseManager:
                 "more: POST /restore with header X-Lease-Token set to this token (the MONAI Label session id, "
                 "the viewer's token) brings it back")
 
-    def restore(self, token: Optional[str], kind: Optional[str] = None) -> Lease:
+    def restore(self, token: str | None, kind: str | None = None) -> Lease:
         """Put an expired lease back under its token (clocks restarted); LeaseGone when there is none
         to restore, AtCapacity (503) when every slot is taken."""
         now = self._clock()
@@ -210,7 +211,7 @@ class LeaseManager:
         with self._mu:
             return list(self._leases.values())
 
-    def release(self, token: Optional[str]) -> bool:
+    def release(self, token: str | None) -> bool:
         """Drop a lease; idempotent. Returns whether one was dropped."""
         if not token:
             return False

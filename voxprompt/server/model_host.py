@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
@@ -43,14 +42,14 @@ class AutoZoomSwitch(BasePlanner):
     def expands(self) -> bool:  # type: ignore[override]
         return self.enabled
 
-    def bind(self, size: int, spacing: float) -> "AutoZoomSwitch":
+    def bind(self, size: int, spacing: float) -> AutoZoomSwitch:
         base = CenteredRoiPlanner(size=int(size), spacing=float(spacing))
         return dataclasses.replace(self, base=base, zoom=self.zoom.bind(size, spacing))
 
-    def plan(self, image: Image, focus_zyx, current: Optional[Roi], box: Optional[Box] = None) -> Roi:
+    def plan(self, image: Image, focus_zyx, current: Roi | None, box: Box | None = None) -> Roi:
         return (self.zoom if self.enabled else self.base).plan(image, focus_zyx, current, box=box)
 
-    def expand(self, predictor: RoiPredictor, base: BaseStage) -> Optional[Expansion]:
+    def expand(self, predictor: RoiPredictor, base: BaseStage) -> Expansion | None:
         return self.zoom.expand(predictor, base) if self.enabled else None
 
 
@@ -100,7 +99,7 @@ class FairLock:
         with self._cond:
             return max(0, self._next - self._serving - 1 - len(self._abandoned))
 
-    def __enter__(self) -> "FairLock":
+    def __enter__(self) -> FairLock:
         self.acquire()
         return self
 
@@ -113,9 +112,9 @@ class ModelHost:
 
     autozoom_available = True  # reported to nnInteractive clients (auto-zoom always ships)
 
-    def __init__(self, model: torch.nn.Module, name: str, device: Optional[str] = None,
-                 autozoom_default: bool = False, refine: Optional[bool] = None,
-                 clean: Optional[bool] = None) -> None:
+    def __init__(self, model: torch.nn.Module, name: str, device: str | None = None,
+                 autozoom_default: bool = False, refine: bool | None = None,
+                 clean: bool | None = None) -> None:
         self.model = model
         self.refine = refine
         self.clean = clean

@@ -8,8 +8,8 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
-from typing import Awaitable, Callable, Optional
 
 from fastapi import HTTPException
 from starlette.requests import ClientDisconnect
@@ -42,7 +42,7 @@ def read_api_key_file(path: str | os.PathLike) -> str:
     return key
 
 
-def check_api_key(expected: Optional[str], authorization: Optional[str]) -> None:
+def check_api_key(expected: str | None, authorization: str | None) -> None:
     """Raise Unauthorized unless ``authorization`` is ``Bearer <expected>`` (constant-time compare).
 
     With no ``expected`` key every request passes.
@@ -306,7 +306,7 @@ def memory_limit_bytes(fraction: float = 0.25) -> int:
 
 
 # ----------------------------------------------------------------------------- data dir
-def resolve_data_path(data_dir: Optional[Path], relative: str) -> Path:
+def resolve_data_path(data_dir: Path | None, relative: str) -> Path:
     """A file (or DICOM folder) named relative to ``data_dir``, never outside it.
 
     Rejects absolute paths, ``..``, NUL and symlinks that lead out of ``data_dir``

@@ -5,7 +5,6 @@ import ipaddress
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from ..errors import UsageError
 from ..models.config import DEFAULT_MODEL
@@ -20,12 +19,12 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     model: str = DEFAULT_MODEL
-    checkpoint: Optional[str] = None
+    checkpoint: str | None = None
     device: str = "cpu"
     precision: str = "fp32"  # fp32, bf16 or fp16 (model.set_precision)
     max_sessions: int = 4
-    api_key: Optional[str] = None  # read from --api-key-file, never from the command line
-    data_dir: Optional[Path] = None
+    api_key: str | None = None  # read from --api-key-file, never from the command line
+    data_dir: Path | None = None
     max_upload_mb: float = 1024.0
     body_timeout_s: float = 30.0  # longest wait for the next piece of a request body: 408 and closed
     header_timeout_s: float = 30.0  # a request's headers must be complete within this: 408 and closed
@@ -35,8 +34,8 @@ class ServerSettings:
     monai_session_expiry_s: float = 3600.0  # MONAI Label ``PUT /session/?expiry=0``
     reaper_interval_s: float = 15.0
     autozoom: bool = False  # default of ``set_do_autozoom`` for new leases
-    refine: Optional[bool] = None  # boundary refinement (voxprompt.refine); None = the model's stored setting
-    clean: Optional[bool] = None  # mask clean-up (voxprompt.cleanup); None = the model's stored setting
+    refine: bool | None = None  # boundary refinement (voxprompt.refine); None = the model's stored setting
+    clean: bool | None = None  # mask clean-up (voxprompt.cleanup); None = the model's stored setting
     retry_after_s: int = 10  # Retry-After of a 503 at capacity
     web: bool = True  # serve the browser viewer at /
     session_memory_mb: float = 2048.0  # per session: embedding cache trimmed above it; larger images: 413
@@ -44,7 +43,7 @@ class ServerSettings:
     max_points: int = 32  # points in one MONAI Label infer (each is a model step); more: 400
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides loopback ones (--allowed-host)
 
-    def validate(self) -> "ServerSettings":
+    def validate(self) -> ServerSettings:
         """Raise UsageError naming the first bad value; returns self."""
         if not 0 < int(self.port) < 65536:
             raise UsageError(f"--port must be 1..65535, got {self.port}")

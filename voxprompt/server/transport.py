@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Optional
+from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -26,7 +26,7 @@ class HeaderTimeoutH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_timer: Optional[asyncio.TimerHandle] = None
+        self._header_timer: asyncio.TimerHandle | None = None
 
     def _arm_header_timer(self) -> None:
         self._cancel_header_timer()
@@ -55,7 +55,7 @@ class HeaderTimeoutH11Protocol(H11Protocol):
                 and self.conn.trailing_data[0]):  # part of a pipelined request is already buffered
             self._arm_header_timer()
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
         super().connection_lost(exc)
 
@@ -63,7 +63,7 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         self._header_timer = None
         if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
             return
-        client = "%s:%d" % self.client if self.client else "a client"
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         log.warning("%s: request headers not complete within %g s (--header-timeout); answered 408 and "
                     "closed the connection", client, self.header_timeout_s)
         self._unset_keepalive_if_required()

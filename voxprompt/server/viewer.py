@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -32,8 +32,15 @@ from .context import ServerContext
 from .errors import BadRequest, NotFound
 from .leases import Lease
 from .security import resolve_data_path
-from .volumes import (image_nifti_bytes, label_nifti_bytes, list_volumes, nifti_affine, ras_to_file_ijk,
-                      read_uploaded, safe_filename)
+from .volumes import (
+    image_nifti_bytes,
+    label_nifti_bytes,
+    list_volumes,
+    nifti_affine,
+    ras_to_file_ijk,
+    read_uploaded,
+    safe_filename,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +51,8 @@ NO_CACHE = {"Cache-Control": "no-store"}
 
 class PointBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ijk: Optional[list[float]] = Field(default=None, min_length=3, max_length=3)
-    mm: Optional[list[float]] = Field(default=None, min_length=3, max_length=3)
+    ijk: list[float] | None = Field(default=None, min_length=3, max_length=3)
+    mm: list[float] | None = Field(default=None, min_length=3, max_length=3)
     positive: StrictBool = True
 
 

@@ -12,8 +12,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -26,15 +26,15 @@ from .errors import BadRequest
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def safe_filename(name: Optional[str], default: str = "upload") -> str:
+def safe_filename(name: str | None, default: str = "upload") -> str:
     """A client-supplied file name reduced to a harmless base name (no folders, no dot files)."""
     base = os.path.basename(str(name or "").replace("\\", "/"))
     base = _SAFE.sub("_", base).lstrip(".")[:120]
     return base or default
 
 
-def read_uploaded(files: Sequence[tuple[Optional[str], bytes]], max_voxels: int = DEFAULT_MAX_VOXELS,
-                  max_bytes: Optional[int] = None) -> Image:
+def read_uploaded(files: Sequence[tuple[str | None, bytes]], max_voxels: int = DEFAULT_MAX_VOXELS,
+                  max_bytes: int | None = None) -> Image:
     """Read uploaded volume bytes: one file (NIfTI, NRRD, MHA, single DICOM) or a DICOM series.
 
     The bytes go to a private temporary folder under safe names, are read, and are deleted. Errors

@@ -33,9 +33,9 @@ _EXPORTS = {
     "SliceSession": ".slices", "VolumePrediction": ".slices",
 }
 __all__ = [
-    "Session", "Prediction", "from_slicer_ijk", "to_slicer_ijk", "image_from_array", "LOW_CONFIDENCE_IOU", "RoiPredictor",
-    "mask_prior_logits", "roi_key", "RoiPlanner", "BasePlanner", "CenteredRoiPlanner", "BaseStage", "Expansion",
-    "AutoZoomPlanner", "Session2D", "Prediction2D", "Predictor2D", "SliceSession", "VolumePrediction",
+    "Session", "Prediction", "from_slicer_ijk", "to_slicer_ijk", "image_from_array", "LOW_CONFIDENCE_IOU",
+    "RoiPredictor", "mask_prior_logits", "roi_key", "RoiPlanner", "BasePlanner", "CenteredRoiPlanner", "BaseStage",
+    "Expansion", "AutoZoomPlanner", "Session2D", "Prediction2D", "Predictor2D", "SliceSession", "VolumePrediction",
 ]
 
 __getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)

@@ -37,7 +37,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import numpy as np
 from scipy import ndimage
@@ -46,7 +46,7 @@ from ..errors import UsageError
 from ..io.image import Image, apply_affine
 from ..masks import Slices, bbox_of, deepest_voxel, union_box
 from ..preprocess import Roi, extract_roi_label, roi_around
-from .planning import BaseStage, BasePlanner, Box, CenteredRoiPlanner, Expansion
+from .planning import BasePlanner, BaseStage, Box, CenteredRoiPlanner, Expansion
 from .roi_predictor import RoiPredictor, paste_over, roi_footprint
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,8 @@ class AutoZoomPlanner(BasePlanner):
     most this many tiles (more: keep the coarse mask, with a warning); None = no limit.
     """
 
-    size: Optional[int] = None
-    spacing: Optional[float] = None
+    size: int | None = None
+    spacing: float | None = None
     zoom_factors: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0)
     max_zoom: float = 4.0
     max_iterations: int = 3
@@ -129,7 +129,7 @@ class AutoZoomPlanner(BasePlanner):
     refine: bool = True
     tile_overlap: float = 0.25
     refine_margin: float = 2.0  # coarse voxels around the coarse boundary refined at the base spacing
-    max_tiles: Optional[int] = None
+    max_tiles: int | None = None
     cache_size: int = 256  # embeddings the session keeps (all tiles of a click; 768 KB each for SAM-Med3D)
     expands: ClassVar[bool] = True
 
@@ -155,7 +155,7 @@ class AutoZoomPlanner(BasePlanner):
                 raise UsageError(msg)
 
     # ------------------------------------------------------------------ RoiPlanner
-    def bind(self, size: int, spacing: float) -> "AutoZoomPlanner":
+    def bind(self, size: int, spacing: float) -> AutoZoomPlanner:
         """A copy set up for a model's ROI (``size``^3 voxels at ``spacing`` mm)."""
         if (self.size is not None and int(self.size) != int(size)) or (
                 self.spacing is not None and not math.isclose(float(self.spacing), float(spacing))):
@@ -163,14 +163,14 @@ class AutoZoomPlanner(BasePlanner):
                              f"model's {size}^3 at {spacing} mm; leave size/spacing unset")
         return dataclasses.replace(self, size=int(size), spacing=float(spacing))
 
-    def plan(self, image: Image, focus_zyx: np.ndarray, current: Optional[Roi],
-             box: Optional[Box] = None) -> Roi:
+    def plan(self, image: Image, focus_zyx: np.ndarray, current: Roi | None,
+             box: Box | None = None) -> Roi:
         """The base ROI: the official one."""
         if self.size is None or self.spacing is None:
             raise UsageError("AutoZoomPlanner has no ROI size: pass it to Session(model, planner=...)")
         return CenteredRoiPlanner(self.size, self.spacing).plan(image, focus_zyx, current, box)
 
-    def expand(self, predictor: RoiPredictor, base: BaseStage) -> Optional[Expansion]:
+    def expand(self, predictor: RoiPredictor, base: BaseStage) -> Expansion | None:
         """Zoom out while the prediction touches the border, then refine; None when no zoom was needed."""
         image = predictor.image
         mask, region = base.mask, base.region
@@ -207,7 +207,7 @@ class AutoZoomPlanner(BasePlanner):
         return Expansion(mask=mask, region=region, zooms=tuple(zooms), tiles=tiles)
 
     # ------------------------------------------------------------------ steps
-    def _zoom_roi(self, image: Image, roi: Roi, mask_roi: np.ndarray, f: float) -> Optional[tuple[Roi, float]]:
+    def _zoom_roi(self, image: Image, roi: Roi, mask_roi: np.ndarray, f: float) -> tuple[Roi, float] | None:
         """The next zoomed-out ROI around the mask's bbox and its factor, or None when none is left."""
         options = [z for z in self.zoom_factors if f < z <= self.max_zoom + 1e-9]
         if not options:
@@ -222,7 +222,7 @@ class AutoZoomPlanner(BasePlanner):
         return roi_around(image, centre, size=self.size, spacing=self.spacing * z), z
 
     def _refine(self, predictor: RoiPredictor, base_roi: Roi, coarse_roi: Roi, coarse_mask_roi: np.ndarray, f: float,
-                mask: np.ndarray, clicks: list) -> tuple[int, Optional[Slices]]:
+                mask: np.ndarray, clicks: list) -> tuple[int, Slices | None]:
         """Re-predict the coarse mask's boundary band in base-spacing tiles; updates ``mask`` in place."""
         image = predictor.image
         size = np.asarray(base_roi.size)

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -34,13 +34,13 @@ import torch
 from ..errors import PromptError, UsageError
 from ..io.image2d import Image2D, image2d_from_array, read_image2d
 from ..masks import bbox_of
-from .objects import MASK_PRIOR_LOGIT, ObjectsMixin
 from ..models.family import policy_for
 from ..preprocess.image2d import Frame2D, Policy2D, Window, mask_prior, parse_window, preprocess_image, rgb_uint8
+from .objects import MASK_PRIOR_LOGIT, ObjectsMixin
 
 log = logging.getLogger(__name__)
 
-ImageLike2D = Union[Image2D, np.ndarray, str, os.PathLike]
+ImageLike2D = Image2D | np.ndarray | str | os.PathLike
 Slices2D = tuple[slice, slice]
 
 
@@ -50,7 +50,7 @@ class Decoded:
     """One decoder call: every candidate's raw low-res logits ``(1, M, L, L)``, scores, the pick."""
 
     low_res: torch.Tensor
-    scores: Optional[np.ndarray]  # (M,) predicted IoU, None for SAM-UNet
+    scores: np.ndarray | None  # (M,) predicted IoU, None for SAM-UNet
     selected: int
 
     @property
@@ -59,23 +59,23 @@ class Decoded:
         return self.low_res[:, self.selected:self.selected + 1]
 
     @property
-    def score(self) -> Optional[float]:
+    def score(self) -> float | None:
         return None if self.scores is None else float(self.scores[self.selected])
 
 
 class Predictor2D:
     """One image's embedding and decoder calls, in original-image coordinates; no prompt state."""
 
-    def __init__(self, model: torch.nn.Module, policy: Optional[Policy2D] = None,
-                 device: Optional[Union[str, torch.device]] = None) -> None:
+    def __init__(self, model: torch.nn.Module, policy: Policy2D | None = None,
+                 device: str | torch.device | None = None) -> None:
         self.model = model
         self.policy = policy or policy_for(model)
         if self.policy.size != int(model.img_size):
             raise UsageError(f"policy size {self.policy.size} differs from the model input {model.img_size}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.low_res_size = int(model.low_res_size)
-        self.frame: Optional[Frame2D] = None
-        self.embedding: Optional[Union[torch.Tensor, dict]] = None
+        self.frame: Frame2D | None = None
+        self.embedding: torch.Tensor | dict | None = None
 
     def set_image(self, rgb: np.ndarray) -> None:
         """Encode an (H, W, 3) uint8 RGB image (see :func:`~voxprompt.preprocess.image2d.rgb_uint8`)."""
@@ -90,9 +90,9 @@ class Predictor2D:
             raise UsageError("no image: call set_image() first")
         return self.frame.original_size
 
-    def predict(self, points: Optional[tuple[np.ndarray, np.ndarray]] = None,
-                box: Optional[np.ndarray] = None, mask_input: Optional[torch.Tensor] = None,
-                multimask: Optional[bool] = None) -> Decoded:
+    def predict(self, points: tuple[np.ndarray, np.ndarray] | None = None,
+                box: np.ndarray | None = None, mask_input: torch.Tensor | None = None,
+                multimask: bool | None = None) -> Decoded:
         """Decode original-frame prompts: ``points`` = ((N, 2) x/y, (N,) labels 1/0), ``box`` XYXY,
         ``mask_input`` already in the policy's feedback form. ``multimask=None``: the official default."""
         frame = self._frame()
@@ -145,34 +145,34 @@ class Prediction2D:
     """
 
     mask: np.ndarray
-    probabilities: Optional[np.ndarray]
-    score: Optional[float]
-    changed_bbox: Optional[Slices2D]
+    probabilities: np.ndarray | None
+    score: float | None
+    changed_bbox: Slices2D | None
     object_id: int
-    candidates: Optional[np.ndarray] = None
-    scores: Optional[np.ndarray] = None
+    candidates: np.ndarray | None = None
+    scores: np.ndarray | None = None
     selected: int = 0
-    low_res: Optional[torch.Tensor] = None  # (1, 1, L, L) raw logits of the selected candidate
+    low_res: torch.Tensor | None = None  # (1, 1, L, L) raw logits of the selected candidate
 
 
 @dataclass
 class _Object2D:
     mask: np.ndarray
     points: tuple = ()  # ((x, y), label) in original pixels
-    box: Optional[tuple] = None
+    box: tuple | None = None
     prompts: tuple = ()  # ("point", ((x, y), positive)) | ("box", xyxy) | ("mask", None)
-    low_res: Optional[torch.Tensor] = None  # selected raw low-res logits (or a mask prior's logits)
-    feedback: Optional[torch.Tensor] = None  # the next call's mask_input
-    score: Optional[float] = None
-    decoded: Optional[Decoded] = None  # the last decoder output (candidates)
+    low_res: torch.Tensor | None = None  # selected raw low-res logits (or a mask prior's logits)
+    feedback: torch.Tensor | None = None  # the next call's mask_input
+    score: float | None = None
+    decoded: Decoded | None = None  # the last decoder output (candidates)
     history: list = field(default_factory=list)
 
-    def snapshot(self) -> "_Object2D":
+    def snapshot(self) -> _Object2D:
         return replace(self, history=[])
 
 
-def load_image2d(image: ImageLike2D, window: Union[str, Window, None] = None,
-                 value_range: Optional[tuple[float, float]] = None) -> tuple[np.ndarray, Image2D]:
+def load_image2d(image: ImageLike2D, window: str | Window | None = None,
+                 value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, Image2D]:
     """A path, :class:`Image2D` or array -> ((H, W, 3) uint8 RGB, the Image2D)."""
     if isinstance(image, Image2D):
         img = image
@@ -193,16 +193,16 @@ class Session2D(ObjectsMixin):
 
     _object_type = _Object2D
 
-    def __init__(self, model: torch.nn.Module, device: Optional[Union[str, torch.device]] = None,
-                 policy: Optional[Policy2D] = None, channel_order: Optional[str] = None) -> None:
+    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None,
+                 policy: Policy2D | None = None, channel_order: str | None = None) -> None:
         if getattr(model, "spatial_dims", 2) != 2:
             raise UsageError(f"Session2D needs a 2D model, got spatial_dims={model.spatial_dims}; use Session")
         pol = policy or policy_for(model, channel_order)
         if policy is not None and channel_order is not None:
             pol = replace(pol, channel_order=channel_order)
         self.predictor = Predictor2D(model, pol, device)
-        self.image: Optional[Image2D] = None
-        self.rgb: Optional[np.ndarray] = None
+        self.image: Image2D | None = None
+        self.rgb: np.ndarray | None = None
         self._objects: dict[int, _Object2D] = {}
         self._current = 1
 
@@ -215,8 +215,8 @@ class Session2D(ObjectsMixin):
         return self.predictor.model
 
     # ------------------------------------------------------------------ image
-    def set_image(self, image: ImageLike2D, window: Union[str, Window, None] = None,
-                  value_range: Optional[tuple[float, float]] = None) -> None:
+    def set_image(self, image: ImageLike2D, window: str | Window | None = None,
+                  value_range: tuple[float, float] | None = None) -> None:
         """Set the image (path, Image2D, or (H, W) / (H, W, 3) array) and encode it; clears all objects.
 
         Non-8-bit images are mapped to 0..255 by ``window`` (CT preset or (W, L)), ``value_range``,
@@ -277,7 +277,7 @@ class Session2D(ObjectsMixin):
         return x0, y0, x1, y1
 
     # ------------------------------------------------------------------ decoding
-    def _decode(self, obj: _Object2D, multimask: Optional[bool]) -> Decoded:
+    def _decode(self, obj: _Object2D, multimask: bool | None) -> Decoded:
         pts = None
         if obj.points:
             pts = (np.asarray([p for p, _ in obj.points], np.float64), np.asarray([lab for _, lab in obj.points]))
@@ -299,7 +299,7 @@ class Session2D(ObjectsMixin):
                             masks if many else None, decoded.scores if many else None, decoded.selected,
                             decoded.best)
 
-    def _run(self, change: dict, multimask: Optional[bool]) -> Prediction2D:
+    def _run(self, change: dict, multimask: bool | None) -> Prediction2D:
         obj = self._obj
         obj.history.append(obj.snapshot())
         try:
@@ -311,23 +311,23 @@ class Session2D(ObjectsMixin):
             raise
 
     # ------------------------------------------------------------------ prompts
-    def add_point(self, xy: Sequence[float], positive: bool = True, multimask: Optional[bool] = None) -> Prediction2D:
+    def add_point(self, xy: Sequence[float], positive: bool = True, multimask: bool | None = None) -> Prediction2D:
         """Click at original pixel ``(x, y)``; refines the current object."""
         return self.add_prompts([xy], [positive], multimask=multimask)
 
     def add_points(self, points_xy: Sequence[Sequence[float]], positive: Sequence[bool],
-                   multimask: Optional[bool] = None) -> Prediction2D:
+                   multimask: bool | None = None) -> Prediction2D:
         """Several clicks at once (one decoder call), e.g. SAM-Med2D's non-iterative N points."""
         if not len(points_xy):
             raise PromptError("add_points needs at least one point")
         return self.add_prompts(points_xy, positive, multimask=multimask)
 
-    def add_box(self, box_xyxy: Sequence[float], multimask: Optional[bool] = None) -> Prediction2D:
+    def add_box(self, box_xyxy: Sequence[float], multimask: bool | None = None) -> Prediction2D:
         """Box ``(x0, y0, x1, y1)`` in original pixels; replaces the object's previous box."""
         return self.add_prompts(box=box_xyxy, multimask=multimask)
 
     def add_prompts(self, points_xy: Sequence[Sequence[float]] = (), positive: Sequence[bool] = (),
-                    box: Optional[Sequence[float]] = None, multimask: Optional[bool] = None) -> Prediction2D:
+                    box: Sequence[float] | None = None, multimask: bool | None = None) -> Prediction2D:
         """Points and/or a box in one decoder call (one undo step)."""
         pts = [self._xy(p) for p in points_xy]
         if len(pts) != len(positive):
@@ -372,7 +372,7 @@ class Session2D(ObjectsMixin):
         return self._apply(obj, replace(obj.decoded, selected=int(index)))
 
     # ------------------------------------------------------------------ history
-    def _restore(self, obj: _Object2D, state: _Object2D) -> Optional[Slices2D]:
+    def _restore(self, obj: _Object2D, state: _Object2D) -> Slices2D | None:
         changed = bbox_of(obj.mask != state.mask)
         history = obj.history
         self._objects[self._current] = replace(state, history=history)

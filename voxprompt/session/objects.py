@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -153,7 +154,7 @@ class ObjectsMixin:
         return m != 0
 
     # ------------------------------------------------------------------ history
-    def _undo_last(self) -> Optional[Slices]:
+    def _undo_last(self) -> Slices | None:
         """Revert the current object's last step; the bbox it changed."""
         obj = self._obj
         if not obj.history:
@@ -164,7 +165,7 @@ class ObjectsMixin:
     def can_undo(self) -> bool:
         return self.image is not None and bool(self._obj.history)
 
-    def _clear_current(self) -> Optional[Slices]:
+    def _clear_current(self) -> Slices | None:
         """Replace the current object by an empty one; the bbox its mask covered."""
         changed = bbox_of(self._obj.mask)
         self._objects[self._current] = self._blank(self.shape)

@@ -9,7 +9,7 @@ single-ROI planner costs nothing per click. Subclass :class:`BasePlanner` for th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -61,16 +61,16 @@ class RoiPlanner(Protocol):
         """Whether :meth:`expand` may add ROIs (the session skips it, and its mask copy, otherwise)."""
         ...
 
-    def bind(self, size: int, spacing: float) -> "RoiPlanner":
+    def bind(self, size: int, spacing: float) -> RoiPlanner:
         """The planner set up for a model's ROI of ``size``^3 voxels at ``spacing`` mm."""
         ...
 
-    def plan(self, image: Image, focus_zyx: np.ndarray, current: Optional[Roi],
-             box: Optional[Box] = None) -> Roi:
+    def plan(self, image: Image, focus_zyx: np.ndarray, current: Roi | None,
+             box: Box | None = None) -> Roi:
         """ROI for a prompt at ``focus_zyx``; returning ``current`` keeps refining in it."""
         ...
 
-    def expand(self, predictor: "RoiPredictor", base: BaseStage) -> Optional[Expansion]:
+    def expand(self, predictor: RoiPredictor, base: BaseStage) -> Expansion | None:
         """Follow the base ROI's prediction with more ROIs; None keeps the base result."""
         ...
 
@@ -81,14 +81,14 @@ class BasePlanner:
     cache_size: int = 0
     expands: bool = False
 
-    def bind(self, size: int, spacing: float) -> "BasePlanner":
+    def bind(self, size: int, spacing: float) -> BasePlanner:
         return self
 
-    def plan(self, image: Image, focus_zyx: np.ndarray, current: Optional[Roi],
-             box: Optional[Box] = None) -> Roi:
+    def plan(self, image: Image, focus_zyx: np.ndarray, current: Roi | None,
+             box: Box | None = None) -> Roi:
         raise NotImplementedError
 
-    def expand(self, predictor: "RoiPredictor", base: BaseStage) -> Optional[Expansion]:
+    def expand(self, predictor: RoiPredictor, base: BaseStage) -> Expansion | None:
         return None
 
 
@@ -99,8 +99,8 @@ class CenteredRoiPlanner(BasePlanner):
     size: int = 128
     spacing: float = ROI_SPACING_MM
 
-    def plan(self, image: Image, focus_zyx: np.ndarray, current: Optional[Roi],
-             box: Optional[Box] = None) -> Roi:
+    def plan(self, image: Image, focus_zyx: np.ndarray, current: Roi | None,
+             box: Box | None = None) -> Roi:
         if box is None and current is not None and bool(current.contains(current.from_original_index(focus_zyx))):
             return current
         return roi_around(image, focus_zyx, size=self.size, spacing=self.spacing)

@@ -40,9 +40,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -75,7 +76,7 @@ class PromptEntry:
     where: str  # "FILE prompts[2]" / "FILE line 4": the entry, for messages
     values: tuple[float, ...] = ()
     positive: bool = True
-    path: Optional[Path] = None  # mask file (resolved against the prompts file's folder)
+    path: Path | None = None  # mask file (resolved against the prompts file's folder)
     object: int = 1
     frame: str = "ijk"
 
@@ -89,7 +90,7 @@ class ResolvedPrompt:
     index: tuple[int, ...] = ()  # point
     lo: tuple[int, ...] = ()  # box [lo, hi)
     hi: tuple[int, ...] = ()
-    mask: Optional[np.ndarray] = None
+    mask: np.ndarray | None = None
     positive: bool = True
     object: int = 1
 
@@ -187,7 +188,7 @@ def parse_entry(raw: dict, where: str, base: Path, frame: str = "ijk") -> Prompt
     return PromptEntry(kind, where, values=values, positive=positive, object=obj, frame=frame)
 
 
-def parse_json(text: str, name: str = "prompts", base: Union[str, Path] = ".") -> list[PromptEntry]:
+def parse_json(text: str, name: str = "prompts", base: str | Path = ".") -> list[PromptEntry]:
     """Entries of a JSON prompts document (see the module docstring), in order."""
     try:
         doc = json.loads(text)
@@ -215,7 +216,7 @@ def parse_json(text: str, name: str = "prompts", base: Union[str, Path] = ".") -
     return out
 
 
-def parse_csv(text: str, name: str = "prompts", base: Union[str, Path] = ".") -> list[PromptEntry]:
+def parse_csv(text: str, name: str = "prompts", base: str | Path = ".") -> list[PromptEntry]:
     """Entries of a CSV prompts table (header row; see the module docstring), in order."""
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1)
              if line.strip() and not line.lstrip().startswith("#")]
@@ -258,7 +259,7 @@ def parse_csv(text: str, name: str = "prompts", base: Union[str, Path] = ".") ->
     return out
 
 
-def load_prompts(path: Union[str, Path]) -> list[PromptEntry]:
+def load_prompts(path: str | Path) -> list[PromptEntry]:
     """Read a prompts file: ``.csv`` as CSV, anything else as JSON. Mask paths are relative to its folder."""
     p = Path(path)
     try:
@@ -332,7 +333,7 @@ def _select(session: Session, object_id: int, where: str) -> None:
         session.new_object()
 
 
-def apply_prompts(session: Session, prompts: Sequence[Union[PromptEntry, ResolvedPrompt]]) -> Optional[Prediction]:
+def apply_prompts(session: Session, prompts: Sequence[PromptEntry | ResolvedPrompt]) -> Prediction | None:
     """Replay prompts in order on ``session`` (its image set); returns the last Prediction (None if empty).
 
     Entries are resolved against the session's image first, so nothing runs unless every entry fits.
@@ -348,7 +349,7 @@ def apply_prompts(session: Session, prompts: Sequence[Union[PromptEntry, Resolve
 
 
 # ----------------------------------------------------------------------------- CLI
-def prompts_from_args(args: Any) -> Optional[list[PromptEntry]]:
+def prompts_from_args(args: Any) -> list[PromptEntry] | None:
     """``segment --prompts FILE``: the entries (None without it); refuses other prompt flags and objects > 1."""
     path = getattr(args, "prompts", None)
     if path is None:
@@ -362,8 +363,8 @@ def prompts_from_args(args: Any) -> Optional[list[PromptEntry]]:
     for e in entries:
         if e.object != 1:
             raise _err(e.where, f"object {e.object}: segment writes one mask, so its prompts file holds "
-                                "object 1 only (replay several objects in Python: voxprompt.session.prompts.apply_prompts "
-                                "and Session.label_map)")
+                                "object 1 only (replay several objects in Python: "
+                                "voxprompt.session.prompts.apply_prompts and Session.label_map)")
     return entries
 
 
@@ -377,7 +378,7 @@ def _mask_after(obj: Any, k: int) -> np.ndarray:
     return mask
 
 
-def session_prompts(session: Session, frame: str = "ijk", mask_files: Optional[Sequence[str]] = None) -> dict:
+def session_prompts(session: Session, frame: str = "ijk", mask_files: Sequence[str] | None = None) -> dict:
     """A session's prompts as a JSON-ready document (every object in id order, each in the order given).
 
     Mask prompts need ``mask_files``: one name per mask prompt, in order (``save_prompts`` writes them).
@@ -420,7 +421,7 @@ def _export_point(image: Image, zyx: Sequence[float], frame: str) -> list:
     return [float(v) for v in image.index_to_world(np.asarray(zyx, dtype=np.float64), frame=frame.upper())]
 
 
-def save_prompts(session: Session, path: Union[str, Path], frame: str = "ijk") -> Path:
+def save_prompts(session: Session, path: str | Path, frame: str = "ijk") -> Path:
     """Write ``session``'s prompts as a JSON prompts file; each mask prompt's mask goes beside it
     (``NAME.mask1.nii.gz``, ...; recovered from the undo history). Replay with :func:`apply_prompts`
     or ``voxprompt segment --prompts`` (object 1 only)."""

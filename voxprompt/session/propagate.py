@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -40,9 +40,9 @@ class PropagationConfig:
     prompt: str = "box"  # "box", "point" (positive at the deepest pixel) or "box+point"
     box_margin: int = 0  # pixels added on each side of the box (clipped to the slice)
     min_area: int = 1  # stop when the new mask has fewer pixels
-    min_score: Optional[float] = 0.5  # stop when the predicted IoU is below (None: never)
+    min_score: float | None = 0.5  # stop when the predicted IoU is below (None: never)
     mask_prior: bool = False  # also feed the previous slice's low-res mask as mask_input
-    max_slices: Optional[int] = None  # per direction
+    max_slices: int | None = None  # per direction
 
     def __post_init__(self) -> None:
         if self.prompt not in PROMPTS:
@@ -75,8 +75,8 @@ def inplane(index_3d: tuple, axis: int) -> tuple[int, int]:
 class SliceStack:
     """A scalar volume seen as 8-bit RGB slices along ``axis`` (one intensity range for all)."""
 
-    def __init__(self, volume: np.ndarray, axis: int = 0, window: Optional[Window] = None,
-                 value_range: Optional[tuple[float, float]] = None) -> None:
+    def __init__(self, volume: np.ndarray, axis: int = 0, window: Window | None = None,
+                 value_range: tuple[float, float] | None = None) -> None:
         v = np.asarray(volume)
         if v.ndim != 3 or v.size == 0:
             raise InputError(f"volume must be a non-empty 3D array, got shape {v.shape}")
@@ -105,13 +105,13 @@ class SliceStack:
 class SliceEncoder:
     """Predictors for the slices of a :class:`SliceStack`, encoded on demand (LRU by bytes)."""
 
-    def __init__(self, model: torch.nn.Module, stack: SliceStack, policy: Optional[Policy2D] = None,
-                 device: Optional[Union[str, torch.device]] = None, cache_bytes: int = EMBEDDING_CACHE_BYTES) -> None:
+    def __init__(self, model: torch.nn.Module, stack: SliceStack, policy: Policy2D | None = None,
+                 device: str | torch.device | None = None, cache_bytes: int = EMBEDDING_CACHE_BYTES) -> None:
         self.model, self.stack = model, stack
         self.policy = policy or policy_for(model)
         self.device = device
         self.cache_bytes = cache_bytes
-        self._cache: "OrderedDict[int, Predictor2D]" = OrderedDict()
+        self._cache: OrderedDict[int, Predictor2D] = OrderedDict()
         self.encoded = 0  # encoder calls so far
 
     def __call__(self, index: int) -> Predictor2D:
@@ -129,7 +129,7 @@ class SliceEncoder:
         return pred
 
 
-def _nbytes(emb: Union[torch.Tensor, dict, None]) -> int:
+def _nbytes(emb: torch.Tensor | dict | None) -> int:
     if emb is None:
         return 0
     if isinstance(emb, dict):
@@ -153,7 +153,7 @@ def deepest_point(mask: np.ndarray) -> tuple[int, int]:
     return int(c), int(r)
 
 
-def prompts_from_mask(mask: np.ndarray, config: PropagationConfig) -> tuple[Optional[tuple], Optional[tuple]]:
+def prompts_from_mask(mask: np.ndarray, config: PropagationConfig) -> tuple[tuple | None, tuple | None]:
     """(points, box) for the next slice: points = ((1, 2) xy, (1,) labels) or None, box XYXY or None."""
     box = box_of(mask, config.box_margin) if "box" in config.prompt else None
     points = None
@@ -166,7 +166,7 @@ def prompts_from_mask(mask: np.ndarray, config: PropagationConfig) -> tuple[Opti
 @dataclass
 class SliceResult:
     mask: np.ndarray  # (H, W) bool
-    score: Optional[float]
+    score: float | None
     low_res: torch.Tensor  # (1, 1, L, L) raw logits
 
 
@@ -181,7 +181,7 @@ class PropagationResult:
         return {i: r.mask for i, r in self.slices.items()}
 
 
-def decode_slice(predictor: Predictor2D, mask: np.ndarray, prev_low: Optional[torch.Tensor],
+def decode_slice(predictor: Predictor2D, mask: np.ndarray, prev_low: torch.Tensor | None,
                  config: PropagationConfig) -> tuple[np.ndarray, Decoded]:
     """Prompt one slice from the neighbour's mask; returns (mask, decoder output)."""
     points, box = prompts_from_mask(mask, config)
@@ -194,8 +194,8 @@ def decode_slice(predictor: Predictor2D, mask: np.ndarray, prev_low: Optional[to
 
 
 def propagate(encoder: SliceEncoder, start: int, mask: np.ndarray, config: PropagationConfig = PropagationConfig(),
-              low_res: Optional[torch.Tensor] = None, limits: Optional[tuple[int, int]] = None,
-              may_claim: Optional[Callable[[int], bool]] = None) -> PropagationResult:
+              low_res: torch.Tensor | None = None, limits: tuple[int, int] | None = None,
+              may_claim: Callable[[int], bool] | None = None) -> PropagationResult:
     """Propagate ``mask`` (the start slice's) to both sides of slice ``start``.
 
     ``limits`` = [lo, hi) slice range (default: the whole volume); ``may_claim(i)`` False stops the

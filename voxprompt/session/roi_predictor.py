@@ -7,7 +7,6 @@ through the same predictor, so every ROI of an image shares one embedding cache.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -42,7 +41,7 @@ def mask_prior_logits(label_roi: np.ndarray, low_res_size: int) -> torch.Tensor:
     return (frac * 2 - 1) * MASK_PRIOR_LOGIT
 
 
-def roi_footprint(mask_roi: np.ndarray, roi: Roi, image: Image) -> tuple[Optional[Slices], np.ndarray]:
+def roi_footprint(mask_roi: np.ndarray, roi: Roi, image: Image) -> tuple[Slices | None, np.ndarray]:
     """A ROI mask mapped back onto ``image``'s grid, cropped to what it covers: (bbox, bool block),
     or (None, empty). Only the ROI's sub-block of the image is ever resampled."""
     box, part = roi_block_to_original(mask_roi, roi, image)
@@ -64,15 +63,15 @@ def paste_over(mask: np.ndarray, bbox: Slices, cover: np.ndarray, mask_roi: np.n
 class RoiPredictor:
     """A stateless 3D model applied to ROIs of one image, in the original image's indices."""
 
-    def __init__(self, model: torch.nn.Module, device: Union[str, torch.device, None] = None,
+    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None,
                  cache_size: int = EMBEDDING_CACHE_SIZE) -> None:
         self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.img_size = int(model.cfg.img_size)
         self.cache_size = int(cache_size)
-        self.image: Optional[Image] = None
+        self.image: Image | None = None
         self._embeddings: dict[tuple, torch.Tensor] = {}  # most recently used last
-        self._coverage: dict[tuple, tuple[Optional[Slices], np.ndarray]] = {}
+        self._coverage: dict[tuple, tuple[Slices | None, np.ndarray]] = {}
 
     @property
     def low_res_size(self) -> int:
@@ -103,7 +102,7 @@ class RoiPredictor:
             self._embeddings.pop(next(iter(self._embeddings)))
         return emb
 
-    def decode(self, roi: Roi, points_roi: RoiPoints, logits: Optional[torch.Tensor]) -> tuple[torch.Tensor, float]:
+    def decode(self, roi: Roi, points_roi: RoiPoints, logits: torch.Tensor | None) -> tuple[torch.Tensor, float]:
         """One decoder call in ``roi``: (raw low-res logits, the model's IoU score); ``logits``: the prior."""
         emb = self.embedding(roi)
         coords = torch.tensor(np.stack([p for p, _ in points_roi])[None], dtype=torch.float32, device=self.device)
@@ -120,7 +119,7 @@ class RoiPredictor:
         return torch.sigmoid(up)[0, 0]
 
     def predict(self, roi: Roi, points_roi: RoiPoints,
-                logits: Optional[torch.Tensor]) -> tuple[torch.Tensor, float, torch.Tensor]:
+                logits: torch.Tensor | None) -> tuple[torch.Tensor, float, torch.Tensor]:
         """Decode in ``roi``: (raw low-res logits, IoU score, upsampled probabilities ``roi.size``)."""
         out, score = self.decode(roi, points_roi, logits)
         return out, score, self.probabilities(out)
@@ -139,7 +138,7 @@ class RoiPredictor:
         return np.clip(c, 0, np.asarray(roi.size) - 1)
 
     # ------------------------------------------------------------------ original grid
-    def coverage(self, roi: Roi, cache: bool = True) -> tuple[Optional[Slices], np.ndarray]:
+    def coverage(self, roi: Roi, cache: bool = True) -> tuple[Slices | None, np.ndarray]:
         """Image region (bbox, mask inside it) that the ROI maps back onto (small LRU cache)."""
         key = roi_key(roi)
         hit = self._coverage.pop(key, None)
@@ -152,7 +151,7 @@ class RoiPredictor:
         return hit
 
     def paste(self, mask: np.ndarray, roi: Roi, mask_roi: np.ndarray,
-              cache: bool = True) -> tuple[Optional[Slices], Optional[np.ndarray]]:
+              cache: bool = True) -> tuple[Slices | None, np.ndarray | None]:
         """(bbox, block): ``mask`` with a ROI prediction pasted over the ROI's footprint, on its bbox.
 
         ``cache=False`` for large one-off ROIs (zoomed out), whose footprint is not kept.

@@ -19,19 +19,19 @@ history, and the slice embeddings are shared.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from ..errors import PromptError, UsageError
 from ..io.image import Image
-from .objects import ObjectsMixin, box_corners, point_index, unshared_mask
 from ..models.family import policy_for
 from ..preprocess.image2d import Policy2D, Window, parse_window
-from .propagate import PropagationConfig, SliceEncoder, SliceStack, box_of, inplane, propagate, slice_region
 from .image2d import Session2D
+from .objects import ObjectsMixin, box_corners, point_index, unshared_mask
+from .propagate import PropagationConfig, SliceEncoder, SliceStack, box_of, inplane, propagate, slice_region
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class VolumePrediction:
 
     mask: np.ndarray
     anchor: int
-    score: Optional[float]
+    score: float | None
     slices: list  # indices written or cleared by this call
     scores: dict = field(default_factory=dict)  # propagated slice -> predicted IoU (or None)
     stopped: dict = field(default_factory=dict)  # direction (+1 / -1) -> reason
@@ -72,8 +72,8 @@ class SliceSession(ObjectsMixin):
     """Interactive segmentation of a volume with a 2D model (one or several objects)."""
 
     def __init__(self, model: torch.nn.Module, axis: int = 0, config: PropagationConfig = PropagationConfig(),
-                 propagate: bool = True, window: Union[str, Window, None] = None,
-                 device: Optional[Union[str, torch.device]] = None, policy: Optional[Policy2D] = None) -> None:
+                 propagate: bool = True, window: str | Window | None = None,
+                 device: str | torch.device | None = None, policy: Policy2D | None = None) -> None:
         if getattr(model, "spatial_dims", 2) != 2:
             raise UsageError(f"SliceSession needs a 2D model; {model.name} is 3D (use Session)")
         if axis not in (0, 1, 2):
@@ -82,13 +82,13 @@ class SliceSession(ObjectsMixin):
         self.window = parse_window(window) if isinstance(window, str) else window
         self.device = device
         self.policy = policy or policy_for(model)
-        self.image: Optional[Image] = None
-        self.encoder: Optional[SliceEncoder] = None
+        self.image: Image | None = None
+        self.encoder: SliceEncoder | None = None
         self._objects: dict[int, _SliceObject] = {}
         self._current = 1
 
     # ------------------------------------------------------------------ image
-    def set_image(self, image: Union[Image, np.ndarray], value_range: Optional[tuple[float, float]] = None) -> None:
+    def set_image(self, image: Image | np.ndarray, value_range: tuple[float, float] | None = None) -> None:
         """Set the volume (an Image or a 3D array); starts over with one empty object (id 1)."""
         arr = image.array if isinstance(image, Image) else np.asarray(image)
         stack = SliceStack(arr, self.axis, self.window, value_range)
@@ -121,14 +121,14 @@ class SliceSession(ObjectsMixin):
         """Click at a 3D array index; its slice along ``axis`` is prompted, then propagated."""
         return self.add_prompts(points=[(index, positive)])
 
-    def add_box(self, lo: Sequence[int], hi: Sequence[int], slice_index: Optional[int] = None) -> VolumePrediction:
+    def add_box(self, lo: Sequence[int], hi: Sequence[int], slice_index: int | None = None) -> VolumePrediction:
         """Box [lo, hi) in array indices. One slice thick along ``axis``: a 2D box on that slice.
         Thicker: the in-plane box on ``slice_index`` (default the middle slice), and propagation
         is limited to the box's slice range."""
         return self.add_prompts(box=(lo, hi), slice_index=slice_index)
 
-    def add_prompts(self, points: Sequence[tuple] = (), box: Optional[tuple] = None,
-                    slice_index: Optional[int] = None) -> VolumePrediction:
+    def add_prompts(self, points: Sequence[tuple] = (), box: tuple | None = None,
+                    slice_index: int | None = None) -> VolumePrediction:
         """Points ``[(index, positive), ...]`` and/or a box ``(lo, hi)`` on one slice, one decoder
         call (one undo step). The slice is ``slice_index``, else the points' / the box's."""
         idx = [(self._index(p), bool(pos)) for p, pos in points]
@@ -164,8 +164,8 @@ class SliceSession(ObjectsMixin):
     def _box(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         return box_corners(lo, hi, self.shape)
 
-    def _prompt(self, s: int, points: list, positive: list, box: Optional[tuple],
-                limits: Optional[tuple[int, int]], prompts: list) -> VolumePrediction:
+    def _prompt(self, s: int, points: list, positive: list, box: tuple | None,
+                limits: tuple[int, int] | None, prompts: list) -> VolumePrediction:
         enc, obj = self.encoder, self._obj
         unshared_mask(obj)  # copy-on-write: masks handed out earlier never change
         step = _SliceStep(s, s not in obj.anchors, 0, {})
@@ -196,7 +196,7 @@ class SliceSession(ObjectsMixin):
         result.mask, result.slices = self.mask, sorted(step.old)
         return result
 
-    def _write(self, step: _SliceStep, i: int, mask2d: Optional[np.ndarray], owner: int) -> None:
+    def _write(self, step: _SliceStep, i: int, mask2d: np.ndarray | None, owner: int) -> None:
         obj, region = self._obj, slice_region(self.axis, i)
         if i not in step.old:
             step.old[i] = (obj.mask[region].copy(), int(obj.owner[i]))
@@ -213,8 +213,8 @@ class SliceSession(ObjectsMixin):
             return other in (-1, anchor) or other not in obj.anchors or abs(i - anchor) < abs(i - other)
         return ok
 
-    def _propagate(self, step: _SliceStep, s: int, mask: np.ndarray, low_res: Optional[torch.Tensor],
-                   limits: Optional[tuple[int, int]], result: VolumePrediction) -> None:
+    def _propagate(self, step: _SliceStep, s: int, mask: np.ndarray, low_res: torch.Tensor | None,
+                   limits: tuple[int, int] | None, result: VolumePrediction) -> None:
         for i in np.flatnonzero(self._obj.owner == s):
             if int(i) != s:
                 self._write(step, int(i), None, -1)

@@ -74,18 +74,18 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from ..cleanup import clean_mask, resolve_clean
 from ..errors import InputError, PromptError, UsageError
 from ..io.image import LPS_TO_RAS, Image
 from ..io.read import read_image
 from ..masks import Slices, bbox_of, within
 from ..preprocess import Roi, roi_for_label
-from ..cleanup import clean_mask, resolve_clean
 from ..refine import RefineConfig, refine_mask, resolve_refine
 from .objects import ObjectsMixin, box_corners, point_index, unshared_mask
 from .planning import ROI_SPACING_MM, BaseStage, CenteredRoiPlanner, Expansion, RoiPlanner
@@ -101,7 +101,7 @@ BOX_NEGATIVE_MARGIN = 2  # voxels outside a box face where its negative click go
 # it for any other model (an official SAM-Med3D's scores live on another scale).
 LOW_CONFIDENCE_IOU = 0.12
 
-ImageLike = Union[Image, np.ndarray, str, os.PathLike]
+ImageLike = Image | np.ndarray | str | os.PathLike
 
 
 # ----------------------------------------------------------------------------- axis helpers
@@ -121,8 +121,8 @@ def to_slicer_ijk(index_zyx: Sequence[float]) -> tuple:
     return vals[::-1]
 
 
-def image_from_array(array: np.ndarray, spacing: Optional[Sequence[float]] = None,
-                     affine: Optional[np.ndarray] = None) -> Image:
+def image_from_array(array: np.ndarray, spacing: Sequence[float] | None = None,
+                     affine: np.ndarray | None = None) -> Image:
     """Wrap an array (caller's axis order) as an Image; ``affine``: array index -> RAS mm."""
     arr = np.asarray(array)
     if arr.ndim != 3:
@@ -171,39 +171,39 @@ class Prediction:
     """
 
     mask: np.ndarray
-    probabilities: Optional[np.ndarray]
-    changed_bbox: Optional[Slices]
-    score: Optional[float]
-    roi: Optional[Roi]
+    probabilities: np.ndarray | None
+    changed_bbox: Slices | None
+    score: float | None
+    roi: Roi | None
     object_id: int
-    roi_bbox: Optional[Slices] = None  # image region covered by the ROI
+    roi_bbox: Slices | None = None  # image region covered by the ROI
     zooms: tuple[float, ...] = ()
     tiles: int = 0
     low_confidence: bool = False
-    warning: Optional[str] = None
+    warning: str | None = None
 
 
 @dataclass
 class _VolumeStep:
     """What undo needs: the state before a call and the part of the mask it overwrote."""
 
-    roi: Optional[Roi]
+    roi: Roi | None
     points_roi: list
     prompts: list
-    logits: Optional[torch.Tensor]
-    score: Optional[float]
-    bbox: Optional[Slices]
-    old_block: Optional[np.ndarray]
+    logits: torch.Tensor | None
+    score: float | None
+    bbox: Slices | None
+    old_block: np.ndarray | None
 
 
 @dataclass
 class _Object:
     mask: np.ndarray
-    roi: Optional[Roi] = None
+    roi: Roi | None = None
     points_roi: list = field(default_factory=list)  # [(roi coords (3,), label)] in the current ROI
     prompts: list = field(default_factory=list)  # [(kind, data)] everything given, array indices
-    logits: Optional[torch.Tensor] = None  # (1, 1, 32, 32, 32) raw low-res logits
-    score: Optional[float] = None
+    logits: torch.Tensor | None = None  # (1, 1, 32, 32, 32) raw low-res logits
+    score: float | None = None
     history: list = field(default_factory=list)
 
 
@@ -269,9 +269,9 @@ class Session(ObjectsMixin):
 
     _object_type = _Object
 
-    def __init__(self, model: Optional[torch.nn.Module] = None, device: Optional[Union[str, torch.device]] = None,
-                 planner: Optional[RoiPlanner] = None, refine: Union[bool, RefineConfig, None] = None,
-                 clean: Optional[bool] = None, low_confidence_iou: float = LOW_CONFIDENCE_IOU) -> None:
+    def __init__(self, model: torch.nn.Module | None = None, device: str | torch.device | None = None,
+                 planner: RoiPlanner | None = None, refine: bool | RefineConfig | None = None,
+                 clean: bool | None = None, low_confidence_iou: float = LOW_CONFIDENCE_IOU) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
@@ -288,7 +288,7 @@ class Session(ObjectsMixin):
         self.cache_size = max(EMBEDDING_CACHE_SIZE, int(self.planner.cache_size or 0))
         self.predictor = RoiPredictor(model, device, cache_size=self.cache_size)
         self.device = self.predictor.device
-        self.refine: Optional[RefineConfig] = resolve_refine(refine, model.cfg)
+        self.refine: RefineConfig | None = resolve_refine(refine, model.cfg)
         self.clean: bool = resolve_clean(clean, model.cfg)
         try:
             self.low_confidence_iou = float(low_confidence_iou)
@@ -296,13 +296,13 @@ class Session(ObjectsMixin):
             raise UsageError(f"low_confidence_iou must be a number, got {low_confidence_iou!r}") from None
         if not 0.0 <= self.low_confidence_iou <= 1.0:
             raise UsageError(f"low_confidence_iou must be in [0, 1] (0 = no score rule), got {low_confidence_iou}")
-        self.image: Optional[Image] = None
+        self.image: Image | None = None
         self._objects: dict[int, _Object] = {}
         self._current = 1
 
     # ------------------------------------------------------------------ image
-    def set_image(self, image: ImageLike, spacing: Optional[Sequence[float]] = None,
-                  affine: Optional[np.ndarray] = None) -> None:
+    def set_image(self, image: ImageLike, spacing: Sequence[float] | None = None,
+                  affine: np.ndarray | None = None) -> None:
         """Set the volume (path, Image, or array in the caller's axis order); clears all objects."""
         if isinstance(image, Image):
             if spacing is not None or affine is not None:
@@ -352,7 +352,7 @@ class Session(ObjectsMixin):
     # ------------------------------------------------------------------ memory
     def memory_bytes(self) -> int:
         """Estimated bytes held: image, object masks, undo blocks and logits, cached embeddings/coverage."""
-        def t(x: Optional[torch.Tensor]) -> int:
+        def t(x: torch.Tensor | None) -> int:
             return 0 if x is None else int(x.element_size() * x.nelement())
 
         total = 0 if self.image is None else int(self.image.array.nbytes)
@@ -377,12 +377,12 @@ class Session(ObjectsMixin):
         return freed
 
     # ------------------------------------------------------------------ model plumbing
-    def _decode(self, roi: Roi, points_roi: list, logits: Optional[torch.Tensor]) -> tuple[torch.Tensor, float]:
+    def _decode(self, roi: Roi, points_roi: list, logits: torch.Tensor | None) -> tuple[torch.Tensor, float]:
         """The session's decoder call (the predictor's; a seam that tests replace to fix the score)."""
         return self.predictor.decode(roi, points_roi, logits)
 
     def _pasted(self, mask: np.ndarray, roi: Roi, mask_roi: np.ndarray,
-                cache: bool = True) -> tuple[Optional[Slices], Optional[np.ndarray]]:
+                cache: bool = True) -> tuple[Slices | None, np.ndarray | None]:
         """The session's paste-back of a base ROI's result (the predictor's; a seam for tests)."""
         return self.predictor.paste(mask, roi, mask_roi, cache)
 
@@ -391,8 +391,8 @@ class Session(ObjectsMixin):
         obj.history.append(_VolumeStep(obj.roi, list(obj.points_roi), list(obj.prompts), obj.logits, obj.score,
                                  None, None))
 
-    def _commit(self, obj: _Object, new_mask_region: Optional[tuple[Slices, np.ndarray]],
-                replace_all: Optional[np.ndarray] = None) -> Optional[Slices]:
+    def _commit(self, obj: _Object, new_mask_region: tuple[Slices, np.ndarray] | None,
+                replace_all: np.ndarray | None = None) -> Slices | None:
         """Write a new mask (a region, or the whole mask); record the overwritten block for undo."""
         if replace_all is not None:
             bbox = bbox_of(obj.mask != replace_all)
@@ -414,8 +414,8 @@ class Session(ObjectsMixin):
         step.bbox, step.old_block = bbox, old
         return bbox
 
-    def _prediction(self, obj: _Object, changed: Optional[Slices], prob: Optional[np.ndarray] = None,
-                    expansion: Optional[Expansion] = None) -> Prediction:
+    def _prediction(self, obj: _Object, changed: Slices | None, prob: np.ndarray | None = None,
+                    expansion: Expansion | None = None) -> Prediction:
         if prob is None and obj.logits is not None:
             with torch.inference_mode():
                 prob = self.predictor.probabilities(obj.logits).cpu().numpy()
@@ -426,7 +426,7 @@ class Session(ObjectsMixin):
                           roi=obj.roi, object_id=self._current, roi_bbox=roi_bbox,
                           low_confidence=warning is not None, warning=warning, **extra)
 
-    def _warning(self, obj: _Object) -> Optional[str]:
+    def _warning(self, obj: _Object) -> str | None:
         """Why the object's current result looks poor (one sentence), or None (see the class docstring)."""
         notes = []
         if obj.score is not None and self.low_confidence_iou > 0 and obj.score < self.low_confidence_iou:
@@ -444,7 +444,7 @@ class Session(ObjectsMixin):
         return "; ".join(notes) or None
 
     def _run(self, obj: _Object, roi: Roi, clicks: list,
-             clip: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Prediction:
+             clip: tuple[np.ndarray, np.ndarray] | None = None) -> Prediction:
         """Decode the object's prompts in ``roi``, let the planner expand, paste on the original grid.
 
         ``clicks``: the object's clicks in original indices (for a multi-ROI planner); ``clip``:
@@ -475,7 +475,7 @@ class Session(ObjectsMixin):
         return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
 
     def _cleaned(self, obj: _Object, region: Slices, block: np.ndarray,
-                 clip: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
+                 clip: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """``block`` (the object's new mask on ``region``) keeping only the components a prompt asked for,
         holes filled (:func:`voxprompt.cleanup.clean_mask`, seeded by the object's positive clicks and box
         centres). It sees ``region`` plus a one-voxel ring of the object's mask around it: components that
@@ -589,7 +589,7 @@ class Session(ObjectsMixin):
             return self._prediction(obj, changed)
 
     # ------------------------------------------------------------------ history
-    def _restore(self, obj: _Object, step: _VolumeStep) -> Optional[Slices]:
+    def _restore(self, obj: _Object, step: _VolumeStep) -> Slices | None:
         obj.roi, obj.points_roi, obj.prompts = step.roi, step.points_roi, step.prompts
         obj.logits, obj.score = step.logits, step.score
         if step.bbox is not None:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 import yaml
 
@@ -23,9 +24,9 @@ class DataSource:
 
     path: str
     weight: float = 1.0
-    split: Optional[str] = "train"  # targets of this split (None: all)
+    split: str | None = "train"  # targets of this split (None: all)
     min_voxels: int = 200
-    cases: Optional[list] = None  # only these cases (e.g. to keep research-only labels out)
+    cases: list | None = None  # only these cases (e.g. to keep research-only labels out)
     render_prob: float = 0.0  # share of samples whose image is rendered from the label map (data.render)
 
     def __post_init__(self) -> None:
@@ -59,12 +60,12 @@ class Train2DConfig:
 
     slice_axes: list = field(default_factory=lambda: [0])  # array axes along which 3D targets are sliced
     min_fraction: float = 100 / 256**2  # a slice's foreground must exceed this fraction (SAM-UNet's rule)
-    window: Optional[str] = None  # CT window of the slices (preset or "W,L"); None: volume 0.5-99.5 percentiles
-    box_prob: Optional[float] = None  # first prompt is a box with this probability (None: SAM-UNet 1, else 0.5)
+    window: str | None = None  # CT window of the slices (preset or "W,L"); None: volume 0.5-99.5 percentiles
+    box_prob: float | None = None  # first prompt is a box with this probability (None: SAM-UNet 1, else 0.5)
     point_choices: list = field(default_factory=lambda: [1, 3, 5, 9])  # points per correction round
     mask_only_last: bool = True  # with click_steps >= 3 the last round feeds only the previous mask
     box_jitter: int = 5  # max box translation in pixels (SAM-Med2D's get_boxes_from_mask)
-    channel_order: Optional[str] = None  # None: the model's official colour order
+    channel_order: str | None = None  # None: the model's official colour order
     synthetic_size: int = 64  # side of the synthetic volumes that 2D synthetic samples are sliced from
 
     def __post_init__(self) -> None:
@@ -76,7 +77,8 @@ class Train2DConfig:
             (bool(self.point_choices) and all(isinstance(n, int) and n >= 1 for n in self.point_choices),
              f"point_choices must be positive integers, got {self.point_choices}"),
             (self.box_jitter >= 0 and self.synthetic_size >= 16, "box_jitter must be >= 0, synthetic_size >= 16"),
-            (self.channel_order in (None, "rgb", "bgr"), f"channel_order must be rgb or bgr, got {self.channel_order!r}"),
+            (self.channel_order in (None, "rgb", "bgr"),
+             f"channel_order must be rgb or bgr, got {self.channel_order!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -93,12 +95,12 @@ class TrainConfig:
 
     model: str = "voxprompt-med3d-small"
     model_overrides: dict = field(default_factory=dict)  # SamConfig fields
-    init_checkpoint: Optional[str] = None  # a checkpoint path, "shipped" (the package's weights) or None
+    init_checkpoint: str | None = None  # a checkpoint path, "shipped" (the package's weights) or None
     # "load_from": SAM-Med2D's resize of SAM weights of another input size; "grow": every checkpoint
     # tensor loads exactly, and modules the checkpoint lacks (a boundary head) keep their initialisation
     init_mode: str = "strict"
     trust_pickle: bool = False
-    freeze: Union[str, list] = field(default_factory=list)  # frozen name prefixes, or paper / decoder / none
+    freeze: str | list = field(default_factory=list)  # frozen name prefixes, or paper / decoder / none
     data: list = field(default_factory=list)  # DataSource
     synthetic: SyntheticSource = field(default_factory=SyntheticSource)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -180,7 +182,7 @@ def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
     return _build(TrainConfig, d, "config")
 
 
-def load_config(path: Union[str, Path]) -> TrainConfig:
+def load_config(path: str | Path) -> TrainConfig:
     """Read and validate a YAML training config."""
     p = Path(path)
     if not p.is_file():

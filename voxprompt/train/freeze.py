@@ -14,7 +14,7 @@ others as the model has them (SAM-UNet's ViT is frozen by construction).
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 from torch import nn
 
@@ -46,7 +46,7 @@ def preset_rule(model: nn.Module, preset: str) -> Rule:
     return lambda name: True
 
 
-def apply_freeze(model: nn.Module, spec: Union[str, list, tuple]) -> None:
+def apply_freeze(model: nn.Module, spec: str | list | tuple) -> None:
     """Set ``requires_grad`` per ``spec`` (a preset name or a list of frozen name prefixes)."""
     if isinstance(spec, str):
         rule = preset_rule(model, spec)

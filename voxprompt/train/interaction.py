@@ -8,7 +8,7 @@ averaged over the passes.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ class ClickLoop(nn.Module):
         self.iou_loss_weight = iou_loss_weight
 
     def forward(self, image: torch.Tensor, gt: torch.Tensor, rng: np.random.Generator,
-                autocast: Callable[[], object], first: Optional[np.ndarray] = None
+                autocast: Callable[[], object], first: np.ndarray | None = None
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss averaged over the click passes; ``first`` (B, 3) gives positive first clicks
         (rows of -1: simulated like the later ones)."""

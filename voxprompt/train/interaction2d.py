@@ -13,7 +13,7 @@ averaged over rounds. All prompts are in the model frame (pixel ``(x, y)``).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from ..preprocess.image2d import Policy2D
 from .config import Train2DConfig
 from .losses import segmentation_loss
 
-Embedding = Union[torch.Tensor, dict]
+Embedding = torch.Tensor | dict
 
 
 def jittered_box(mask: np.ndarray, rng: np.random.Generator, max_shift: int) -> list[float]:
@@ -67,8 +67,8 @@ class ClickLoop2D(nn.Module):
         default = 1.0 if policy.name == "sam-unet" else 0.5
         self.box_prob = default if opts.box_prob is None else opts.box_prob
 
-    def _decode(self, emb: Embedding, points: Optional[tuple], boxes: Optional[torch.Tensor],
-                mask_input: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _decode(self, emb: Embedding, points: tuple | None, boxes: torch.Tensor | None,
+                mask_input: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         n_points = 0 if points is None else points[0].shape[1]
         multimask = self.policy.wants_multimask(n_points, boxes is not None)
         low, iou = self.model.decode(emb, points=points, boxes=boxes, mask_input=mask_input, multimask=multimask)
@@ -87,7 +87,7 @@ class ClickLoop2D(nn.Module):
         total = image.new_zeros(())
         stats: dict[str, float] = {}
         pred_np = np.zeros_like(gt_np)
-        prev: Optional[torch.Tensor] = None
+        prev: torch.Tensor | None = None
         for step in range(self.click_steps):
             points, boxes, feed = None, None, None
             if step == 0:

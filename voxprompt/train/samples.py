@@ -4,14 +4,14 @@ seed, so a resumed or distributed run draws exactly the samples it would have dr
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from ..masks import deepest_voxel
 from ..data.render import render_labels
 from ..errors import UsageError
+from ..masks import deepest_voxel
 from ..preprocess import extract_roi_label, extract_roi_labels, preprocess_roi, roi_around
 from .config import AugmentConfig, DataSource, SyntheticSource
 from .synthetic import synthetic_sample
@@ -167,7 +167,7 @@ class SampleMixer:
         return tuple(np.stack([t[i] for t in triples]) for i in range(3))  # type: ignore[return-value]
 
 
-def bounding_box(mask: np.ndarray) -> "tuple[np.ndarray, np.ndarray] | None":
+def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Half-open index box ``(lo, hi)`` of a mask's voxels (None when empty), from axis projections."""
     lo, hi = [], []
     for ax in range(mask.ndim):

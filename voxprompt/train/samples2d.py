@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -54,7 +54,7 @@ def _jitter(rng: np.random.Generator, x: np.ndarray, aug: AugmentConfig) -> np.n
 
 
 def to_model(rng: np.random.Generator, rgb: np.ndarray, mask: np.ndarray, policy: Policy2D, aug: AugmentConfig
-             ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+             ) -> tuple[np.ndarray, np.ndarray] | None:
     """(H, W, 3) uint8 + (H, W) mask -> model-frame (3, S, S) float32 + (S, S) uint8, or None when
     the mask keeps fewer than ``MIN_PIXELS`` pixels."""
     rgb, mask = _flip(rng, rgb, mask, aug)

@@ -16,8 +16,9 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +26,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from ..models.checkpoints import save_safetensors
 from ..errors import CheckpointError, UsageError
+from ..models.checkpoints import save_safetensors
 from ..models.loading import load_model, shipped_weights
 from ..runtime import Dist
 from .config import TrainConfig
@@ -107,7 +108,7 @@ def _loop_and_mixer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.nn.
     return loop, SampleMixer2D(cfg.data, cfg.synthetic, cfg.augment, cfg.train2d, policy)
 
 
-def _config(cfg: TrainConfig) -> Optional[dict]:
+def _config(cfg: TrainConfig) -> dict | None:
     if not cfg.model_overrides:
         return None
     from ..models.zoo import get_spec
@@ -160,12 +161,12 @@ class Trainer:
     def ckpt_root(self) -> Path:
         return self.out / "checkpoints"
 
-    def latest_checkpoint(self) -> Optional[Path]:
+    def latest_checkpoint(self) -> Path | None:
         found = sorted(self.ckpt_root.glob("step_*")) if self.ckpt_root.is_dir() else []
         found = [p for p in found if (p / "state.pt").is_file()]
         return found[-1] if found else None
 
-    def save(self) -> Optional[Path]:
+    def save(self) -> Path | None:
         if self.rank != 0:
             return None
         final = self.ckpt_root / f"step_{self.step:07d}"
@@ -184,7 +185,7 @@ class Trainer:
         log.info("saved %s", final)
         return final
 
-    def resume(self, path: Optional[Path] = None) -> bool:
+    def resume(self, path: Path | None = None) -> bool:
         """Load the latest (or given) checkpoint; returns False when there is none."""
         path = path or self.latest_checkpoint()
         if path is None:
@@ -203,7 +204,7 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
-    def export(self, path: Optional[Path] = None) -> Path:
+    def export(self, path: Path | None = None) -> Path:
         """Final weights (EMA when enabled) as voxprompt safetensors."""
         sd = self.model.state_dict()
         if self.ema is not None:
@@ -222,7 +223,7 @@ class Trainer:
         return [self.mixer.batch((self.cfg.seed, step, self.rank, m), self.cfg.batch_size)
                 for m in range(self.cfg.grad_accum)]
 
-    def train_step(self, batches: Optional[list] = None) -> dict[str, float]:
+    def train_step(self, batches: list | None = None) -> dict[str, float]:
         """One optimizer step; ``batches`` are this step's micro-batches (drawn here when None)."""
         cfg = self.cfg
         for g in self.opt.param_groups:
@@ -272,7 +273,7 @@ class Trainer:
             worker_init_fn=_worker_init, prefetch_factor=4, collate_fn=_as_is)
         return iter(loader)
 
-    def fit(self, steps: Optional[int] = None, progress: bool = True) -> Path:
+    def fit(self, steps: int | None = None, progress: bool = True) -> Path:
         """Train up to step ``steps`` (total; default ``cfg.steps``), saving every ``save_every``; export
         where it stops (also when the run was already there: nothing is trained then).
 
@@ -327,7 +328,7 @@ class _StepBatches(torch.utils.data.Dataset):
     """Map-style view ``step -> micro-batches`` so DataLoader workers draw batches in parallel
     while the result stays a pure function of the step (exact resume is unaffected)."""
 
-    def __init__(self, trainer: "Trainer") -> None:
+    def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
 
     def __len__(self) -> int:  # the sampler names the steps; a run extended past cfg.steps reads beyond this
@@ -350,7 +351,7 @@ class CsvLog:
 
     def __init__(self, path: Path, start_step: int) -> None:
         self.path = path
-        self.fields: Optional[list[str]] = None
+        self.fields: list[str] | None = None
         if path.is_file():
             with path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
@@ -403,7 +404,7 @@ def plot_log(csv_path: Path, png: Path) -> None:
     save_figure(fig, png, dpi=100)
 
 
-def train(cfg: TrainConfig, resume: bool = True, steps: Optional[int] = None, progress: bool = True) -> Path:
+def train(cfg: TrainConfig, resume: bool = True, steps: int | None = None, progress: bool = True) -> Path:
     """Run (or resume) a training run; returns the exported model path."""
     trainer = Trainer(cfg)
     if resume:

@@ -10,15 +10,14 @@ shown slice).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
 from ..errors import InputError
-from .figures import draw_mask, pyplot, save_figure
 from ..io.image import Image
-
+from .figures import draw_mask, pyplot, save_figure
 
 CT_SOFT_TISSUE = (-160.0, 240.0)  # W 400 / L 40 HU
 
@@ -31,7 +30,7 @@ def _window(arr: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
-def patient_axes(direction: np.ndarray) -> Optional[tuple[tuple[int, int, int], tuple[bool, bool, bool]]]:
+def patient_axes(direction: np.ndarray) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]] | None:
     """How to turn a (z, y, x) array to (S, P, L) order, every axis growing toward S, P, L (LPS):
     ``(perm, flip)`` for ``np.flip(arr.transpose(perm), [a for a in range(3) if flip[a]])``; None when
     the direction cosines do not pick a distinct world axis per index axis (then array order is shown)."""
@@ -63,8 +62,8 @@ def _point_to_patient(p: Sequence[int], shape_zyx: Sequence[int], turn) -> tuple
 
 
 def save_overlay(image: Image, mask_zyx: np.ndarray, out_path: str | os.PathLike,
-                 point_zyx: Optional[Sequence[int]] = None, title: str = "",
-                 clicks: Optional[Sequence[tuple[Sequence[int], bool]]] = None,
+                 point_zyx: Sequence[int] | None = None, title: str = "",
+                 clicks: Sequence[tuple[Sequence[int], bool]] | None = None,
                  neurological: bool = False) -> Path:
     """Write axial / coronal / sagittal slices through ``point_zyx`` with the mask and ``clicks``.
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from .figures import draw_mask, pyplot, save_figure
 
 def save_overlay_2d(rgb: np.ndarray, mask: np.ndarray, out_path: str | os.PathLike,
                     points: Sequence[tuple[Sequence[float], bool]] = (),
-                    box: Optional[Sequence[float]] = None, title: str = "") -> Path:
+                    box: Sequence[float] | None = None, title: str = "") -> Path:
     """Write the (H, W, 3) uint8 image with the mask in colour, points (+ green, - red) and the box.
 
     Points are ``((x, y), positive)``; the box is XYXY, in original pixels.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ def _pad_boxes(real: Sequence[int], window: int) -> list[list[slice]]:
 
 def _bias_2d(
     q_real: Tensor, tables: Sequence[Tensor], real: Sequence[int], window: int, pad: bool
-) -> tuple[Tensor, Optional[Tensor]]:
+) -> tuple[Tensor, Tensor | None]:
     """Bias of real queries ``(..., r0, r1, hd)`` vs real keys ``(..., L, Lr)`` and the log-sum-exp
     over the padded keys ``(..., L, 1)`` (None when nothing is padded)."""
     r0, r1 = real
@@ -69,7 +69,7 @@ def _bias_2d(
 
 def _bias_3d(
     q_real: Tensor, q_rows: Tensor, tables: Sequence[Tensor], real: Sequence[int], window: int, pad: bool
-) -> tuple[Tensor, Optional[Tensor]]:
+) -> tuple[Tensor, Tensor | None]:
     """3D version with SAM-Med3D's broadcast. ``q_real``: ``(.., dc, r1, r2, hd)`` real queries;
     ``q_rows``: ``(.., dc, r1, window, hd)`` the query vectors of the same (d, h) rows at every
     w position of the window (padded ones included)."""
@@ -100,7 +100,7 @@ def window_attention(
     qkv: Tensor,
     num_heads: int,
     scale: float,
-    tables: Optional[Sequence[Tensor]],
+    tables: Sequence[Tensor] | None,
     real: Sequence[int],
 ) -> Tensor:
     """Attention of the real queries of windows ``qkv`` ``(N, *window_shape, 3C)`` (the official
@@ -133,7 +133,7 @@ def window_attention(
         d1 = min(real[0], d0 + chunk)
         q_real = q_full[(Ellipsis, slice(d0, d1)) + real_idx[1:] + (slice(None),)]
         lq = (d1 - d0) * row
-        mask: Optional[Tensor] = None
+        mask: Tensor | None = None
         if tables is not None:
             first = tables[0][d0:d1]
             if nd == 2:
@@ -155,7 +155,7 @@ def window_attention(
     return out.permute(0, *range(2, 2 + nd), 1, 2 + nd).reshape(n_win, *real, c)
 
 
-def padded_qkv(qkv: Tensor, bias: Optional[Tensor], window: int) -> tuple[Tensor, tuple[int, ...]]:
+def padded_qkv(qkv: Tensor, bias: Tensor | None, window: int) -> tuple[Tensor, tuple[int, ...]]:
     """The official padded qkv grid: projections of the real tokens, ``bias`` (the projection of a
     zero token) at padded positions. ``qkv``: ``(B, *size, 3C)``."""
     b, *size, c3 = qkv.shape
@@ -173,10 +173,10 @@ def padded_qkv(qkv: Tensor, bias: Optional[Tensor], window: int) -> tuple[Tensor
 
 def windowed_block_attention(
     qkv: Tensor,
-    bias: Optional[Tensor],
+    bias: Tensor | None,
     num_heads: int,
     scale: float,
-    tables: Optional[Sequence[Tensor]],
+    tables: Sequence[Tensor] | None,
     window: int,
 ) -> Tensor:
     """Windowed attention of a whole grid, real queries only: ``(B, *size, 3C) -> (B, *size, C)``.
@@ -214,6 +214,7 @@ def windowed_block_attention(
         for i in range(nd):
             inv += [1 + i, 1 + nd + i]
         res = res.permute(*inv, 1 + 2 * nd).reshape(b, *[mi * ri for mi, ri in zip(m, real)], -1)
-        dst = (slice(None),) + tuple(slice(lo * window, lo * window + mi * ri) for (lo, _, _), mi, ri in zip(combo, m, real))
+        dst = (slice(None),) + tuple(slice(lo * window, lo * window + mi * ri)
+                                     for (lo, _, _), mi, ri in zip(combo, m, real))
         out[dst] = res
     return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +98,7 @@ def run_channels_last(seq: nn.Sequential, x: Tensor) -> Tensor:
     return channels_first(y)
 
 
-def run_patch_layout(seq: Iterable[nn.Module], x: Tensor) -> Optional[tuple[Tensor, int]]:
+def run_patch_layout(seq: Iterable[nn.Module], x: Tensor) -> tuple[Tensor, int] | None:
     """Run a stack of kernel==stride transposed convs (+ LayerNorms, activations) without ever
     reordering voxels: returns ``(y, levels)``, ``y`` of shape ``(B, *S, *k, *k, ..., C)`` (one
     ``k`` group per transposed conv, ``levels`` of them), and None for any other stack. Per-voxel
@@ -121,7 +121,7 @@ def run_patch_layout(seq: Iterable[nn.Module], x: Tensor) -> Optional[tuple[Tens
     return y, levels
 
 
-def _gemm(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
+def _gemm(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
     """``F.linear(x, w, bias)``; a weight stored in another dtype (mixed precision) runs the
     product in the weight's dtype and returns ``x``'s."""
     if w.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
@@ -129,7 +129,7 @@ def _gemm(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
     return F.linear(x.to(w.dtype), w, None if bias is None else bias.to(w.dtype)).to(x.dtype)
 
 
-def _convt_matrix(m: nn.Module, nd: int) -> tuple[Tensor, Optional[Tensor]]:
+def _convt_matrix(m: nn.Module, nd: int) -> tuple[Tensor, Tensor | None]:
     """A kernel==stride transposed conv as ``(Cin, k^n * Cout)`` and its bias, patch-major.
     Without autograd the pair is cached on the module until its weights change."""
     key = None
@@ -162,7 +162,7 @@ def _permutation_index(shape: tuple[int, ...], order: tuple[int, ...], device: t
         return torch.arange(math.prod(shape), device=device).view(shape).permute(*order).reshape(-1)
 
 
-def patch_layout_dot(seq: nn.Sequential, x: Tensor, hyper: Tensor, chunk: int = 512) -> Optional[tuple[Tensor, int]]:
+def patch_layout_dot(seq: nn.Sequential, x: Tensor, hyper: Tensor, chunk: int = 512) -> tuple[Tensor, int] | None:
     """``hyper @ seq(x)`` per voxel, for inference, in patch layout without ever materialising the
     full-resolution features: ``(B, M, *S, *k, .., *k)`` and the number of levels (for
     :func:`unshuffle`), or None when ``seq`` is not transposed convs ending in ``[ConvT, act]``.

@@ -40,16 +40,17 @@ import logging
 import secrets
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from ...version import __version__
 from ...io.image import Image
 from ...io.read import read_image
 from ...session import Prediction, Session, from_slicer_ijk
+from ...version import __version__
 from ..context import ServerContext
 from ..errors import BadRequest, ClientGone, LeaseGone, NotFound, Unauthorized
 from ..leases import Lease
@@ -79,7 +80,7 @@ def info(ctx: ServerContext) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- params
-def _params(raw: Optional[str]) -> dict[str, Any]:
+def _params(raw: str | None) -> dict[str, Any]:
     if raw is None or raw == "":
         return {}
     try:
@@ -135,7 +136,7 @@ def label_mask(label_in: Image, image: Image) -> np.ndarray:
 
 
 def apply_points(session: Session, labels: dict, label: str, fg: list, bg: list, reset: bool,
-                 step: Step = _direct, initial: Optional[np.ndarray] = None) -> dict[str, Any]:
+                 step: Step = _direct, initial: np.ndarray | None = None) -> dict[str, Any]:
     """Bring ``label``'s object to the state of (fg, bg); returns what was done.
 
     ``labels`` maps label name -> {"object": id, "fg": [...], "bg": [...]} (points already applied).
@@ -171,7 +172,7 @@ def apply_points(session: Session, labels: dict, label: str, fg: list, bg: list,
     entry["fg"], entry["bg"] = list(done_fg), list(done_bg)
     for p, positive in new:
         index = from_slicer_ijk(p)  # IJK -> array (k, j, i)
-        pred = step(lambda: session.add_point(index, positive=positive))
+        pred = step(lambda index=index, positive=positive: session.add_point(index, positive=positive))
         (entry["fg"] if positive else entry["bg"]).append(p)
     return {"object_id": entry["object"], "points_added": len(new), "replayed": not incremental,
             "label_in": initial is not None,
@@ -288,8 +289,8 @@ def make_router(ctx: ServerContext) -> APIRouter:
             return lease
 
     @r.post("/infer/{model}", dependencies=auth)
-    async def infer(model: str, request: Request, image: str = Query(""), session_id: Optional[str] = None,
-                    output: Optional[str] = None) -> Response:
+    async def infer(model: str, request: Request, image: str = Query(""), session_id: str | None = None,
+                    output: str | None = None) -> Response:
         if model != ctx.host.name:
             raise NotFound(f"model {model!r} not found; this server has {ctx.host.name!r}")
         if output not in (None, "", "all", "image", "json"):

@@ -11,7 +11,6 @@ a limit *before* allocating or decompressing anything.
 from __future__ import annotations
 
 import struct
-from typing import Optional
 
 import blosc2
 import numpy as np
@@ -55,7 +54,7 @@ def _fail(msg: str) -> BadRequest:
     return BadRequest(f"malformed NNIA array: {msg}")
 
 
-def unpack(buf: bytes, max_bytes: Optional[int] = None, what: str = "array") -> np.ndarray:
+def unpack(buf: bytes, max_bytes: int | None = None, what: str = "array") -> np.ndarray:
     """Parse an NNIA body; BadRequest (400) if malformed, TooLarge (413) above ``max_bytes``."""
     try:
         return _unpack(memoryview(buf), max_bytes, what)
@@ -63,7 +62,7 @@ def unpack(buf: bytes, max_bytes: Optional[int] = None, what: str = "array") -> 
         raise _fail("truncated") from None
 
 
-def _unpack(mv: memoryview, max_bytes: Optional[int], what: str) -> np.ndarray:
+def _unpack(mv: memoryview, max_bytes: int | None, what: str) -> np.ndarray:
     if len(mv) < 8:
         raise _fail("shorter than its 8-byte header")
     magic, version, codec, ndim, name_len = struct.unpack_from("<4sBBBB", mv, 0)

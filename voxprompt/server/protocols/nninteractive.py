@@ -53,20 +53,20 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from ...version import __version__
 from ...masks import Slices, union_box
 from ...session import Prediction, Session
+from ...version import __version__
 from ..context import ServerContext
 from ..errors import BadRequest
 from ..leases import Lease
-from ..security import check_size
 from ..model_host import autozoom_on, set_autozoom
+from ..security import check_size
 from . import nnia
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def _flag(meta: dict, key: str, default: bool) -> bool:
     return value
 
 
-def _spacing(meta: dict) -> Optional[list[float]]:
+def _spacing(meta: dict) -> list[float] | None:
     props = meta.get("image_properties") or {}
     if not isinstance(props, dict):
         raise BadRequest("image_properties must be a JSON object")
@@ -165,14 +165,14 @@ def _spacing(meta: dict) -> Optional[list[float]]:
     return [float(v) for v in sp]
 
 
-def _bbox_json(bbox: Optional[Slices]) -> Optional[list[list[int]]]:
+def _bbox_json(bbox: Slices | None) -> list[list[int]] | None:
     return None if bbox is None else [[int(s.start), int(s.stop)] for s in bbox]
 
 
 _CHANGED = object()  # prediction_response: take the bbox from the prediction
 
 
-def prediction_response(lease: Lease, ran: bool, pred: Optional[Prediction], changed: Any = _CHANGED) -> Response:
+def prediction_response(lease: Lease, ran: bool, pred: Prediction | None, changed: Any = _CHANGED) -> Response:
     """200 octet-stream: the target buffer's new contents inside the changed bbox (or nothing).
 
     ``changed``: the region to send when several steps ran (their union), else ``pred.changed_bbox``.
@@ -232,7 +232,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
     r = APIRouter(tags=["nnInteractive v2"])
     caps = capabilities(ctx)
 
-    def active(x_lease_token: Optional[str] = Header(None, alias=LEASE_HEADER)) -> Lease:
+    def active(x_lease_token: str | None = Header(None, alias=LEASE_HEADER)) -> Lease:
         return ctx.leases.get(x_lease_token, kind=KIND, active=True)
 
     @r.get("/healthz")
@@ -252,7 +252,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
                 "liveness_timeout_seconds": s.liveness_timeout_s, "max_sessions": ctx.leases.max_sessions}
 
     @r.post("/release", dependencies=auth)
-    def release(x_lease_token: Optional[str] = Header(None, alias=LEASE_HEADER)) -> dict:
+    def release(x_lease_token: str | None = Header(None, alias=LEASE_HEADER)) -> dict:
         ctx.leases.release(x_lease_token)
         return {"released": True}
 
@@ -261,7 +261,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
         return {"remaining_seconds": lease.remaining(ctx.leases.now())}
 
     @r.get("/lease_status", dependencies=auth)
-    def lease_status(x_lease_token: Optional[str] = Header(None, alias=LEASE_HEADER)) -> dict:
+    def lease_status(x_lease_token: str | None = Header(None, alias=LEASE_HEADER)) -> dict:
         lease = ctx.leases.peek(x_lease_token, kind=KIND)
         return {"remaining_seconds": lease.remaining(ctx.leases.now()),
                 "idle_timeout_seconds": lease.idle_timeout}
@@ -316,7 +316,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
         def do() -> dict:
             lease.state["autozoom"] = set_autozoom(lease.session, body.do_autozoom)
             if body.do_autozoom and not lease.state["autozoom"]:
-                log.info("lease %s…: auto-zoom requested but voxprompt.session.autozoom is unavailable", lease.token[:8])
+                log.info("lease %s…: auto-zoom requested but this session's planner cannot switch", lease.token[:8])
             return {}
 
         return await ctx.run_locked(lease, do)
@@ -352,7 +352,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
         ops, lease.state["pending"] = lease.state["pending"] + extra, []
         pred, changed = None, None
         for op in ops:
-            pred = ctx.model_step(lambda: _apply(lease.session, op))
+            pred = ctx.model_step(lambda op=op: _apply(lease.session, op))
             changed = union_box(changed, pred.changed_bbox)
         return prediction_response(lease, pred is not None, pred, changed)
 
