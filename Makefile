@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo clean web chromium
+.PHONY: install test lint demo clean web chromium
 
 $(STAMP): pyproject.toml requirements.txt requirements-ref.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# ruff (rules and per-file exceptions in pyproject.toml); `$(VENV)/bin/ruff check --fix` mends the mechanical ones.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # Debian's chromium for the browser viewer's Playwright test (skipped, with a message, without it).
 chromium:
