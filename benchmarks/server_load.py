@@ -11,12 +11,14 @@ own box and none of the other clients' boxes. Prints a table, writes benchmarks/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,30 @@ def client_run(url: str, i: int, n_clients: int, n_clicks: int, barrier: threadi
                    "masks_missing_own_object": empty}
 
 
+@contextlib.contextmanager
+def served(cmd: list[str], url: str) -> Iterator[subprocess.Popen]:
+    """``voxprompt serve`` started with ``cmd``, once ``url/healthz`` answers; stopped on exit."""
+    proc = subprocess.Popen(cmd)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start ({' '.join(cmd)})")
+            time.sleep(0.3)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def pct(v: list[float], q: float) -> float | None:
     return float(np.percentile(v, q)) if v else None
 
@@ -125,19 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "voxprompt", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--model", args.model, "--max-sessions", str(max(16, args.clients)), "--no-web"]
-    proc = subprocess.Popen(cmd)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not start ({' '.join(cmd)})")
-            time.sleep(0.3)
-
+    with served(cmd, url):
         out: dict[str, Any] = {}
         barrier = threading.Barrier(args.clients)
         threads = [threading.Thread(target=client_run, args=(url, i, args.clients, args.clicks, barrier, out))
@@ -148,12 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
     lat = [v for r in out.values() for v in r["latency_ms"]]
     errors = [e for r in out.values() for e in r["errors"]]

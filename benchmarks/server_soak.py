@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_utils import RESULTS, machine, write_json  # noqa: E402
-from server_load import SHAPE, clicks, free_port, volume  # noqa: E402
+from server_load import SHAPE, clicks, free_port, served, volume  # noqa: E402
 
 log = logging.getLogger("server_soak")
 
@@ -122,20 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "voxprompt", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--model", args.model, "--max-sessions", str(2 * args.clients + 4), "--no-web",
            "--idle-timeout", str(args.idle_timeout), "--restore-grace", str(args.restore_grace)]
-    proc = subprocess.Popen(cmd)
     samples: list[tuple[float, float]] = []
     out: dict[str, Any] = {}
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not start ({' '.join(cmd)})")
-            time.sleep(0.3)
+    with served(cmd, url) as proc:
         stop = threading.Event()
         threads = [threading.Thread(target=client_loop, args=(url, i, args, stop, out)) for i in range(args.clients)]
         t0 = time.monotonic()
@@ -152,12 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             t.join(timeout=120)
         samples.append((time.monotonic() - t0, rss_mb(proc.pid)))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
     errors = [e for r in out.values() for e in r["errors"]]
     summary = levelled(samples, args.tolerance)
