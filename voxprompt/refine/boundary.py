@@ -6,7 +6,7 @@ chosen on the training structures (``benchmarks/refine_band.py``, by DSC AUC + N
 scikit-image's solver (one CG solve per label, ``tol`` 1e-3, labels by argmax). At such a sharp beta
 the walker's linear system is badly conditioned and CG stops before the exact solution, so the
 results are those of the solver as configured. ``RefineConfig(solver="difference")`` solves once,
-for the label difference (:func:`voxprompt.walker.band_random_walker`): 1.24x faster per click in
+for the label difference (:func:`voxprompt.refine.walker.band_random_walker`): 1.24x faster per click in
 the median, 1.43x on the liver (``benchmarks/refine_speed.py``), but it did not win clearly: at the
 chosen setting it was ahead by less than noise on the training structures (DSC AUC 2.032 vs 2.030)
 and behind by as little on the held-out ones (2.067 vs 2.073; ``benchmarks/results/refine_solver_*.json``),
@@ -122,11 +122,11 @@ def draw_seed_balls(seeds: np.ndarray, points: Sequence[tuple[np.ndarray, int]],
 def solve_random_walker(data: np.ndarray, seeds: np.ndarray, beta: float, tol: float,
                         spacing: Sequence[float], prune: bool = False, difference: bool = False) -> np.ndarray:
     """scikit-image's random walker (Jacobi-preconditioned CG) on seeds 1 / 2; returns its labels.
-    3D bands run through :func:`voxprompt.walker.band_random_walker` (the same linear system, built
+    3D bands run through :func:`voxprompt.refine.walker.band_random_walker` (the same linear system, built
     on the undecided voxels only: identical labels, several times faster on a refinement crop).
     ``prune``: on the scikit-image path, seeds with no undecided neighbour leave its graph (label
     -1; they cannot change the system, so only the graph gets smaller). ``difference``: the band
-    walker's single solve (:func:`voxprompt.walker.band_random_walker`); the scikit-image path always
+    walker's single solve (:func:`voxprompt.refine.walker.band_random_walker`); the scikit-image path always
     solves per label."""
     from .walker import band_random_walker
 
