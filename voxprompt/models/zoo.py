@@ -25,8 +25,8 @@ def _sam_unet(depth: int) -> SamUNetConfig:
 
 # Compact SAM-Med3D-family model: 64^3 ROIs with 8^3 patches keep the official 8^3 token grid (and
 # 32^3 low-res logits) at a fraction of the cost; all blocks attend globally (512 tokens). Trained on
-# ROIs of 1.2-3 mm, run at 2.25 mm with a 9 mm boundary refinement band (both chosen on the training
-# structures: benchmarks/roi_spacing.py, benchmarks/refine_band.py).
+# ROIs of 1.2-3 mm; the shipped weights store the inference spacing and refinement band chosen for
+# them (docs/default-model.md).
 SMALL_MED3D = SamConfig(
     spatial_dims=3, img_size=64, in_chans=1, patch_size=8, embed_dim=192, depth=6, num_heads=6,
     global_attn_indexes=(0, 1, 2, 3, 4, 5), window_size=0, prompt_embed_dim=192, num_point_embeddings=2,

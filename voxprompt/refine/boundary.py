@@ -1,17 +1,15 @@
 """Boundary refinement: a model's mask re-decided at the image's own resolution by a random walker.
 
-The model sees the object on a coarse grid (the default model: 2.25 mm ROI voxels, logits at
-4.5 mm), so its boundary is placed only to within a few millimetres. Band 9 mm and beta 16000 were
-chosen on the training structures (``benchmarks/refine_band.py``, by DSC AUC + NSD AUC) with
+The model sees the object on a coarse grid (the default model's logits are several millimetres
+apart), so its boundary is placed only to within a few millimetres. The band and beta were chosen
+on the training structures (``benchmarks/refine_band.py``, by DSC AUC + NSD AUC) with
 scikit-image's solver (one CG solve per label, ``tol`` 1e-3, labels by argmax). At such a sharp beta
 the walker's linear system is badly conditioned and CG stops before the exact solution, so the
 results are those of the solver as configured. ``RefineConfig(solver="difference")`` solves once,
-for the label difference (:func:`voxprompt.refine.walker.band_random_walker`): 1.24x faster per click in
-the median, 1.43x on the liver (``benchmarks/refine_speed.py``), but it did not win clearly: at the
-chosen setting it was ahead by less than noise on the training structures (DSC AUC 2.032 vs 2.030)
-and behind by as little on the held-out ones (2.067 vs 2.073; ``benchmarks/results/refine_solver_*.json``),
-so the default stays scikit-image's per-label solve (``solver="labels"``). Changing the default
-solver or ``tol`` needs the selection re-run. :func:`refine_mask` keeps what
+for the label difference (:func:`voxprompt.refine.walker.band_random_walker`): faster, and level
+with the default within noise where it was measured (``benchmarks/results/refine_solver_*.json``,
+``refine_grid_solver_val_stage10.json``), so the default stays scikit-image's per-label solve
+(``solver="labels"``). Changing the default solver or ``tol`` needs the selection re-run. :func:`refine_mask` keeps what
 the model is sure of and lets the image decide the rest: voxels deeper than ``band_mm`` inside the
 mask are object seeds, voxels farther than ``band_mm`` outside are background seeds, each click
 is a seed ball of its own label, and scikit-image's random walker labels the band in between on

@@ -70,8 +70,8 @@ _PACKED_ACTS = {nn.ReLU: ("relu", ""), nn.GELU: ("gelu", "none")}
 
 def packed_linear(linear: nn.Linear, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor | None:
     """``act(linear(x))`` through oneDNN with a pre-packed weight, for CPU inference on a few rows
-    (the decoder's token MLPs: about 3x faster than the plain GEMM at 7 rows on a 2-core CPU, same
-    math in the weight's precision); ``None`` where it does not apply (autograd, tracing, GPU, many
+    (the decoder's token MLPs, where the plain GEMM's per-call overhead dominates; same math in the
+    weight's precision); ``None`` where it does not apply (autograd, tracing, GPU, many
     rows, another activation, no oneDNN), and the caller runs the plain layers. The packed weight
     is cached on the layer until its weight changes."""
     if (x.dtype not in (torch.float32, torch.bfloat16) or x.dtype in _PACKED_FAILED or x.device.type != "cpu"
