@@ -143,7 +143,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     _dicom_folder_output(args)
     if args.prompts is not None and wants_2d(args):
         raise UsageError(f"--prompts replays 3D sessions; {args.image} with --model {args.model} is 2D segmentation")
-    if wants_2d(args):  # 2D models, 2D images: voxprompt/segment2d_cli.py
+    if wants_2d(args):  # 2D models, 2D images: voxprompt/cli/segment2d.py
         return cmd_segment_2d(args)
     for flag, dest in TWO_D_FLAGS:  # never silently ignored
         if getattr(args, dest) not in (None, False):
@@ -254,7 +254,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
             "Prompt order: --mask-in first, then every --box in the order given, then every --point in the "
             "order given, then every --point-mm (a --point-mm typed before a --point still comes after it). "
             "--prompts FILE replays an ordered list of points, boxes and masks instead (JSON or CSV, IJK or "
-            "mm, see README) and cannot be combined with --point, --point-mm, --box or --mask-in."
+            "mm, see docs/segment.md) and cannot be combined with --point, --point-mm, --box or --mask-in."
         ),
     )
     s.add_argument("image", help="input image")
@@ -281,7 +281,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--prompts", metavar="FILE",
                    help="replay a saved interaction: a JSON or CSV file of points, boxes and masks in IJK or mm, "
                         "applied in the file's order (object 1 only; not with --point, --point-mm, --box or "
-                        "--mask-in; format in README and voxprompt/prompts.py)")
+                        "--mask-in; format in docs/segment.md and voxprompt/session/prompts.py)")
     s.add_argument("--mask-in", metavar="MASK", help="existing segmentation to start from")
     s.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"model name (default {DEFAULT_MODEL}: our compact SAM-Med3D-family model, shipped)")
