@@ -467,11 +467,12 @@ def test_cpu_allocator_setting(monkeypatch):
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         faults[setting] = float(out.stdout.split()[-1])
-    # Without the setting every click maps its MiB-sized temporaries afresh (about 1,100 faults
-    # here); with it they come from the heap. What remains varies with the machine and its load
-    # (25-100 seen: thread stacks, the first use of a pool), so the check is the ratio, which
-    # fails whenever the setting has no effect.
-    assert faults["0"] > 200, faults  # glibc's default does fault per click, or the test proves nothing
+    # Without the setting clicks map their MiB-sized temporaries afresh (150 to 1,100 faults per
+    # click seen: glibc's dynamic mmap threshold rises after some frees, by how much depends on the
+    # order of allocations); with it they come from the heap. What remains varies with the machine
+    # and its load (0-100 seen: thread stacks, the first use of a pool), so the check is the ratio,
+    # which fails whenever the setting has no effect.
+    assert faults["0"] > 50, faults  # glibc's default does fault per click, or the test proves nothing
     assert faults["0"] > 5 * max(faults["1"], 1.0), faults
 
 
