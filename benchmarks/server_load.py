@@ -109,8 +109,13 @@ def client_run(url: str, i: int, n_clients: int, n_clicks: int, barrier: threadi
 
 
 @contextlib.contextmanager
-def served(cmd: list[str], url: str) -> Iterator[subprocess.Popen]:
-    """``voxprompt serve`` started with ``cmd``, once ``url/healthz`` answers; stopped on exit."""
+def served(model: str, max_sessions: int, *extra: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``voxprompt serve`` on a free loopback port (``extra``: more flags), once its ``/healthz``
+    answers: ``(process, base url)``; stopped on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "voxprompt", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--model", model, "--max-sessions", str(max_sessions), "--no-web", *extra]
     proc = subprocess.Popen(cmd)
     try:
         deadline = time.monotonic() + 120
@@ -123,7 +128,7 @@ def served(cmd: list[str], url: str) -> Iterator[subprocess.Popen]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"server did not start ({' '.join(cmd)})")
             time.sleep(0.3)
-        yield proc
+        yield proc, url
     finally:
         proc.terminate()
         try:
@@ -147,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "voxprompt", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--model", args.model, "--max-sessions", str(max(16, args.clients)), "--no-web"]
-    with served(cmd, url):
+    with served(args.model, max(16, args.clients)) as (_, url):
         out: dict[str, Any] = {}
         barrier = threading.Barrier(args.clients)
         threads = [threading.Thread(target=client_run, args=(url, i, args.clients, args.clicks, barrier, out))

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_utils import RESULTS, machine, write_json  # noqa: E402
-from server_load import SHAPE, clicks, free_port, served, volume  # noqa: E402
+from server_load import SHAPE, clicks, served, volume  # noqa: E402
 
 log = logging.getLogger("server_soak")
 
@@ -115,14 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "voxprompt", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--model", args.model, "--max-sessions", str(2 * args.clients + 4), "--no-web",
-           "--idle-timeout", str(args.idle_timeout), "--restore-grace", str(args.restore_grace)]
     samples: list[tuple[float, float]] = []
     out: dict[str, Any] = {}
-    with served(cmd, url) as proc:
+    with served(args.model, 2 * args.clients + 4, "--idle-timeout", str(args.idle_timeout),
+                "--restore-grace", str(args.restore_grace)) as (proc, url):
         stop = threading.Event()
         threads = [threading.Thread(target=client_loop, args=(url, i, args, stop, out)) for i in range(args.clients)]
         t0 = time.monotonic()
