@@ -226,33 +226,29 @@ def test_viewer_api_refuses_cross_site_requests(model):
         assert h.get("/healthz", headers={"Origin": "http://evil.example"}).status_code == 200  # not a viewer route
 
 
+def _send_until_closed(port: int, data: bytes) -> tuple[bytes, float]:
+    """Send ``data`` on a new connection and read until the server closes it: (reply, seconds)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(data)
+        t0 = time.monotonic()
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    finally:
+        s.close()
+    return reply, time.monotonic() - t0
+
+
 def test_stalled_headers_get_408_and_are_closed(model, server_log):
     app = create_app(ServerSettings(header_timeout_s=1.0), model=model)
     server = BackgroundServer(app)
     with server:
-        replies = []
-        for partial in (b"", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"):  # nothing; half the headers
-            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            t0 = time.monotonic()
-            try:
-                s.sendall(partial)
-                reply = b""
-                while chunk := s.recv(65536):
-                    reply += chunk
-            finally:
-                s.close()
-            replies.append((reply, time.monotonic() - t0))
-        # a kept-alive connection: the second request's headers stall
-        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        try:
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /healthz HTTP/1.1\r\n")
-            t0 = time.monotonic()
-            reply = b""
-            while chunk := s.recv(65536):
-                reply += chunk
-        finally:
-            s.close()
-        replies.append((reply, time.monotonic() - t0))
+        sends = (b"",  # nothing
+                 b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n",  # half the headers
+                 # a kept-alive connection: the second request's headers stall
+                 b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /healthz HTTP/1.1\r\n")
+        replies = [_send_until_closed(server.port, data) for data in sends]
         assert httpx.get(f"{server.url}/healthz").status_code == 200  # a prompt client is served as before
     for reply, elapsed in replies:
         assert b"408 Request Timeout" in reply, reply[:300]
