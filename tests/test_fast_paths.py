@@ -426,9 +426,10 @@ def test_packed_linear_for_few_rows():
 
 
 def test_cpu_allocator_setting(monkeypatch):
-    """glibc keeps a click's temporaries in its heap once ``configure_cpu_allocator`` ran (no
-    page faults per click in a process that has not run an encoder); the user's own malloc
-    settings and the opt-out are respected."""
+    """Once ``configure_cpu_allocator`` ran, glibc serves a 31 MiB block from its heap and keeps it
+    there when freed (a click's temporaries are reused instead of mapped afresh); without it, a
+    fresh process maps the block and unmaps it on free. The user's own malloc settings and the
+    opt-out are respected."""
     import subprocess
     import sys
 
@@ -442,38 +443,37 @@ def test_cpu_allocator_setting(monkeypatch):
     assert fast.configure_cpu_allocator() is False
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc only")
-    # a SAM-Med3D-sized decoder (its temporaries are MiB-sized) with a one-block encoder, in a
-    # fresh process per setting: page faults per click with and without the setting
+    # mallinfo2 (glibc >= 2.33) counts mmapped blocks (hblks) and free heap bytes (fordblks): both
+    # are exact, unlike page-fault counts, which depend on glibc's dynamic threshold and the load
     script = (
-        "import os, resource, torch, voxprompt\n"
-        "from voxprompt import SamConfig\n"
+        "import ctypes, os\n"
         "from voxprompt.runtime import configure_cpu_allocator\n"
         "assert configure_cpu_allocator() == (os.environ['VOXPROMPT_CPU_ALLOCATOR'] == '1')\n"
-        "cfg = SamConfig(spatial_dims=3, img_size=128, in_chans=1, patch_size=16, embed_dim=32, depth=1,"
-        " num_heads=2, global_attn_indexes=(0,), prompt_embed_dim=384, num_point_embeddings=2)\n"
-        "m = voxprompt.load_model('sam-med3d', pretrained=False, config=cfg)\n"
-        "emb = torch.randn(1, 384, 8, 8, 8); prev = torch.randn(1, 1, 32, 32, 32)\n"
-        "pts = (torch.full((1, 1, 3), 64.0), torch.ones(1, 1, dtype=torch.int64))\n"
-        "with torch.inference_mode():\n"
-        "    for i in range(13):\n"
-        "        if i == 3: f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        "        m.decode(emb, points=pts, mask_input=prev)\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10)\n"
+        "class Info(ctypes.Structure):\n"
+        "    _fields_ = [(k, ctypes.c_size_t) for k in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd',"
+        " 'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]\n"
+        "libc = ctypes.CDLL('libc.so.6')\n"
+        "libc.mallinfo2.restype = Info\n"
+        "libc.malloc.restype = ctypes.c_void_p; libc.malloc.argtypes = [ctypes.c_size_t]\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "n = 31 << 20\n"
+        "before = libc.mallinfo2().hblks\n"
+        "p = libc.malloc(n); ctypes.memset(p, 1, n)\n"
+        "mapped = libc.mallinfo2().hblks - before\n"
+        "libc.free(p)\n"
+        "print(mapped, int(libc.mallinfo2().fordblks >= n))\n"
     )
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
-    faults = {}
+    result = {}
     for setting in ("1", "0"):
         out = subprocess.run([sys.executable, "-c", script], env={**env, "VOXPROMPT_CPU_ALLOCATOR": setting},
                              capture_output=True, text=True, timeout=300)
+        if "mallinfo2" in out.stderr:
+            pytest.skip("glibc older than 2.33 (no mallinfo2)")
         assert out.returncode == 0, out.stderr
-        faults[setting] = float(out.stdout.split()[-1])
-    # Without the setting clicks map their MiB-sized temporaries afresh (150 to 1,100 faults per
-    # click seen: glibc's dynamic mmap threshold rises after some frees, by how much depends on the
-    # order of allocations); with it they come from the heap. What remains varies with the machine
-    # and its load (0-100 seen: thread stacks, the first use of a pool), so the check is the ratio,
-    # which fails whenever the setting has no effect.
-    assert faults["0"] > 50, faults  # glibc's default does fault per click, or the test proves nothing
-    assert faults["0"] > 5 * max(faults["1"], 1.0), faults
+        result[setting] = tuple(int(v) for v in out.stdout.split()[-2:])
+    assert result["1"] == (0, 1), result  # from the heap, kept there when freed
+    assert result["0"] == (1, 0), result  # glibc's default: mapped, unmapped on free
 
 
 def test_compiled_decoder_follows_prompt_counts(tiny_med3d):

@@ -65,8 +65,8 @@ def configure_cpu_allocator() -> bool:
     returned to the OS); returns True when the setting is in force.
 
     glibc serves large blocks with fresh ``mmap``s and trims its heap eagerly, so every click of a
-    3D decoder (a few MiB of temporaries) page-faults again (``tests/test_fast_paths.py`` counts the
-    faults with and without the setting). Process-wide, once; a no-op off glibc, when the user sets
+    3D decoder (a few MiB of temporaries) can page-fault again, depending on the order of earlier
+    frees (glibc's dynamic threshold). Process-wide, once; a no-op off glibc, when the user sets
     ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` themselves, or with
     ``VOXPROMPT_CPU_ALLOCATOR=0``. The cost: up to 256 MiB of freed memory stays mapped.
     """
