@@ -13,6 +13,7 @@ from .boundary import (
                        resolve_refine,
                        solve_random_walker,
 )
+from .walker import RefineCancelled
 
 __all__ = ["RefineConfig", "refine_mask", "resolve_refine", "band_seeds", "normalise_window", "draw_seed_balls",
-           "solve_random_walker", "grid_factors"]
+           "solve_random_walker", "grid_factors", "RefineCancelled"]

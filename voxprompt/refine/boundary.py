@@ -23,6 +23,7 @@ The random-walker primitives here are shared with the classical baseline
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError, UsageError
+from .walker import band_random_walker, check_cancel
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +120,22 @@ def draw_seed_balls(seeds: np.ndarray, points: Sequence[tuple[np.ndarray, int]],
 
 
 def solve_random_walker(data: np.ndarray, seeds: np.ndarray, beta: float, tol: float,
-                        spacing: Sequence[float], prune: bool = False, difference: bool = False) -> np.ndarray:
+                        spacing: Sequence[float], prune: bool = False, difference: bool = False,
+                        cancel: threading.Event | None = None) -> np.ndarray:
     """scikit-image's random walker (Jacobi-preconditioned CG) on seeds 1 / 2; returns its labels.
     3D bands run through :func:`voxprompt.refine.walker.band_random_walker` (the same linear system, built
     on the undecided voxels only: identical labels, several times faster on a refinement crop).
     ``prune``: on the scikit-image path, seeds with no undecided neighbour leave its graph (label
     -1; they cannot change the system, so only the graph gets smaller). ``difference``: the band
     walker's single solve (:func:`voxprompt.refine.walker.band_random_walker`); the scikit-image path always
-    solves per label."""
-    from .walker import band_random_walker
-
-    labels = band_random_walker(np.asarray(data, dtype=np.float64), seeds, beta, tol, spacing, difference)
+    solves per label. ``cancel``: see :func:`~voxprompt.refine.walker.band_random_walker` (the
+    scikit-image path checks it before its solve only)."""
+    labels = band_random_walker(np.asarray(data, dtype=np.float64), seeds, beta, tol, spacing, difference, cancel)
     if labels is not None:
         return labels
     from skimage.segmentation import random_walker  # optional dependency
 
+    check_cancel(cancel)
     if prune:
         seeds = np.where((seeds > 0) & ~ndimage.binary_dilation(seeds == 0), -1, seeds)
 
@@ -173,22 +176,23 @@ def _block_mean(a: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 
 def _refine_two_level(img: np.ndarray, m: np.ndarray, points: Sequence[Point], sp: np.ndarray, f: np.ndarray,
-                      cfg: RefineConfig) -> np.ndarray:
+                      cfg: RefineConfig, cancel: threading.Event | None) -> np.ndarray:
     """:func:`refine_mask` in two passes: the full band on ``f``-block means of ``img`` and ``m``, then
     a band of one block around that result on the image's own grid (where the blocks' stair-steps lie)."""
     from dataclasses import replace
 
     coarse = refine_mask(_block_mean(img, f), _block_mean(m, f) >= 0.5,
                          [(np.asarray(p, dtype=int) // f, lab) for p, lab in points], sp * f,
-                         replace(cfg, grid_mm=0.0))
+                         replace(cfg, grid_mm=0.0), cancel)
     for axis, k in enumerate(f):
         coarse = np.repeat(coarse, int(k), axis=axis)
     coarse = coarse[tuple(slice(0, n) for n in m.shape)]
-    return refine_mask(img, coarse, points, sp, replace(cfg, grid_mm=0.0, band_mm=float(np.max(sp * f))))
+    return refine_mask(img, coarse, points, sp, replace(cfg, grid_mm=0.0, band_mm=float(np.max(sp * f))), cancel)
 
 
 def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
-                spacing: Sequence[float], config: RefineConfig | None = None) -> np.ndarray:
+                spacing: Sequence[float], config: RefineConfig | None = None,
+                cancel: threading.Event | None = None) -> np.ndarray:
     """``mask`` with its boundary re-decided on ``image``'s grid (module docstring).
 
     ``points``: clicks as (index in ``image``, label 1/0); indices outside the array are ignored.
@@ -197,6 +201,9 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
     and only a band of one block around its result is walked on the image's own grid: the cost of a
     click follows the object's size in millimetres rather than the scanner's resolution, and the
     boundary is still placed at the image's resolution.
+
+    ``cancel``: when set (from another thread), the work stops within one solver iteration with
+    :class:`~voxprompt.refine.walker.RefineCancelled`.
     """
     cfg = config or RefineConfig()
     img, m = np.asarray(image), np.asarray(mask, dtype=bool)
@@ -216,10 +223,12 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
     if np.any(f > 1):
         out = m.copy()
         out[crop] = _refine_two_level(img[crop], m[crop], [(np.asarray(p, dtype=int) - lo, lab) for p, lab in points],
-                                   sp, f, cfg)
+                                   sp, f, cfg, cancel)
         return out
     clicks = [(np.asarray(p, dtype=int) - lo, 1 if int(lab) else 2) for p, lab in points]
+    check_cancel(cancel)
     seeds = band_seeds(m[crop], clicks, sp, cfg)
+    check_cancel(cancel)
     unknown = int((seeds == 0).sum())
     if unknown == 0 or not (seeds == 2).any() or not (seeds == 1).any():
         return m.copy()
@@ -231,7 +240,7 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
     if not np.ptp(data) > 0:  # a flat crop has no edges to follow
         return m.copy()
     labels = solve_random_walker(data, seeds, cfg.beta, cfg.tol, sp, prune=True,
-                                 difference=cfg.solver == "difference")
+                                 difference=cfg.solver == "difference", cancel=cancel)
     out = m.copy()
     out[crop] = (labels == 1) | (seeds == 1)
     return out

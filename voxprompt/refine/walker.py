@@ -23,6 +23,7 @@ runs scikit-image itself.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,16 +33,31 @@ from scipy.sparse.linalg import cg
 EPS = 1.0e-10  # scikit-image's weight floor
 
 
+class RefineCancelled(Exception):
+    """A refinement stopped because its ``cancel`` event was set (its result is no longer wanted)."""
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    """Raise :class:`RefineCancelled` when ``cancel`` is set."""
+    if cancel is not None and cancel.is_set():
+        raise RefineCancelled("refinement cancelled")
+
+
 def band_random_walker(data: np.ndarray, labels: np.ndarray, beta: float, tol: float,
-                       spacing: Sequence[float], difference: bool = False) -> np.ndarray | None:
+                       spacing: Sequence[float], difference: bool = False,
+                       cancel: threading.Event | None = None) -> np.ndarray | None:
     """Labels as ``random_walker(data, labels, beta, mode="cg_j", tol=tol, spacing=spacing)`` returns
     them (``labels`` with every 0 replaced by 1 or 2), or ``None`` outside this function's scope.
 
     ``difference=True``: one CG solve instead of two, on the difference of the two right-hand
     sides (same matrix, preconditioner and tolerance); a voxel takes label 1 where the solution is
     >= 0. With exact solves this is scikit-image's argmax (the system is linear); stopped at
-    ``tol`` it is a different early-stopped answer, at half the cost."""
+    ``tol`` it is a different early-stopped answer, at half the cost.
+
+    ``cancel``: checked after the set-up and at every CG iteration; when set, :class:`RefineCancelled`
+    is raised (a session drops a refinement the user's next prompt has made stale)."""
     system = band_system(data, labels, beta, spacing)
+    check_cancel(cancel)
     if system is None:
         return None
     lap, rhs, unknown = system
@@ -53,11 +69,12 @@ def band_random_walker(data: np.ndarray, labels: np.ndarray, beta: float, tol: f
         return out
     n = unknown.size
     precond = sparse.dia_array((1.0 / lap.diagonal(), 0), shape=(n, n))
+    callback = None if cancel is None else (lambda _x: check_cancel(cancel))
     if difference:
-        d = cg(lap, rhs[:, [0]] - rhs[:, [1]], rtol=tol, atol=0, M=precond)[0]
+        d = cg(lap, rhs[:, [0]] - rhs[:, [1]], rtol=tol, atol=0, M=precond, callback=callback)[0]
         flat[unknown] = np.where(d >= 0, 1, 2)
         return out
-    solved = [cg(lap, rhs[:, [k]], rtol=tol, atol=0, M=precond)[0] for k in (0, 1)]
+    solved = [cg(lap, rhs[:, [k]], rtol=tol, atol=0, M=precond, callback=callback)[0] for k in (0, 1)]
     flat[unknown] = np.argmax(np.asarray(solved), axis=0) + 1
     return out
 

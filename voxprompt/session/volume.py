@@ -74,6 +74,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -87,6 +88,7 @@ from ..io.read import read_image
 from ..masks import Slices, bbox_of, within
 from ..preprocess import Roi, roi_for_label
 from ..refine import RefineConfig, refine_mask, resolve_refine
+from .background import RefineJob
 from .objects import ObjectsMixin, box_corners, point_index, unshared_mask
 from .planning import ROI_SPACING_MM, BaseStage, CenteredRoiPlanner, Expansion, RoiPlanner
 from .roi_predictor import EMBEDDING_CACHE_SIZE, RoiPredictor, roi_key
@@ -181,6 +183,7 @@ class Prediction:
     tiles: int = 0
     low_confidence: bool = False
     warning: str | None = None
+    refining: bool = False  # the boundary refinement of this mask is still running (refine_background)
 
 
 @dataclass
@@ -205,6 +208,19 @@ class _Object:
     logits: torch.Tensor | None = None  # (1, 1, 32, 32, 32) raw low-res logits
     score: float | None = None
     history: list = field(default_factory=list)
+
+
+@dataclass
+class _Later:
+    """A background refinement's inputs: the step it amends and the fast block before clip and clean."""
+
+    obj: _Object
+    step: _VolumeStep
+    region: Slices
+    block: np.ndarray
+    clicks: list
+    clip: tuple[np.ndarray, np.ndarray] | None
+    roi: Roi | None  # set after an expansion: the committed mask becomes the next click's prior
 
 
 def _box_centre(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -265,13 +281,21 @@ class Session(ObjectsMixin):
     heads are not calibrated against real Dice either). A result is flagged as well when its mask
     is empty after a positive prompt (a click or a box: empty inside the box) or when the object's
     last positive click lies outside it; the sentence gives the click as an array index.
+
+    ``refine_background``: return the model's mask at once (``Prediction.refining`` True) and refine
+    its boundary in a worker thread (:mod:`voxprompt.session.background`); :meth:`wait_refined`
+    returns the refined result, and ``mask``/``label_map`` show it once it is ready. The next
+    prompt, undo, reset or image cancels a refinement that has not finished (that step keeps the
+    model's mask). Off by default: every call then returns its final mask. Like the rest of the
+    session, call it from one thread at a time.
     """
 
     _object_type = _Object
 
     def __init__(self, model: torch.nn.Module | None = None, device: str | torch.device | None = None,
                  planner: RoiPlanner | None = None, refine: bool | RefineConfig | None = None,
-                 clean: bool | None = None, low_confidence_iou: float = LOW_CONFIDENCE_IOU) -> None:
+                 clean: bool | None = None, low_confidence_iou: float = LOW_CONFIDENCE_IOU,
+                 refine_background: bool = False) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
@@ -290,6 +314,8 @@ class Session(ObjectsMixin):
         self.device = self.predictor.device
         self.refine: RefineConfig | None = resolve_refine(refine, model.cfg)
         self.clean: bool = resolve_clean(clean, model.cfg)
+        self.refine_background = bool(refine_background)
+        self._job: RefineJob | None = None
         try:
             self.low_confidence_iou = float(low_confidence_iou)
         except (TypeError, ValueError):
@@ -304,6 +330,7 @@ class Session(ObjectsMixin):
     def set_image(self, image: ImageLike, spacing: Sequence[float] | None = None,
                   affine: np.ndarray | None = None) -> None:
         """Set the volume (path, Image, or array in the caller's axis order); clears all objects."""
+        self._settle(cancel=True)
         if isinstance(image, Image):
             if spacing is not None or affine is not None:
                 raise UsageError("spacing/affine apply to arrays only; an Image carries its geometry")
@@ -415,16 +442,20 @@ class Session(ObjectsMixin):
         return bbox
 
     def _prediction(self, obj: _Object, changed: Slices | None, prob: np.ndarray | None = None,
-                    expansion: Expansion | None = None) -> Prediction:
+                    expansion: Expansion | None = None, object_id: int | None = None) -> Prediction:
         if prob is None and obj.logits is not None:
             with torch.inference_mode():
                 prob = self.predictor.probabilities(obj.logits).cpu().numpy()
         roi_bbox = self.predictor.coverage(obj.roi)[0] if obj.roi is not None else None
         extra = {} if expansion is None else {"zooms": tuple(expansion.zooms), "tiles": expansion.tiles}
         warning = self._warning(obj)
-        return Prediction(mask=self.mask, probabilities=prob, changed_bbox=changed, score=obj.score,
-                          roi=obj.roi, object_id=self._current, roi_bbox=roi_bbox,
-                          low_confidence=warning is not None, warning=warning, **extra)
+        mask = obj.mask.view()
+        mask.flags.writeable = False
+        job = self._job
+        return Prediction(mask=mask, probabilities=prob, changed_bbox=changed, score=obj.score,
+                          roi=obj.roi, object_id=self._current if object_id is None else object_id,
+                          roi_bbox=roi_bbox, low_confidence=warning is not None, warning=warning,
+                          refining=job is not None and job.context.obj is obj, **extra)
 
     def _warning(self, obj: _Object) -> str | None:
         """Why the object's current result looks poor (one sentence), or None (see the class docstring)."""
@@ -463,16 +494,86 @@ class Session(ObjectsMixin):
                                                                       mask=candidate, region=region))
             if expansion is not None:
                 region, block = expansion.region, expansion.mask[expansion.region]
+        later = None
         if region is not None and self.refine is not None:
-            block = self._refined(region, block, clicks)
+            if self.refine_background:
+                later = _Later(obj, obj.history[-1], region, block, clicks, clip, roi if expansion else None)
+            else:
+                block = self._refined(region, block, clicks)
+        changed = self._finish(obj, roi, region, block, clip, expansion is not None)
+        if later is not None:
+            self._job = RefineJob(lambda cancel: self._refined(later.region, later.block, later.clicks, cancel), later)
+        return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
+
+    def _finish(self, obj: _Object, roi: Roi, region: Slices | None, block: np.ndarray | None,
+                clip: tuple[np.ndarray, np.ndarray] | None, prior: bool) -> Slices | None:
+        """Clip, clean and commit a new block on ``region``; the changed bbox. ``prior``: the logits
+        fed to the next click become the committed mask's (after an expansion)."""
         if region is not None and clip is not None:
             block = _clip_block(obj.mask[region], block, region, clip)
         if region is not None and self.clean:
             block = self._cleaned(obj, region, block, clip)
         changed = self._commit(obj, None if region is None else (region, block))
-        if expansion is not None:  # later clicks in this ROI refine what is shown, not the cut-off logits
+        if prior:  # later clicks in this ROI refine what is shown, not the cut-off logits
             obj.logits = self.predictor.prior(obj.mask, roi)
-        return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
+        return changed
+
+    # ------------------------------------------------------------------ refinement after the fast mask
+    def _settle(self, cancel: bool) -> Prediction | None:
+        """Apply a finished background refinement (its Prediction); ``cancel``: stop one still running."""
+        job = self._job
+        if job is None or not (job.done or cancel):
+            return None
+        if not job.done:
+            job.stop()
+        self._job = None
+        later, refined = job.context, job.result
+        obj = later.obj
+        oid = next((k for k, o in self._objects.items() if o is obj), None)
+        if refined is None or oid is None or not obj.history or obj.history[-1] is not later.step:
+            return None  # cancelled, failed, or the object has moved on
+        fast = obj.mask[later.region].copy()
+        if later.step.bbox is not None:  # back to the state before the step, then the step again, refined
+            unshared_mask(obj)[later.step.bbox] = later.step.old_block
+        self._finish(obj, later.roi, later.region, refined, later.clip, later.roi is not None)
+        local = bbox_of(fast != obj.mask[later.region])
+        changed = None if local is None else within(later.region, local)
+        return self._prediction(obj, changed, object_id=oid)
+
+    @property
+    def refining(self) -> bool:
+        """Whether a background refinement is still running."""
+        return self._job is not None and not self._job.done
+
+    def wait_refined(self, timeout: float | None = None) -> Prediction | None:
+        """Wait for the background refinement of the last prompt and apply it.
+
+        Returns its Prediction (for the object it refined; ``changed_bbox`` relative to the mask
+        returned at once), or None when nothing was pending, it was cancelled, or ``timeout``
+        seconds passed first (``refining`` then still says True)."""
+        job = self._job
+        if job is None or not job.wait(timeout):
+            return None
+        return self._settle(cancel=False)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Current object's mask (read-only bool, image shape; later calls never change it), refined
+        when a background refinement has finished."""
+        self._settle(cancel=False)
+        return super().mask
+
+    def label_map(self) -> np.ndarray:
+        self._settle(cancel=False)
+        return super().label_map()
+
+    def new_object(self) -> int:
+        self._settle(cancel=False)
+        return super().new_object()
+
+    def select_object(self, object_id: int) -> None:
+        self._settle(cancel=False)
+        super().select_object(object_id)
 
     def _cleaned(self, obj: _Object, region: Slices, block: np.ndarray,
                  clip: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
@@ -507,17 +608,19 @@ class Session(ObjectsMixin):
         padded[editable] = cleaned[editable]
         return padded[inner]
 
-    def _refined(self, region: Slices, block: np.ndarray, clicks: list) -> np.ndarray:
+    def _refined(self, region: Slices, block: np.ndarray, clicks: list,
+                 cancel: threading.Event | None = None) -> np.ndarray:
         """``block`` (the object's new mask on ``region``) with its boundary refined on the image grid."""
         img = self._img()
         start = np.array([r.start for r in region])
         points = [(np.floor(np.asarray(p, dtype=float) + 0.5).astype(int) - start, lab) for p, lab in clicks]
-        return refine_mask(img.array[region], block, points, img.spacing[::-1], self.refine)
+        return refine_mask(img.array[region], block, points, img.spacing[::-1], self.refine, cancel)
 
     # ------------------------------------------------------------------ prompts
     def add_point(self, index: Sequence[float], positive: bool = True) -> Prediction:
         """Click at an array index (caller's axis order); refine in the current ROI or open one."""
         idx = self._index(index)
+        self._settle(cancel=True)
         obj = self._obj
         with torch.inference_mode():
             roi = self.planner.plan(self._img(), idx.astype(float), obj.roi)
@@ -535,6 +638,7 @@ class Session(ObjectsMixin):
     def add_box(self, lo: Sequence[int], hi: Sequence[int]) -> Prediction:
         """Box [lo, hi) in array indices (3D, or 2D with hi = lo + 1 on one axis); see module doc."""
         a, b = self._box(lo, hi)
+        self._settle(cancel=True)
         img = self._img()
         obj = self._obj
         center = _box_centre(a, b)
@@ -572,6 +676,7 @@ class Session(ObjectsMixin):
         """Make ``mask`` (nonzero = object, full image shape) the object's mask and next mask_input."""
         img = self._img()
         m = self._mask_prompt(mask)
+        self._settle(cancel=True)
         obj = self._obj
         with torch.inference_mode():
             roi, logits = None, None
@@ -598,11 +703,13 @@ class Session(ObjectsMixin):
 
     def undo(self) -> Prediction:
         """Revert the current object's last prompt exactly (mask, prompts, logits)."""
+        self._settle(cancel=True)
         changed = self._undo_last()
         return self._prediction(self._obj, changed)
 
     def reset(self) -> Prediction:
         """Clear the current object (mask, prompts, ROI and undo history)."""
+        self._settle(cancel=True)
         changed = self._clear_current()
         return self._prediction(self._obj, changed)
 
