@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +13,8 @@ from typing import TypeVar
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from ..masks import union_box
+from ..session import Prediction, Session
 from .errors import ClientGone, LeaseGone, TooLarge
 from .leases import Lease, LeaseManager
 from .model_host import ModelHost
@@ -94,6 +97,20 @@ class ServerContext:
             raise ClientGone("the client disconnected; the remaining steps were not run")
         with self.host.lock:
             return fn()
+
+    def prompt_step(self, session: Session, fn: Callable[[], Prediction],
+                    gone: threading.Event | None = None) -> Prediction:
+        """One prompt: its model step (:meth:`model_step`), then its boundary refinement, which the
+        sessions run in the background (``ModelHost.new_session``) and which is awaited here with
+        the model lock released, so other users' model steps run meanwhile. Returns the refined
+        prediction, its ``changed_bbox`` covering both parts."""
+        pred = self.model_step(fn, gone)
+        if not pred.refining:
+            return pred
+        done = session.wait_refined()
+        if done is None:
+            return pred
+        return dataclasses.replace(done, changed_bbox=union_box(pred.changed_bbox, done.changed_bbox))
 
     @asynccontextmanager
     async def disconnect_event(self, request: Request) -> AsyncIterator[threading.Event]:

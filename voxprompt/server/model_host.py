@@ -108,7 +108,11 @@ class FairLock:
 
 
 class ModelHost:
-    """One model shared by every lease; ``lock`` (first come, first served) serialises model steps."""
+    """One model shared by every lease; ``lock`` (first come, first served) serialises model steps.
+
+    Its sessions refine boundaries in the background (``Session(refine_background=True)``), so a
+    request waits for the refinement of its prompt without holding ``lock``
+    (:meth:`~voxprompt.server.context.ServerContext.prompt_step`)."""
 
     autozoom_available = True  # reported to nnInteractive clients (auto-zoom always ships)
 
@@ -130,7 +134,7 @@ class ModelHost:
     def new_session(self) -> Session:
         return Session(self.model, device=self.device,
                        planner=AutoZoomSwitch(enabled=self.autozoom_default),
-                       refine=self.refine, clean=self.clean)
+                       refine=self.refine, clean=self.clean, refine_background=True)
 
 
 def set_autozoom(session: Session, enabled: bool) -> bool:

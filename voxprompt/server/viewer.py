@@ -161,10 +161,11 @@ def make_router(ctx: ServerContext) -> APIRouter:
         def do() -> dict:
             img = lease.session.image
             ijk = body.ijk if body.ijk is not None else ras_to_file_ijk(nifti_affine(img), body.mm)
-            pred = lease.session.add_point(from_slicer_ijk([float(v) for v in ijk]), positive=body.positive)
+            index = from_slicer_ijk([float(v) for v in ijk])
+            pred = ctx.prompt_step(lease.session, lambda: lease.session.add_point(index, positive=body.positive))
             return _summary(lease, pred)
 
-        return await ctx.run_locked(lease, do, model=True)
+        return await ctx.run_locked(lease, do)
 
     @r.post("/{token}/undo", dependencies=auth)
     async def undo(token: str) -> dict:

@@ -318,8 +318,8 @@ def make_router(ctx: ServerContext) -> APIRouter:
                 initial = None
                 if label_in is not None:
                     initial = label_mask(read_uploaded([label_in], max_bytes=ctx.image_limit_bytes), img)
-                done = apply_points(session, labels, label, fg, bg, reset, step=lambda fn: ctx.model_step(fn, gone),
-                                    initial=initial)
+                done = apply_points(session, labels, label, fg, bg, reset,
+                                    step=lambda fn: ctx.prompt_step(session, fn, gone), initial=initial)
                 return done, np.asarray(session.mask, dtype=np.uint8)
 
             try:

@@ -47,7 +47,9 @@ tools. ``channel_mapping``, ``num_interaction_channels``, ``interaction_decay`` 
 ``preferred_scribble_thickness`` are placeholders that matter only to nnInteractive's internals.
 
 Model steps take the shared (first come, first served) model lock one at a time, so a flushed queue
-lets other users' clicks through between its steps.
+lets other users' clicks through between its steps; each step's boundary refinement runs after
+the lock is released (:meth:`~voxprompt.server.context.ServerContext.prompt_step`), and the response
+carries the refined mask.
 """
 from __future__ import annotations
 
@@ -352,7 +354,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
         ops, lease.state["pending"] = lease.state["pending"] + extra, []
         pred, changed = None, None
         for op in ops:
-            pred = ctx.model_step(lambda op=op: _apply(lease.session, op))
+            pred = ctx.prompt_step(lease.session, lambda op=op: _apply(lease.session, op))
             changed = union_box(changed, pred.changed_bbox)
         return prediction_response(lease, pred is not None, pred, changed)
 
