@@ -476,6 +476,26 @@ def test_cpu_allocator_setting(monkeypatch):
     assert result["0"] == (1, 0), result  # glibc's default: mapped, unmapped on free
 
 
+def test_single_thread_blas_covers_numpy_and_scipy():
+    """Both OpenBLAS copies (numpy's and SciPy's, loaded on demand) run one thread per call afterwards,
+    in a fresh process with two threads allowed before."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy, threadpoolctl\n"
+        "from voxprompt.runtime import single_thread_blas\n"
+        "assert single_thread_blas()\n"
+        "import scipy.sparse.linalg\n"
+        "print([lib['num_threads'] for lib in threadpoolctl.threadpool_info() if lib['user_api'] == 'blas'])\n"
+    )
+    env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    counts = __import__("ast").literal_eval(out.stdout.strip().splitlines()[-1])
+    assert counts and all(n == 1 for n in counts), counts
+
+
 def test_compiled_decoder_follows_prompt_counts(tiny_med3d):
     """``compile_decoder`` (CPU: inductor) gives the eager fast path's logits, and clicks that add
     points reuse one shape-generic graph after the first change of the prompt count, instead of a

@@ -55,6 +55,22 @@ def configure_cpu_threads(num_threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def single_thread_blas() -> bool:
+    """Run numpy/scipy's BLAS on one thread per call, process-wide; whether a BLAS library was found.
+
+    OpenBLAS spin-waits when several Python threads call it at once (each call wants the whole
+    pool), so a process that refines several sessions' masks in parallel (the server) slows down
+    many times over (``docs/performance.md``). One thread per call costs little here: the
+    refinement's vectors are small, and torch has its own thread pool. numpy and SciPy each bring
+    an OpenBLAS; both are loaded first, since the limit applies to the libraries loaded so far.
+    """
+    import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+    return any(lib["user_api"] == "blas" for lib in threadpool_info())
+
+
 _ALLOCATOR_TUNED = False
 MMAP_THRESHOLD = 32 << 20  # bytes (glibc's maximum): blocks below this come from the heap, not fresh mmaps
 TRIM_THRESHOLD = 256 << 20  # bytes of free heap top kept before it is given back to the OS

@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from ..errors import UsageError
+from ..runtime import single_thread_blas
 from ..version import __version__
 from .context import ServerContext
 from .errors import install_error_handlers
@@ -65,6 +66,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     for msg in security_warnings(settings):
         log.warning(msg)
     install_access_log_filter()  # session tokens in URLs stay out of the access log
+    single_thread_blas()  # the leases' refinements run in parallel threads
 
     host = ModelHost(model, settings.model, autozoom_default=settings.autozoom, refine=settings.refine,
                      clean=settings.clean)
