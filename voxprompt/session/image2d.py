@@ -189,6 +189,10 @@ class Session2D(ObjectsMixin):
 
     ``policy`` defaults to the model's official one; ``channel_order`` overrides its colour order
     (SAM-Med2D defaults to ``"bgr"``, what its weights were trained on).
+
+    Label policy (``lock_object``, ``others_negative``; :class:`~voxprompt.session.objects.ObjectsMixin`):
+    each new mask of the current object is cut by the protected objects; the candidates and the mask
+    fed back stay the model's.
     """
 
     _object_type = _Object2D
@@ -287,7 +291,7 @@ class Session2D(ObjectsMixin):
     def _apply(self, obj: _Object2D, decoded: Decoded) -> Prediction2D:
         logits = self.predictor.to_original(decoded.low_res)  # (M, H, W)
         masks = (logits > 0).numpy()
-        new = masks[decoded.selected]
+        new = self._protect(masks[decoded.selected])  # label policy; the candidates stay the model's
         changed = bbox_of(obj.mask != new)
         obj.mask = new
         obj.low_res = decoded.best
@@ -349,7 +353,7 @@ class Session2D(ObjectsMixin):
     def add_mask(self, mask: np.ndarray) -> Prediction2D:
         """Make ``mask`` (nonzero = object, (H, W)) the object's mask and the next ``mask_input``;
         the object's points and box are cleared (later prompts refine this mask)."""
-        m = self._mask_prompt(mask)
+        m = self._protect(self._mask_prompt(mask))
         obj = self._obj
         obj.history.append(obj.snapshot())
         prior = self.predictor.prior(m)

@@ -79,12 +79,30 @@ class ObjectsMixin:
 
     The host sets ``_object_type`` (a state dataclass built from ``mask=``, with ``prompts`` and
     ``history``), defines ``shape`` (raising :class:`UsageError` without an image) and
-    ``_restore(obj, step)`` (reverts one step, returns the changed bbox).
+    ``_restore(obj, step)`` (reverts one step, returns the changed bbox), and cuts every new mask of
+    the current object with :meth:`_protect` before committing it.
+
+    Label policy (annotators' rule: a new object never overwrites a finished one):
+
+    * :meth:`lock_object` locks an object. A prompt on any *other* object never sets a locked
+      object's voxels: its new mask is cut by the union of the locked objects' masks before it is
+      committed (so undo and ``changed_bbox`` see the cut mask), and :meth:`label_map` paints locked
+      objects last, so no other object paints over them. A lock protects an object from the others
+      only: it can still be prompted itself. Locks are flags of object ids: ``reset`` keeps them, a
+      new image clears them.
+    * ``others_negative`` (False by default): the current object's new mask also leaves out every
+      other object's voxels, locked or not, as they are when the prompt runs (objects never overlap
+      where the current object changes).
+
+    Only the region a prompt changes is cut: voxels the object already held elsewhere stay. The
+    model's own output (fed back with the next prompt) is not cut.
     """
 
     _object_type: type
     _objects: dict[int, Any]
     _current: int
+    _locked: frozenset[int] = frozenset()
+    others_negative: bool = False
 
     def _blank(self, shape: tuple[int, ...]) -> Any:
         return self._object_type(mask=np.zeros(shape, bool))
@@ -93,6 +111,7 @@ class ObjectsMixin:
         """Start over with one empty object, id 1 (a new image)."""
         self._objects = {1: self._blank(shape)}
         self._current = 1
+        self._locked = frozenset()
 
     @property
     def object_id(self) -> int:
@@ -135,13 +154,59 @@ class ObjectsMixin:
         return list(self._obj.prompts)
 
     def label_map(self) -> np.ndarray:
-        """All objects as labels (uint8, uint16 past 255 ids); later ids overwrite overlaps."""
+        """All objects as labels (uint8, uint16 past 255 ids); later ids overwrite overlaps, except that
+        locked objects are painted after the unlocked ones (in id order among themselves)."""
         shape = self.shape
         dtype = np.uint8 if max(self._objects) <= 255 else np.uint16
         out = np.zeros(shape, dtype)
-        for oid in sorted(self._objects):
+        for oid in sorted(self._objects, key=lambda k: (k in self._locked, k)):
             out[self._objects[oid].mask] = oid
         return out
+
+    # ------------------------------------------------------------------ label policy
+    def lock_object(self, object_id: int, locked: bool = True) -> None:
+        """Lock (or, ``locked=False``, unlock) an object: prompts on other objects never take its voxels."""
+        self.shape  # noqa: B018 - raises without an image
+        if isinstance(object_id, bool) or not isinstance(object_id, (int, np.integer)):
+            raise UsageError(f"object id must be an integer, got {object_id!r}")
+        if object_id not in self._objects:
+            raise UsageError(f"no object {object_id}; objects are {self.object_ids}")
+        oid = int(object_id)
+        self._locked = self._locked | {oid} if locked else self._locked - {oid}
+
+    def unlock_object(self, object_id: int) -> None:
+        """Unlock an object (``lock_object(object_id, locked=False)``)."""
+        self.lock_object(object_id, locked=False)
+
+    @property
+    def locked_objects(self) -> list[int]:
+        """Ids of the locked objects, ascending."""
+        return sorted(k for k in self._locked if k in self._objects)
+
+    def is_locked(self, object_id: int) -> bool:
+        return object_id in self._locked
+
+    def _protected(self, region: Slices | None = None) -> np.ndarray | None:
+        """Voxels (on ``region``, or the whole image) the current object may not take under the label
+        policy: other objects that are locked, or all others with ``others_negative``; None if none."""
+        ids = [k for k in sorted(self._objects)
+               if k != self._current and (self.others_negative or k in self._locked)]
+        out = None
+        for k in ids:
+            m = self._objects[k].mask
+            m = m if region is None else m[region]
+            if out is None:
+                out = m.copy()
+            else:
+                out |= m
+        return out
+
+    def _protect(self, block: np.ndarray, region: Slices | None = None) -> np.ndarray:
+        """``block`` (the current object's new mask on ``region``) without the protected voxels."""
+        protected = self._protected(region)
+        if protected is None or not (block & protected).any():
+            return block
+        return block & ~protected
 
     def _mask_prompt(self, mask: np.ndarray) -> np.ndarray:
         """A mask prompt (nonzero = object, image shape) as bool; PromptError otherwise."""

@@ -14,7 +14,9 @@ reverts a whole call (anchor and propagated slices).
 
 Several objects per volume, as :class:`~voxprompt.session.Session`: :meth:`new_object`,
 :meth:`select_object`, :meth:`label_map`; each object has its own anchors, slices and undo
-history, and the slice embeddings are shared.
+history, and the slice embeddings are shared. The label policy (``lock_object``,
+``others_negative``; :class:`~voxprompt.session.objects.ObjectsMixin`) cuts each slice written; the
+anchors and the propagation keep the model's own masks.
 """
 from __future__ import annotations
 
@@ -200,7 +202,7 @@ class SliceSession(ObjectsMixin):
         obj, region = self._obj, slice_region(self.axis, i)
         if i not in step.old:
             step.old[i] = (obj.mask[region].copy(), int(obj.owner[i]))
-        obj.mask[region] = False if mask2d is None else mask2d
+        obj.mask[region] = False if mask2d is None else self._protect(mask2d, region)  # label policy
         obj.owner[i] = owner
 
     def _may_claim(self, anchor: int):

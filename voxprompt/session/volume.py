@@ -63,7 +63,12 @@ Confidence: ``Prediction.low_confidence`` / ``.warning`` flag a result whose pre
 whose mask is empty after a positive prompt, or that leaves out the object's last positive click.
 
 Objects: ``new_object`` starts object 2, 3, ...; :meth:`Session.label_map` paints objects in id
-order, so later objects overwrite earlier ones where they overlap.
+order, so later objects overwrite earlier ones where they overlap, except locked ones.
+
+Label policy (:class:`~voxprompt.session.objects.ObjectsMixin`): ``lock_object(id)`` protects an
+object from the prompts of the others (their new masks are cut by it before clean-up and again
+after it, and it wins in ``label_map``); ``Session(model, others_negative=True)`` (or the attribute)
+keeps every other object's voxels out of the current object's new masks. ``add_mask`` is cut too.
 
 Predictions: ``Prediction.mask`` is the current object's full-size bool mask;
 ``Prediction.probabilities`` covers only the model ROI (float32 ``roi.size``, ROI tensor-axis
@@ -288,6 +293,12 @@ class Session(ObjectsMixin):
     prompt, undo, reset or image cancels a refinement that has not finished (that step keeps the
     model's mask). Off by default: every call then returns its final mask. Like the rest of the
     session, call it from one thread at a time.
+
+    Label policy: :meth:`lock_object` / :meth:`unlock_object` / :attr:`locked_objects`, and
+    ``others_negative`` (also a settable attribute): a prompt's new mask never takes a locked other
+    object's voxels, nor, with ``others_negative``, any other object's
+    (:class:`~voxprompt.session.objects.ObjectsMixin`). A background refinement applies the policy
+    in force when it lands.
     """
 
     _object_type = _Object
@@ -295,7 +306,7 @@ class Session(ObjectsMixin):
     def __init__(self, model: torch.nn.Module | None = None, device: str | torch.device | None = None,
                  planner: RoiPlanner | None = None, refine: bool | RefineConfig | None = None,
                  clean: bool | None = None, low_confidence_iou: float = LOW_CONFIDENCE_IOU,
-                 refine_background: bool = False) -> None:
+                 refine_background: bool = False, others_negative: bool = False) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
@@ -315,6 +326,7 @@ class Session(ObjectsMixin):
         self.refine: RefineConfig | None = resolve_refine(refine, model.cfg)
         self.clean: bool = resolve_clean(clean, model.cfg)
         self.refine_background = bool(refine_background)
+        self.others_negative = bool(others_negative)
         self._job: RefineJob | None = None
         try:
             self.low_confidence_iou = float(low_confidence_iou)
@@ -507,12 +519,16 @@ class Session(ObjectsMixin):
 
     def _finish(self, obj: _Object, roi: Roi, region: Slices | None, block: np.ndarray | None,
                 clip: tuple[np.ndarray, np.ndarray] | None, prior: bool) -> Slices | None:
-        """Clip, clean and commit a new block on ``region``; the changed bbox. ``prior``: the logits
-        fed to the next click become the committed mask's (after an expansion)."""
+        """Clip, clean, apply the label policy and commit a new block on ``region``; the changed bbox.
+        ``prior``: the logits fed to the next click become the committed mask's (after an expansion).
+        The policy cuts before the clean-up (which then drops pieces cut off from what a prompt asked
+        for) and after it (holes it fills never take protected voxels)."""
         if region is not None and clip is not None:
             block = _clip_block(obj.mask[region], block, region, clip)
+        if region is not None:
+            block = self._protect(block, region)
         if region is not None and self.clean:
-            block = self._cleaned(obj, region, block, clip)
+            block = self._protect(self._cleaned(obj, region, block, clip), region)
         changed = self._commit(obj, None if region is None else (region, block))
         if prior:  # later clicks in this ROI refine what is shown, not the cut-off logits
             obj.logits = self.predictor.prior(obj.mask, roi)
@@ -677,6 +693,7 @@ class Session(ObjectsMixin):
         img = self._img()
         m = self._mask_prompt(mask)
         self._settle(cancel=True)
+        m = self._protect(m)
         obj = self._obj
         with torch.inference_mode():
             roi, logits = None, None
