@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage, sparse
+from scipy.sparse.linalg import cg
 
 EPS = 1.0e-10  # scikit-image's weight floor
 
@@ -66,50 +67,16 @@ def band_random_walker(data: np.ndarray, labels: np.ndarray, beta: float, tol: f
     if not all(has):  # one label's seeds all inactive: the other one takes the band
         flat[unknown] = 1 if has[0] else 2
         return out
-    inv_diag = 1.0 / lap.diagonal()
+    n = unknown.size
+    precond = sparse.dia_array((1.0 / lap.diagonal(), 0), shape=(n, n))
+    callback = None if cancel is None else (lambda _x: check_cancel(cancel))
     if difference:
-        d = jacobi_cg(lap, rhs[:, 0] - rhs[:, 1], inv_diag, tol, cancel)
+        d = cg(lap, rhs[:, [0]] - rhs[:, [1]], rtol=tol, atol=0, M=precond, callback=callback)[0]
         flat[unknown] = np.where(d >= 0, 1, 2)
         return out
-    solved = [jacobi_cg(lap, rhs[:, k], inv_diag, tol, cancel) for k in (0, 1)]
+    solved = [cg(lap, rhs[:, [k]], rtol=tol, atol=0, M=precond, callback=callback)[0] for k in (0, 1)]
     flat[unknown] = np.argmax(np.asarray(solved), axis=0) + 1
     return out
-
-
-def jacobi_cg(lap: sparse.csr_array, b: np.ndarray, inv_diag: np.ndarray, tol: float,
-              cancel: threading.Event | None = None) -> np.ndarray:
-    """``scipy.sparse.linalg.cg(lap, b, rtol=tol, atol=0, M=diag(inv_diag))[0]``, bit for bit: the
-    same operations in the same order from a zero start, the same stopping rule (residual norm below
-    ``tol * norm(b)``, at most ``10 n`` iterations), without SciPy's per-iteration operator wrappers,
-    which cost about as much as the matrix products on a refinement band. ``cancel`` is checked
-    after every iteration (where SciPy calls its callback)."""
-    b = np.asarray(b, dtype=np.float64).ravel()
-    x = np.zeros(b.shape, dtype=np.float64)
-    bnrm2 = np.linalg.norm(b)
-    if bnrm2 == 0:
-        return b
-    atol = float(tol) * float(bnrm2)
-    r = b.copy()
-    p = None
-    rho_prev = 1.0
-    for iteration in range(10 * b.size):
-        if np.linalg.norm(r) < atol:
-            break
-        z = np.zeros_like(r)
-        z += inv_diag * r  # what the diagonal preconditioner's matvec computes (y = 0; y += d * x)
-        rho = np.dot(r, z)
-        if iteration > 0:
-            p *= rho / rho_prev
-            p += z
-        else:
-            p = z.copy()
-        q = lap @ p
-        alpha = rho / np.dot(p, q)
-        x += alpha * p
-        r -= alpha * q
-        rho_prev = rho
-        check_cancel(cancel)
-    return x
 
 
 def band_system(data: np.ndarray, labels: np.ndarray, beta: float,
