@@ -302,3 +302,45 @@ def test_label_in_seeds_the_object(server, model, volume_path, tmp_path):
     r = post([p1], tmp_path / "small.nii.gz")
     assert r.status_code == 400 and "image's grid" in r.json()["detail"]
     httpx.delete(f"{server}/session/{sid}")
+
+
+def test_locked_labels_and_others_negative(server, volume_path, tmp_path, monkeypatch):
+    """``locked_labels`` / ``others_negative`` params (voxprompt's): a locked label keeps its voxels."""
+    shape = sitk.GetArrayFromImage(sitk.ReadImage(str(volume_path))).shape  # (k, j, i)
+    a = np.zeros(shape, bool)
+    a[6:14, 10:26, 12:22] = True
+    b = np.zeros(shape, bool)
+    b[6:14, 10:26, 18:30] = True
+    known = {1: a, 2: b}
+    monkeypatch.setattr(Session, "_pasted", lambda self, mask, roi, mask_roi, cache=True: (
+        tuple(slice(0, n) for n in mask.shape), known[self.object_id].copy()))
+    monkeypatch.setattr(Session, "_refined", lambda self, region, block, clicks, cancel=None: block)
+    sid = create_session(server, volume_path)["session_id"]
+
+    def post(params: dict) -> dict:
+        files = {"params": (None, json.dumps(params))}
+        r = httpx.post(f"{server}/infer/{MODEL}", params={"session_id": sid, "output": "json"}, files=files)
+        assert r.status_code == 200, r.text
+        return r.json()["voxprompt"]
+
+    def mask(params: dict) -> np.ndarray:
+        files = {"params": (None, json.dumps(params))}
+        r = httpx.post(f"{server}/infer/{MODEL}", params={"session_id": sid, "output": "image"}, files=files)
+        assert r.status_code == 200, r.text
+        (tmp_path / "out.nii.gz").write_bytes(r.content)
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out.nii.gz"))).astype(bool)
+
+    np.testing.assert_array_equal(mask({"label": "liver", "foreground": [[14, 18, 10]]}), a)
+    got = mask({"label": "spleen", "foreground": [[27, 18, 10]], "locked_labels": ["liver"]})
+    np.testing.assert_array_equal(got, b & ~a)
+    info = post({"label": "spleen", "foreground": [[27, 18, 10]]})  # no change: the locks stay
+    assert info["locked_labels"] == ["liver"] and info["others_negative"] is False
+    # unlocked, and a moved point (replayed): the spleen takes the overlap
+    np.testing.assert_array_equal(mask({"label": "spleen", "foreground": [[28, 18, 10]], "locked_labels": []}), b)
+    got = mask({"label": "spleen", "foreground": [[27, 18, 10]], "others_negative": True})
+    np.testing.assert_array_equal(got, b & ~a)
+    for bad, needle in (({"locked_labels": "liver"}, "locked_labels"), ({"others_negative": 1}, "others_negative")):
+        files = {"params": (None, json.dumps({"label": "spleen", "foreground": [[27, 18, 10]], **bad}))}
+        r = httpx.post(f"{server}/infer/{MODEL}", params={"session_id": sid, "output": "json"}, files=files)
+        assert r.status_code == 400 and needle in r.json()["detail"], r.text
+    httpx.delete(f"{server}/session/{sid}")

@@ -308,3 +308,48 @@ def test_queued_interactions_run_with_the_next_prediction(model, volume):
         with pytest.raises(httpx.HTTPStatusError) as err:
             c.add_bbox_interaction([[11, 12], [12, 30], [10, 26]], include_interaction=False)
         assert err.value.response.status_code == 400 and "negative boxes" in err.value.response.json()["detail"]
+
+
+def test_label_policy_additions(model, volume, monkeypatch):
+    """voxprompt's /voxprompt/ endpoints: finish an object locked, start the next; its predictions
+    leave the locked object's voxels out of the client's buffer (known masks per object)."""
+    a = np.zeros(volume.shape, bool)
+    a[8:16, 12:30, 10:20] = True
+    b = np.zeros(volume.shape, bool)
+    b[8:16, 12:30, 16:26] = True
+    known = {1: a, 2: b}
+    monkeypatch.setattr(Session, "_pasted", lambda self, mask, roi, mask_roi, cache=True: (
+        tuple(slice(0, n) for n in mask.shape), known[self.object_id].copy()))
+    monkeypatch.setattr(Session, "_refined", lambda self, region, block, clicks, cancel=None: block)
+    with serve(model) as url, Client(url) as c:
+        assert httpx.get(f"{url}/capabilities").json()["supports_label_policy"] is True
+        c.set_image(volume[None], {"spacing": list(SPACING_KJI)})
+        first = np.zeros(volume.shape, np.uint8)
+        c.set_target_buffer(first)
+        c.add_point_interaction([12, 20, 12], include_interaction=True)
+        compare(first, a)
+        token = {"X-Lease-Token": c._lease_token}
+
+        def post(path: str, body: dict) -> httpx.Response:
+            return httpx.post(f"{url}/voxprompt/{path}", json=body, headers=token)
+
+        r = post("new_object", {"lock_current": True})
+        assert r.json() == {"object_id": 2, "objects": [1, 2], "locked": [1], "others_negative": False}
+        second = np.zeros(volume.shape, np.uint8)
+        c.set_target_buffer(second)  # the new target starts empty: nothing is reset
+        c.add_point_interaction([12, 20, 24], include_interaction=True)
+        compare(second, b & ~a)  # object 1 is locked
+        assert post("lock_object", {"object_id": 1, "locked": False}).json()["locked"] == []
+        c.add_point_interaction([12, 21, 24], include_interaction=True)
+        compare(second, b)  # unlocked: the overlap is taken
+        assert post("label_policy", {"others_negative": True}).json()["others_negative"] is True
+        c.add_point_interaction([12, 22, 24], include_interaction=True)
+        compare(second, b & ~a)
+        assert post("lock_object", {}).json()["locked"] == [2]  # no id: the current object
+        got = httpx.get(f"{url}/voxprompt/objects", headers=token).json()
+        assert got == {"object_id": 2, "objects": [1, 2], "locked": [2], "others_negative": True}
+        for path, body, needle in [("lock_object", {"object_id": 9}, "no object 9"),
+                                   ("label_policy", {"others_negative": "yes"}, "others_negative"),
+                                   ("new_object", {"lock_current": 1}, "lock_current")]:
+            r = post(path, body)
+            assert r.status_code == 400 and needle in r.json()["detail"], r.json()

@@ -22,6 +22,13 @@ entry: ``score``, and ``low_confidence`` / ``warning`` (a sentence or null) when
 poor (:class:`~voxprompt.session.Prediction`; points in the sentence are array indices (k, j, i),
 the reverse of IJK).
 
+Label policy (voxprompt's params; :class:`~voxprompt.session.objects.ObjectsMixin`):
+``"locked_labels": [names]`` locks the objects of exactly these labels of the session (the others are
+unlocked; a name with no object yet is ignored), so the request's label never takes their voxels;
+``"others_negative": true|false`` keeps every other label's voxels out of the request's label. Both
+apply before the request's points and stay for later requests until changed; the reply's
+``params.voxprompt`` lists ``locked_labels`` and ``others_negative``.
+
 Sharing the model: a request's points are applied one model step at a time, each step taking the
 (first come, first served) model lock on its own, so other users' clicks run between the steps of a
 long request; at most ``--max-points`` points per request (400 above), and a request whose client
@@ -116,6 +123,32 @@ def _check_inside(points: list, shape: tuple[int, ...], key: str) -> None:
 
 # ----------------------------------------------------------------------------- click replay
 Step = Callable[[Callable[[], Prediction]], Prediction]
+
+
+def _policy_params(params: dict) -> tuple[list[str] | None, bool | None]:
+    """``locked_labels`` and ``others_negative`` from the infer params (None: not given)."""
+    locked = params.get("locked_labels")
+    if locked is not None and (not isinstance(locked, list) or not all(isinstance(v, str) for v in locked)):
+        raise BadRequest(f"params.locked_labels must be a list of label names, got {locked!r}")
+    negative = params.get("others_negative")
+    if negative is not None and not isinstance(negative, bool):
+        raise BadRequest(f"params.others_negative must be true or false, got {negative!r}")
+    return locked, negative
+
+
+def apply_policy(session: Session, labels: dict, locked: list[str] | None, others_negative: bool | None) -> None:
+    """Lock exactly the objects of the ``locked`` labels (None: keep the locks) and set ``others_negative``."""
+    if others_negative is not None:
+        session.others_negative = others_negative
+    if locked is not None:
+        for name, entry in labels.items():
+            session.lock_object(entry["object"], name in locked)
+
+
+def policy_json(session: Session, labels: dict) -> dict[str, Any]:
+    locked = set(session.locked_objects)
+    return {"locked_labels": sorted(name for name, e in labels.items() if e["object"] in locked),
+            "others_negative": bool(session.others_negative)}
 
 
 def _direct(fn: Callable[[], Prediction]) -> Prediction:
@@ -305,6 +338,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
         label = str(params.get("label") or "label")
         fg, bg = _points(params, "foreground"), _points(params, "background")
         reset = bool(params.get("reset_state", False))
+        locked_labels, others_negative = _policy_params(params)
         cap = ctx.settings.max_points
         if len(fg) + len(bg) > cap:
             raise BadRequest(f"{len(fg) + len(bg)} points in one request; this server runs at most {cap} "
@@ -318,8 +352,12 @@ def make_router(ctx: ServerContext) -> APIRouter:
                 initial = None
                 if label_in is not None:
                     initial = label_mask(read_uploaded([label_in], max_bytes=ctx.image_limit_bytes), img)
+                apply_policy(session, labels, locked_labels, others_negative)
                 done = apply_points(session, labels, label, fg, bg, reset,
                                     step=lambda fn: ctx.prompt_step(session, fn, gone), initial=initial)
+                if locked_labels is not None and label in locked_labels:
+                    apply_policy(session, labels, locked_labels, None)  # the label's object is new
+                done.update(policy_json(session, labels))
                 return done, np.asarray(session.mask, dtype=np.uint8)
 
             try:

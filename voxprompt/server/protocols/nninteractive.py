@@ -41,6 +41,19 @@ Session's flag on the result (a low predicted IoU, an empty mask after a positiv
 positive click outside the mask; :class:`~voxprompt.session.Prediction`). Official clients read
 the keys they know (``meta.get``) and ignore these.
 
+Label policy (voxprompt's additions, under ``/voxprompt/``; official clients never call them and
+ignore ``supports_label_policy`` in the capabilities): the protocol has one target buffer, the
+current object. ``POST /voxprompt/new_object`` with ``{"lock_current": true}`` keeps the current
+object on the server, locked, and makes a new, empty object the target (the client starts a zeroed
+buffer for it; queued interactions are dropped); ``POST /voxprompt/lock_object`` with
+``{"object_id": id, "locked": true|false}`` (``object_id`` omitted: the current object) locks or
+unlocks one; ``POST /voxprompt/label_policy`` with ``{"others_negative": true|false}`` switches
+others-as-negatives; ``GET /voxprompt/objects`` lists them. Each answers ``{"object_id", "objects",
+"locked", "others_negative"}``. A locked object's voxels are then never set by the target's
+predictions (:class:`~voxprompt.session.objects.ObjectsMixin`), so the buffer the client receives
+already leaves them out. ``set_target_buffer`` and ``reset_interactions`` reset the current object
+only; ``set_image`` drops every object and lock.
+
 Capabilities advertise points, 2D and 3D boxes, initial labels and undo; scribble, lasso and
 zero-shot label refinement are false (the model has no such prompts), so Slicer disables those
 tools. ``channel_mapping``, ``num_interaction_channels``, ``interaction_decay`` and
@@ -105,6 +118,19 @@ class PredictBody(_Body):
     force_full_refine: StrictBool = False  # nnInteractive's; voxprompt has nothing to refine further
 
 
+class NewObjectBody(_Body):
+    lock_current: StrictBool = False
+
+
+class LockBody(_Body):
+    object_id: int | None = None
+    locked: StrictBool = True
+
+
+class PolicyBody(_Body):
+    others_negative: StrictBool
+
+
 class BboxBody(_Body):
     bbox_coords: list[list[int]] = Field(min_length=3, max_length=3)
     include_interaction: StrictBool
@@ -130,6 +156,7 @@ def capabilities(ctx: ServerContext) -> dict[str, Any]:
         "inference_session_version": f"voxprompt-{__version__}",
         "supports_undo": True,
         "supports_negative_bbox": False,  # voxprompt's addition: the Session has no negative box
+        "supports_label_policy": True,  # voxprompt's addition: the /voxprompt/ object endpoints
         "model": ctx.host.name,
     }
 
@@ -212,6 +239,12 @@ def _apply(session: Session, op: tuple) -> Prediction:
     if op[0] == "point":
         return session.add_point(op[1], positive=op[2])
     return session.add_box(op[1], op[2])
+
+
+def objects_json(session: Session) -> dict[str, Any]:
+    """The objects and the label policy (voxprompt's /voxprompt/ endpoints)."""
+    return {"object_id": session.object_id, "objects": session.object_ids, "locked": session.locked_objects,
+            "others_negative": bool(session.others_negative)}
 
 
 def _need_image(session: Session) -> None:
@@ -413,6 +446,46 @@ def make_router(ctx: ServerContext) -> APIRouter:
             if not lease.session.can_undo:
                 return prediction_response(lease, False, None)
             return prediction_response(lease, True, lease.session.undo())
+
+        return await ctx.run_locked(lease, do)
+
+    # ------------------------------------------------------------------ voxprompt's additions: label policy
+    @r.get("/voxprompt/objects", dependencies=auth)
+    async def list_objects(lease: Lease = Depends(active)) -> dict:
+        def do() -> dict:
+            _need_image(lease.session)
+            return objects_json(lease.session)
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/voxprompt/new_object", dependencies=auth)
+    async def new_object(body: NewObjectBody, lease: Lease = Depends(active)) -> dict:
+        def do() -> dict:
+            session = lease.session
+            _need_image(session)
+            if body.lock_current:
+                session.lock_object(session.object_id)
+            session.new_object()
+            lease.state["pending"] = []  # they were meant for the previous target
+            return objects_json(session)
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/voxprompt/lock_object", dependencies=auth)
+    async def lock_object(body: LockBody, lease: Lease = Depends(active)) -> dict:
+        def do() -> dict:
+            session = lease.session
+            _need_image(session)
+            session.lock_object(session.object_id if body.object_id is None else body.object_id, body.locked)
+            return objects_json(session)
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/voxprompt/label_policy", dependencies=auth)
+    async def label_policy(body: PolicyBody, lease: Lease = Depends(active)) -> dict:
+        def do() -> dict:
+            lease.session.others_negative = body.others_negative
+            return objects_json(lease.session)
 
         return await ctx.run_locked(lease, do)
 
