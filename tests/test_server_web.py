@@ -119,6 +119,47 @@ def test_viewer_api(served, data_dir, model):
     assert httpx.get(f"{url}/{API}/{tok}/labels.nii.gz").status_code == 410
 
 
+def test_viewer_label_policy(served, monkeypatch):
+    """Lock / unlock an object and others-as-negatives through the viewer API (known masks per object)."""
+    from voxprompt.session import Session
+
+    url, ctx = served
+    shape = (20, 36, 44)  # (k, j, i)
+    a = np.zeros(shape, bool)
+    a[6:14, 10:26, 12:24] = True
+    b = np.zeros(shape, bool)
+    b[6:14, 10:26, 20:32] = True
+    known = {1: a, 2: b}
+    monkeypatch.setattr(Session, "_pasted", lambda self, mask, roi, mask_roi, cache=True: (
+        tuple(slice(0, n) for n in mask.shape), known[self.object_id].copy()))
+    monkeypatch.setattr(Session, "_refined", lambda self, region, block, clicks, cancel=None: block)
+    info = httpx.post(f"{url}/{API}/open", data={"path": "lps.nii.gz"}).json()
+    tok = info["token"]
+    assert info["locked"] == [] and info["others_negative"] is False
+    lease = ctx.leases.peek(tok)
+    httpx.post(f"{url}/{API}/{tok}/point", json={"ijk": [14, 18, 10]}, timeout=60)
+    s = httpx.post(f"{url}/{API}/{tok}/objects/1/lock", json={"locked": True}).json()
+    assert s["locked"] == [1] and s["object_id"] == 1
+    httpx.post(f"{url}/{API}/{tok}/objects")
+    s = httpx.post(f"{url}/{API}/{tok}/point", json={"ijk": [28, 18, 10]}, timeout=60).json()
+    assert s["voxels"] == int((b & ~a).sum()) and s["locked"] == [1]
+    np.testing.assert_array_equal(lease.session.mask, b & ~a)
+    assert httpx.post(f"{url}/{API}/{tok}/objects/1/lock", json={"locked": False}).json()["locked"] == []
+    s = httpx.post(f"{url}/{API}/{tok}/point", json={"ijk": [29, 18, 10]}, timeout=60).json()
+    assert s["voxels"] == int(b.sum())
+    s = httpx.post(f"{url}/{API}/{tok}/policy", json={"others_negative": True}).json()
+    assert s["others_negative"] is True
+    s = httpx.post(f"{url}/{API}/{tok}/point", json={"ijk": [28, 19, 10]}, timeout=60).json()
+    assert s["voxels"] == int((b & ~a).sum())
+    assert httpx.post(f"{url}/{API}/{tok}/objects/2/lock").json()["locked"] == [2]  # no body: lock
+    for path, body, needle in [("objects/7/lock", {"locked": True}, "no object 7"),
+                               ("policy", {"others_negative": "on"}, "others_negative"),
+                               ("objects/1/lock", {"locked": True, "x": 1}, "x")]:
+        r = httpx.post(f"{url}/{API}/{tok}/{path}", json=body)
+        assert r.status_code == 400 and needle in r.json()["detail"], r.json()
+    assert httpx.delete(f"{url}/{API}/{tok}").json() == {"closed": True}
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -187,6 +228,12 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
             page.check("#positive")
             click(-0.05, 0.05, 6)
             assert lease.session.object_ids == [1, 2] and lease.session.mask.any()
+            page.check("#lock")  # label policy: lock the current object, others as negatives
+            page.wait_for_function("window.voxprompt.state.version >= 7")
+            assert lease.session.locked_objects == [2] and "object 2 (locked)" in page.inner_text("#objects")
+            page.check("#others-negative")
+            page.wait_for_function("window.voxprompt.state.version >= 8")
+            assert lease.session.others_negative is True
 
             with page.expect_download() as dl:
                 page.click("#download")

@@ -13,6 +13,11 @@ the file's (i, j, k) with the inverse of the file's affine (``mmToFileVoxel`` in
 mirrored by :func:`voxprompt.server.volumes.ras_to_file_ijk`) and sends ``{"ijk": [i, j, k]}``; the
 server reverses it with :func:`~voxprompt.session.from_slicer_ijk`. ``{"mm": [x, y, z]}`` (RAS) is
 accepted as well and converted on the server.
+
+Label policy (:class:`~voxprompt.session.objects.ObjectsMixin`): ``POST /{token}/objects/{id}/lock``
+with ``{"locked": true|false}`` locks or unlocks an object, ``POST /{token}/policy`` with
+``{"others_negative": true|false}`` switches others-as-negatives; every summary lists ``locked``
+(ids) and ``others_negative``.
 """
 from __future__ import annotations
 
@@ -56,11 +61,22 @@ class PointBody(BaseModel):
     positive: StrictBool = True
 
 
+class LockBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    locked: StrictBool = True
+
+
+class PolicyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    others_negative: StrictBool
+
+
 def _summary(lease: Lease, pred=None) -> dict[str, Any]:
     s: Session = lease.session
     lease.state["version"] = lease.state.get("version", 0) + 1
     return {
         "object_id": s.object_id, "objects": s.object_ids, "can_undo": s.can_undo,
+        "locked": s.locked_objects, "others_negative": bool(s.others_negative),
         "voxels": int(np.count_nonzero(s.mask)), "version": lease.state["version"],
         "score": None if pred is None or pred.score is None else round(float(pred.score), 4),
         "low_confidence": bool(pred is not None and pred.low_confidence),
@@ -199,6 +215,27 @@ def make_router(ctx: ServerContext) -> APIRouter:
 
         def do() -> dict:
             lease.session.select_object(object_id)
+            return _summary(lease)
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/{token}/objects/{object_id}/lock", dependencies=auth)
+    async def lock_object(token: str, object_id: int, body: LockBody | None = None) -> dict:
+        lease = lease_of(token)
+        locked = True if body is None else body.locked
+
+        def do() -> dict:
+            lease.session.lock_object(object_id, locked=locked)
+            return _summary(lease)
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/{token}/policy", dependencies=auth)
+    async def policy(token: str, body: PolicyBody) -> dict:
+        lease = lease_of(token)
+
+        def do() -> dict:
+            lease.session.others_negative = body.others_negative
             return _summary(lease)
 
         return await ctx.run_locked(lease, do)

@@ -1,7 +1,7 @@
 // voxprompt browser viewer: NiiVue + the server's /api/viewer endpoints (see voxprompt/server/web.py).
 //
 // Open a volume (upload or --data-dir file), click to add positive/negative points, see the label
-// overlay update, undo, switch objects, download the labels as NIfTI. Clicks are converted from
+// overlay update, undo, switch and lock objects, download the labels as NIfTI. Clicks are converted from
 // NiiVue's world mm to the file's voxel (i, j, k) through the file's affine (geometry.js).
 import { Niivue, NVImage, SLICE_TYPE } from "@niivue/niivue";
 import { mmToFileVoxel, roundVoxel } from "./geometry.js";
@@ -81,7 +81,11 @@ function applySummary(s) {
   state.objects = s.objects;
   state.objectId = s.object_id;
   const sel = $("objects");
-  sel.replaceChildren(...s.objects.map((id) => new Option(`object ${id}`, String(id), false, id === s.object_id)));
+  const locked = s.locked || [];
+  sel.replaceChildren(...s.objects.map((id) => new Option(`object ${id}${locked.includes(id) ? " (locked)" : ""}`,
+    String(id), false, id === s.object_id)));
+  $("lock").checked = locked.includes(s.object_id);
+  $("others-negative").checked = Boolean(s.others_negative);
   $("undo").disabled = !s.can_undo;
   const score = s.score === null || s.score === undefined ? "" : `, predicted IoU ${s.score.toFixed(3)}`;
   const warning = s.warning ? ` \u2014 check the result: ${s.warning}` : "";
@@ -111,7 +115,9 @@ async function open(form) {
   clearInterval(state.heartbeat);
   const beat = (state.config && state.config.heartbeat_s) || 30;
   state.heartbeat = setInterval(() => call(`${API}/${state.token}/heartbeat`).catch(() => {}), beat * 1000);
-  for (const id of ["undo", "new-object", "objects", "reset", "download"]) $(id).disabled = false;
+  for (const id of ["undo", "new-object", "objects", "lock", "others-negative", "reset", "download"]) {
+    $(id).disabled = false;
+  }
   await afterChange(info);
 }
 
@@ -206,6 +212,15 @@ async function main() {
   }));
   $("objects").addEventListener("change", () => guarded("select object", async () => {
     await afterChange(await (await call(`${API}/${state.token}/objects/${$("objects").value}`)).json());
+  }));
+  // label policy: a locked object is never overwritten by another object's clicks
+  $("lock").addEventListener("change", () => guarded("lock object", async () => {
+    const json = { locked: $("lock").checked };
+    await afterChange(await (await call(`${API}/${state.token}/objects/${state.objectId}/lock`, { json })).json());
+  }));
+  $("others-negative").addEventListener("change", () => guarded("others negative", async () => {
+    const json = { others_negative: $("others-negative").checked };
+    await afterChange(await (await call(`${API}/${state.token}/policy`, { json })).json());
   }));
   $("download").addEventListener("click", () => guarded("download", downloadLabels));
   document.addEventListener("keydown", (e) => {
