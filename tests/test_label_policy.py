@@ -182,6 +182,35 @@ def test_a_background_refinement_lands_under_the_policy(model, known_masks):
     np.testing.assert_array_equal(s.mask, locked)
 
 
+def test_a_refinement_landing_after_a_switch_protects_the_others_of_its_own_object(model, known_masks,
+                                                                                    monkeypatch):
+    """Object 2's refinement lands while object 1 (locked) is current: it is still cut by object 1."""
+    import threading
+
+    go = threading.Event()
+
+    def held(self, region, block, clicks, cancel=None):  # the refinement returns the model's block, late
+        assert go.wait(30)
+        return block
+
+    monkeypatch.setattr(Session, "_refined", held)
+    s = Session(model, refine=True, clean=False, refine_background=True)
+    s.set_image(np.random.default_rng(0).normal(0, 1, SHAPE).astype(np.float32))
+    go.set()
+    s.add_point(A_CLICK)
+    s.wait_refined()
+    s.lock_object(1)
+    go.clear()
+    s.new_object()
+    s.add_point(B_CLICK)
+    s.select_object(1)  # while object 2's refinement still runs
+    go.set()
+    done = s.wait_refined()
+    assert done is not None and done.object_id == 2
+    np.testing.assert_array_equal(done.mask, B & ~A)
+    np.testing.assert_array_equal(s.mask, A)  # object 1, current, untouched
+
+
 def test_locking_an_unknown_object_is_a_usage_error(model):
     s = Session(model, refine=False, clean=False)
     with pytest.raises(UsageError, match="no image"):

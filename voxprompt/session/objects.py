@@ -186,11 +186,13 @@ class ObjectsMixin:
     def is_locked(self, object_id: int) -> bool:
         return object_id in self._locked
 
-    def _protected(self, region: Slices | None = None) -> np.ndarray | None:
-        """Voxels (on ``region``, or the whole image) the current object may not take under the label
-        policy: other objects that are locked, or all others with ``others_negative``; None if none."""
+    def _protected(self, region: Slices | None = None, owner: int | None = None) -> np.ndarray | None:
+        """Voxels (on ``region``, or the whole image) that object ``owner`` (default: the current one)
+        may not take under the label policy: other objects that are locked, or all others with
+        ``others_negative``; None if none."""
+        owner = self._current if owner is None else owner
         ids = [k for k in sorted(self._objects)
-               if k != self._current and (self.others_negative or k in self._locked)]
+               if k != owner and (self.others_negative or k in self._locked)]
         out = None
         for k in ids:
             m = self._objects[k].mask
@@ -201,9 +203,10 @@ class ObjectsMixin:
                 out |= m
         return out
 
-    def _protect(self, block: np.ndarray, region: Slices | None = None) -> np.ndarray:
-        """``block`` (the current object's new mask on ``region``) without the protected voxels."""
-        protected = self._protected(region)
+    def _protect(self, block: np.ndarray, region: Slices | None = None, owner: int | None = None) -> np.ndarray:
+        """``block`` (object ``owner``'s new mask on ``region``; default: the current object's) without
+        the protected voxels."""
+        protected = self._protected(region, owner)
         if protected is None or not (block & protected).any():
             return block
         return block & ~protected

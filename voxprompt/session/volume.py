@@ -512,12 +512,12 @@ class Session(ObjectsMixin):
                 later = _Later(obj, obj.history[-1], region, block, clicks, clip, roi if expansion else None)
             else:
                 block = self._refined(region, block, clicks)
-        changed = self._finish(obj, roi, region, block, clip, expansion is not None)
+        changed = self._finish(obj, self._current, roi, region, block, clip, expansion is not None)
         if later is not None:
             self._job = RefineJob(lambda cancel: self._refined(later.region, later.block, later.clicks, cancel), later)
         return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
 
-    def _finish(self, obj: _Object, roi: Roi, region: Slices | None, block: np.ndarray | None,
+    def _finish(self, obj: _Object, oid: int, roi: Roi, region: Slices | None, block: np.ndarray | None,
                 clip: tuple[np.ndarray, np.ndarray] | None, prior: bool) -> Slices | None:
         """Clip, clean, apply the label policy and commit a new block on ``region``; the changed bbox.
         ``prior``: the logits fed to the next click become the committed mask's (after an expansion).
@@ -526,9 +526,9 @@ class Session(ObjectsMixin):
         if region is not None and clip is not None:
             block = _clip_block(obj.mask[region], block, region, clip)
         if region is not None:
-            block = self._protect(block, region)
+            block = self._protect(block, region, oid)
         if region is not None and self.clean:
-            block = self._protect(self._cleaned(obj, region, block, clip), region)
+            block = self._protect(self._cleaned(obj, region, block, clip), region, oid)
         changed = self._commit(obj, None if region is None else (region, block))
         if prior:  # later clicks in this ROI refine what is shown, not the cut-off logits
             obj.logits = self.predictor.prior(obj.mask, roi)
@@ -551,7 +551,7 @@ class Session(ObjectsMixin):
         fast = obj.mask[later.region].copy()
         if later.step.bbox is not None:  # back to the state before the step, then the step again, refined
             unshared_mask(obj)[later.step.bbox] = later.step.old_block
-        self._finish(obj, later.roi, later.region, refined, later.clip, later.roi is not None)
+        self._finish(obj, oid, later.roi, later.region, refined, later.clip, later.roi is not None)
         local = bbox_of(fast != obj.mask[later.region])
         changed = None if local is None else within(later.region, local)
         return self._prediction(obj, changed, object_id=oid)
