@@ -37,6 +37,10 @@ class PromptError(InputError):
     """A point, box or mask prompt that is malformed or outside the image."""
 
 
+class SessionFileError(VoxpromptError):
+    """A saved session file that is missing, truncated, corrupt, malformed or of an unknown format version."""
+
+
 class ImageReadError(VoxpromptError):
     """An image file that is missing, truncated, corrupt, unsupported or absurd."""
 

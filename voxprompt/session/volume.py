@@ -82,12 +82,13 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..cleanup import clean_mask, resolve_clean
-from ..errors import InputError, PromptError, UsageError
+from ..errors import InputError, PromptError, SessionFileError, UsageError
 from ..io.image import LPS_TO_RAS, Image
 from ..io.read import read_image
 from ..masks import Slices, bbox_of, within
@@ -709,6 +710,133 @@ class Session(ObjectsMixin):
             obj.prompts = obj.prompts + [("mask", None)]
             changed = self._commit(obj, None, replace_all=m)
             return self._prediction(obj, changed)
+
+    # ------------------------------------------------------------------ saved sessions
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the session's state to one file (:mod:`voxprompt.session.saved`; ``.vps`` by convention):
+        every object's mask, prompts, ROI, clicks, logits, score and undo history, the current object, the
+        locks and ``others_negative``, and the image's identity (size, geometry, a hash of its voxels).
+        A pending background refinement is waited for first, so the saved state is final. The image and
+        the session's settings (refinement, clean-up, planner) are not saved."""
+        from . import saved
+
+        img = self._img()
+        if self._job is not None:
+            self._job.wait()
+        self._settle(cancel=False)
+        arrays: dict[str, np.ndarray] = {}
+        tensors: dict[int, str] = {}  # id(tensor) -> member: a step shares its logits with the object
+
+        def logits(t: torch.Tensor | None) -> dict:
+            if t is None:
+                return {"logits": None}
+            if id(t) not in tensors:
+                tensors[id(t)] = f"logits{len(tensors)}"
+                a = t.detach().cpu()
+                if a.dtype == torch.bfloat16:  # numpy has no bfloat16: keep its bits
+                    a = a.view(torch.int16)
+                arrays[tensors[id(t)]] = a.numpy()
+            return {"logits": tensors[id(t)], "logits_dtype": str(t.dtype).removeprefix("torch.")}
+
+        def state(x: _Object | _VolumeStep) -> dict:
+            return {"roi": saved.roi_to_json(x.roi), "points_roi": saved.points_to_json(x.points_roi),
+                    "prompts": saved.prompts_to_json(x.prompts), **logits(x.logits), "score": x.score}
+
+        objects = []
+        for oid in sorted(self._objects):
+            obj = self._objects[oid]
+            arrays[f"o{oid}_mask"] = saved.pack_mask(obj.mask)
+            history = []
+            for k, step in enumerate(obj.history):
+                old = None
+                if step.bbox is not None:
+                    old = f"o{oid}_h{k}"
+                    arrays[old] = saved.pack_mask(step.old_block)
+                history.append({**state(step), "bbox": saved.bbox_to_json(step.bbox), "old_block": old})
+            objects.append({"id": oid, "mask": f"o{oid}_mask", **state(obj), "history": history})
+        from ..version import __version__
+
+        manifest = {"voxprompt": __version__, "image": saved.image_identity(img),
+                    "model": {"img_size": self.img_size, "low_res_size": self.predictor.low_res_size,
+                              "roi_spacing_mm": self.roi_spacing},
+                    "current": self._current, "locked": sorted(self._locked & set(self._objects)),
+                    "others_negative": bool(self.others_negative), "objects": objects}
+        return saved.write_state(path, manifest, arrays)
+
+    def load_state(self, path: str | os.PathLike) -> None:
+        """Put back a state written by :meth:`save`; the session's image must be the one it was saved on.
+
+        Replaces every object, the current object, the locks and ``others_negative``; the next prompt
+        and undo then give exactly what they would have given in the saved session. Raises
+        :class:`~voxprompt.errors.InputError` naming what differs for another image (or a model with
+        another ROI or logits size) and :class:`~voxprompt.errors.SessionFileError` for a file that is
+        missing, truncated, corrupt or of an unknown version; on any error the session is unchanged."""
+        from . import saved
+
+        img = self._img()
+        name = str(path)
+        manifest, arrays = saved.read_state(path)
+        saved.check_image(manifest.get("image"), img, name)
+        model = manifest.get("model")
+        here = {"img_size": self.img_size, "low_res_size": self.predictor.low_res_size,
+                "roi_spacing_mm": self.roi_spacing}
+        if not isinstance(model, dict):
+            raise SessionFileError(f"{name}: the saved session does not record its model's ROI")
+        for key, value in here.items():
+            if model.get(key) != value:
+                raise InputError(f"{name} was saved with a model of {key} {model.get(key)}; this session's "
+                                 f"model has {value}")
+        low = self.predictor.low_res_size
+
+        def tensor(a: np.ndarray | None, dtype: str | None) -> torch.Tensor | None:
+            if a is None:
+                return None
+            if a.shape != (1, 1, low, low, low):
+                raise SessionFileError(f"{name}: saved logits of shape {a.shape}, the model's are "
+                                       f"{(1, 1, low, low, low)}")
+            t = torch.from_numpy(a.copy())
+            if dtype == "bfloat16":
+                t = t.view(torch.bfloat16)
+            elif dtype is not None and str(t.dtype).removeprefix("torch.") != dtype:
+                raise SessionFileError(f"{name}: saved logits of type {a.dtype}, recorded as {dtype}")
+            return t.to(self.device)
+
+        made: dict[int, torch.Tensor] = {}  # one tensor per saved member, shared as when saved
+
+        def fields(d: dict) -> dict:
+            key = None if d["logits"] is None else id(d["logits"])
+            if key is not None and key not in made:
+                made[key] = tensor(d["logits"], d["logits_dtype"])
+            return {"roi": d["roi"], "points_roi": d["points_roi"], "prompts": d["prompts"],
+                    "logits": None if key is None else made[key], "score": d["score"]}
+
+        objects: dict[int, _Object] = {}
+        for d in saved.decode_objects(manifest, arrays, img.shape, name):
+            history = [_VolumeStep(**fields(step), bbox=step["bbox"], old_block=step["old_block"])
+                       for step in d["history"]]
+            objects[d["id"]] = _Object(mask=d["mask"], **fields(d), history=history)
+        try:
+            current = int(manifest["current"])
+            locked = frozenset(int(k) for k in manifest.get("locked", []))
+            others_negative = manifest.get("others_negative", False)
+        except (KeyError, TypeError, ValueError):
+            raise SessionFileError(f"{name}: the saved session's current object or locks are malformed") from None
+        if current not in objects or not locked <= set(objects) or not isinstance(others_negative, bool):
+            raise SessionFileError(f"{name}: the saved session's current object {current} or locks "
+                                   f"{sorted(locked)} name no saved object")
+        self._settle(cancel=True)
+        self._objects, self._current, self._locked = objects, current, locked
+        self.others_negative = others_negative
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: torch.nn.Module | None, image: ImageLike,
+             spacing: Sequence[float] | None = None, affine: np.ndarray | None = None, **kwargs) -> Session:
+        """A new ``Session(model, **kwargs)`` on ``image`` with the state saved in ``path`` (see
+        :meth:`set_image` and :meth:`load_state`)."""
+        session = cls(model, **kwargs)
+        session.set_image(image, spacing=spacing, affine=affine)
+        session.load_state(path)
+        return session
 
     # ------------------------------------------------------------------ history
     def _restore(self, obj: _Object, step: _VolumeStep) -> Slices | None:

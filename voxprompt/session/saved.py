@@ -1,0 +1,273 @@
+"""Saved sessions: one file holding a 3D :class:`~voxprompt.session.Session`'s state, and the image it fits.
+
+``Session.save(path)`` writes it and ``Session.load_state(path)`` (after ``set_image``) puts it back;
+``voxprompt segment --prompts FILE`` replays the prompts it holds (:func:`saved_prompts`).
+
+The file is a NumPy ``.npz`` (a zip of ``.npy`` members, compressed) read with ``allow_pickle=False``,
+so loading one never runs code. Member ``manifest`` holds UTF-8 JSON (as uint8 bytes)::
+
+    {"format": "voxprompt-session", "version": 1, "voxprompt": "...",
+     "image": {"shape": [z, y, x], "dtype": "float32", "spacing": [...], "origin": [...],
+               "direction": [9 values], "sha256": "<hash of the C-order voxel bytes>"},
+     "model": {"img_size": 64, "low_res_size": 16, "roi_spacing_mm": 2.25},
+     "current": 1, "locked": [1], "others_negative": false,
+     "objects": [{"id": 1, "mask": "o1_mask", <state>, "history": [{<state>, "bbox": [[a, b] x3] | null,
+                                                                     "old_block": "o1_h0" | null}]}]}
+
+where ``<state>`` is ``roi`` (the :class:`~voxprompt.preprocess.Roi` fields, or null), ``points_roi``
+(``[[a0, a1, a2, label], ...]``: the clicks in ROI coordinates fed to the decoder), ``prompts``
+(``{"type": "point", "at": [z, y, x], "positive": true}``, ``{"type": "box", "lo": [...], "hi": [...]}``,
+``{"type": "mask"}``; array indices), ``logits`` (the member holding the low-res logits fed back with the
+next prompt, shared between steps, or null; ``logits_dtype`` names a torch dtype stored as its bits) and
+``score``. Masks and undo blocks are bit-packed bool arrays (``np.packbits``, C order). Floats go through
+JSON exactly (shortest repr), so the next prompt after loading gives bitwise what it would have given.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, SessionFileError, VoxpromptError
+from ..io.image import Image
+from ..preprocess import Roi
+
+FORMAT = "voxprompt-session"
+FORMAT_VERSION = 1
+SUFFIX = ".vps"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+# ----------------------------------------------------------------------------- file
+def is_saved_session(path: str | Path) -> bool:
+    """Whether ``path`` looks like a saved session (a zip file) rather than a text prompts file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == _ZIP_MAGIC
+    except OSError:
+        return False
+
+
+def write_state(path: str | Path, manifest: dict, arrays: dict[str, np.ndarray]) -> Path:
+    """Write the manifest and arrays as one compressed ``.npz`` (atomically: a temporary file, then renamed)."""
+    out = Path(path)
+    doc = {"format": FORMAT, "version": FORMAT_VERSION, **manifest}
+    members = {"manifest": np.frombuffer(json.dumps(doc).encode("utf-8"), dtype=np.uint8), **arrays}
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:  # a file object: numpy adds no ".npz" to the name
+            np.savez_compressed(f, **members)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def read_state(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The manifest and arrays of a saved session; :class:`SessionFileError` for a file that is missing,
+    truncated, corrupt, not a saved session or of another format version."""
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise SessionFileError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}  # reads (and CRC-checks) every member now
+        raw = arrays.pop("manifest")
+        manifest = json.loads(bytes(raw.astype(np.uint8)).decode("utf-8"))
+    except KeyError:
+        raise SessionFileError(f"{name}: not a saved session (no manifest)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise SessionFileError(f"{name}: not a readable saved session (truncated or corrupt: {exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SessionFileError(f"{name}: not a saved session (format {manifest.get('format')!r})"
+                               if isinstance(manifest, dict) else f"{name}: not a saved session")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise SessionFileError(f"{name}: saved session format version {manifest.get('version')!r}; this voxprompt "
+                               f"reads version {FORMAT_VERSION}")
+    return manifest, arrays
+
+
+# ----------------------------------------------------------------------------- the image
+def image_identity(image: Image) -> dict:
+    """What a saved session records of its image: shape, voxel type, geometry and a hash of the voxels."""
+    arr = np.ascontiguousarray(image.array)
+    return {"shape": list(image.shape), "dtype": str(arr.dtype), "spacing": [float(v) for v in image.spacing],
+            "origin": [float(v) for v in image.origin],
+            "direction": [float(v) for v in np.asarray(image.direction).ravel()],
+            "sha256": hashlib.sha256(memoryview(arr).cast("B")).hexdigest()}
+
+
+def check_image(saved: Any, image: Image, name: str) -> None:
+    """:class:`InputError` naming what differs when ``image`` is not the one the session was saved on."""
+    if not isinstance(saved, dict):
+        raise SessionFileError(f"{name}: the saved session does not record its image")
+    here = image_identity(image)
+    try:
+        for key in ("shape", "dtype"):
+            there = list(saved[key]) if key == "shape" else saved[key]
+            if there != here[key]:
+                raise InputError(f"{name} was saved on another image: {key} {_shown(saved[key])} there, "
+                                 f"{_shown(here[key])} here")
+        for key in ("spacing", "origin", "direction"):
+            if not np.allclose(np.asarray(saved[key], dtype=np.float64), here[key], rtol=0, atol=1e-6):
+                raise InputError(f"{name} was saved on an image with another {key}: {_shown(saved[key])} there, "
+                                 f"{_shown(here[key])} here")
+        if saved["sha256"] != here["sha256"]:
+            raise InputError(f"{name} was saved on another image: same size and geometry, other voxel values "
+                             "(sha256 differs)")
+    except VoxpromptError:
+        raise
+    except (KeyError, TypeError, ValueError):
+        raise SessionFileError(f"{name}: the saved session's image record is malformed") from None
+
+
+def _shown(v: Any) -> str:
+    return str(tuple(v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+# ----------------------------------------------------------------------------- pieces of the state
+def pack_mask(mask: np.ndarray) -> np.ndarray:
+    return np.packbits(np.ascontiguousarray(mask, dtype=bool), axis=None)
+
+
+def unpack_mask(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    n = int(np.prod(shape))
+    if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size != (n + 7) // 8:
+        raise ValueError(f"a packed mask of {packed.size} bytes does not fit shape {tuple(shape)}")
+    return np.unpackbits(packed, count=n).reshape(shape).astype(bool)
+
+
+def roi_to_json(roi: Roi | None) -> dict | None:
+    if roi is None:
+        return None
+    return {"start": [int(v) for v in roi.start], "size": [int(v) for v in roi.size],
+            "grid_shape": [int(v) for v in roi.grid_shape],
+            "grid_affine": np.asarray(roi.grid_affine, dtype=np.float64).tolist(),
+            "source_affine_lps": np.asarray(roi.source_affine_lps, dtype=np.float64).tolist(),
+            "source_shape": [int(v) for v in roi.source_shape]}
+
+
+def roi_from_json(doc: dict | None) -> Roi | None:
+    if doc is None:
+        return None
+    ints = {k: tuple(int(v) for v in doc[k]) for k in ("start", "size", "grid_shape", "source_shape")}
+    mats = {k: np.asarray(doc[k], dtype=np.float64) for k in ("grid_affine", "source_affine_lps")}
+    if any(len(v) != 3 for v in ints.values()) or any(m.shape != (4, 4) for m in mats.values()):
+        raise ValueError("a ROI needs 3 values per extent and 4x4 affines")
+    return Roi(**ints, **mats)
+
+
+def prompts_to_json(prompts: list) -> list[dict]:
+    out = []
+    for kind, data in prompts:
+        if kind == "point":
+            out.append({"type": "point", "at": [int(v) for v in data[0]], "positive": bool(data[1])})
+        elif kind == "box":
+            out.append({"type": "box", "lo": [int(v) for v in data[0]], "hi": [int(v) for v in data[1]]})
+        else:
+            out.append({"type": "mask"})
+    return out
+
+
+def prompts_from_json(items: list, shape: tuple[int, ...]) -> list:
+    out: list = []
+    for item in items:
+        kind = item["type"]
+        if kind == "point":
+            at = tuple(int(v) for v in item["at"])
+            if len(at) != len(shape) or not all(0 <= a < n for a, n in zip(at, shape)):
+                raise ValueError(f"point {at} is outside the image {shape}")
+            out.append(("point", (at, bool(item["positive"]))))
+        elif kind == "box":
+            lo, hi = tuple(int(v) for v in item["lo"]), tuple(int(v) for v in item["hi"])
+            if len(lo) != len(shape) or len(hi) != len(shape):
+                raise ValueError(f"box {lo}..{hi} does not fit the image {shape}")
+            out.append(("box", (lo, hi)))
+        elif kind == "mask":
+            out.append(("mask", None))
+        else:
+            raise ValueError(f"unknown prompt type {kind!r}")
+    return out
+
+
+def points_to_json(points_roi: list) -> list[list[float]]:
+    return [[float(v) for v in np.asarray(p, dtype=np.float64)] + [int(lab)] for p, lab in points_roi]
+
+
+def points_from_json(items: list) -> list:
+    out = []
+    for item in items:
+        if len(item) != 4:
+            raise ValueError("a ROI point needs 3 coordinates and a label")
+        out.append((np.asarray(item[:3], dtype=np.float64), int(item[3])))
+    return out
+
+
+def bbox_to_json(bbox: tuple[slice, ...] | None) -> list | None:
+    return None if bbox is None else [[int(s.start), int(s.stop)] for s in bbox]
+
+
+def bbox_from_json(doc: list | None, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
+    if doc is None:
+        return None
+    box = tuple(slice(int(a), int(b)) for a, b in doc)
+    if len(box) != len(shape) or not all(0 <= s.start < s.stop <= n for s, n in zip(box, shape)):
+        raise ValueError(f"undo box {doc} does not fit the image {shape}")
+    return box
+
+
+def decode_objects(manifest: dict, arrays: dict[str, np.ndarray], shape: tuple[int, ...], name: str) -> list[dict]:
+    """The saved objects as plain fields (``id``, ``mask``, the state, ``history`` of step dicts); logits
+    stay NumPy (``logits`` array or None, ``logits_dtype``). :class:`SessionFileError` if malformed."""
+    def state(doc: dict) -> dict:
+        key = doc.get("logits")
+        logits = None if key is None else arrays[key]
+        score = doc.get("score")
+        return {"roi": roi_from_json(doc.get("roi")), "points_roi": points_from_json(doc.get("points_roi", [])),
+                "prompts": prompts_from_json(doc.get("prompts", []), shape), "logits": logits,
+                "logits_dtype": doc.get("logits_dtype"), "score": None if score is None else float(score)}
+
+    try:
+        out = []
+        for doc in manifest["objects"]:
+            obj = {"id": int(doc["id"]), "mask": unpack_mask(arrays[doc["mask"]], shape), **state(doc), "history": []}
+            for step in doc["history"]:
+                bbox = bbox_from_json(step.get("bbox"), shape)
+                old = None
+                if bbox is not None:
+                    old = unpack_mask(arrays[step["old_block"]], tuple(s.stop - s.start for s in bbox))
+                obj["history"].append({**state(step), "bbox": bbox, "old_block": old})
+            out.append(obj)
+    except VoxpromptError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise SessionFileError(f"{name}: the saved session is malformed ({type(exc).__name__}: {exc})") from None
+    ids = [o["id"] for o in out]
+    if not ids or len(set(ids)) != len(ids) or min(ids) < 1:
+        raise SessionFileError(f"{name}: the saved session's object ids {ids} are not distinct positive ids")
+    return out
+
+
+def mask_after(mask: np.ndarray, history: list, k: int) -> np.ndarray:
+    """An object's mask right after its step ``k``: ``mask`` (its current one) with the later steps undone.
+    ``history``: steps with ``bbox`` / ``old_block`` (objects or dicts)."""
+    out = mask.copy()
+    for step in reversed(history[k + 1:]):
+        bbox = step["bbox"] if isinstance(step, dict) else step.bbox
+        if bbox is not None:
+            out[bbox] = step["old_block"] if isinstance(step, dict) else step.old_block
+    return out
+
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "SUFFIX", "check_image", "image_identity", "is_saved_session",
+           "read_state", "write_state"]
