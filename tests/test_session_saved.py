@@ -187,3 +187,74 @@ def test_save_waits_for_a_background_refinement(model, tmp_path):
     b = _session(model)
     b.load_state(path)
     np.testing.assert_array_equal(b.mask, s.mask)  # the refined mask, not the fast one
+
+
+# ----------------------------------------------------------------------------- replaying a saved session
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from cli_volume import write_cli_files
+
+    return write_cli_files(tmp_path_factory.mktemp("saved_cli"))
+
+
+def test_segment_replays_a_saved_session_like_the_flags(files, capsys):
+    import SimpleITK as sitk
+
+    from voxprompt.cli import main
+    from voxprompt.io.read import read_image
+    from voxprompt.session.prompts import apply_prompts, load_prompts
+
+    d = files["dir"]
+    image = read_image(files["img"])
+    s = Session(files["model"])
+    s.set_image(image)
+    s.add_mask(read_image(files["prior"]).array != 0)
+    s.add_box((4, 10, 8), (12, 30, 28))  # IJK 8,10,4 .. 28,30,12
+    s.add_point((8, 20, 18))
+    s.add_point((8, 12, 10), positive=False)
+    s.undo()  # undone prompts are not replayed
+    path = s.save(d / "case.vps")
+
+    def segment(name, *extra):
+        rc = main(["segment", str(files["img"]), "-o", str(d / name), "--checkpoint", str(files["ckpt"]), *extra])
+        assert rc == 0
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(d / name)))
+
+    ref = segment("flags.nii.gz", "--mask-in", str(files["prior"]), "--box", "8,10,4,28,30,12", "--point", "18,20,8")
+    assert ref.any()
+    np.testing.assert_array_equal(segment("saved.nii.gz", "--prompts", str(path)), ref)
+    np.testing.assert_array_equal(s.mask, ref != 0)
+    again = Session(files["model"])  # the same replay in Python
+    again.set_image(image)
+    apply_prompts(again, load_prompts(path))
+    np.testing.assert_array_equal(again.mask, s.mask)
+    capsys.readouterr()
+
+
+def test_segment_refuses_a_saved_session_of_another_image_or_with_more_objects(files, capsys):
+    import SimpleITK as sitk
+
+    from voxprompt.cli import main
+    from voxprompt.io.read import read_image
+
+    d = files["dir"]
+    s = Session(files["model"])
+    s.set_image(read_image(files["img"]))
+    s.add_point((8, 20, 18))
+    one = s.save(d / "one.vps")
+    s.new_object()
+    s.add_point((8, 12, 10))
+    two = s.save(d / "two.vps")
+    other = sitk.ReadImage(str(files["img"]))
+    other.SetSpacing((1.0, 1.0, 9.0))
+    sitk.WriteImage(other, str(d / "other.nii.gz"))
+    (d / "cut.vps").write_bytes(one.read_bytes()[:200])
+    cases = [(files["img"], two, 2, "object 2: segment writes one mask"),
+             (d / "other.nii.gz", one, 3, "one.vps was saved on an image with another spacing"),
+             (files["img"], d / "cut.vps", 3, "cut.vps: not a readable saved session")]
+    for img, prompts, code, words in cases:
+        out = d / "never.nii.gz"
+        rc = main(["segment", str(img), "-o", str(out), "--checkpoint", str(files["ckpt"]), "--prompts", str(prompts)])
+        err = capsys.readouterr().err
+        assert rc == code and words in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err and not out.exists()

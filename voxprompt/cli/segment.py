@@ -254,7 +254,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
             "Prompt order: --mask-in first, then every --box in the order given, then every --point in the "
             "order given, then every --point-mm (a --point-mm typed before a --point still comes after it). "
             "--prompts FILE replays an ordered list of points, boxes and masks instead (JSON or CSV, IJK or "
-            "mm, see docs/segment.md) and cannot be combined with --point, --point-mm, --box or --mask-in."
+            "mm, or a saved session's prompts; see docs/segment.md) and cannot be combined with --point, "
+            "--point-mm, --box or --mask-in."
         ),
     )
     s.add_argument("image", help="input image")
@@ -280,6 +281,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                         "given)")
     s.add_argument("--prompts", metavar="FILE",
                    help="replay a saved interaction: a JSON or CSV file of points, boxes and masks in IJK or mm, "
+                        "or a saved session (Session.save, .vps; on the image it was saved on), "
                         "applied in the file's order (object 1 only; not with --point, --point-mm, --box or "
                         "--mask-in; format in docs/segment.md and voxprompt/session/prompts.py)")
     s.add_argument("--mask-in", metavar="MASK", help="existing segmentation to start from")

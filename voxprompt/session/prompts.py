@@ -34,6 +34,11 @@ Errors name the entry (``prompts[2]`` in JSON, ``line 4`` in CSV) in one line: a
 (unknown type or key, wrong number of values, NaN, a missing mask file) is a :class:`PromptFileError`
 (a ``UsageError``, CLI exit 2); a prompt that does not fit the image (outside it, a mask of another
 size) is a :class:`~voxprompt.errors.PromptError` (exit 3).
+
+A saved session (``Session.save``, :mod:`voxprompt.session.saved`; recognised by its content, not its name)
+is read as a prompts file too: its objects' prompts in id order, each in the order given, masks recovered
+from its undo history, all in the array indices of the image it was saved on. Replaying it on another image
+is refused (:class:`~voxprompt.errors.InputError` naming what differs, exit 3).
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ import csv
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +98,8 @@ class ResolvedPrompt:
     mask: np.ndarray | None = None
     positive: bool = True
     object: int = 1
+    saved_image: dict | None = field(default=None, repr=False, compare=False)  # from a saved session: its image
+
 
     def apply(self, session: Session) -> Prediction:
         _select(session, self.object, self.where)
@@ -259,9 +266,14 @@ def parse_csv(text: str, name: str = "prompts", base: str | Path = ".") -> list[
     return out
 
 
-def load_prompts(path: str | Path) -> list[PromptEntry]:
-    """Read a prompts file: ``.csv`` as CSV, anything else as JSON. Mask paths are relative to its folder."""
+def load_prompts(path: str | Path) -> list[PromptEntry | ResolvedPrompt]:
+    """Read a prompts file: a saved session (:func:`saved_prompts`), ``.csv`` as CSV, anything else as JSON.
+    Mask paths are relative to its folder."""
+    from .saved import is_saved_session
+
     p = Path(path)
+    if is_saved_session(p):
+        return saved_prompts(p)
     try:
         text = p.read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -272,16 +284,68 @@ def load_prompts(path: str | Path) -> list[PromptEntry]:
     return parse(text, str(path), p.parent)
 
 
+def saved_prompts(path: str | Path) -> list[ResolvedPrompt]:
+    """The prompts of a saved session (``Session.save``): every object in id order, each in the order given,
+    each mask prompt's mask as it was right after it (from the undo history). They carry the saved image's
+    identity: :func:`resolve_prompts` refuses another image."""
+    from .saved import decode_objects, mask_after, read_state
+
+    name = str(path)
+    manifest, arrays = read_state(path)
+    image = manifest.get("image")
+    try:
+        image = {**image, "file": name}  # for check_image's messages
+        shape = tuple(int(n) for n in image["shape"])
+        if len(shape) != 3:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        from ..errors import SessionFileError
+
+        raise SessionFileError(f"{name}: the saved session does not record its image's shape") from None
+    out = []
+    for obj in decode_objects(manifest, arrays, shape, name):
+        oid, prompts = obj["id"], obj["prompts"]
+        if any(kind == "mask" for kind, _ in prompts) and len(obj["history"]) != len(prompts):
+            raise UsageError(f"{name}: object {oid}: its undo history does not match its prompts; "
+                             "cannot recover its masks")
+        for k, (kind, data) in enumerate(prompts):
+            where = f"{name} object {oid} prompt {k + 1} ({kind})"
+            if kind == "point":
+                out.append(ResolvedPrompt("point", where, index=data[0], positive=data[1], object=oid,
+                                          saved_image=image))
+            elif kind == "box":
+                out.append(ResolvedPrompt("box", where, lo=data[0], hi=data[1], object=oid, saved_image=image))
+            else:
+                out.append(ResolvedPrompt("mask", where, mask=mask_after(obj["mask"], obj["history"], k),
+                                          object=oid, saved_image=image))
+    if not out:
+        raise PromptFileError(f"{name}: the saved session holds no prompts")
+    return out
+
+
 # ----------------------------------------------------------------------------- against an image
 def _size(shape: Sequence[int]) -> str:
     return "x".join(str(n) for n in shape[::-1])
 
 
-def resolve_prompts(entries: Sequence[PromptEntry], image: Image) -> list[ResolvedPrompt]:
-    """Entries -> array indices of ``image`` (z, y, x), masks read; PromptError for one that does not fit."""
+def resolve_prompts(entries: Sequence[PromptEntry | ResolvedPrompt], image: Image) -> list[ResolvedPrompt]:
+    """Entries -> array indices of ``image`` (z, y, x), masks read; PromptError for one that does not fit.
+    Prompts already resolved pass through; those of a saved session only on the image it was saved on
+    (InputError naming what differs)."""
     shape = np.asarray(image.shape)
-    out = []
+    out: list[ResolvedPrompt] = []
+    checked: list[dict] = []
     for e in entries:
+        if isinstance(e, ResolvedPrompt):
+            if e.saved_image is not None:
+                if not any(e.saved_image is c for c in checked):
+                    from .saved import check_image
+
+                    check_image(e.saved_image, image, e.saved_image.get("file", e.where))
+                    checked.append(e.saved_image)
+                e = replace(e, saved_image=None)
+            out.append(e)
+            continue
         if e.kind == "mask":
             from ..io.read import read_image
 
@@ -338,18 +402,14 @@ def apply_prompts(session: Session, prompts: Sequence[PromptEntry | ResolvedProm
 
     Entries are resolved against the session's image first, so nothing runs unless every entry fits.
     """
-    entries = [p for p in prompts if isinstance(p, PromptEntry)]
-    resolved = resolve_prompts(entries, session.image) if entries else []
-    it = iter(resolved)
-    steps = [next(it) if isinstance(p, PromptEntry) else p for p in prompts]
     pred = None
-    for step in steps:
+    for step in resolve_prompts(prompts, session.image):
         pred = step.apply(session)
     return pred
 
 
 # ----------------------------------------------------------------------------- CLI
-def prompts_from_args(args: Any) -> list[PromptEntry] | None:
+def prompts_from_args(args: Any) -> list[PromptEntry | ResolvedPrompt] | None:
     """``segment --prompts FILE``: the entries (None without it); refuses other prompt flags and objects > 1."""
     path = getattr(args, "prompts", None)
     if path is None:
@@ -447,4 +507,5 @@ def save_prompts(session: Session, path: str | Path, frame: str = "ijk") -> Path
 
 
 __all__ = ["FORMAT_VERSION", "PromptEntry", "PromptFileError", "ResolvedPrompt", "apply_prompts", "load_prompts",
-           "parse_csv", "parse_json", "prompts_from_args", "resolve_prompts", "save_prompts", "session_prompts"]
+           "parse_csv", "parse_json", "prompts_from_args", "resolve_prompts", "save_prompts", "saved_prompts",
+           "session_prompts"]
