@@ -119,6 +119,64 @@ def test_viewer_api(served, data_dir, model):
     assert httpx.get(f"{url}/{API}/{tok}/labels.nii.gz").status_code == 410
 
 
+def test_viewer_answers_the_model_mask_then_the_refined_one(model, data_dir, monkeypatch):
+    """/point answers before the refinement (refining: true); /refined answers the refined mask (the
+    synchronous session's); a click while a refinement runs cancels it (refined: false)."""
+    import threading
+
+    from voxprompt.session import Session
+
+    pytest.importorskip("skimage")
+    shape = read_image(data_dir / "lps.nii.gz").shape
+    coarse = np.zeros(shape, bool)
+    coarse[7:14, 12:26, 15:34] = True  # the bright box, shifted: the refinement moves its boundary
+    monkeypatch.setattr(Session, "_pasted", lambda self, mask, *a, **k: (tuple(slice(0, n) for n in shape),
+                                                                         coarse.copy()))
+    go, real = threading.Event(), Session._refined
+
+    def held(self, region, block, clicks, cancel=None):  # a refinement that waits for the test
+        while not go.wait(0.01):
+            if cancel is not None and cancel.is_set():
+                from voxprompt.refine import RefineCancelled
+
+                raise RefineCancelled("cancelled")
+        return real(self, region, block, clicks, cancel)
+
+    monkeypatch.setattr(Session, "_refined", held)
+    go.set()  # the synchronous reference runs straight through
+    local = Session(model, refine=True)
+    local.set_image(read_image(data_dir / "lps.nii.gz"))
+    expected = local.add_point(from_slicer_ijk([20, 18, 10])).mask
+    go.clear()
+    app = create_app(ServerSettings(data_dir=data_dir, refine=True), model=model)
+    with BackgroundServer(app) as url, httpx.Client(base_url=f"{url}/{API}", timeout=60) as h:
+        tok = h.post("/open", data={"path": "lps.nii.gz"}).json()["token"]
+        fast = h.post(f"/{tok}/point", json={"ijk": [20, 18, 10]}).json()
+        assert fast["refining"] and fast["voxels"] == int(coarse.sum())
+        go.set()
+        done = h.post(f"/{tok}/refined").json()
+        assert done["refined"] and not done["refining"] and done["version"] > fast["version"]
+        labels = h.get(f"/{tok}/labels.nii.gz").content
+        got = _labels_from_bytes(labels) == 1
+        np.testing.assert_array_equal(got, expected)
+        assert done["voxels"] == int(expected.sum()) != fast["voxels"]
+        go.clear()
+        h.post(f"/{tok}/point", json={"ijk": [22, 18, 10], "positive": False})
+        h.post(f"/{tok}/point", json={"ijk": [24, 18, 10]})  # cancels the one still running
+        go.set()
+        last = h.post(f"/{tok}/refined").json()
+        assert last["refined"] and h.post(f"/{tok}/refined").json()["refined"] is False  # nothing pending
+
+
+def _labels_from_bytes(data: bytes) -> np.ndarray:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "labels.nii.gz"
+        path.write_bytes(data)
+        return read_image(path).array
+
+
 def test_viewer_label_policy(served, monkeypatch):
     """Lock / unlock an object and others-as-negatives through the viewer API (known masks per object)."""
     from voxprompt.session import Session
@@ -200,11 +258,18 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
             box = canvas.bounding_box()
             before = canvas.screenshot()
 
-            def click(dx: float, dy: float, version: int) -> None:
-                page.mouse.click(box["x"] + box["width"] * (0.5 + dx), box["y"] + box["height"] * (0.5 + dy))
-                page.wait_for_function(f"window.voxprompt.state.version >= {version}", timeout=30000)
+            def settled(action) -> None:
+                """Do ``action`` in the page and wait until it shows the answer (refined, for a click)."""
+                v0 = page.evaluate("window.voxprompt.state.version")
+                action()
+                page.wait_for_function(f"(s => s.version > {v0} && !s.busy && !s.refining)(window.voxprompt.state)",
+                                       timeout=30000)
 
-            click(0, 0, 2)
+            def click(dx: float, dy: float) -> None:
+                settled(lambda: page.mouse.click(box["x"] + box["width"] * (0.5 + dx),
+                                                 box["y"] + box["height"] * (0.5 + dy)))
+
+            click(0, 0)
             text, cls = page.inner_text("#status"), page.get_attribute("#status", "class")
             assert "check the result: low confidence: predicted IoU 0.01" in text and cls == "warn"
             last = page.evaluate("window.voxprompt.state.lastClick")
@@ -218,21 +283,17 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
             assert canvas.screenshot() != before  # the overlay is drawn
 
             page.check("#negative")
-            click(0.15, 0.15, 3)
+            click(0.15, 0.15)
             assert lease.session.prompts[-1][1][1] is False
-            page.click("#undo")
-            page.wait_for_function("window.voxprompt.state.version >= 4")
+            settled(lambda: page.click("#undo"))
             assert len(lease.session.prompts) == 1
-            page.click("#new-object")
-            page.wait_for_function("window.voxprompt.state.version >= 5")
+            settled(lambda: page.click("#new-object"))
             page.check("#positive")
-            click(-0.05, 0.05, 6)
+            click(-0.05, 0.05)
             assert lease.session.object_ids == [1, 2] and lease.session.mask.any()
-            page.check("#lock")  # label policy: lock the current object, others as negatives
-            page.wait_for_function("window.voxprompt.state.version >= 7")
+            settled(lambda: page.check("#lock"))  # label policy: lock the current object, others as negatives
             assert lease.session.locked_objects == [2] and "object 2 (locked)" in page.inner_text("#objects")
-            page.check("#others-negative")
-            page.wait_for_function("window.voxprompt.state.version >= 8")
+            settled(lambda: page.check("#others-negative"))
             assert lease.session.others_negative is True
 
             with page.expect_download() as dl:

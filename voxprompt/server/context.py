@@ -72,19 +72,20 @@ class ServerContext:
         Order is always lease lock, then model lock, so two leases never deadlock; heartbeats
         are served meanwhile because the event loop stays free.
         """
-        def call() -> T:
-            with lease.lock:
-                if lease.closed:
-                    raise LeaseGone("lease expired or unknown")
-                try:
-                    if not model:
-                        return fn()
-                    with self.host.lock:
-                        return fn()
-                finally:
-                    self.account(lease)
+        return await run_in_threadpool(lambda: self.call_locked(lease, fn, model))
 
-        return await run_in_threadpool(call)
+    def call_locked(self, lease: Lease, fn: Callable[[], T], model: bool = False) -> T:
+        """:meth:`run_locked` in the calling thread."""
+        with lease.lock:
+            if lease.closed:
+                raise LeaseGone("lease expired or unknown")
+            try:
+                if not model:
+                    return fn()
+                with self.host.lock:
+                    return fn()
+            finally:
+                self.account(lease)
 
     def model_step(self, fn: Callable[[], T], gone: threading.Event | None = None) -> T:
         """Run one model step (one prompt) under the model lock, taken for this step only.

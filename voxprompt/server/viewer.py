@@ -14,6 +14,12 @@ mirrored by :func:`voxprompt.server.volumes.ras_to_file_ijk`) and sends ``{"ijk"
 server reverses it with :func:`~voxprompt.session.from_slicer_ijk`. ``{"mm": [x, y, z]}`` (RAS) is
 accepted as well and converted on the server.
 
+A click answers at once with the model's mask (``POST /{token}/point``, summary ``refining: true``
+while its boundary refinement runs in the background); ``POST /{token}/refined`` then waits for the
+refinement (up to :data:`REFINED_WAIT_S`, taking the lease's lock only briefly at a time so that
+the user's next click gets through and cancels it) and answers the summary after it
+(``refined``: whether one landed). The page shows the first mask, then the refined one.
+
 Label policy (:class:`~voxprompt.session.objects.ObjectsMixin`): ``POST /{token}/objects/{id}/lock``
 with ``{"locked": true|false}`` locks or unlocks an object, ``POST /{token}/policy`` with
 ``{"others_negative": true|false}`` switches others-as-negatives; every summary lists ``locked``
@@ -22,6 +28,7 @@ with ``{"locked": true|false}`` locks or unlocks an object, ``POST /{token}/poli
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +59,8 @@ log = logging.getLogger(__name__)
 KIND = "web"
 STATIC_DIR = Path(__file__).resolve().parent / "static"  # the built page (`make web` from web/)
 NO_CACHE = {"Cache-Control": "no-store"}
+REFINED_WAIT_S = 60.0  # longest a /refined request waits; the page asks again if still refining
+REFINED_POLL_S = 0.1  # the lease lock is held at most this long at a time while waiting
 
 
 class PointBody(BaseModel):
@@ -81,6 +90,7 @@ def _summary(lease: Lease, pred=None) -> dict[str, Any]:
         "score": None if pred is None or pred.score is None else round(float(pred.score), 4),
         "low_confidence": bool(pred is not None and pred.low_confidence),
         "warning": None if pred is None else pred.warning,
+        "refining": bool(s.refining),
         "changed_bbox_kji": None if pred is None or pred.changed_bbox is None
         else [[int(b.start), int(b.stop)] for b in pred.changed_bbox],
     }
@@ -178,10 +188,35 @@ def make_router(ctx: ServerContext) -> APIRouter:
             img = lease.session.image
             ijk = body.ijk if body.ijk is not None else ras_to_file_ijk(nifti_affine(img), body.mm)
             index = from_slicer_ijk([float(v) for v in ijk])
-            pred = ctx.prompt_step(lease.session, lambda: lease.session.add_point(index, positive=body.positive))
-            return _summary(lease, pred)
+            pred = ctx.model_step(lambda: lease.session.add_point(index, positive=body.positive))
+            return _summary(lease, pred)  # the model's mask; the refined one via /refined
 
         return await ctx.run_locked(lease, do)
+
+    @r.post("/{token}/refined", dependencies=auth)
+    async def refined(token: str) -> dict:
+        lease = lease_of(token)
+
+        def poll() -> dict | None:
+            session = lease.session
+            pred = session.wait_refined(timeout=REFINED_POLL_S)
+            if pred is not None:
+                return {**_summary(lease, pred), "refined": True}
+            if not session.refining:  # nothing pending, or cancelled by a newer prompt
+                return {**_summary(lease), "refined": False}
+            return None
+
+        def wait() -> dict:
+            deadline = time.monotonic() + REFINED_WAIT_S
+            while True:
+                answer = ctx.call_locked(lease, poll)
+                if answer is not None:
+                    return answer
+                if time.monotonic() > deadline:
+                    return {**ctx.call_locked(lease, lambda: _summary(lease)), "refined": False}
+                time.sleep(0.005)  # let a waiting request of this lease take the lock
+
+        return await ctx.run_blocking(wait)
 
     @r.post("/{token}/undo", dependencies=auth)
     async def undo(token: str) -> dict:

@@ -13,7 +13,7 @@ const COLORS = [[255, 64, 64], [64, 200, 64], [64, 128, 255], [255, 200, 0], [22
 const $ = (id) => document.getElementById(id);
 const state = {
   token: null, name: "", key: sessionStorage.getItem("voxprompt-key") || "", positive: true,
-  volume: null, overlay: null, objects: [1], objectId: 1, version: 0, lastClick: null, busy: false,
+  volume: null, overlay: null, objects: [1], objectId: 1, version: 0, lastClick: null, busy: false, clickSeq: 0, refining: false,
   heartbeat: null, config: null, error: null,
 };
 const nv = new Niivue({
@@ -89,14 +89,34 @@ function applySummary(s) {
   $("undo").disabled = !s.can_undo;
   const score = s.score === null || s.score === undefined ? "" : `, predicted IoU ${s.score.toFixed(3)}`;
   const warning = s.warning ? ` \u2014 check the result: ${s.warning}` : "";
-  status(`${state.name}: object ${s.object_id}, ${s.voxels} voxels${score}${warning}`);
+  const refining = s.refining ? " \u2014 refining the boundary\u2026" : "";
+  status(`${state.name}: object ${s.object_id}, ${s.voxels} voxels${score}${warning}${refining}`);
   if (s.low_confidence) $("status").className = "warn";
 }
 
 async function afterChange(summary) {
+  if (summary.version < state.version) return; // an older answer arriving late
   applySummary(summary);
   await reloadOverlay();
   state.version = summary.version;
+  state.refining = Boolean(summary.refining); // set last: the overlay shown is this answer's
+}
+
+// The server answers a click with the model's mask and refines its boundary in the background:
+// show the refined mask when it lands, unless a newer click (which cancels it) came first.
+async function followRefinement(seq) {
+  try {
+    for (;;) {
+      const s = await (await call(`${API}/${state.token}/refined`)).json();
+      if (seq !== state.clickSeq) return;
+      if (s.refined || !s.refining) {
+        await afterChange(s);
+        return;
+      }
+    }
+  } catch (e) {
+    if (seq === state.clickSeq) status(`refinement: ${e.message}`, true);
+  }
 }
 
 async function open(form) {
@@ -104,6 +124,7 @@ async function open(form) {
   const info = await r.json();
   if (state.token) call(`${API}/${state.token}`, { method: "DELETE" }).catch(() => {});
   state.token = info.token;
+  state.clickSeq++; // a refinement still followed belongs to the previous volume
   state.name = info.name;
   const vr = await call(`${API}/${state.token}/volume.nii.gz`, { method: "GET" });
   const buffer = await vr.arrayBuffer();
@@ -129,8 +150,11 @@ async function clickAt(mm) {
     status(`click at voxel ${ijk} is outside the volume`, true);
     return;
   }
+  const seq = ++state.clickSeq;
   const r = await call(`${API}/${state.token}/point`, { json: { ijk, positive: state.positive } });
-  await afterChange(await r.json());
+  const summary = await r.json();
+  await afterChange(summary);
+  if (summary.refining) followRefinement(seq); // not awaited: the next click may come at once
 }
 
 function setPolarity(positive) {
