@@ -29,6 +29,27 @@ def tiny_model(seed: int = 0) -> torch.nn.Module:
     return load_model("voxprompt-med3d-small", pretrained=False, config={**base, **TINY_MED3D})
 
 
+def slicer_volume() -> np.ndarray:
+    """A (K, J, I) int16 volume with a bright box at [8:16, 12:30, 10:26], as Slicer's
+    ``arrayFromVolume`` returns one."""
+    rng = np.random.default_rng(0)
+    vol = rng.normal(0, 20, size=(24, 40, 36)).astype(np.int16)
+    vol[8:16, 12:30, 10:26] += 300
+    return vol
+
+
+def fix_model_masks(monkeypatch, masks: dict[int, np.ndarray], refine: bool = False) -> None:
+    """Every prompt's pasted model result becomes ``masks[object id]`` on the whole image (a random
+    tiny model finds nothing), so what the server and the session do with it is exact; the boundary
+    refinement returns its input unless ``refine``."""
+    from voxprompt.session import Session
+
+    monkeypatch.setattr(Session, "_pasted", lambda self, mask, roi, mask_roi, cache=True: (
+        tuple(slice(0, n) for n in mask.shape), masks[self.object_id].copy()))
+    if not refine:
+        monkeypatch.setattr(Session, "_refined", lambda self, region, block, clicks, cancel=None: block)
+
+
 class BackgroundServer:
     """``with BackgroundServer(app) as url:`` serves ``app`` with uvicorn on a free loopback port."""
 

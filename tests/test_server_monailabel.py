@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from server_testing import BackgroundServer, tiny_model
+from server_testing import BackgroundServer, fix_model_masks, tiny_model
 
 from voxprompt.io import read_image
 from voxprompt.server import ServerSettings, create_app
@@ -311,10 +311,7 @@ def test_locked_labels_and_others_negative(server, volume_path, tmp_path, monkey
     a[6:14, 10:26, 12:22] = True
     b = np.zeros(shape, bool)
     b[6:14, 10:26, 18:30] = True
-    known = {1: a, 2: b}
-    monkeypatch.setattr(Session, "_pasted", lambda self, mask, roi, mask_roi, cache=True: (
-        tuple(slice(0, n) for n in mask.shape), known[self.object_id].copy()))
-    monkeypatch.setattr(Session, "_refined", lambda self, region, block, clicks, cancel=None: block)
+    fix_model_masks(monkeypatch, {1: a, 2: b})
     sid = create_session(server, volume_path)["session_id"]
 
     def post(params: dict) -> dict:

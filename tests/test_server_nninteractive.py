@@ -12,7 +12,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from server_testing import BackgroundServer, tiny_model
+from server_testing import BackgroundServer, slicer_volume, tiny_model
 
 from voxprompt.server import ServerSettings, create_app
 from voxprompt.server.protocols import nnia
@@ -31,11 +31,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def volume() -> np.ndarray:
-    """A (K, J, I) int16 volume, as ``slicer.util.arrayFromVolume`` returns."""
-    rng = np.random.default_rng(0)
-    vol = rng.normal(0, 20, size=(24, 40, 36)).astype(np.int16)
-    vol[8:16, 12:30, 10:26] += 300
-    return vol
+    return slicer_volume()
 
 
 def serve(model, **kw):

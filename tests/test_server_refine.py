@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from server_testing import BackgroundServer, tiny_model
+from server_testing import BackgroundServer, fix_model_masks, slicer_volume, tiny_model
 
 from voxprompt.server import ServerSettings, create_app
 from voxprompt.session import Session
@@ -20,23 +20,15 @@ SPACING = (2.0, 1.2, 1.0)
 
 @pytest.fixture(scope="module")
 def volume() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    vol = rng.normal(0, 20, size=(24, 40, 36)).astype(np.int16)
-    vol[8:16, 12:30, 10:26] += 300
-    return vol
+    return slicer_volume()
 
 
 @pytest.fixture
 def coarse_model_masks(monkeypatch, volume):
-    """The model's pasted result replaced by a shifted copy of the bright box (a random tiny model
-    has no object to find), so that the refinement has a boundary to move."""
+    """The model's result: a shifted copy of the bright box, so the refinement has a boundary to move."""
     box = np.zeros(volume.shape, bool)
     box[9:16, 14:30, 13:29] = True
-
-    def pasted(self, mask, roi, mask_roi, cache=True):
-        return tuple(slice(0, n) for n in mask.shape), box.copy()
-
-    monkeypatch.setattr(Session, "_pasted", pasted)
+    fix_model_masks(monkeypatch, {1: box}, refine=True)
     return box
 
 

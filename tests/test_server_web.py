@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from server_testing import BackgroundServer, tiny_model
+from server_testing import BackgroundServer, fix_model_masks, tiny_model
 
 from voxprompt.io import read_image
 from voxprompt.server import ServerSettings, create_app
@@ -130,8 +130,7 @@ def test_viewer_answers_the_model_mask_then_the_refined_one(model, data_dir, mon
     shape = read_image(data_dir / "lps.nii.gz").shape
     coarse = np.zeros(shape, bool)
     coarse[7:14, 12:26, 15:34] = True  # the bright box, shifted: the refinement moves its boundary
-    monkeypatch.setattr(Session, "_pasted", lambda self, mask, *a, **k: (tuple(slice(0, n) for n in shape),
-                                                                         coarse.copy()))
+    fix_model_masks(monkeypatch, {1: coarse}, refine=True)
     go, real = threading.Event(), Session._refined
 
     def held(self, region, block, clicks, cancel=None):  # a refinement that waits for the test
@@ -179,7 +178,6 @@ def _labels_from_bytes(data: bytes) -> np.ndarray:
 
 def test_viewer_label_policy(served, monkeypatch):
     """Lock / unlock an object and others-as-negatives through the viewer API (known masks per object)."""
-    from voxprompt.session import Session
 
     url, ctx = served
     shape = (20, 36, 44)  # (k, j, i)
@@ -187,10 +185,7 @@ def test_viewer_label_policy(served, monkeypatch):
     a[6:14, 10:26, 12:24] = True
     b = np.zeros(shape, bool)
     b[6:14, 10:26, 20:32] = True
-    known = {1: a, 2: b}
-    monkeypatch.setattr(Session, "_pasted", lambda self, mask, roi, mask_roi, cache=True: (
-        tuple(slice(0, n) for n in mask.shape), known[self.object_id].copy()))
-    monkeypatch.setattr(Session, "_refined", lambda self, region, block, clicks, cancel=None: block)
+    fix_model_masks(monkeypatch, {1: a, 2: b})
     info = httpx.post(f"{url}/{API}/open", data={"path": "lps.nii.gz"}).json()
     tok = info["token"]
     assert info["locked"] == [] and info["others_negative"] is False
