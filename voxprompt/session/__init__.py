@@ -6,8 +6,9 @@
 * :class:`Session2D` (:mod:`.image2d`): a 2D model on an image, through its :class:`Predictor2D`.
 * :class:`SliceSession` (:mod:`.slices`): a 2D model on a volume, slice by slice, with
   :mod:`.propagate` carrying a mask to the next slices.
-* :mod:`.objects`: objects and undo shared by all three; :mod:`.prompts`: prompt files;
-  :mod:`.background`: the 3D session's refinement after the fast mask.
+* :mod:`.objects`: objects, undo and the label policy shared by all three; :mod:`.prompts`: prompt
+  files; :mod:`.background`: the 3D session's refinement after the fast mask; :mod:`.saved`: its
+  saved-session files.
 
 Names load on first use, so ``from voxprompt.session import Session2D`` does not import the 3D parts.
 """
