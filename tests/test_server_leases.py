@@ -122,6 +122,7 @@ def test_expired_session_is_restorable_during_its_grace(model, volume_path):
     with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as h:
         tok = open_viewer(h, volume_path)
         assert h.post(f"/api/viewer/{tok}/point", json={"ijk": [20, 18, 10]}).status_code == 200
+        assert h.post(f"/api/viewer/{tok}/refined").status_code == 200  # as the page does
         labels = h.get(f"/api/viewer/{tok}/labels.nii.gz").content
         # the page heartbeats: alive long after its last click
         clock.t += 90

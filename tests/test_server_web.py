@@ -165,6 +165,20 @@ def test_viewer_answers_the_model_mask_then_the_refined_one(model, data_dir, mon
         go.set()
         last = h.post(f"/{tok}/refined").json()
         assert last["refined"] and h.post(f"/{tok}/refined").json()["refined"] is False  # nothing pending
+        # a download waits for the refinement still running
+        go.clear()
+        assert h.post(f"/{tok}/point", json={"ijk": [20, 18, 10]}).json()["refining"]
+        got = {}
+        fetch = threading.Thread(target=lambda: got.update(r=httpx.get(
+            f"{url}/{API}/{tok}/labels.nii.gz", params={"download": True}, timeout=60)))
+        fetch.start()
+        fetch.join(0.5)
+        assert fetch.is_alive()
+        go.set()
+        fetch.join(30)
+        session = app.state.ctx.leases.peek(tok).session
+        assert not session.refining
+        np.testing.assert_array_equal(_labels_from_bytes(got["r"].content), session.label_map())
 
 
 def _labels_from_bytes(data: bytes) -> np.ndarray:

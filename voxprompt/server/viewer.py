@@ -18,7 +18,8 @@ A click answers at once with the model's mask (``POST /{token}/point``, summary 
 while its boundary refinement runs in the background); ``POST /{token}/refined`` then waits for the
 refinement (up to :data:`REFINED_WAIT_S`, taking the lease's lock only briefly at a time so that
 the user's next click gets through and cancels it) and answers the summary after it
-(``refined``: whether one landed). The page shows the first mask, then the refined one.
+(``refined``: whether one landed). The page shows the first mask, then the refined one. The label
+map's download (``labels.nii.gz?download=true``) waits for a refinement still running.
 
 Label policy (:class:`~voxprompt.session.objects.ObjectsMixin`): ``POST /{token}/objects/{id}/lock``
 with ``{"locked": true|false}`` locks or unlocks an object, ``POST /{token}/policy`` with
@@ -171,7 +172,13 @@ def make_router(ctx: ServerContext) -> APIRouter:
     @r.get("/{token}/labels.nii.gz", dependencies=auth)
     async def labels(token: str, download: bool = False) -> Response:
         lease = lease_of(token)
-        data = await ctx.run_locked(lease, lambda: label_nifti_bytes(lease.session.label_map(), lease.session.image))
+
+        def labels_now() -> bytes:
+            if download:  # a saved file holds the refined masks, never one still being refined
+                lease.session.wait_refined()
+            return label_nifti_bytes(lease.session.label_map(), lease.session.image)
+
+        data = await ctx.run_locked(lease, labels_now)
         headers = dict(NO_CACHE)
         if download:
             stem = lease.state["name"].split(".")[0] or "volume"
