@@ -62,6 +62,13 @@ def unshared_mask(obj: Any) -> np.ndarray:
     return obj.mask
 
 
+def read_only(mask: np.ndarray) -> np.ndarray:
+    """A read-only view of ``mask`` (what sessions hand out; copy-on-write keeps it unchanged)."""
+    view = mask.view()
+    view.flags.writeable = False
+    return view
+
+
 def _mask_refs(obj: Any) -> int:
     return sys.getrefcount(obj.mask)
 
@@ -144,9 +151,7 @@ class ObjectsMixin:
     @property
     def mask(self) -> np.ndarray:
         """Current object's mask (read-only bool, image shape; later calls never change it)."""
-        m = self._obj.mask.view()
-        m.flags.writeable = False
-        return m
+        return read_only(self._obj.mask)
 
     @property
     def prompts(self) -> list:

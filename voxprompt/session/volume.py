@@ -95,7 +95,7 @@ from ..masks import Slices, bbox_of, within
 from ..preprocess import Roi, roi_for_label
 from ..refine import RefineConfig, refine_mask, resolve_refine
 from .background import RefineJob
-from .objects import ObjectsMixin, box_corners, point_index, unshared_mask
+from .objects import ObjectsMixin, box_corners, point_index, read_only, unshared_mask
 from .planning import ROI_SPACING_MM, BaseStage, CenteredRoiPlanner, Expansion, RoiPlanner
 from .roi_predictor import EMBEDDING_CACHE_SIZE, RoiPredictor, roi_key
 
@@ -462,10 +462,8 @@ class Session(ObjectsMixin):
         roi_bbox = self.predictor.coverage(obj.roi)[0] if obj.roi is not None else None
         extra = {} if expansion is None else {"zooms": tuple(expansion.zooms), "tiles": expansion.tiles}
         warning = self._warning(obj)
-        mask = obj.mask.view()
-        mask.flags.writeable = False
         job = self._job
-        return Prediction(mask=mask, probabilities=prob, changed_bbox=changed, score=obj.score,
+        return Prediction(mask=read_only(obj.mask), probabilities=prob, changed_bbox=changed, score=obj.score,
                           roi=obj.roi, object_id=self._current if object_id is None else object_id,
                           roi_bbox=roi_bbox, low_confidence=warning is not None, warning=warning,
                           refining=job is not None and job.context.obj is obj, **extra)
@@ -721,9 +719,7 @@ class Session(ObjectsMixin):
         from . import saved
 
         img = self._img()
-        if self._job is not None:
-            self._job.wait()
-        self._settle(cancel=False)
+        self.wait_refined()
         arrays: dict[str, np.ndarray] = {}
         tensors: dict[int, str] = {}  # id(tensor) -> member: a step shares its logits with the object
 
