@@ -41,6 +41,10 @@ class SessionFileError(VoxpromptError):
     """A saved session file that is missing, truncated, corrupt, malformed or of an unknown format version."""
 
 
+class SessionTooLarge(SessionFileError):
+    """A saved session state that would unpack to more bytes than the caller allows (servers answer 413)."""
+
+
 class ImageReadError(VoxpromptError):
     """An image file that is missing, truncated, corrupt, unsupported or absurd."""
 

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ImageTooLarge, VoxpromptError
+from ..errors import ImageTooLarge, SessionTooLarge, VoxpromptError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(exc.status, exc.detail, exc.headers)
 
     @app.exception_handler(ImageTooLarge)
-    async def _too_large(request: Request, exc: ImageTooLarge) -> JSONResponse:
+    @app.exception_handler(SessionTooLarge)
+    async def _too_large(request: Request, exc: ImageTooLarge | SessionTooLarge) -> JSONResponse:
         log.info("%s %s: %s", request.method, request.url.path, exc)
         return _json(413, f"{exc} (--session-memory-mb)")
 

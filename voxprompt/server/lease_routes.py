@@ -1,9 +1,20 @@
-"""Routes over the lease table that every protocol shares: ``POST /restore`` and ``GET /status``.
+"""Routes over the lease table that every protocol shares: ``POST /restore``, ``GET``/``POST /state``
+and ``GET /status``.
 
 ``POST /restore`` with header ``X-Lease-Token: <token>`` (an nnInteractive lease token, a MONAI Label
 session id or a viewer token) puts an expired lease back under the same token, with its image and
 masks, while its restore grace (``--restore-grace``) lasts and a slot is free (503 otherwise). The
 410 (MONAI Label: 404) that a request for an expired lease gets says whether it can be restored.
+
+``GET /state`` with ``X-Lease-Token`` exports the lease's Session state as a saved session
+(``application/octet-stream``, the ``.vps`` format of :mod:`voxprompt.session.saved`: every object's
+mask, prompts and undo history, the locks), after a refinement still running has landed; it opens in
+Python (``Session.load``), in ``voxprompt segment --prompts`` and here again. ``POST /state`` with
+the same header and such a file as the raw body imports it into the lease, whose image must be the one
+it was saved on (400 naming what differs otherwise, 400 for a corrupt file, 413 when its members declare
+more than the per-session memory cap, checked before unpacking); it answers the objects and locks.
+An nnInteractive client's target buffer is its own and does not see an imported mask; the viewer and
+MONAI Label read masks from the server (download, next inference).
 
 ``GET /status`` (behind the API key when one is set) is for the person running the server: every
 lease with its kind, age, idle time and memory (``Session.memory_bytes()``), the expired ones still
@@ -14,13 +25,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Header, Request, Response
 
+from ..session import Session
 from ..version import __version__
 from .context import ServerContext
 from .leases import Lease
 
 LEASE_HEADER = "X-Lease-Token"
+
+
+def objects_json(session: Session) -> dict[str, Any]:
+    """A session's objects and label policy, as the routes that change them answer."""
+    return {"object_id": session.object_id, "objects": session.object_ids, "locked": session.locked_objects,
+            "others_negative": bool(session.others_negative)}
 
 
 def _memory(lease: Lease) -> tuple[int, bool]:
@@ -65,6 +83,26 @@ def make_router(ctx: ServerContext) -> APIRouter:
         lease = ctx.leases.restore(x_lease_token)
         return {"restored": True, "kind": lease.kind, "remaining_seconds": lease.remaining(ctx.leases.now()),
                 "idle_timeout_seconds": lease.idle_timeout}
+
+    @r.get("/state", dependencies=auth)
+    async def export_state(x_lease_token: str | None = Header(None, alias=LEASE_HEADER)) -> Response:
+        lease = ctx.leases.get(x_lease_token)
+        data = await ctx.run_locked(lease, lease.session.state_bytes)
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Content-Disposition": 'attachment; filename="voxprompt-session.vps"'})
+
+    @r.post("/state", dependencies=auth)
+    async def import_state(request: Request,
+                           x_lease_token: str | None = Header(None, alias=LEASE_HEADER)) -> dict[str, Any]:
+        lease = ctx.leases.get(x_lease_token, active=True)
+        data = await request.body()
+        cap = ctx.settings.session_memory_bytes
+
+        def load() -> dict[str, Any]:
+            lease.session.load_state(data, max_bytes=cap)
+            return objects_json(lease.session)
+
+        return await ctx.run_locked(lease, load)
 
     @r.get("/status", dependencies=auth)
     def get_status() -> dict[str, Any]:

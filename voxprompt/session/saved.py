@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, SessionFileError, VoxpromptError
+from ..errors import InputError, SessionFileError, SessionTooLarge, VoxpromptError
 from ..io.image import Image
 from ..preprocess import Roi
 
@@ -54,15 +54,21 @@ def is_saved_session(path: str | Path) -> bool:
         return False
 
 
+def state_bytes(manifest: dict, arrays: dict[str, np.ndarray]) -> bytes:
+    """The manifest and arrays as the bytes of one compressed ``.npz`` (what :func:`write_state` writes)."""
+    doc = {"format": FORMAT, "version": FORMAT_VERSION, **manifest}
+    members = {"manifest": np.frombuffer(json.dumps(doc).encode("utf-8"), dtype=np.uint8), **arrays}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **members)
+    return buf.getvalue()
+
+
 def write_state(path: str | Path, manifest: dict, arrays: dict[str, np.ndarray]) -> Path:
     """Write the manifest and arrays as one compressed ``.npz`` (atomically: a temporary file, then renamed)."""
     out = Path(path)
-    doc = {"format": FORMAT, "version": FORMAT_VERSION, **manifest}
-    members = {"manifest": np.frombuffer(json.dumps(doc).encode("utf-8"), dtype=np.uint8), **arrays}
     tmp = out.with_name(out.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:  # a file object: numpy adds no ".npz" to the name
-            np.savez_compressed(f, **members)
+        tmp.write_bytes(state_bytes(manifest, arrays))
         os.replace(tmp, out)
     finally:
         if tmp.exists():
@@ -70,16 +76,27 @@ def write_state(path: str | Path, manifest: dict, arrays: dict[str, np.ndarray])
     return out
 
 
-def read_state(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """The manifest and arrays of a saved session; :class:`SessionFileError` for a file that is missing,
-    truncated, corrupt, not a saved session or of another format version."""
-    name = str(path)
+def read_state(source: str | Path | bytes, max_bytes: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """The manifest and arrays of a saved session, from a file or from its bytes (an upload);
+    :class:`SessionFileError` for one that is missing, truncated, corrupt, not a saved session or of
+    another format version. ``max_bytes`` bounds what its members declare they unpack to, checked
+    before anything is unpacked (:class:`SessionTooLarge`), so a small upload cannot claim a lot of memory."""
+    if isinstance(source, (bytes, bytearray)):
+        name, data = "the uploaded session state", bytes(source)
+    else:
+        name = str(source)
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise SessionFileError(f"{name}: cannot read ({exc.strerror or exc})") from None
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise SessionFileError(f"{name}: cannot read ({exc.strerror or exc})") from None
-    try:
+        if max_bytes is not None:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                declared = sum(i.file_size for i in z.infolist())
+            if declared > max_bytes:
+                raise SessionTooLarge(f"{name} unpacks to {declared / 2**20:.1f} MiB, more than the "
+                                      f"{max_bytes / 2**20:.0f} MiB allowed")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}  # reads (and CRC-checks) every member now
         raw = arrays.pop("manifest")
@@ -270,4 +287,4 @@ def mask_after(mask: np.ndarray, history: list, k: int) -> np.ndarray:
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "SUFFIX", "check_image", "image_identity", "is_saved_session",
-           "read_state", "write_state"]
+           "read_state", "state_bytes", "write_state"]

@@ -718,6 +718,17 @@ class Session(ObjectsMixin):
         the session's settings (refinement, clean-up, planner) are not saved."""
         from . import saved
 
+        return saved.write_state(path, *self._state())
+
+    def state_bytes(self) -> bytes:
+        """What :meth:`save` writes, as bytes (a server's export of a lease)."""
+        from . import saved
+
+        return saved.state_bytes(*self._state())
+
+    def _state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        from . import saved
+
         img = self._img()
         self.wait_refined()
         arrays: dict[str, np.ndarray] = {}
@@ -757,10 +768,12 @@ class Session(ObjectsMixin):
                               "roi_spacing_mm": self.roi_spacing},
                     "current": self._current, "locked": sorted(self._locked & set(self._objects)),
                     "others_negative": bool(self.others_negative), "objects": objects}
-        return saved.write_state(path, manifest, arrays)
+        return manifest, arrays
 
-    def load_state(self, path: str | os.PathLike) -> None:
-        """Put back a state written by :meth:`save`; the session's image must be the one it was saved on.
+    def load_state(self, path: str | os.PathLike | bytes, max_bytes: int | None = None) -> None:
+        """Put back a state written by :meth:`save` (a file, or its bytes as :meth:`state_bytes` gives
+        them); the session's image must be the one it was saved on. ``max_bytes`` bounds what the state
+        may unpack to (:class:`~voxprompt.errors.SessionTooLarge`; a server's import).
 
         Replaces every object, the current object, the locks and ``others_negative``; the next prompt
         and undo then give exactly what they would have given in the saved session. Raises
@@ -770,8 +783,8 @@ class Session(ObjectsMixin):
         from . import saved
 
         img = self._img()
-        name = str(path)
-        manifest, arrays = saved.read_state(path)
+        name = "the uploaded session state" if isinstance(path, (bytes, bytearray)) else str(path)
+        manifest, arrays = saved.read_state(path, max_bytes)
         saved.check_image(manifest.get("image"), img, name)
         model = manifest.get("model")
         here = {"img_size": self.img_size, "low_res_size": self.predictor.low_res_size,

@@ -79,6 +79,7 @@ from ...session import Prediction, Session
 from ...version import __version__
 from ..context import ServerContext
 from ..errors import BadRequest
+from ..lease_routes import objects_json
 from ..leases import Lease
 from ..model_host import autozoom_on, set_autozoom
 from ..security import check_size
@@ -239,12 +240,6 @@ def _apply(session: Session, op: tuple) -> Prediction:
     if op[0] == "point":
         return session.add_point(op[1], positive=op[2])
     return session.add_box(op[1], op[2])
-
-
-def objects_json(session: Session) -> dict[str, Any]:
-    """The objects and the label policy (voxprompt's /voxprompt/ endpoints)."""
-    return {"object_id": session.object_id, "objects": session.object_ids, "locked": session.locked_objects,
-            "others_negative": bool(session.others_negative)}
 
 
 def _need_image(session: Session) -> None:
