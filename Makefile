@@ -7,11 +7,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test lint demo clean web chromium
 
-$(STAMP): pyproject.toml requirements.txt requirements-ref.txt
+$(STAMP): pyproject.toml requirements.txt requirements-ref.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements.txt
 	$(PIP) install --quiet --no-deps -r requirements-ref.txt
+	$(PIP) install --quiet --no-deps -r requirements-nodeps.txt
 	$(PIP) install --quiet --no-deps -e .
 	touch $(STAMP)
 

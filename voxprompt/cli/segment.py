@@ -32,27 +32,22 @@ from .common import (
     size_ijk,
     warn_if_empty,
 )
+from .dicom_output import (
+    DicomOutput,
+    add_dicom_output_arguments,
+    check_dicom_paths,
+    dicom_output_from_args,
+    not_dicom_input,
+    write_dicom_output,
+)
 
 log = logging.getLogger(__name__)
 
 AUTOZOOM_DEFAULT = False  # --autozoom / --no-autozoom when neither is given
 
 
-def _check_seg_output(path: str, image: str) -> None:
-    """A DICOM SEG output (``.dcm`` or a folder) needs a DICOM input and an existing folder."""
-    from ..io.dicom_seg import NotDicomError, seg_output_path
-
-    src = Path(image)
-    if src.exists() and not src.is_dir() and file_extension(src) != ".dcm":
-        raise NotDicomError(f"output {path}: a DICOM SEG needs a DICOM input (a series folder); {image} is "
-                            f"{file_extension(src) or 'not DICOM'}: write .nii.gz, .nrrd or .mha instead")
-    out = seg_output_path(path)
-    if not out.parent.is_dir() and not (path.endswith(("/", "\\")) and out.parent.parent.is_dir()):
-        raise UsageError(f"output {path}: folder {out.parent} does not exist")
-
-
 def _dicom_folder_output(args: argparse.Namespace) -> None:
-    """For a DICOM folder input, an output without an extension names a folder (the DICOM SEG goes in it)."""
+    """For a DICOM folder input, an output without an extension names a folder (the SEG or RTSTRUCT goes in it)."""
     out = args.output
     if Path(args.image).is_dir() and not file_extension(out) and not out.endswith(("/", os.sep)):
         args.output = out + os.sep
@@ -94,23 +89,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_outputs(args: argparse.Namespace) -> tuple[bool, dict]:
-    """The output and ``--overlay`` checks, before anything is read; (DICOM SEG output?, its codes)."""
-    from ..io.dicom_seg import is_dicom_seg_output
-    from ..io.seg_codes import seg_codes_from_args
+def _check_outputs(args: argparse.Namespace) -> DicomOutput | None:
+    """The output and ``--overlay`` checks, before anything is read; the DICOM object to write, if any."""
     from ..io.write import SUPPORTED_WRITE_EXTENSIONS
 
-    dicom_seg = is_dicom_seg_output(args.output)
-    seg_codes = seg_codes_from_args(args, dicom_seg)  # --seg-category / --seg-type
-    if dicom_seg:
-        _check_seg_output(args.output, args.image)
+    dicom_out = dicom_output_from_args(args)  # --dicom-format, --seg-category / --seg-type
+    if dicom_out is not None:
+        check_dicom_paths(dicom_out, args.output, args.image)
     else:
         check_output(args.output, SUPPORTED_WRITE_EXTENSIONS + (".dcm",), "output")
     if args.overlay is not None:
         check_output(args.overlay, (".png",), "--overlay")
     elif getattr(args, "neurological", False):
         raise UsageError("--neurological sets the view of --overlay PNG; give --overlay too")
-    return dicom_seg, seg_codes
+    return dicom_out
 
 
 def _box_index(image: object, lo: tuple[int, ...], hi: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -157,7 +149,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     replay = prompts_from_args(args)  # --prompts FILE (refused beside the flags above)
     if not points and not boxes and args.mask_in is None and replay is None:
         raise UsageError("segment needs a prompt: --point, --point-mm, --box, --mask-in or --prompts")
-    dicom_seg, seg_codes = _check_outputs(args)
+    dicom_out = _check_outputs(args)
     get_spec(args.model)
     check_device(args.device, CLI_DEVICES, "--device")
     from ..models.loading import resolve_checkpoint
@@ -169,11 +161,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     image = read_image(args.image, series=args.series)
     if 1 in image.shape:  # a 2D image, a single-frame DICOM file, a one-voxel-thick volume
         raise single_slice_error(args.image, args.model, f"{size_ijk(image)} IJK")
-    if dicom_seg and not image.is_dicom:
-        from ..io.dicom_seg import NotDicomError
-
-        raise NotDicomError(f"output {args.output}: a DICOM SEG needs a DICOM input; {args.image} is not DICOM "
-                            "(write .nii.gz, .nrrd or .mha instead)")
+    if dicom_out is not None and not image.is_dicom:
+        raise not_dicom_input(dicom_out, args)
     idx = [(point_index(image, p, args.frame), p.positive) for p in points]
     box_zyx = [_box_index(image, lo, hi) for lo, hi in boxes]
     prior = None
@@ -211,12 +200,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     mask = session.mask
     try:
-        if dicom_seg:
-            from ..io.dicom_seg import write_dicom_seg
-
-            out = write_dicom_seg(mask, args.image, args.output, image=image, label_name=args.label_name,
-                                  model_name=args.model, parameters={"checkpoint": Path(checkpoint).name},
-                                  **seg_codes)
+        if dicom_out is not None:
+            out = write_dicom_output(dicom_out, mask, args, image, checkpoint)
         else:
             out = write_mask(mask.astype(np.uint8), image, args.output)
     except OSError as exc:
@@ -261,11 +246,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("image", help="input image")
     s.add_argument("-o", "--output", required=True,
                    help="output mask (.nii.gz, .nii, .nrrd, .mha); for a DICOM folder input also .dcm or a folder: "
-                        "a DICOM SEG referencing the source instances (a path without an extension is a folder, "
-                        "made if needed; the SEG is FOLDER/voxprompt_seg.dcm)")
+                        "a DICOM SEG (or with --dicom-format rtstruct an RT Structure Set) referencing the source "
+                        "instances (a path without an extension is a folder, made if needed; the SEG is "
+                        "FOLDER/voxprompt_seg.dcm)")
     s.add_argument("--series", metavar="UID|NUMBER", help=series_help)
-    s.add_argument("--label-name", metavar="NAME", help="segment label of a DICOM SEG output "
-                                                        "(default 'voxprompt segment')")
+    add_dicom_output_arguments(s)
     from ..io.seg_codes import add_seg_code_arguments
 
     add_seg_code_arguments(s)

@@ -158,9 +158,9 @@ def _segment_image(args: argparse.Namespace, ckpt: str, window) -> int:
                         ("--neurological", getattr(args, "neurological", False))):
         if given:
             raise UsageError(f"{what} is for volumes; {args.image} is a 2D image")
-    from ..io.seg_codes import seg_codes_from_args
+    from .dicom_output import dicom_output_from_args
 
-    seg_codes_from_args(args, False)  # a 2D image's mask is no DICOM SEG: the code flags are refused
+    dicom_output_from_args(args, possible=False)  # a 2D image's mask is no DICOM object: those flags are refused
     points = [parse_point2d(t) for t in args.point or []]
     boxes = [parse_box2d(t) for t in args.box or []]
     if len(boxes) > 1:
@@ -208,7 +208,6 @@ def _read_volume(path: str, series=None):
 
 
 def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
-    from ..io.dicom_seg import is_dicom_seg_output
     from ..models.family import policy_for
     from ..session.propagate import PropagationConfig
     from ..session.slices import SliceSession
@@ -216,12 +215,11 @@ def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
     if args.mask_in is not None:
         raise UsageError("--mask-in is not supported with a 2D model on a volume; prompt with --point / --box")
     multi_frame = is_2d_file(args.image)
-    dicom_seg = is_dicom_seg_output(args.output)
-    from ..io.seg_codes import seg_codes_from_args
+    from .dicom_output import dicom_output_from_args, not_dicom_input, write_dicom_output
 
-    seg_codes = seg_codes_from_args(args, dicom_seg)  # --seg-category / --seg-type
+    dicom_out = dicom_output_from_args(args)  # --dicom-format, --seg-category / --seg-type
     out_exts = VOLUME_WRITE_EXTENSIONS + ((".tif", ".tiff") if multi_frame else ())
-    if not dicom_seg:
+    if dicom_out is None:
         check_output(args.output, out_exts, "output")
     slice_axis = args.slice_axis or "k"
     axis = SLICE_AXES[slice_axis]
@@ -229,8 +227,8 @@ def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
     if len(boxes) > 1:
         raise UsageError("give one --box (SAM-style models accept a single box per prompt)")
     image = _read_volume(args.image, getattr(args, "series", None))
-    if dicom_seg and not image.is_dicom:
-        raise UsageError(f"output {args.output}: a DICOM SEG needs a DICOM series input")
+    if dicom_out is not None and not image.is_dicom:
+        raise not_dicom_input(dicom_out, args)
     typed = [parse_point(t) for t in args.point or []] + [parse_point(t, world=True) for t in args.point_mm or []]
     points = [(point_index(image, p, args.frame), p.positive) for p in typed]
     box = None
@@ -249,11 +247,8 @@ def _segment_volume(args: argparse.Namespace, ckpt: str, window) -> int:
     pred = session.add_prompts(points, box=box, slice_index=args.slice)
     mask = session.mask
     try:
-        if dicom_seg:
-            from ..io.dicom_seg import write_dicom_seg
-
-            out = write_dicom_seg(mask, args.image, args.output, image=image, label_name=args.label_name,
-                                  model_name=args.model, parameters={"checkpoint": Path(ckpt).name}, **seg_codes)
+        if dicom_out is not None:
+            out = write_dicom_output(dicom_out, mask, args, image, ckpt)
         elif file_extension(args.output) in (".tif", ".tiff"):
             from ..io.image2d import write_mask2d
 
