@@ -42,7 +42,7 @@ RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 DEFAULT_RTSTRUCT_NAME = "voxprompt_rtstruct.dcm"  # file name used when the output is a folder
 RTSTRUCT_SERIES_OFFSET = 2000  # RTSTRUCT series number = source series number + this (a SEG takes + 1000)
 ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")  # ROIGenerationAlgorithm
-# ROIDisplayColor of ROI 1, 2, ... when none is given (RGB; the colours 3D Slicer gives labels 1-10)
+# ROIDisplayColor of ROI 1, 2, ... when none is given (RGB)
 ROI_COLORS: tuple[tuple[int, int, int], ...] = (
     (128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
     (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0))
