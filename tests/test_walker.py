@@ -111,6 +111,6 @@ def test_difference_solve(beta, monkeypatch):
 def test_refine_config_solver_is_checked():
     from voxprompt.errors import UsageError
 
-    assert RefineConfig().solver == "labels"  # the shipped default: scikit-image's labels
+    assert RefineConfig().solver == "difference"  # the shipped default: one solve (the baseline keeps two)
     with pytest.raises(UsageError, match="solver"):
         RefineConfig(solver="exact")

@@ -12,10 +12,10 @@ SciPy CG call per label (``rtol=tol, atol=0``) and the same argmax. The system i
 identical bit for bit, and so are the labels (``tests/test_walker.py`` checks the matrices against
 scikit-image's own ``_build_linear_system``).
 
-``difference=True`` (``RefineConfig(solver="difference")``, an option) solves once, for the
-difference of the two labels, instead of once per label: faster, but no longer scikit-image's labels
-(see :func:`band_random_walker`); the default refinement and the classical baseline keep the two
-solves.
+``difference=True`` (``RefineConfig(solver="difference")``, the refinement's default) solves once,
+for the difference of the two labels, instead of once per label: faster, but no longer scikit-image's
+labels (see :func:`band_random_walker`); the classical baseline keeps the two solves, so it stays
+scikit-image's walker.
 
 Scope: 3D arrays, labels -1 (inactive) / 0 (undecided) / 1 / 2 as :func:`voxprompt.refine.band_seeds`
 makes them, every undecided region touching a seed. Anything else returns ``None`` and the caller
