@@ -54,7 +54,7 @@ def test_slicer_workflow_matches_local_session(server, model, volume):
     local.set_image(volume, spacing=SPACING_KJI)
     with Client(server) as c:
         assert c.supported_interactions == {"points": True, "bbox2d": True, "bbox3d": True,
-                                            "scribble": False, "lasso": False}
+                                            "scribble": True, "lasso": True}
         assert c.supports_undo and c.supports_initial_label and not c.supports_zero_shot_label_refinement
         assert c.ping()
         # Slicer: set_image(arrayFromVolume(vol)[None], {"spacing": reversed(vol.GetSpacing())})
@@ -222,7 +222,7 @@ def test_bad_requests_get_4xx_with_a_reason(model, volume):
                                                         "include_interaction": True, "run_prediction": False})
         bad(400, "/add_bbox_interaction", "empty",
             body={"bbox_coords": [[1, 1], [1, 9], [1, 9]], "include_interaction": True})
-        bad(400, "/add_scribble_interaction", "not supported", content=b"")
+        bad(400, "/add_scribble_interaction", "include_interaction", content=b"")  # tests/test_scribbles.py
         bad(400, "/add_initial_seg_interaction", "zero_shot", content=b"", meta={"run_prediction": True})
         bad(400, "/add_initial_seg_interaction", "does not match",
             content=nnia.pack(np.zeros((2, 2, 2), np.uint8)), meta={"run_prediction": False})

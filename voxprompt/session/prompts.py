@@ -1,7 +1,8 @@
-"""Prompt files: an ordered list of points, boxes and masks, replayed through a Session.
+"""Prompt files: an ordered list of points, boxes, masks, scribbles and lassos, replayed through a Session.
 
 ``voxprompt segment IMAGE -o OUT --prompts FILE`` and :func:`apply_prompts` replay a file in order, each
-entry as one ``Session.add_point`` / ``add_box`` / ``add_mask``; :func:`save_prompts` writes a session's
+entry as one ``Session.add_point`` / ``add_box`` / ``add_mask`` / ``add_scribble`` / ``add_lasso`` /
+``add_lasso_region``; :func:`save_prompts` writes a session's
 prompts (every object, each in the order given) to the same JSON, so a saved interaction can be re-run.
 
 JSON (``version`` 1)::
@@ -12,7 +13,9 @@ JSON (``version`` 1)::
        {"type": "box", "lo": [8, 10, 4], "hi": [28, 30, 12]},
        {"type": "point", "at": [18, 20, 8]},
        {"type": "point", "at": [10, 12, 8], "positive": false},
-       {"type": "point", "at": [-12.5, 4.0, 30.0], "frame": "lps", "object": 2}
+       {"type": "point", "at": [-12.5, 4.0, 30.0], "frame": "lps", "object": 2},
+       {"type": "scribble", "voxels": [[18, 20, 8], [19, 20, 8], [20, 21, 8]], "positive": false},
+       {"type": "lasso", "polygon": [[8, 10, 8], [28, 10, 8], [18, 30, 8]], "rule": "box"}
      ]}
 
 CSV: a header row naming some of ``type,x,y,z,positive,x2,y2,z2,path,object,frame`` (``type`` required),
@@ -27,6 +30,11 @@ mask ``path``; empty cells take the defaults, blank lines and lines starting wit
 * box: ``lo``, ``hi``. In IJK the half-open range of ``--box`` (lo < hi on every axis). In mm two opposite
   corners (any order); the box covers the voxels whose centres lie between them.
 * mask: ``path`` of a mask with the image's size (nonzero = object), relative to the prompts file.
+* scribble: ``voxels`` (a list of 3-value voxels; mm are rounded to the nearest voxel), ``positive``,
+  optional ``rule`` (one of ``voxprompt.session.strokes.SCRIBBLE_RULES``; default: the session's).
+* lasso: ``polygon`` (3 or more vertices on one slice, filled by ``strokes.lasso_region``; mm vertices are
+  mapped to real voxel indices, not rounded) or ``voxels`` (a lasso already filled), ``positive``,
+  optional ``rule`` (``LASSO_RULES``). Scribbles and lassos are JSON only (a CSV row holds one voxel).
 * ``object`` (default 1): the Session object the entry applies to; a new id makes new objects (ids
   max + 1, as ``Session.new_object``) until it exists, an earlier one is selected again.
 
@@ -53,6 +61,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import PromptError, UsageError
+from .strokes import KINDS as STROKE_KINDS
+from .strokes import LASSO_RULES, SCRIBBLE_RULES, lasso_region, stroke_voxels
 
 if TYPE_CHECKING:
     from ..io.image import Image
@@ -60,10 +70,12 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 FRAMES = ("ijk", "lps", "ras")
-KINDS = ("point", "box", "mask")
+KINDS = ("point", "box", "mask", "scribble", "lasso")
 _KEYS = {"point": {"type", "at", "positive", "object", "frame"},
          "box": {"type", "lo", "hi", "object", "frame"},
-         "mask": {"type", "path", "object"}}
+         "mask": {"type", "path", "object"},
+         "scribble": {"type", "voxels", "positive", "rule", "object", "frame"},
+         "lasso": {"type", "polygon", "voxels", "positive", "rule", "object", "frame"}}
 CSV_COLUMNS = ("type", "x", "y", "z", "positive", "x2", "y2", "z2", "path", "object", "frame")
 _CSV_USES = {"point": {"x", "y", "z", "positive"}, "box": {"x", "y", "z", "x2", "y2", "z2"}, "mask": {"path"}}
 _TRUE, _FALSE = ("true", "1", "+", "yes"), ("false", "0", "-", "no")
@@ -75,7 +87,8 @@ class PromptFileError(UsageError):
 
 @dataclass(frozen=True)
 class PromptEntry:
-    """One prompt as the file gives it: ``values`` are 3 (point: at) or 6 (box: lo + hi) numbers in ``frame``."""
+    """One prompt as the file gives it: ``values`` are 3 (point: at), 6 (box: lo + hi) or 3 per voxel or
+    vertex (scribble, lasso) numbers in ``frame``."""
 
     kind: str
     where: str  # "FILE prompts[2]" / "FILE line 4": the entry, for messages
@@ -84,6 +97,8 @@ class PromptEntry:
     path: Path | None = None  # mask file (resolved against the prompts file's folder)
     object: int = 1
     frame: str = "ijk"
+    rule: str | None = None  # scribble / lasso: the conversion rule (None: the session's)
+    filled: bool = False  # lasso: ``values`` are its filled voxels, not a polygon
 
 
 @dataclass(frozen=True)
@@ -99,7 +114,8 @@ class ResolvedPrompt:
     positive: bool = True
     object: int = 1
     saved_image: dict | None = field(default=None, repr=False, compare=False)  # from a saved session: its image
-
+    voxels: np.ndarray | None = field(default=None, repr=False, compare=False)  # scribble / lasso: (N, 3) filled
+    rule: str | None = None
 
     def apply(self, session: Session) -> Prediction:
         _select(session, self.object, self.where)
@@ -107,6 +123,10 @@ class ResolvedPrompt:
             return session.add_point(self.index, positive=self.positive)
         if self.kind == "box":
             return session.add_box(self.lo, self.hi)
+        if self.kind == "scribble":
+            return session.add_scribble(self.voxels, positive=self.positive, rule=self.rule)
+        if self.kind == "lasso":
+            return session.add_lasso_region(self.voxels, positive=self.positive, rule=self.rule)
         return session.add_mask(self.mask)
 
 
@@ -183,6 +203,8 @@ def parse_entry(raw: dict, where: str, base: Path, frame: str = "ijk") -> Prompt
         if not full.is_file():
             raise _err(where, f"mask {path!r}: no such file ({full})")
         return PromptEntry("mask", where, path=full, object=obj)
+    if kind in STROKE_KINDS:
+        return _stroke_entry(raw, kind, where, frame, obj)
     names = ("at",) if kind == "point" else ("lo", "hi")
     for name in names:
         if name not in raw:
@@ -193,6 +215,28 @@ def parse_entry(raw: dict, where: str, base: Path, frame: str = "ijk") -> Prompt
                           "(half-open IJK, as --box)")
     positive = _flag(raw.get("positive", True), where) if kind == "point" else True
     return PromptEntry(kind, where, values=values, positive=positive, object=obj, frame=frame)
+
+
+def _stroke_entry(raw: dict, kind: str, where: str, frame: str, obj: int) -> PromptEntry:
+    """A scribble (``voxels``) or lasso (``polygon`` or ``voxels``) entry."""
+    given = [k for k in ("polygon", "voxels") if k in raw]
+    if kind == "scribble" and not given:
+        raise _err(where, "a scribble needs voxels (a list of [i, j, k])")
+    if kind == "lasso" and len(given) != 1:
+        raise _err(where, "a lasso needs polygon (its vertices on one slice) or voxels (filled), not both")
+    name = given[0]
+    items = raw[name]
+    least = 3 if name == "polygon" else 1
+    if not isinstance(items, list) or len(items) < least:
+        raise _err(where, f"{name} needs a list of at least {least} [i, j, k] values")
+    values = sum((_triple(v, where, f"{name}[{i}]", frame) for i, v in enumerate(items)), ())
+    rule = raw.get("rule")
+    if rule is not None:
+        rules = SCRIBBLE_RULES if kind == "scribble" else LASSO_RULES
+        if rule not in rules:
+            raise _err(where, f"rule {rule!r} is not one of {', '.join(rules)}")
+    return PromptEntry(kind, where, values=values, positive=_flag(raw.get("positive", True), where), object=obj,
+                       frame=frame, rule=rule, filled=name == "voxels")
 
 
 def parse_json(text: str, name: str = "prompts", base: str | Path = ".") -> list[PromptEntry]:
@@ -242,6 +286,8 @@ def parse_csv(text: str, name: str = "prompts", base: str | Path = ".") -> list[
             raise _err(where, f"{len(row)} values for {len(header)} columns ({','.join(header)})")
         cells = {h: c.strip() for h, c in zip(header, row) if c.strip()}
         kind = cells.get("type", "").lower()
+        if kind in STROKE_KINDS:
+            raise _err(where, f"a {kind} lists many voxels: write it in a JSON prompts file")
         if kind in _CSV_USES:
             stray = sorted(set(cells) - _CSV_USES[kind] - {"type", "object", "frame"})
             if stray:
@@ -310,7 +356,10 @@ def saved_prompts(path: str | Path) -> list[ResolvedPrompt]:
                              "cannot recover its masks")
         for k, (kind, data) in enumerate(prompts):
             where = f"{name} object {oid} prompt {k + 1} ({kind})"
-            if kind == "point":
+            if kind in STROKE_KINDS:
+                out.append(ResolvedPrompt(kind, where, voxels=data.voxels, positive=data.positive, rule=data.rule,
+                                          object=oid, saved_image=image))
+            elif kind == "point":
                 out.append(ResolvedPrompt("point", where, index=data[0], positive=data[1], object=oid,
                                           saved_image=image))
             elif kind == "box":
@@ -361,6 +410,9 @@ def resolve_prompts(entries: Sequence[PromptEntry | ResolvedPrompt], image: Imag
         else:
             zyx = np.atleast_2d(image.world_to_index(pts, frame=e.frame.upper()))
         shown = f"{list(e.values)} ({e.frame.upper()})"
+        if e.kind in STROKE_KINDS:
+            out.append(_resolve_stroke(e, zyx, image))
+            continue
         if e.kind == "point":
             idx = np.floor(zyx[0] + 0.5).astype(int)
             if np.any(idx < 0) or np.any(idx >= shape):
@@ -384,6 +436,19 @@ def resolve_prompts(entries: Sequence[PromptEntry | ResolvedPrompt], image: Imag
         out.append(ResolvedPrompt("box", e.where, lo=tuple(int(v) for v in lo), hi=tuple(int(v) for v in hi),
                                   object=e.object))
     return out
+
+
+def _resolve_stroke(e: PromptEntry, zyx: np.ndarray, image: Image) -> ResolvedPrompt:
+    """A scribble or lasso entry on ``image``: its voxels (a polygon filled), PromptError naming the entry."""
+    try:
+        if e.kind == "lasso" and not e.filled:
+            voxels = lasso_region(zyx, image.shape)
+        else:
+            voxels = stroke_voxels(np.floor(zyx + 0.5), image.shape, e.kind)
+    except PromptError as exc:
+        raise PromptError(f"{e.where}: {exc} (indices in array order k, j, i; the image is "
+                          f"{_size(image.shape)} IJK)") from None
+    return ResolvedPrompt(e.kind, e.where, voxels=voxels, positive=e.positive, object=e.object, rule=e.rule)
 
 
 def _select(session: Session, object_id: int, where: str) -> None:
@@ -452,7 +517,11 @@ def session_prompts(session: Session, frame: str = "ijk", mask_files: Sequence[s
     for oid in session.object_ids:
         for kind, data in session._objects[oid].prompts:
             item: dict[str, Any] = {"type": kind}
-            if kind == "point":
+            if kind in STROKE_KINDS:
+                item["voxels"] = [_export_point(image, v, frame) for v in data.voxels]
+                item["positive"] = bool(data.positive)
+                item["rule"] = data.rule
+            elif kind == "point":
                 item["at"] = _export_point(image, data[0], frame)
                 item["positive"] = bool(data[1])
             elif kind == "box":

@@ -17,10 +17,13 @@ so loading one never runs code. Member ``manifest`` holds UTF-8 JSON (as uint8 b
 where ``<state>`` is ``roi`` (the :class:`~voxprompt.preprocess.Roi` fields, or null), ``points_roi``
 (``[[a0, a1, a2, label], ...]``: the clicks in ROI coordinates fed to the decoder), ``prompts``
 (``{"type": "point", "at": [z, y, x], "positive": true}``, ``{"type": "box", "lo": [...], "hi": [...]}``,
-``{"type": "mask"}``; array indices), ``logits`` (the member holding the low-res logits fed back with the
-next prompt, shared between steps, or null; ``logits_dtype`` names a torch dtype stored as its bits) and
-``score``. Masks and undo blocks are bit-packed bool arrays (``np.packbits``, C order). Floats go through
-JSON exactly (shortest repr), so the next prompt after loading gives bitwise what it would have given.
+``{"type": "mask"}``, ``{"type": "scribble" | "lasso", "voxels": "<member>", "positive": true,
+"rule": "points", "clicks": [[z, y, x, label], ...]}`` with the stroke's ``(N, 3)`` voxels as an int32
+member named by their hash, so every step that holds the stroke shares it; array indices), ``logits``
+(the member holding the low-res logits fed back with the next prompt, shared between steps, or null;
+``logits_dtype`` names a torch dtype stored as its bits) and ``score``. Masks and undo blocks are
+bit-packed bool arrays (``np.packbits``, C order). Floats go through JSON exactly (shortest repr), so
+the next prompt after loading gives bitwise what it would have given.
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ import numpy as np
 from ..errors import InputError, SessionFileError, SessionTooLarge, VoxpromptError
 from ..io.image import Image
 from ..preprocess import Roi
+from .strokes import KINDS as STROKE_KINDS
+from .strokes import LASSO_RULES, SCRIBBLE_RULES, Stroke
 
 FORMAT = "voxprompt-session"
 FORMAT_VERSION = 1
@@ -184,10 +189,22 @@ def roi_from_json(doc: dict | None) -> Roi | None:
     return Roi(**ints, **mats)
 
 
-def prompts_to_json(prompts: list) -> list[dict]:
+def prompts_to_json(prompts: list, arrays: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Prompts as JSON; a stroke's voxels go to ``arrays`` (a member per distinct set), or inline without it."""
     out = []
     for kind, data in prompts:
-        if kind == "point":
+        if isinstance(data, Stroke):
+            item: dict[str, Any] = {"type": kind, "positive": bool(data.positive), "rule": data.rule,
+                                    "clicks": [[int(v) for v in idx] + [int(lab)] for idx, lab in data.clicks]}
+            if arrays is None:
+                item["voxels"] = data.voxels.tolist()
+            else:
+                vox = np.ascontiguousarray(data.voxels, dtype=np.int32)
+                name = f"stroke_{hashlib.sha256(vox.tobytes()).hexdigest()[:20]}"
+                arrays.setdefault(name, vox)
+                item["voxels"] = name
+            out.append(item)
+        elif kind == "point":
             out.append({"type": "point", "at": [int(v) for v in data[0]], "positive": bool(data[1])})
         elif kind == "box":
             out.append({"type": "box", "lo": [int(v) for v in data[0]], "hi": [int(v) for v in data[1]]})
@@ -196,11 +213,36 @@ def prompts_to_json(prompts: list) -> list[dict]:
     return out
 
 
-def prompts_from_json(items: list, shape: tuple[int, ...]) -> list:
+def _stroke_from_json(item: dict, shape: tuple[int, ...], arrays: dict[str, np.ndarray] | None) -> Stroke:
+    kind, ref = item["type"], item["voxels"]
+    vox = np.asarray(arrays[ref] if isinstance(ref, str) and arrays is not None else ref)
+    if vox.ndim != 2 or vox.shape[1] != len(shape) or len(vox) == 0 or vox.dtype.kind not in "iu":
+        raise ValueError(f"{kind} voxels must be a non-empty (N, {len(shape)}) integer array")
+    vox = vox.astype(np.int64)
+    if np.any((vox < 0) | (vox >= np.asarray(shape))):
+        raise ValueError(f"a {kind} voxel is outside the image {shape}")
+    vox.flags.writeable = False
+    rule = item["rule"]
+    if rule not in (SCRIBBLE_RULES if kind == "scribble" else LASSO_RULES):
+        raise ValueError(f"unknown {kind} rule {rule!r}")
+    clicks = []
+    for c in item["clicks"]:
+        idx, lab = tuple(int(v) for v in c[:-1]), int(c[-1])
+        if len(idx) != len(shape) or not all(0 <= a < n for a, n in zip(idx, shape)) or lab not in (0, 1):
+            raise ValueError(f"{kind} click {c} does not fit the image {shape}")
+        clicks.append((idx, lab))
+    if not clicks:
+        raise ValueError(f"a {kind} needs its clicks")
+    return Stroke(vox, bool(item["positive"]), rule, tuple(clicks))
+
+
+def prompts_from_json(items: list, shape: tuple[int, ...], arrays: dict[str, np.ndarray] | None = None) -> list:
     out: list = []
     for item in items:
         kind = item["type"]
-        if kind == "point":
+        if kind in STROKE_KINDS:
+            out.append((kind, _stroke_from_json(item, shape, arrays)))
+        elif kind == "point":
             at = tuple(int(v) for v in item["at"])
             if len(at) != len(shape) or not all(0 <= a < n for a, n in zip(at, shape)):
                 raise ValueError(f"point {at} is outside the image {shape}")
@@ -251,7 +293,7 @@ def decode_objects(manifest: dict, arrays: dict[str, np.ndarray], shape: tuple[i
         logits = None if key is None else arrays[key]
         score = doc.get("score")
         return {"roi": roi_from_json(doc.get("roi")), "points_roi": points_from_json(doc.get("points_roi", [])),
-                "prompts": prompts_from_json(doc.get("prompts", []), shape), "logits": logits,
+                "prompts": prompts_from_json(doc.get("prompts", []), shape, arrays), "logits": logits,
                 "logits_dtype": doc.get("logits_dtype"), "score": None if score is None else float(score)}
 
     try:

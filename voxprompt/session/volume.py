@@ -34,6 +34,13 @@ positive click at the box centre and negative clicks just outside the middle of 
 object's mask becomes the clipped result, outside the box it is unchanged. Later clicks in that
 ROI refine as usual (the box is not applied to them).
 
+Scribbles and lassos: ``add_scribble(voxels)`` (a set of voxels), ``add_lasso(polygon)`` (a closed
+polygon on one slice, filled) and ``add_lasso_region(voxels)`` (a lasso already filled), positive or
+negative, become clicks and mask prompts by a rule (``scribble_rule`` / ``lasso_rule``, or per call;
+:mod:`voxprompt.session.strokes` lists them): by default a scribble is up to ``stroke_points`` clicks
+spread along it in one model step, and a lasso is the object's mask with the region added (or cut
+out) as the mask prompt plus a click at the region's deepest voxel. Each call is one undo step.
+
 Masks: ``add_mask`` makes an existing segmentation the object's mask and the previous mask of the
 next click: the ROI is the one the official pipeline centres on the label, and the label resampled
 into it is turned into +/- ``MASK_PRIOR_LOGIT`` logits averaged down to the 32^3 low-res grid.
@@ -98,6 +105,18 @@ from .background import RefineJob
 from .objects import ObjectsMixin, box_corners, point_index, read_only, unshared_mask
 from .planning import ROI_SPACING_MM, BaseStage, CenteredRoiPlanner, Expansion, RoiPlanner
 from .roi_predictor import EMBEDDING_CACHE_SIZE, RoiPredictor, roi_key
+from .strokes import (
+    DEFAULT_LASSO_RULE,
+    DEFAULT_SCRIBBLE_RULE,
+    STROKE_POINTS,
+    Stroke,
+    box_negatives,
+    check_rule,
+    lasso_region,
+    lasso_slab,
+    stroke_clicks,
+    stroke_voxels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -241,25 +260,41 @@ def _since_mask(prompts: list) -> list:
 
 
 def _positive_seeds(prompts: list) -> list:
-    """Voxels a positive prompt asked for since the last mask prompt: positive clicks, box centres."""
+    """Voxels a positive prompt asked for since the last mask prompt: positive clicks, box centres, the
+    voxels of positive scribbles and lassos."""
     seeds = []
     for kind, data in _since_mask(prompts):
         if kind == "point" and data[1]:
             seeds.append(np.asarray(data[0], dtype=int))
         elif kind == "box":
             seeds.append(_box_centre(data[0], data[1]))
+        elif isinstance(data, Stroke) and data.positive:
+            seeds.extend(data.voxels)
     return seeds
 
 
 def _point_clicks(prompts: list) -> list:
-    """The point prompts given since the object's last mask prompt, as clicks (original indices)."""
+    """The clicks given since the object's last mask prompt (original indices): point prompts, and the
+    clicks the rules made of scribbles and lassos."""
     clicks: list = []
     for kind, data in prompts:
         if kind == "mask":
             clicks = []
         elif kind == "point":
             clicks.append((np.asarray(data[0], dtype=float), 1 if data[1] else 0))
+        elif isinstance(data, Stroke):
+            clicks.extend((np.asarray(idx, dtype=float), lab) for idx, lab in data.clicks)
     return clicks
+
+
+def _negative_marks(prompts: list) -> list:
+    """Voxels a negative prompt marked since the last mask prompt: negative clicks (those the stroke rules
+    made too) and the voxels of negative scribbles and lassos (holes holding one stay open)."""
+    marks = [p for p, lab in _point_clicks(prompts) if not lab]
+    for _, data in _since_mask(prompts):
+        if isinstance(data, Stroke) and not data.positive:
+            marks.extend(data.voxels)
+    return marks
 
 
 def _clip_block(old: np.ndarray, block: np.ndarray, region: Slices, clip: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -300,6 +335,11 @@ class Session(ObjectsMixin):
     object's voxels, nor, with ``others_negative``, any other object's
     (:class:`~voxprompt.session.objects.ObjectsMixin`). A background refinement applies the policy
     in force when it lands.
+
+    ``scribble_rule`` / ``lasso_rule`` (settable attributes; one of
+    :data:`~voxprompt.session.strokes.SCRIBBLE_RULES` / ``LASSO_RULES``): how :meth:`add_scribble` and
+    :meth:`add_lasso` become clicks and mask prompts; ``stroke_points``: the most clicks a ``points``
+    rule makes of one stroke (:mod:`voxprompt.session.strokes`).
     """
 
     _object_type = _Object
@@ -307,7 +347,9 @@ class Session(ObjectsMixin):
     def __init__(self, model: torch.nn.Module | None = None, device: str | torch.device | None = None,
                  planner: RoiPlanner | None = None, refine: bool | RefineConfig | None = None,
                  clean: bool | None = None, low_confidence_iou: float = LOW_CONFIDENCE_IOU,
-                 refine_background: bool = False, others_negative: bool = False) -> None:
+                 refine_background: bool = False, others_negative: bool = False,
+                 scribble_rule: str = DEFAULT_SCRIBBLE_RULE, lasso_rule: str = DEFAULT_LASSO_RULE,
+                 stroke_points: int = STROKE_POINTS) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
@@ -328,6 +370,11 @@ class Session(ObjectsMixin):
         self.clean: bool = resolve_clean(clean, model.cfg)
         self.refine_background = bool(refine_background)
         self.others_negative = bool(others_negative)
+        self.scribble_rule = check_rule("scribble", scribble_rule)
+        self.lasso_rule = check_rule("lasso", lasso_rule)
+        if isinstance(stroke_points, bool) or not isinstance(stroke_points, (int, np.integer)) or stroke_points < 1:
+            raise UsageError(f"stroke_points must be a positive integer, got {stroke_points!r}")
+        self.stroke_points = int(stroke_points)
         self._job: RefineJob | None = None
         try:
             self.low_confidence_iou = float(low_confidence_iou)
@@ -474,10 +521,14 @@ class Session(ObjectsMixin):
         if obj.score is not None and self.low_confidence_iou > 0 and obj.score < self.low_confidence_iou:
             notes.append(f"low confidence: predicted IoU {obj.score:.2f} < {self.low_confidence_iou:g}")
         positive = [(kind, data) for kind, data in _since_mask(obj.prompts)
-                    if kind == "box" or (kind == "point" and data[1])]
+                    if kind == "box" or (kind == "point" and data[1]) or (isinstance(data, Stroke) and data.positive)]
         if positive:
             kind, data = positive[-1]
-            if kind == "point":
+            if isinstance(data, Stroke):
+                if not obj.mask[tuple(data.voxels.T)].any():
+                    notes.append(f"empty mask after a positive {kind}" if not obj.mask.any() else
+                                 f"the positive {kind} is outside the result")
+            elif kind == "point":
                 if not obj.mask[data[0]]:
                     notes.append("empty mask after a positive click" if not obj.mask.any() else
                                  f"the positive click at {tuple(data[0])} is outside the result")
@@ -618,7 +669,7 @@ class Session(ObjectsMixin):
             anchor |= padded & obj.mask[outer]
         start = np.array([o.start for o in outer])
         seeds = [p - start for p in _positive_seeds(obj.prompts)]
-        negatives = [np.asarray(p) - start for p, lab in _point_clicks(obj.prompts) if not lab]
+        negatives = [np.asarray(p) - start for p in _negative_marks(obj.prompts)]
         cleaned = clean_mask(padded, seeds, anchor, spacing=self._img().spacing[::-1], negatives=negatives)
         padded[editable] = cleaned[editable]
         return padded[inner]
@@ -663,14 +714,7 @@ class Session(ObjectsMixin):
             log.warning("box %s..%s is larger than the %d^3 ROI at %.1f mm; the ROI covers its centre only",
                         tuple(a.tolist()), tuple(b.tolist()), self.img_size, self.roi_spacing)
         clicks: list = [(center.astype(float), 1)]
-        for ax in range(3):
-            if extent[ax] <= 1:
-                continue  # a 2D box: no negatives above/below its slice
-            for side in (a[ax] - 1 - BOX_NEGATIVE_MARGIN, b[ax] + BOX_NEGATIVE_MARGIN):
-                q = center.copy()
-                q[ax] = side
-                if 0 <= side < img.shape[ax]:
-                    clicks.append((q.astype(float), 0))
+        clicks += [(q.astype(float), 0) for q in box_negatives(a, b, center, img.shape, BOX_NEGATIVE_MARGIN)]
         with torch.inference_mode():
             roi = self.planner.plan(img, center.astype(float), obj.roi, box=(a, b))
             pts = [(self.predictor.roi_point(roi, center), 1)]
@@ -708,6 +752,74 @@ class Session(ObjectsMixin):
             obj.prompts = obj.prompts + [("mask", None)]
             changed = self._commit(obj, None, replace_all=m)
             return self._prediction(obj, changed)
+
+    # ------------------------------------------------------------------ scribbles and lassos
+    def add_scribble(self, voxels: Sequence[Sequence[int]] | np.ndarray, positive: bool = True,
+                     rule: str | None = None) -> Prediction:
+        """A scribble: ``voxels`` ``(N, 3)`` integer array indices (caller's axis order) painted on the object
+        (``positive``) or off it, made into clicks by ``rule`` (default :attr:`scribble_rule`; see
+        :mod:`voxprompt.session.strokes`, whose ``path_voxels`` rasterises a drawn path). One undo step."""
+        vox = stroke_voxels(voxels, self.shape, "scribble")
+        return self._stroke("scribble", vox, positive, check_rule("scribble", rule or self.scribble_rule))
+
+    def add_lasso(self, polygon: Sequence[Sequence[float]] | np.ndarray, positive: bool = True,
+                  rule: str | None = None) -> Prediction:
+        """A lasso: ``polygon`` ``(M, 3)`` vertices (array indices, M >= 3) on one slice, filled
+        (:func:`voxprompt.session.strokes.lasso_region`), then :meth:`add_lasso_region`."""
+        return self.add_lasso_region(lasso_region(polygon, self.shape), positive, rule)
+
+    def add_lasso_region(self, voxels: Sequence[Sequence[int]] | np.ndarray, positive: bool = True,
+                         rule: str | None = None) -> Prediction:
+        """A filled lasso: ``voxels`` ``(N, 3)`` integer array indices (usually one slice; what nnInteractive
+        clients send) inside (``positive``) or outside the object, made into prompts by ``rule`` (default
+        :attr:`lasso_rule`; :mod:`voxprompt.session.strokes`). One undo step."""
+        vox = stroke_voxels(voxels, self.shape, "lasso")
+        return self._stroke("lasso", vox, positive, check_rule("lasso", rule or self.lasso_rule))
+
+    def _stroke(self, kind: str, vox: np.ndarray, positive: bool, rule: str) -> Prediction:
+        """Plan the ROI on the rule's first click, set the mask prompt (lasso rules ``mask`` / ``box``),
+        decode the clicks inside the ROI (one step, or one each for ``sequential``) and paste as a click."""
+        img = self._img()
+        self._settle(cancel=True)
+        obj = self._obj
+        spacing = img.spacing[::-1]
+        clicks = stroke_clicks(kind, vox, bool(positive), rule, spacing, img.shape, self.stroke_points,
+                               BOX_NEGATIVE_MARGIN)
+        prior = None
+        if kind == "lasso" and rule in ("mask", "box"):
+            prior = obj.mask.copy()
+            cell_mm = self.roi_spacing * self.img_size / self.predictor.low_res_size
+            where, block = lasso_slab(vox, img.shape, spacing, cell_mm / 2)
+            if positive:
+                prior[where] |= block
+            else:
+                prior[where] &= ~block
+            prior = self._protect(prior)
+        with torch.inference_mode():
+            roi = self.planner.plan(img, np.asarray(clicks[0][0], dtype=float), obj.roi)
+            pts = []
+            for idx, lab in clicks:
+                c = np.floor(roi.from_original_index(np.asarray(idx, dtype=float)) + 0.5)
+                if bool(roi.contains(c)):
+                    pts.append((self.predictor.roi_point(roi, np.asarray(idx)), lab))
+            self._push(obj)
+            try:
+                if obj.roi is None or roi_key(roi) != roi_key(obj.roi):
+                    obj.points_roi, obj.logits = [], None  # new ROI: no earlier clicks, zero mask
+                if prior is not None:
+                    obj.logits = self.predictor.prior(prior, roi)
+                stroke = Stroke(vox, bool(positive), rule, clicks)
+                obj.prompts = obj.prompts + [(kind, stroke)]
+                if rule == "sequential":
+                    for pt in pts[:-1]:  # one decoder step per click, each fed the previous logits
+                        obj.points_roi = obj.points_roi + [pt]
+                        obj.logits, obj.score = self._decode(roi, obj.points_roi, obj.logits)
+                    pts = pts[-1:]
+                obj.points_roi = obj.points_roi + pts
+                return self._run(obj, roi, _point_clicks(obj.prompts))
+            except BaseException:
+                self._restore(obj, obj.history.pop())
+                raise
 
     # ------------------------------------------------------------------ saved sessions
     def save(self, path: str | os.PathLike) -> Path:
@@ -747,7 +859,7 @@ class Session(ObjectsMixin):
 
         def state(x: _Object | _VolumeStep) -> dict:
             return {"roi": saved.roi_to_json(x.roi), "points_roi": saved.points_to_json(x.points_roi),
-                    "prompts": saved.prompts_to_json(x.prompts), **logits(x.logits), "score": x.score}
+                    "prompts": saved.prompts_to_json(x.prompts, arrays), **logits(x.logits), "score": x.score}
 
         objects = []
         for oid in sorted(self._objects):

@@ -22,7 +22,15 @@ Mapping onto the Session API:
 * ``add_bbox_interaction`` -> ``Session.add_box(lo, hi)`` (positive boxes only; boxes are made of
   clicks, see :mod:`voxprompt.session`, and the Session has no negative box: a negative box gets 400
   and the capabilities say ``supports_negative_bbox: false``, voxprompt's addition).
-* ``run_prediction=false`` on a point or box queues it (checked at once, answered with
+* ``add_scribble_interaction`` -> ``Session.add_scribble(voxels, positive=include_interaction)`` and
+  ``add_lasso_interaction`` -> ``Session.add_lasso_region(voxels, ...)`` (the client sends the lasso
+  filled). The body is an NNIA array whose nonzero voxels are the interaction; ``X-Meta`` holds
+  ``include_interaction``, ``run_prediction`` and ``interaction_bbox`` (``[[lo, hi] x 3]``, half-open:
+  where the array lies in the image, its shape ``hi - lo``; null: the array is the whole image, as the
+  official session reads it). The Session turns them into clicks and mask prompts by its rules
+  (:mod:`voxprompt.session.strokes`: a scribble is clicks spread along it, a lasso the mask with the
+  region added or cut out as the mask prompt plus a click inside); an empty one gets 400.
+* ``run_prediction=false`` on a point, box, scribble or lasso queues it (checked at once, answered with
   ``ran_prediction: false``); the next interaction with ``run_prediction=true``, or ``/predict``,
   applies the queue in order and then itself, each a model step of its own, and answers with the
   union of the regions they changed. ``/undo`` drops the last queued interaction first;
@@ -54,9 +62,9 @@ predictions (:class:`~voxprompt.session.objects.ObjectsMixin`), so the buffer th
 already leaves them out. ``set_target_buffer`` and ``reset_interactions`` reset the current object
 only; ``set_image`` drops every object and lock.
 
-Capabilities advertise points, 2D and 3D boxes, initial labels and undo; scribble, lasso and
-zero-shot label refinement are false (the model has no such prompts), so Slicer disables those
-tools. ``channel_mapping``, ``num_interaction_channels``, ``interaction_decay`` and
+Capabilities advertise points, 2D and 3D boxes, scribbles, lassos, initial labels and undo;
+zero-shot label refinement is false (an initial segmentation is taken as the mask, not refined).
+``channel_mapping``, ``num_interaction_channels``, ``interaction_decay`` and
 ``preferred_scribble_thickness`` are placeholders that matter only to nnInteractive's internals.
 
 Model steps take the shared (first come, first served) model lock one at a time, so a flushed queue
@@ -76,6 +84,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ...masks import Slices, union_box
 from ...session import Prediction, Session
+from ...session.strokes import voxels_of
 from ...version import __version__
 from ..context import ServerContext
 from ..errors import BadRequest
@@ -144,8 +153,8 @@ def capabilities(ctx: ServerContext) -> dict[str, Any]:
     """What this server really supports (see the module docstring for the placeholders)."""
     roi = ctx.host.roi_size
     return {
-        "supported_interactions": {"points": True, "bbox2d": True, "bbox3d": True, "scribble": False,
-                                   "lasso": False},
+        "supported_interactions": {"points": True, "bbox2d": True, "bbox3d": True, "scribble": True,
+                                   "lasso": True},
         "channel_mapping": {"prev_seg": 0, "points": [1, 2], "bbox2d": [3, 4]},
         "num_interaction_channels": 5,
         "supports_initial_label": True,
@@ -236,9 +245,35 @@ def _check_box(session: Session, lo: list[int], hi: list[int]) -> None:
         raise BadRequest(f"box [{lo}, {hi}) is outside the volume of shape {list(session.shape)}")
 
 
+def _interaction_origin(bbox: Any, shape: tuple[int, ...], image_shape: tuple[int, ...], what: str) -> list[int]:
+    """Where a scribble or lasso array lies in the image (``interaction_bbox``'s lower corner; null: the
+    array is the whole image); 400 unless the box fits the array and the image."""
+    if len(shape) != 3:
+        raise BadRequest(f"the {what} must be a 3D array, got shape {list(shape)}")
+    if bbox is None:
+        if tuple(shape) != tuple(image_shape):
+            raise BadRequest(f"the {what} has shape {list(shape)}, the image {list(image_shape)}: send "
+                             "interaction_bbox with a crop")
+        return [0, 0, 0]
+    ok = (isinstance(bbox, list) and len(bbox) == 3
+          and all(isinstance(b, list) and len(b) == 2 and all(type(v) is int for v in b) for b in bbox))
+    if not ok:
+        raise BadRequest(f"{META_HEADER}.interaction_bbox must be [[lo, hi] x 3] (integers, half-open), got {bbox!r}")
+    if [hi - lo for lo, hi in bbox] != list(shape):
+        raise BadRequest(f"the {what} has shape {list(shape)}, its interaction_bbox {bbox} a size of "
+                         f"{[hi - lo for lo, hi in bbox]}")
+    if any(lo < 0 or hi > n for (lo, hi), n in zip(bbox, image_shape)):
+        raise BadRequest(f"interaction_bbox {bbox} is outside the volume of shape {list(image_shape)}")
+    return [lo for lo, _ in bbox]
+
+
 def _apply(session: Session, op: tuple) -> Prediction:
     if op[0] == "point":
         return session.add_point(op[1], positive=op[2])
+    if op[0] == "scribble":
+        return session.add_scribble(op[1], positive=op[2])
+    if op[0] == "lasso":
+        return session.add_lasso_region(op[1], positive=op[2])
     return session.add_box(op[1], op[2])
 
 
@@ -367,7 +402,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
         _buffer_matches_image(lease)
         if op[0] == "point":
             _check_point(lease.session, op[1])
-        else:
+        elif op[0] == "box":
             _check_box(lease.session, op[1], op[2])
         pending: list = lease.state["pending"]
         if not run_prediction:
@@ -484,15 +519,32 @@ def make_router(ctx: ServerContext) -> APIRouter:
 
         return await ctx.run_locked(lease, do)
 
-    for what in ("scribble", "lasso"):
-        r.add_api_route(f"/add_{what}_interaction", _unsupported(what, active), methods=["POST"],
-                        dependencies=auth)
+    async def add_stroke(kind: str, request: Request, lease: Lease) -> Response:
+        """A scribble or lasso: an NNIA array (nonzero = the interaction), placed by ``interaction_bbox``."""
+        meta = _meta(request)
+        if not isinstance(meta.get("include_interaction"), bool):
+            raise BadRequest(f"{META_HEADER}.include_interaction must be true or false")
+        include, run = meta["include_interaction"], _flag(meta, "run_prediction", True)
+        body = await request.body()
+
+        def do() -> Response:
+            session = lease.session
+            _need_image(session)
+            arr = nnia.unpack(body, ctx.array_limit_bytes, f"the {kind} image")
+            origin = _interaction_origin(meta.get("interaction_bbox"), arr.shape, session.shape, f"{kind} image")
+            voxels = voxels_of(arr, origin)
+            if not len(voxels):
+                raise BadRequest(f"the {kind} image holds no voxel (nonzero = the {kind})")
+            return interact(lease, (kind, voxels, include), run)
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/add_scribble_interaction", dependencies=auth)
+    async def add_scribble(request: Request, lease: Lease = Depends(active)) -> Response:
+        return await add_stroke("scribble", request, lease)
+
+    @r.post("/add_lasso_interaction", dependencies=auth)
+    async def add_lasso(request: Request, lease: Lease = Depends(active)) -> Response:
+        return await add_stroke("lasso", request, lease)
 
     return r
-
-
-def _unsupported(what: str, lease_dep):
-    def endpoint(lease: Lease = Depends(lease_dep)) -> None:
-        raise BadRequest(f"{what} interactions are not supported by this server (capabilities: {what} = false)")
-
-    return endpoint
