@@ -5,7 +5,7 @@ back, what the default model's 32^3 logits resolve) and one click at the label's
 ``refine_mask`` three times per round, alternating: with the linear system built by scikit-image
 over the whole crop, by :mod:`voxprompt.refine.walker` on the band only (both solving once per label: the
 labels must be identical), and with the band walker's single solve of the label difference
-(``RefineConfig(solver="difference")``, an option; the table gives how many voxels it labels
+(``RefineConfig(solver="difference")``, the default; the table gives how many voxels it labels
 differently). Median seconds of each and the ratios.
 
     python benchmarks/refine_speed.py                       # the chest CT's held-out structures

@@ -60,7 +60,7 @@ def main() -> int:
     p.add_argument("--roi-spacing", type=float, default=2.25)
     p.add_argument("--refine-band", type=float, default=9.0, help="mm (0: the model alone)")
     p.add_argument("--refine-grid", type=float, default=1.5, help="RefineConfig.grid_mm")
-    p.add_argument("--refine-solver", default="labels", choices=("labels", "difference"))
+    p.add_argument("--refine-solver", default="difference", choices=("labels", "difference"))
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="first N targets only")
