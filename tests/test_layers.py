@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"viz"},  # pictures of results, for eval, train and the command lines
     {"data", "eval", "train"},
     {"server"},
-    {"cli", "__main__"},
+    {"cli", "__main__", "napari"},  # user interfaces: the command line, the napari plugin
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 
