@@ -178,7 +178,7 @@ def test_lasso_rules(model, monkeypatch):
     slab = np.zeros(SHAPE, bool)
     slab[where] = block
 
-    s = _session(model)  # default rule: mask
+    s = _session(model, lasso_rule="mask")
     s.add_lasso(SQUARE)
     stroke = s.prompts[-1][1]
     assert stroke.rule == "mask" and stroke.clicks == (((8, 18, 18), 1),)  # the deepest voxel in the plane
@@ -202,9 +202,10 @@ def test_lasso_rules(model, monkeypatch):
     assert calls[-1][0] == [1, 0, 0, 0, 0]
 
     n = len(priors)
-    p = _session(model, lasso_rule="points", stroke_points=4)
+    p = _session(model, stroke_points=4)  # the default rule: points
     p.add_lasso(SQUARE)
     clicks = p.prompts[-1][1].clicks
+    assert p.prompts[-1][1].rule == "points"
     assert len(clicks) == 4 and clicks[0] == ((8, 18, 18), 1) and all(lab == 1 for _, lab in clicks)
     assert all(15 <= c[1] <= 23 and 15 <= c[2] <= 21 for c, _ in clicks)  # inside the square's core
     assert len(priors) == n and calls[-1][1] is None  # no mask prompt (a new object: zero logits)
@@ -293,7 +294,7 @@ def test_prompt_files_take_scribbles_and_lassos(model, tmp_path):
     t.add_lasso(SQUARE)
     want = t.add_lasso_region([(8, 2, 2), (8, 2, 3)], positive=False, rule="points").mask
     np.testing.assert_array_equal(s.mask, want)
-    assert [(k, d.rule, d.positive) for k, d in s.prompts] == [("scribble", "centre", True), ("lasso", "mask", True),
+    assert [(k, d.rule, d.positive) for k, d in s.prompts] == [("scribble", "centre", True), ("lasso", "points", True),
                                                               ("lasso", "points", False)]
     out = save_prompts(s, tmp_path / "out.json")  # exported (lassos as their filled voxels) and replayed
     u = _session(model)

@@ -38,8 +38,9 @@ Scribbles and lassos: ``add_scribble(voxels)`` (a set of voxels), ``add_lasso(po
 polygon on one slice, filled) and ``add_lasso_region(voxels)`` (a lasso already filled), positive or
 negative, become clicks and mask prompts by a rule (``scribble_rule`` / ``lasso_rule``, or per call;
 :mod:`voxprompt.session.strokes` lists them): by default a scribble is up to ``stroke_points`` clicks
-spread along it in one model step, and a lasso is the object's mask with the region added (or cut
-out) as the mask prompt plus a click at the region's deepest voxel. Each call is one undo step.
+spread along it in one model step, and a lasso as many clicks spread over its core, from its deepest
+voxel (the ``mask`` rule feeds the mask with the region added or cut out as the mask prompt instead).
+Each call is one undo step.
 
 Masks: ``add_mask`` makes an existing segmentation the object's mask and the previous mask of the
 next click: the ROI is the one the official pipeline centres on the label, and the label resampled

@@ -28,8 +28,8 @@ Mapping onto the Session API:
   ``include_interaction``, ``run_prediction`` and ``interaction_bbox`` (``[[lo, hi] x 3]``, half-open:
   where the array lies in the image, its shape ``hi - lo``; null: the array is the whole image, as the
   official session reads it). The Session turns them into clicks and mask prompts by its rules
-  (:mod:`voxprompt.session.strokes`: a scribble is clicks spread along it, a lasso the mask with the
-  region added or cut out as the mask prompt plus a click inside); an empty one gets 400.
+  (:mod:`voxprompt.session.strokes`: by default a scribble is clicks spread along it, a lasso clicks
+  spread over its inside); an empty one gets 400.
 * ``run_prediction=false`` on a point, box, scribble or lasso queues it (checked at once, answered with
   ``ran_prediction: false``); the next interaction with ``run_prediction=true``, or ``/predict``,
   applies the queue in order and then itself, each a model step of its own, and answers with the
