@@ -27,6 +27,8 @@ from voxprompt.napari.reader import get_reader, read_volumes
 ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = Path(os.environ.get("VOXPROMPT_TEST_ARTEFACTS", ROOT / "test-artefacts")) / "napari"
 SPACING_ZYX = (2.0, 1.0, 1.0)
+# napari's models use pydantic features deprecated since pydantic 2.0 (napari's business, not ours)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic")
 NOT_INSTALLED = "napari is not installed (pip install voxprompt[napari]; make test installs requirements-napari.txt)"
 
 
@@ -58,8 +60,10 @@ def test_manifest_is_valid_and_installed():
     from importlib.metadata import entry_points
 
     manifest = npe2.PluginManifest.from_file(ROOT / "voxprompt" / "napari" / "napari.yaml")
-    manifest.validate_imports()  # every command's python_name imports
-    assert {c.id for c in manifest.contributions.commands} == {"voxprompt.segment", "voxprompt.get_reader"}
+    commands = {c.id: c.python_name for c in manifest.contributions.commands}
+    assert commands == {"voxprompt.segment": "voxprompt.napari.widget:SegmentWidget",
+                        "voxprompt.get_reader": "voxprompt.napari.reader:get_reader"}  # imported: below
+    assert [w.command for w in manifest.contributions.widgets] == ["voxprompt.segment"]
     found = [e for e in entry_points(group="napari.manifest") if e.name == "voxprompt"]
     assert found, "no napari.manifest entry point: reinstall voxprompt (pip install -e .) after changing pyproject"
     assert npe2.PluginManifest.from_distribution("voxprompt").name == "voxprompt"
@@ -305,6 +309,9 @@ def test_widget_saves_labels_and_session(widget, monkeypatch, tmp_path):
 
 
 def test_widget_default_model_refusals_and_screenshot(widget):
+    import npe2
+
+    npe2.PluginManifest.from_distribution("voxprompt").validate_imports()  # every command's python_name imports
     w = widget
     w.model_box.setCurrentText("sam-med3d")
     w.start()
@@ -332,10 +339,10 @@ XVFB = shutil.which("Xvfb")
 
 
 @pytest.mark.skipif(XVFB is None, reason="Xvfb is not installed (`make napari-libs` installs it with apt-get)")
-def test_plugin_in_a_napari_window(tmp_path):
+def test_plugin_in_a_napari_window(qt_app, tmp_path):
     """npe2 finds the plugin; its reader opens the volume; the dock widget loads the default model and a
-    click in the window's viewer fills the labels layer; the window's screenshot is a test artefact."""
-    pytest.importorskip("napari", reason=NOT_INSTALLED)
+    click in the window's viewer fills the labels layer; the window's screenshot is a test artefact.
+    (``qt_app``: skipped where Qt cannot start; the window itself runs in a subprocess on Xvfb's display.)"""
     _write_volume(tmp_path / "ct.nii.gz")
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     png, report = ARTEFACTS / "napari_window.png", tmp_path / "report.json"
@@ -354,6 +361,9 @@ def test_plugin_in_a_napari_window(tmp_path):
     finally:
         xvfb.terminate()
         xvfb.wait(timeout=30)
+    if run.returncode != 0 and "could not load the Qt platform plugin" in run.stderr.lower():
+        pytest.skip(f"Qt's xcb platform cannot start under Xvfb (`make napari-libs` installs its libraries): "
+                    f"{run.stderr.strip().splitlines()[-1][:300]}")
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(report.read_text())
     assert result["model"] == "voxprompt-med3d-small" and result["labels_equal_session"]
