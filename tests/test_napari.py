@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = Path(os.environ.get("VOXPROMPT_TEST_ARTEFACTS", ROOT / "test-artefacts")) / "napari"
 SPACING_ZYX = (2.0, 1.0, 1.0)
 # napari's models use pydantic features deprecated since pydantic 2.0 (napari's business, not ours)
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic")
+pytestmark = pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20")
 NOT_INSTALLED = "napari is not installed (pip install voxprompt[napari]; make test installs requirements-napari.txt)"
 
 
@@ -164,7 +164,10 @@ def widget(qt_app, tmp_path):
     viewer = ViewerModel()
     ((data, meta, _),) = read_volumes(tmp_path / "ct.nii.gz")  # the plugin's reader (napari's discovery: below)
     layer = viewer.add_image(data, **meta)
+    viewer.add_image(np.zeros((4, 5, 6)), name="other")
     w = SegmentWidget(viewer)
+    assert [w.image_box.itemText(i) for i in range(w.image_box.count())] == ["ct", "other"]
+    viewer.layers.selection.active = layer  # the image selected in the viewer is the one to segment
     assert w.image_box.currentText() == layer.name == "ct"
     yield w
     w.wait_idle()

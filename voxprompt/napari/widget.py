@@ -116,6 +116,7 @@ class SegmentWidget(QWidget):
         self._build()
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._refresh_images)
+        napari_viewer.layers.selection.events.active.connect(self._active_changed)
         self._refresh_images()
         self._enable()
 
@@ -203,6 +204,11 @@ class SegmentWidget(QWidget):
         self.image_box.addItems(names)
         if current in names:
             self.image_box.setCurrentText(current)
+
+    def _active_changed(self, event: Any) -> None:
+        """The Image layer selected in the viewer becomes the one to segment."""
+        if isinstance(event.value, ImageLayer):
+            self.image_box.setCurrentText(event.value.name)
 
     def _model_changed(self, name: str) -> None:
         self.checkpoint.setPlaceholderText("shipped weights" if shipped_weights(name) else "checkpoint file needed")
