@@ -53,7 +53,7 @@ class RefineConfig:
     seed_radius: int = 2          # click seed ball radius (voxels)
     percentiles: tuple[float, float] = (0.5, 99.5)  # intensity window mapped to [0, 1]
     tol: float = 1e-3             # conjugate-gradient tolerance
-    solver: str = "difference"    # "difference": one solve for the label difference; "labels": one per label (scikit-image)
+    solver: str = "difference"    # "difference": one solve of the label difference; "labels": one each (skimage)
     max_unknown: int = 8_000_000  # larger bands are left unrefined (a warning is logged)
     grid_mm: float = 1.5          # the walker's grid is no finer than this (finer axes are block-averaged; 0 = native)
 
