@@ -13,7 +13,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import voxprompt
 from voxprompt.cli import main
-from voxprompt.errors import InputError
+from voxprompt.errors import InputError, UsageError
 from voxprompt.io import read_image
 from voxprompt.io.dicom_seg import NotDicomError, write_dicom_seg
 from voxprompt.models.checkpoints import save_safetensors
@@ -289,3 +289,28 @@ def test_write_dicom_seg_takes_codes_from_python(tmp_path):
                           category=codes.SCT.MorphologicallyAbnormalStructure, segment_type="tumor")
     assert _codes(out) == (("49755003", "SCT", "Morphologically Abnormal Structure"),
                            ("108369006", "SCT", "Tumor"))
+
+
+def test_seg_of_a_label_map_has_one_named_segment_per_label(tmp_path):
+    """``segments``: label value -> segment label; segments numbered in the mapping's order (an empty
+    one kept), other values background; SEMIAUTOMATIC for masks a person steered."""
+    import highdicom as hd
+
+    uids, _ = make_series(tmp_path / "ct")
+    image = read_image(tmp_path / "ct")
+    labels = np.zeros(image.shape, np.uint8)
+    labels[0, 2:6, 3:9] = 3
+    labels[2, 8:14, 1:4] = 1
+    labels[3, 0:2, 0:2] = 9  # not listed: background
+    out = write_dicom_seg(labels, tmp_path / "ct", tmp_path / "seg.dcm", image=image,
+                          segments={3: "liver", 1: "spleen", 4: "empty"}, algorithm_type="SEMIAUTOMATIC")
+    seg = pydicom.dcmread(out)
+    assert [(d.SegmentNumber, d.SegmentLabel, d.SegmentAlgorithmType) for d in seg.SegmentSequence] == [
+        (1, "liver", "SEMIAUTOMATIC"), (2, "spleen", "SEMIAUTOMATIC"), (3, "empty", "SEMIAUTOMATIC")]
+    hseg = hd.seg.segread(out)
+    pix = hseg.get_pixels_by_source_instance(uids, segment_numbers=[1, 2, 3]).astype(bool)
+    np.testing.assert_array_equal(pix[..., 0], labels == 3)
+    np.testing.assert_array_equal(pix[..., 1], labels == 1)
+    assert not pix[..., 2].any()
+    with pytest.raises(UsageError, match="SEMIAUTOMATIC"):
+        write_dicom_seg(labels, tmp_path / "ct", tmp_path / "s.dcm", image=image, algorithm_type="BY HAND")

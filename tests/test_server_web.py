@@ -6,7 +6,10 @@ server session's label map.
 """
 from __future__ import annotations
 
+import io
+import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -227,7 +230,205 @@ def test_viewer_label_policy(served, monkeypatch):
     assert httpx.delete(f"{url}/{API}/{tok}").json() == {"closed": True}
 
 
+def _label_file(labels: np.ndarray, like: Path, path: Path) -> bytes:
+    """``labels`` (k, j, i) written as NIfTI on the grid of the volume file ``like``."""
+    ref = sitk.ReadImage(str(like))
+    img = sitk.GetImageFromArray(labels)
+    img.CopyInformation(ref)
+    sitk.WriteImage(img, str(path))
+    return path.read_bytes()
+
+
+def test_viewer_box_names_and_markers(served):
+    """A box drawn on a slice (inclusive file-voxel corners, any order) is the Session's 2D box; the
+    summary lists the current object's clicks and boxes in file voxels, and object names."""
+    url, ctx = served
+    with httpx.Client(base_url=f"{url}/{API}", timeout=60) as h:
+        tok = h.post("/open", data={"path": "lps.nii.gz"}).json()["token"]
+        session = ctx.leases.peek(tok).session
+        s = h.post(f"/{tok}/point", json={"ijk": [22, 18, 10], "positive": False}).json()
+        assert s["clicks"] == [{"ijk": [22, 18, 10], "positive": False}] and s["boxes"] == []
+        s = h.post(f"/{tok}/box", json={"ijk": [[30, 25, 10], [12, 10, 10]]}).json()
+        assert session.prompts[-1] == ("box", ((10, 10, 12), (11, 26, 31)))  # (k, j, i), [lo, hi)
+        assert s["boxes"] == [{"lo_ijk": [12, 10, 10], "hi_ijk": [30, 25, 10]}] and len(s["clicks"]) == 1
+        assert s["dicom"] is False and h.post(f"/{tok}/refined").json()["voxels"] == int(session.mask.sum())
+        s = h.post(f"/{tok}/objects/1/name", json={"name": "  left\tkidney "}).json()
+        assert s["names"] == {"1": "left kidney"}
+        h.post(f"/{tok}/objects")
+        s = h.post(f"/{tok}/objects/2/name", json={"name": "liver"}).json()
+        assert s["names"] == {"1": "left kidney", "2": "liver"} and s["clicks"] == [] and s["boxes"] == []
+        assert h.post(f"/{tok}/objects/1/name", json={"name": ""}).json()["names"] == {"2": "liver"}
+        for path, body, needle in [
+            ("box", {"ijk": [[1, 1, 1]]}, "ijk"),
+            ("box", {"ijk": [[1, 1, 1], [2, 2, 2], [3, 3, 3]]}, "ijk"),
+            ("box", {"ijk": [[1, 1], [2, 2]]}, "ijk"),
+            ("box", {"ijk": [[1.5, 1, 1], [2, 2, 2]]}, "integer"),
+            ("box", {"ijk": [[0, 0, 0], [44, 5, 5]]}, "outside the volume"),
+            ("box", {"ijk": [[-1, 0, 0], [4, 5, 5]]}, "outside the volume"),
+            ("objects/9/name", {"name": "x"}, "no object 9"),
+            ("objects/1/name", {"name": "x" * 65}, "name"),
+            ("objects/1/name", {"label": "x"}, "name"),
+        ]:
+            r = h.post(f"/{tok}/{path}", json=body)
+            assert r.status_code == 400 and needle in r.json()["detail"], (path, body, r.json())
+        assert len(session.prompts) == 0 and session.object_id == 2  # nothing ran for the bad ones
+        r = h.get(f"/{tok}/labels.dcm")
+        assert r.status_code == 400 and "DICOM" in r.json()["detail"]
+        h.delete(f"/{tok}")
+
+
+def test_viewer_scribble_and_lasso(served):
+    """A scribble path and a lasso outline (real file-voxel vertices) are the Session's scribble (the path's
+    voxels) and lasso (the outline filled on its slice); the summary lists them for the page's markers."""
+    from voxprompt.session.strokes import path_voxels
+
+    url, ctx = served
+    with httpx.Client(base_url=f"{url}/{API}", timeout=60) as h:
+        tok = h.post("/open", data={"path": "lps.nii.gz"}).json()["token"]
+        session = ctx.leases.peek(tok).session
+        s = h.post(f"/{tok}/scribble", json={"ijk": [[10, 18, 10], [20.4, 18, 10]], "positive": False}).json()
+        kind, stroke = session.prompts[-1]
+        assert kind == "scribble" and stroke.positive is False
+        np.testing.assert_array_equal(stroke.voxels, path_voxels([[10, 18, 10], [10, 18, 20.4]], session.shape))
+        assert s["strokes"][0]["voxels"] == [[i, 18, 10] for i in range(10, 21)]
+        assert s["strokes"][0]["kind"] == "scribble" and s["strokes"][0]["clicks"]
+        assert all(c["positive"] is False for c in s["strokes"][0]["clicks"])
+        outline = [[12.2, 10, 10.3], [30, 10, 10], [30, 25, 9.8], [12.2, 25, 10]]
+        s = h.post(f"/{tok}/lasso", json={"ijk": outline}).json()
+        kind, stroke = session.prompts[-1]
+        assert kind == "lasso" and stroke.positive is True and len(s["strokes"]) == 2
+        assert set(map(tuple, stroke.voxels.tolist())) == {(10, j, i) for j in range(10, 26) for i in range(13, 31)}
+        assert s["strokes"][1]["voxels"] == [] and s["strokes"][1]["clicks"][0]["positive"] is True
+        assert h.post(f"/{tok}/refined").json()["voxels"] == int(session.mask.sum())  # after its refinement
+        zigzag = [[0, 0, 0], [43, 35, 19]] * 2048
+        for path, body, needle in [
+            ("scribble", {"ijk": []}, "ijk"),
+            ("scribble", {"ijk": [[1, 2]]}, "ijk"),
+            ("scribble", {"ijk": [[1, 1, 1], [50, 1, 1]]}, "outside"),
+            ("scribble", {"ijk": [[1, 1, 1]] * 4097}, "ijk"),
+            ("scribble", {"ijk": zigzag}, "more than 100000"),
+            ("scribble", {"ijk": [[1, 1, 1]], "positive": "yes"}, "positive"),
+            ("lasso", {"ijk": [[1, 1, 10], [5, 1, 10]]}, "at least 3"),
+            ("lasso", {"ijk": [[1, 1, 10], [5, 1, 10], [5, 5, 12]]}, "one slice"),
+        ]:
+            r = h.post(f"/{tok}/{path}", json=body)
+            assert r.status_code == 400 and needle in r.json()["detail"], (path, needle, r.json())
+        assert len(session.prompts) == 2
+        h.delete(f"/{tok}")
+
+
+def test_viewer_masks_put_back_a_label_map(served, data_dir, tmp_path):
+    """POST /masks: label v becomes object v's mask (objects created up to the largest label; an object
+    the map leaves empty is emptied); bad label maps are 400, before the session changes."""
+    url, ctx = served
+    vol = data_dir / "lps.nii.gz"
+    labels = np.zeros((20, 36, 44), np.uint8)
+    labels[6:14, 10:26, 12:20] = 1
+    labels[6:14, 10:26, 24:32] = 3
+    with httpx.Client(base_url=f"{url}/{API}", timeout=60) as h:
+        tok = h.post("/open", data={"path": "lps.nii.gz"}).json()["token"]
+        session = ctx.leases.peek(tok).session
+        data = _label_file(labels, vol, tmp_path / "l.nii.gz")
+        s = h.post(f"/{tok}/masks", files={"file": ("labels.nii.gz", data)}).json()
+        assert s["objects"] == [1, 2, 3] and s["object_id"] == 1
+        np.testing.assert_array_equal(session.label_map(), labels)
+        assert session.prompts == [("mask", None)]
+        s = h.post(f"/{tok}/masks", files={"file": ("labels.nii.gz", _label_file(
+            np.where(labels == 3, 3, 0).astype(np.uint8), vol, tmp_path / "m.nii.gz"))}).json()
+        np.testing.assert_array_equal(session.label_map(), np.where(labels == 3, 3, 0))
+        before = session.label_map()
+        small = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.uint8))
+        sitk.WriteImage(small, str(tmp_path / "small.nii.gz"))
+        moved = sitk.ReadImage(str(tmp_path / "l.nii.gz"))
+        moved.SetOrigin((0.0, 0.0, 0.0))
+        sitk.WriteImage(moved, str(tmp_path / "moved.nii.gz"))
+        for files, needle in [
+            ({"file": ("s.nii.gz", (tmp_path / "small.nii.gz").read_bytes())}, "size"),
+            ({"file": ("m.nii.gz", (tmp_path / "moved.nii.gz").read_bytes())}, "origin"),
+            ({"file": ("l.nii.gz", _label_file(labels.astype(np.int16) * 100, vol, tmp_path / "b.nii.gz"))},
+             "0 (background) to 255"),
+            ({"file": ("l.nii.gz", _label_file(-labels.astype(np.int16), vol, tmp_path / "n.nii.gz"))},
+             "0 (background) to 255"),
+            ({"file": ("l.nii.gz", _label_file(labels * np.float32(0.5), vol, tmp_path / "f.nii.gz"))},
+             "non-integer"),
+            ({"file": ("l.txt", b"hello")}, "unsupported type"),
+            ({"other": ("l.nii.gz", data)}, "multipart 'file'"),
+        ]:
+            r = h.post(f"/{tok}/masks", files=files)
+            assert r.status_code == 400 and needle in r.json()["detail"], (needle, r.json())
+        np.testing.assert_array_equal(session.label_map(), before)
+        h.delete(f"/{tok}")
+
+
+def _dicom_zip(tmp_path: Path) -> tuple[bytes, list[str]]:
+    from test_dicom_seg import make_series
+
+    uids, _ = make_series(tmp_path / "ct")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted((tmp_path / "ct").iterdir()):
+            z.write(f, f"series/{f.name}")
+        z.writestr("__MACOSX/series/._im00.dcm", b"junk")
+    return buf.getvalue(), uids
+
+
+def test_viewer_dicom_zip_upload_and_seg_download(model, tmp_path, monkeypatch):
+    """A zip of a DICOM series opens as the series; GET labels.dcm is a DICOM SEG referencing its
+    instances, one named segment per object. Zips are checked before unpacking (400 / 413)."""
+    import pydicom
+
+    data, uids = _dicom_zip(tmp_path)
+    app = create_app(ServerSettings(max_upload_mb=1, session_memory_mb=2), model=model)
+    with BackgroundServer(app) as url, httpx.Client(base_url=f"{url}/{API}", timeout=60) as h:
+        info = h.post("/open", files={"file": ("my series.zip", data)}).json()
+        tok, session = info["token"], app.state.ctx.leases.peek(info["token"]).session
+        assert info["dicom"] is True and info["size_ijk"] == [16, 16, 4] and info["name"] == "my_series.zip"
+        labels = np.zeros(session.shape, np.uint8)
+        labels[1:3, 2:8, 3:9] = 1
+        labels[0, 10:14, 10:14] = 2
+        lf = sitk.GetImageFromArray(labels)
+        lf.CopyInformation(session.image.to_sitk())
+        sitk.WriteImage(lf, str(tmp_path / "l.nii.gz"))
+        h.post(f"/{tok}/masks", files={"file": ("l.nii.gz", (tmp_path / "l.nii.gz").read_bytes())})
+        h.post(f"/{tok}/objects/2/name", json={"name": "spleen"})
+        r = h.get(f"/{tok}/labels.dcm")
+        assert r.status_code == 200 and 'filename="my_series_seg.dcm"' in r.headers["content-disposition"]
+        seg = pydicom.dcmread(io.BytesIO(r.content))
+        assert seg.Modality == "SEG" and [d.SegmentLabel for d in seg.SegmentSequence] == ["object 1", "spleen"]
+        assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+        import highdicom as hd
+
+        pix = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance(uids, segment_numbers=[1, 2])
+        np.testing.assert_array_equal(pix[..., 0].astype(bool), labels == 1)
+        np.testing.assert_array_equal(pix[..., 1].astype(bool), labels == 2)
+        # bad zips: corrupt, empty, unpacking past --max-upload-mb (declared sizes, before unpacking)
+        big = io.BytesIO()
+        with zipfile.ZipFile(big, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("a.dcm", b"\0" * (2 << 20))
+        empty = io.BytesIO()
+        with zipfile.ZipFile(empty, "w") as z:
+            z.writestr("dir/", b"")
+        for payload, code, needle in [(b"PK\x03\x04 not a zip", 400, "not a readable zip"),
+                                      (empty.getvalue(), 400, "holds no files"),
+                                      (big.getvalue(), 413, "--max-upload-mb")]:
+            r = h.post("/open", files={"file": ("x.zip", payload)})
+            assert r.status_code == code and needle in r.json()["detail"], r.json()
+        # a label map with more objects than the per-session memory allows: 413 before any is made
+        sitk.WriteImage(sitk.Cast(lf, sitk.sitkUInt8) * 0 + 255, str(tmp_path / "many.nii.gz"))
+        app.state.ctx.settings.session_memory_mb = 0.2
+        r = h.post(f"/{tok}/masks", files={"file": ("many.nii.gz", (tmp_path / "many.nii.gz").read_bytes())})
+        assert r.status_code == 413 and "255 objects" in r.json()["detail"], r.json()
+        assert session.object_ids == [1, 2]
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTEFACTS = Path(os.environ.get("VOXPROMPT_TEST_ARTEFACTS", Path(__file__).resolve().parents[1] / "test-artefacts"))
+
+
+def _launch(p):
+    """Debian's headless chromium with WebGL through SwiftShader."""
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                             args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it with apt-get)")
@@ -241,8 +442,7 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
     url, ctx = served
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
+        browser = _launch(p)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 700}, accept_downloads=True)
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -278,7 +478,7 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
                 settled(lambda: page.mouse.click(box["x"] + box["width"] * (0.5 + dx),
                                                  box["y"] + box["height"] * (0.5 + dy)))
 
-            click(0, 0)
+            click(0.08, 0.04)  # off the centre, where the LPS file's i and NiiVue's RAS index differ
             text, cls = page.inner_text("#status"), page.get_attribute("#status", "class")
             assert "check the result: low confidence: predicted IoU 0.01" in text and cls == "warn"
             last = page.evaluate("window.voxprompt.state.lastClick")
@@ -291,17 +491,18 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
             assert overlay_sum == int(lease.session.label_map().sum()) > 0
             assert canvas.screenshot() != before  # the overlay is drawn
 
-            page.check("#negative")
+            page.click("#sign")  # negative
             click(0.15, 0.15)
             assert lease.session.prompts[-1][1][1] is False
             settled(lambda: page.click("#undo"))
             assert len(lease.session.prompts) == 1
             settled(lambda: page.click("#new-object"))
-            page.check("#positive")
+            page.click("#sign")  # positive again
             click(-0.05, 0.05)
             assert lease.session.object_ids == [1, 2] and lease.session.mask.any()
-            settled(lambda: page.check("#lock"))  # label policy: lock the current object, others as negatives
-            assert lease.session.locked_objects == [2] and "object 2 (locked)" in page.inner_text("#objects")
+            # label policy: lock the current object (its row in the object list), others as negatives
+            settled(lambda: page.check("#object-list li.current input.lock"))
+            assert lease.session.locked_objects == [2] and "object 2 (locked)" in page.inner_text("#status")
             settled(lambda: page.check("#others-negative"))
             assert lease.session.others_negative is True
 
@@ -314,6 +515,255 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
             np.testing.assert_array_equal(sitk.GetArrayFromImage(got), lease.session.label_map())
             ref = sitk.ReadImage(str(data_dir / "lps.nii.gz"))
             assert np.allclose(got.GetDirection(), ref.GetDirection()) and np.allclose(got.GetOrigin(), ref.GetOrigin())
+            assert page.evaluate("window.voxprompt.state.error") is None
+        finally:
+            browser.close()
+    assert not errors, errors
+
+
+def _pixels(page, selector: str = "#gl-wrap") -> np.ndarray:
+    """A screenshot of an element as an (H, W, 3) uint8 array (CSS pixels; the page's scale is 1)."""
+    from PIL import Image as PILImage
+
+    return np.asarray(PILImage.open(io.BytesIO(page.locator(selector).screenshot())).convert("RGB")).astype(int)
+
+
+def _count(rgb: np.ndarray, colour: str) -> int:
+    """Pixels of a marker colour: saturated hues the half-transparent label overlay never shows."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    tests = {"positive": (g > 180) & (r < 70) & (b < 140), "negative": (r > 200) & (g < 70) & (b < 70),
+             "box": (r > 220) & (g > 170) & (b < 50)}
+    return int(tests[colour].sum())
+
+
+def _near(rgb: np.ndarray, xy, radius: int = 10) -> np.ndarray:
+    x, y = int(round(xy[0])), int(round(xy[1]))
+    return rgb[max(y - radius, 0):y + radius + 1, max(x - radius, 0):x + radius + 1]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it with apt-get)")
+def test_browser_annotation_tools(served, tmp_path, monkeypatch):
+    """The page's annotation tools in Chromium, checked on screenshots: +/- markers at the clicks, T and
+    Ctrl+Z, a box dragged on a slice (its outline drawn), Esc cancelling one, a scribble and a lasso, N
+    and a named, locked object in its overlay colour, CT windows, prompts queued while a prediction runs,
+    the radiological switch mirroring the picture, and the masks put back into a new session when the
+    server lost it. Screenshots go to test-artefacts/viewer/ (VOXPROMPT_TEST_ARTEFACTS)."""
+    import time
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from voxprompt.session import Session
+
+    url, ctx = served
+    shape = (20, 36, 44)  # (k, j, i); the structure sits left of centre so that mirroring shows
+    rng = np.random.default_rng(5)
+    arr = rng.normal(0, 20, size=shape).astype(np.int16)
+    arr[4:16, 8:28, 4:20] += 400
+    vol = sitk.GetImageFromArray(arr)
+    vol.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(vol, str(tmp_path / "asym.nii.gz"))
+    a = np.zeros(shape, bool)
+    a[4:16, 8:28, 4:20] = True
+    b = np.zeros(shape, bool)
+    b[4:16, 8:28, 24:40] = True
+    fix_model_masks(monkeypatch, {1: a, 2: b})
+    out = ARTEFACTS / "viewer"
+    out.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 640}, accept_downloads=True)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}/")
+            page.wait_for_function("window.voxprompt && window.voxprompt.state.config")
+            page.evaluate("window.voxprompt.ready")
+            page.set_input_files("#file", str(tmp_path / "asym.nii.gz"))
+            page.wait_for_function("window.voxprompt.state.version >= 1 && !window.voxprompt.state.busy", timeout=30000)
+            up = page.evaluate("window.voxprompt.state.upload")
+            assert up["loaded"] == up["total"] > (tmp_path / "asym.nii.gz").stat().st_size  # the file + multipart
+            assert page.is_disabled("#download-seg")  # NIfTI input: no DICOM SEG
+            token = page.evaluate("window.voxprompt.state.token")
+            session = ctx.leases.peek(token).session
+            page.select_option("#window", "bone")  # W1800 L400
+            assert page.evaluate("[window.voxprompt.state.volume.cal_min, window.voxprompt.state.volume.cal_max]") == [
+                -500, 1300]
+            page.select_option("#window", "auto")
+            page.select_option("#layout", "0")  # axial only
+            wrap = page.locator("#gl-wrap").bounding_box()
+
+            def settled(action) -> None:
+                v0 = page.evaluate("window.voxprompt.state.version")
+                action()
+                page.wait_for_function(f"(s => s.version > {v0} && !s.busy && !s.refining)(window.voxprompt.state)",
+                                       timeout=30000)
+
+            def at(fx: float, fy: float) -> tuple[float, float]:
+                return wrap["x"] + wrap["width"] * fx, wrap["y"] + wrap["height"] * fy
+
+            def marks_xy(kind: str = "clicks") -> list:
+                """Canvas positions of the current object's clicks on the axial tile."""
+                return page.evaluate(f"""(() => {{ const v = window.voxprompt, s = v.state;
+                    return s.{kind}.map(c => v.worldToTile(v.nv.screenSlices[0],
+                        v.fileVoxelToMm(s.volume.hdr.affine, c.ijk))); }})()""")
+
+            def on_canvas(ijk) -> tuple[float, float]:
+                """Where file voxel ``ijk`` shows on the axial tile (canvas pixels = CSS pixels here)."""
+                p = page.evaluate(f"""(() => {{ const v = window.voxprompt, aff = v.state.volume.hdr.affine;
+                    return v.worldToTile(v.nv.screenSlices[0], v.fileVoxelToMm(aff, {ijk})); }})()""")
+                return p["x"], p["y"]
+
+            def voxel_at(x: float, y: float) -> list[int]:
+                """The file voxel under page position (x, y) on the axial tile."""
+                return page.evaluate(f"""(() => {{ const v = window.voxprompt, r = v.nv.canvas.getBoundingClientRect();
+                    const mm = v.tileToWorld(v.nv.screenSlices[0], {x} - r.left, {y} - r.top);
+                    return v.mmToFileVoxel(v.state.volume.hdr.affine, mm).map(c => Math.floor(c + 0.5)); }})()""")
+
+            def painted() -> None:  # the marker canvas has caught up with the state
+                n = page.evaluate("window.voxprompt.state.marksPainted")
+                page.wait_for_function(f"window.voxprompt.state.marksPainted > {n} || true")
+                page.wait_for_timeout(150)
+
+            # a positive click: a green + marker where it went, none elsewhere
+            settled(lambda: page.mouse.click(*at(0.35, 0.5)))
+            painted()
+            shot = _pixels(page)
+            (xy,) = marks_xy()
+            assert _count(_near(shot, (xy["x"], xy["y"])), "positive") > 15
+            assert _count(shot, "positive") == _count(_near(shot, (xy["x"], xy["y"])), "positive")
+            assert _count(shot, "negative") == 0
+            # T: the next click is negative (the badge says so), a red - marker; Ctrl+Z takes it back
+            page.keyboard.press("t")
+            assert page.inner_text("#sign") == "\u2212 negative"
+            assert page.evaluate("window.voxprompt.state.positive") is False
+            settled(lambda: page.mouse.click(*at(0.62, 0.4)))
+            painted()
+            assert session.prompts[-1][1][1] is False
+            neg = marks_xy()[1]
+            shot = _pixels(page)
+            assert _count(_near(shot, (neg["x"], neg["y"])), "negative") > 15
+            page.screenshot(path=str(out / "markers.png"))
+            settled(lambda: page.keyboard.press("Control+z"))
+            painted()
+            assert len(session.prompts) == 1 and _count(_pixels(page), "negative") == 0
+            page.keyboard.press("t")
+            # B: a box dragged on the slice is the session's 2D box on that slice; its outline is drawn
+            page.keyboard.press("b")
+            assert page.evaluate("window.voxprompt.state.tool") == "box"
+
+            def drag(p0, p1, before_up=None) -> None:
+                page.mouse.move(*at(*p0))
+                page.mouse.down()
+                page.mouse.move(*at((p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2), steps=3)
+                page.mouse.move(*at(*p1), steps=3)
+                if before_up:
+                    before_up()
+                page.mouse.up()
+
+            settled(lambda: drag((0.22, 0.3), (0.48, 0.7)))
+            painted()
+            kind, (lo, hi) = session.prompts[-1]
+            sent = page.evaluate("window.voxprompt.state.lastPrompt.body.ijk")
+            want_lo = tuple(min(c) for c in zip(*sent))[::-1]
+            assert kind == "box" and lo == want_lo and hi == tuple(max(c) + 1 for c in zip(*sent))[::-1]
+            assert hi[0] - lo[0] == 1 and hi[1] - lo[1] > 5 and hi[2] - lo[2] > 5  # one axial slice
+            crosshair_k = page.evaluate("window.voxprompt.state.volume.hdr.dims[3]")
+            assert 0 <= lo[0] < crosshair_k
+            assert _count(_pixels(page), "box") > 100
+            page.screenshot(path=str(out / "box.png"))
+            # Esc cancels a box being drawn: nothing is sent
+            n_prompts = len(session.prompts)
+            drag((0.3, 0.3), (0.5, 0.5), before_up=lambda: page.keyboard.press("Escape"))
+            page.wait_for_timeout(300)
+            assert len(session.prompts) == n_prompts and page.evaluate("window.voxprompt.state.drawing") is None
+            assert "cancelled" in page.inner_text("#status")
+            # S: a scribble along a path (its voxels drawn as dots); L: a lasso outline filled on its slice
+            page.keyboard.press("s")
+            before = _count(_pixels(page), "positive")
+            settled(lambda: drag((0.55, 0.35), (0.8, 0.6)))
+            painted()
+            assert session.prompts[-1][0] == "scribble" and _count(_pixels(page), "positive") > before + 50
+            page.keyboard.press("l")
+
+            def outline() -> None:
+                page.mouse.move(*at(0.5, 0.3))
+                page.mouse.down()
+                for f in ((0.85, 0.3), (0.85, 0.7), (0.5, 0.7)):
+                    page.mouse.move(*at(*f), steps=4)
+                page.mouse.up()
+
+            settled(outline)
+            kind, stroke = session.prompts[-1]
+            assert kind == "lasso" and len(set(stroke.voxels[:, 0].tolist())) == 1 and len(stroke.voxels) > 50
+            page.screenshot(path=str(out / "strokes.png"))
+            # N: a new object; it is named and takes its own colour; object 1 locked in its row
+            page.keyboard.press("p")
+            settled(lambda: page.keyboard.press("n"))
+            assert session.object_ids == [1, 2] and session.object_id == 2
+            settled(lambda: (page.fill("#object-list li.current input.name", "liver"),
+                             page.press("#object-list li.current input.name", "Enter")))
+            assert ctx.leases.peek(token).state["names"] == {2: "liver"} and "liver" in page.inner_text("#status")
+            settled(lambda: page.check("#object-list li[data-id='1'] input.lock"))
+            assert session.locked_objects == [1]
+            swatches = page.evaluate("[...document.querySelectorAll('#object-list .swatch')]"
+                                     ".map(e => e.style.background)")
+            assert swatches == ["rgb(255, 64, 64)", "rgb(64, 200, 64)"]
+            # prompts made while a prediction runs are queued and run in order
+            add_point = Session.add_point
+
+            def slow(self, *args, **kwargs):
+                time.sleep(0.5)
+                return add_point(self, *args, **kwargs)
+
+            monkeypatch.setattr(Session, "add_point", slow)
+            page.evaluate("window.voxprompt.state.maxQueued = 0")
+            v0 = page.evaluate("window.voxprompt.state.version")
+            page.mouse.click(*at(0.7, 0.5))
+            page.mouse.click(*at(0.72, 0.55))
+            page.wait_for_function("window.voxprompt.state.queued === 2")  # one running, one waiting
+            assert page.is_visible("#busy") and "1 waiting" in page.inner_text("#busy")
+            page.wait_for_function(f"(s => s.version > {v0} + 1 && !s.busy)(window.voxprompt.state)", timeout=30000)
+            monkeypatch.setattr(Session, "add_point", add_point)
+            assert page.evaluate("window.voxprompt.state.maxQueued") == 2
+            assert [k for k, _ in session.prompts] == ["point", "point"]
+            want = [tuple(from_slicer_ijk(voxel_at(*at(*f)))) for f in ((0.7, 0.5), (0.72, 0.55))]
+            assert [index for _, (index, _) in session.prompts] == want and want[0] != want[1]  # in click order
+            painted()
+            shot = _pixels(page)
+            k = page.evaluate("window.voxprompt.state.lastClick.ijk[2]")
+            obj1, obj2 = (_near(shot, on_canvas([i, 18, k]), 3).mean(axis=(0, 1)) for i in (8, 36))
+            assert obj1[0] > obj1[1] + 30 and obj2[1] > obj2[0] + 30, (obj1, obj2)  # red object 1, green object 2
+            page.screenshot(path=str(out / "objects.png"))
+            # radiological: the picture is mirrored left-right on its tile
+            tile = page.evaluate("window.voxprompt.nv.screenSlices[0].leftTopWidthHeight")
+            x0, w = (tile[0] + tile[2], -tile[2]) if tile[2] < 0 else (tile[0], tile[2])
+            crop = (slice(int(tile[1]) + 2, int(tile[1] + tile[3]) - 2), slice(int(x0) + 2, int(x0 + w) - 2))
+            neuro = _pixels(page)[crop].mean(axis=2)
+            page.check("#radiological")
+            page.wait_for_timeout(300)
+            radio = _pixels(page)[crop].mean(axis=2)
+
+            def corr(u, v):
+                return float(np.corrcoef(u.ravel(), v.ravel())[0, 1])
+
+            assert corr(radio, neuro[:, ::-1]) > 0.9 > corr(radio, neuro) + 0.3, (corr(radio, neuro[:, ::-1]),
+                                                                               corr(radio, neuro))
+            page.screenshot(path=str(out / "radiological.png"))
+            page.uncheck("#radiological")
+            # the server loses the session: the next click opens the image again and puts the masks back
+            labels = session.label_map()
+            assert ctx.leases.release(token)
+            page.mouse.click(*at(0.66, 0.45))
+            page.wait_for_function("(s => s.recoveries === 1 && !s.busy && !s.refining)(window.voxprompt.state)",
+                                   timeout=30000)
+            new_token = page.evaluate("window.voxprompt.state.token")
+            assert new_token != token and page.evaluate("window.voxprompt.state.recoveries") == 1
+            lease = ctx.leases.peek(new_token)
+            fresh = lease.session
+            assert fresh.object_ids == [1, 2] and fresh.locked_objects == [1] and fresh.object_id == 2
+            assert lease.state["names"] == {2: "liver"} and [k for k, _ in fresh.prompts] == ["mask", "point"]
+            np.testing.assert_array_equal(fresh.label_map(), labels)
+            assert "masks were put back" in page.inner_text("#notice")
+            page.screenshot(path=str(out / "recovered.png"))
             assert page.evaluate("window.voxprompt.state.error") is None
         finally:
             browser.close()

@@ -3,16 +3,17 @@
 The mask is an array in SimpleITK's (z, y, x) order, as :func:`voxprompt.io.read_image` returns
 for a DICOM folder. Frame z is matched to its source instance by ImagePositionPatient (the LPS
 position of voxel (z, 0, 0)), never by file order, so the SEG references the right instances
-however the files are named. One BINARY segment with codes (default category Tissue, type Organ,
-SNOMED CT; settable, :mod:`voxprompt.io.seg_codes`), AUTOMATIC algorithm type and an algorithm
-identification naming voxprompt and the model.
+however the files are named. One BINARY segment (or one per label of a label map, ``segments``)
+with codes (default category Tissue, type Organ, SNOMED CT; settable, :mod:`voxprompt.io.seg_codes`),
+AUTOMATIC (or SEMIAUTOMATIC) algorithm type and an algorithm identification naming voxprompt and the
+model.
 The file is written atomically (temporary file + rename).
 """
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +122,18 @@ def write_dicom_seg(mask_zyx: np.ndarray, source_dir: str | os.PathLike, out_pat
                     model_name: str = "voxprompt", model_version: str | None = None,
                     series_number: int | None = None,
                     parameters: dict[str, str] | None = None,
-                    category: Any = None, segment_type: Any = None) -> Path:
+                    category: Any = None, segment_type: Any = None,
+                    segments: Mapping[int, str] | None = None, algorithm_type: str = "AUTOMATIC") -> Path:
     """Write ``mask_zyx`` (bool / 0-1, (z, y, x)) as a one-segment BINARY DICOM SEG; returns the path.
 
     ``source_dir``: the DICOM series folder the mask was predicted on; ``image``: that series as
     read by :func:`~voxprompt.io.read_image` (read again when omitted). ``out_path``: a ``.dcm``
     file, or a folder (gets :data:`DEFAULT_SEG_NAME`). ``category`` / ``segment_type``: the segmented
     property codes, a preset name or ``(value, scheme, meaning)`` (see :mod:`voxprompt.io.seg_codes`) or a
-    pydicom ``Code``; default Tissue / Organ. Raises :class:`NotDicomError` when the
+    pydicom ``Code``; default Tissue / Organ. ``segments`` (label value -> segment label): ``mask_zyx``
+    is a label map and each listed value becomes one segment, numbered 1, 2, ... in the mapping's order
+    (other values are background; ``label_name`` is then unused). ``algorithm_type``: AUTOMATIC, or
+    SEMIAUTOMATIC for masks a person steered (clicks). Raises :class:`NotDicomError` when the
     source is not DICOM, InputError when the mask does not fit the series.
     """
     import highdicom as hd
@@ -163,18 +168,29 @@ def write_dicom_seg(mask_zyx: np.ndarray, source_dir: str | os.PathLike, out_pat
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"voxprompt {model_name}"[:64], family=codes.cid7162.ArtificialIntelligence, version=version,
         parameters={"model": model_name, **(parameters or {})})
-    segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label=label[:64],
+    try:
+        how = hd.seg.SegmentAlgorithmTypeValues[algorithm_type]
+    except KeyError:
+        raise UsageError(f"algorithm_type {algorithm_type!r}: use AUTOMATIC or SEMIAUTOMATIC") from None
+    named = {1: label} if segments is None else {int(k): str(v) for k, v in segments.items()}
+    if not named:
+        raise InputError("a DICOM SEG needs at least one segment")
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=n, segment_label=(name.strip() or f"segment {n}")[:64],
         segmented_property_category=_code(category, DEFAULT_CATEGORY, "--seg-category"),
         segmented_property_type=_code(segment_type, DEFAULT_TYPE, "--seg-type"),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm)
+        algorithm_type=how, algorithm_identification=algorithm) for n, name in enumerate(named.values(), 1)]
     if series_number is None:
         series_number = (int(getattr(first, "SeriesNumber", 0) or 0) + SEG_SERIES_OFFSET) % (2**31 - 1) or 1
-    pixels = (mask != 0).astype(np.uint8)
+    if segments is None:
+        pixels = (mask != 0).astype(np.uint8)
+    else:  # label value -> segment number; unlisted values are background
+        pixels = np.zeros(mask.shape, np.uint8 if len(named) < 256 else np.uint16)
+        for n, value in enumerate(named, 1):
+            pixels[mask == value] = n
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment], series_instance_uid=hd.UID(), series_number=int(series_number),
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=int(series_number),
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="voxprompt",
         manufacturer_model_name=model_name[:64], software_versions=f"voxprompt {__version__}",
         device_serial_number="0", content_label="VOXPROMPT", content_description=label[:64],

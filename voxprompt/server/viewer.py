@@ -25,34 +25,58 @@ Label policy (:class:`~voxprompt.session.objects.ObjectsMixin`): ``POST /{token}
 with ``{"locked": true|false}`` locks or unlocks an object, ``POST /{token}/policy`` with
 ``{"others_negative": true|false}`` switches others-as-negatives; every summary lists ``locked``
 (ids) and ``others_negative``.
+
+Annotation tools: ``POST /{token}/box`` with ``{"ijk": [[i, j, k], [i, j, k]]}`` (two opposite corners,
+inclusive file voxels; equal on one axis for a box drawn on a slice) is the current object's box
+prompt (``Session.add_box``). ``POST /{token}/scribble`` with ``{"ijk": [[i, j, k], ...], "positive":
+true|false}`` is a freehand path (real file-voxel vertices, rasterised by
+:func:`~voxprompt.session.strokes.path_voxels`; ``Session.add_scribble``) and ``POST /{token}/lasso``
+the same with a closed outline on one slice (``Session.add_lasso``). Every summary lists the current
+object's ``clicks``, ``boxes`` and ``strokes`` in file voxels, for the page's markers.
+``POST /{token}/objects/{id}/name`` names an object (``names`` in the summary; the DICOM SEG's
+segment labels).
+
+Saving and recovery: ``GET /{token}/labels.dcm`` is the label map as a DICOM SEG (one segment per
+object) when the volume was DICOM (a zip of a series, or a ``.dcm`` file; the instances' headers are
+kept with the lease for this), 400 otherwise. ``POST /{token}/masks`` (multipart ``file``: a label
+NIfTI on the image's grid) makes label ``v`` object ``v``'s mask (``Session.add_mask``; objects are
+created up to the largest label): the page keeps the last label map it showed and re-sends it into a
+new session when its own is gone for good.
 """
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from ..io.read import read_image
+from ..io.read import file_extension, read_image
 from ..session import Session, from_slicer_ijk
+from ..session.strokes import path_voxels
 from .context import ServerContext
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, NotFound, TooLarge
 from .leases import Lease
 from .security import resolve_data_path
 from .volumes import (
+    Upload,
+    dicom_header_copies,
+    dicom_seg_bytes,
+    grid_labels,
     image_nifti_bytes,
     label_nifti_bytes,
     list_volumes,
     nifti_affine,
     ras_to_file_ijk,
+    read_upload,
     read_uploaded,
     safe_filename,
+    unzip_upload,
 )
 
 log = logging.getLogger(__name__)
@@ -62,6 +86,12 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"  # the built page (`make
 NO_CACHE = {"Cache-Control": "no-store"}
 REFINED_WAIT_S = 60.0  # longest a /refined request waits; the page asks again if still refining
 REFINED_POLL_S = 0.1  # the lease lock is held at most this long at a time while waiting
+TOOLS = ("point", "box", "scribble", "lasso")  # the page's prompt tools (its buttons)
+MAX_VERTICES = 4096  # of a scribble path or a lasso outline
+MAX_PATH_STEPS = 100_000  # voxel steps along a scribble path (bounds its rasterised voxels)
+MAX_SHOWN_STROKE_VOXELS = 4096  # of a scribble, listed in the summary for the page to draw
+MAX_OBJECTS = 255  # labels a re-sent label map may hold (one full-size mask per object)
+MAX_NAME = 64  # characters of an object's name (a DICOM segment label holds 64)
 
 
 class PointBody(BaseModel):
@@ -69,6 +99,35 @@ class PointBody(BaseModel):
     ijk: list[float] | None = Field(default=None, min_length=3, max_length=3)
     mm: list[float] | None = Field(default=None, min_length=3, max_length=3)
     positive: StrictBool = True
+
+
+Corner = list[StrictInt]
+
+
+class BoxBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ijk: list[Annotated[Corner, Field(min_length=3, max_length=3)]] = Field(min_length=2, max_length=2)
+
+
+class StrokeBody(BaseModel):
+    """A scribble path or a lasso outline: real file-voxel (i, j, k) vertices, and the sign."""
+
+    model_config = ConfigDict(extra="forbid")
+    ijk: list[Annotated[list[float], Field(min_length=3, max_length=3)]] = Field(min_length=1,
+                                                                                max_length=MAX_VERTICES)
+    positive: StrictBool = True
+
+    def array_vertices(self) -> np.ndarray:
+        """The vertices as array indices (k, j, i); 400 for non-finite ones."""
+        v = np.asarray(self.ijk, dtype=np.float64)[:, ::-1]
+        if not np.isfinite(v).all():
+            raise BadRequest("stroke vertices must be finite numbers")
+        return v
+
+
+class NameBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=MAX_NAME)
 
 
 class LockBody(BaseModel):
@@ -81,12 +140,40 @@ class PolicyBody(BaseModel):
     others_negative: StrictBool
 
 
+def _ijk(index) -> list[int]:
+    """An array index (k, j, i) as file voxel [i, j, k]."""
+    return [int(v) for v in index[::-1]]
+
+
+def _marks(prompts: list) -> tuple[list[dict], list[dict], list[dict]]:
+    """The current object's points, boxes and strokes in file voxels (i, j, k), for the page's markers:
+    a stroke lists the clicks its rule made and (a scribble) its first voxels."""
+    clicks, boxes, strokes = [], [], []
+    for kind, value in prompts:
+        if kind == "point":
+            index, positive = value
+            clicks.append({"ijk": _ijk(index), "positive": bool(positive)})
+        elif kind == "box":
+            lo, hi = value
+            boxes.append({"lo_ijk": _ijk(lo), "hi_ijk": [v - 1 for v in _ijk(hi)]})
+        elif kind in ("scribble", "lasso"):
+            shown = value.voxels[:MAX_SHOWN_STROKE_VOXELS] if kind == "scribble" else value.voxels[:0]
+            strokes.append({"kind": kind, "positive": bool(value.positive),
+                            "clicks": [{"ijk": _ijk(index), "positive": bool(label)} for index, label in value.clicks],
+                            "voxels": [_ijk(v) for v in shown.tolist()]})
+    return clicks, boxes, strokes
+
+
 def _summary(lease: Lease, pred=None) -> dict[str, Any]:
     s: Session = lease.session
     lease.state["version"] = lease.state.get("version", 0) + 1
+    clicks, boxes, strokes = _marks(s.prompts)
+    names = lease.state.get("names", {})
     return {
         "object_id": s.object_id, "objects": s.object_ids, "can_undo": s.can_undo,
         "locked": s.locked_objects, "others_negative": bool(s.others_negative),
+        "names": {str(k): v for k, v in names.items() if k in s.object_ids},
+        "clicks": clicks, "boxes": boxes, "strokes": strokes, "dicom": bool(lease.state.get("dicom_headers")),
         "voxels": int(np.count_nonzero(s.mask)), "version": lease.state["version"],
         "score": None if pred is None or pred.score is None else round(float(pred.score), 4),
         "low_confidence": bool(pred is not None and pred.low_confidence),
@@ -126,7 +213,8 @@ def make_router(ctx: ServerContext) -> APIRouter:
     @r.get("/config")
     def config() -> dict:
         return {"auth": s.api_key is not None, "data_dir": s.data_dir is not None, "model": ctx.host.name,
-                "heartbeat_s": max(1.0, s.liveness_timeout_s / 2), "max_upload_mb": s.max_upload_mb}
+                "heartbeat_s": max(1.0, s.liveness_timeout_s / 2), "max_upload_mb": s.max_upload_mb,
+                "tools": list(TOOLS)}
 
     @r.get("/files", dependencies=auth)
     async def files() -> dict:
@@ -141,23 +229,28 @@ def make_router(ctx: ServerContext) -> APIRouter:
         if upload is not None and not isinstance(upload, str):
             data, name = await upload.read(), upload.filename
 
-            def load():
-                return read_uploaded([(name, data)], max_bytes=ctx.image_limit_bytes), safe_filename(name, "volume")
+            def load() -> tuple[Upload, str]:
+                files = ([(name, data)] if file_extension(str(name)) != ".zip"
+                         else unzip_upload(name, data, s.max_upload_bytes))
+                return read_upload(files, max_bytes=ctx.image_limit_bytes), safe_filename(name, "volume")
         elif isinstance(path, str) and path:
-            def load():
+            def load() -> tuple[Upload, str]:
                 p = resolve_data_path(s.data_dir, path)
-                return read_image(p, max_bytes=ctx.image_limit_bytes), p.name
+                image = read_image(p, max_bytes=ctx.image_limit_bytes)
+                return Upload(image, dicom_header_copies(image)), p.name
         else:
-            raise BadRequest("send a multipart 'file' (the volume) or a 'path' under --data-dir")
+            raise BadRequest("send a multipart 'file' (the volume, or a zip of a DICOM series) or a 'path' "
+                             "under --data-dir")
 
         def do() -> dict:
-            image, fname = load()
+            up, fname = load()
+            image = up.image
             ctx.check_image_bytes(image.array.nbytes)
             lease = ctx.leases.claim(KIND, s.idle_timeout_s, s.liveness_timeout_s)
             with lease.lock:
                 lease.session.set_image(image)
                 ctx.account(lease)
-            lease.state.update(name=fname)
+            lease.state.update(name=fname, dicom_headers=up.dicom_headers, names={})
             return {"token": lease.token, "name": fname, "size_ijk": list(image.shape[::-1]),
                     **_summary(lease)}
 
@@ -185,6 +278,66 @@ def make_router(ctx: ServerContext) -> APIRouter:
             headers["Content-Disposition"] = f'attachment; filename="{stem}_labels.nii.gz"'
         return Response(content=data, media_type="application/octet-stream", headers=headers)
 
+    @r.get("/{token}/labels.dcm", dependencies=auth)
+    async def labels_seg(token: str) -> Response:
+        lease = lease_of(token)
+        headers = lease.state.get("dicom_headers", ())
+        if not headers:
+            raise BadRequest("a DICOM SEG needs a DICOM volume (a zip of the series or a .dcm file); this one "
+                             "was not DICOM: download the labels as NIfTI instead")
+
+        def snapshot() -> tuple[np.ndarray, Any, dict[int, str]]:
+            session = lease.session
+            session.wait_refined()  # a saved file holds the refined masks
+            names = lease.state.get("names", {})
+            return (session.label_map(), session.image,
+                    {oid: names.get(oid, f"object {oid}") for oid in session.object_ids})
+
+        labels, image, names = await ctx.run_locked(lease, snapshot)
+        data = await ctx.run_blocking(lambda: dicom_seg_bytes(labels, image, headers, names, ctx.host.name))
+        stem = lease.state["name"].split(".")[0] or "volume"
+        return Response(content=data, media_type="application/dicom", headers={
+            **NO_CACHE, "Content-Disposition": f'attachment; filename="{stem}_seg.dcm"'})
+
+    @r.post("/{token}/masks", dependencies=auth)
+    async def masks(token: str, request: Request) -> dict:
+        lease = lease_of(token)
+        upload = (await request.form()).get("file")
+        if upload is None or isinstance(upload, str):
+            raise BadRequest("send the label map as a multipart 'file' (NIfTI on the image's grid)")
+        data, name = await upload.read(), upload.filename
+        image = lease.session.image
+
+        def read() -> np.ndarray:
+            labels = grid_labels(read_uploaded([(name, data)], max_bytes=ctx.image_limit_bytes), image)
+            if not np.issubdtype(labels.dtype, np.integer) and not np.array_equal(labels, np.round(labels)):
+                raise BadRequest("the label map holds non-integer values; send object ids 0, 1, 2, ...")
+            top, low = (int(labels.max()), int(labels.min())) if labels.size else (0, 0)
+            if low < 0 or top > MAX_OBJECTS:
+                raise BadRequest(f"the label map holds values {low}..{top}; object ids are 0 (background) to "
+                                 f"{MAX_OBJECTS}")
+            if top * labels.size > s.session_memory_bytes:
+                raise TooLarge(f"{top} objects of {labels.size} voxels need more than this server's per-session "
+                               f"cap of {s.session_memory_bytes / 2**20:.0f} MiB (--session-memory-mb)")
+            return labels.astype(np.int32, copy=False)
+
+        labels = await ctx.run_blocking(read)
+
+        def put() -> dict:
+            session = lease.session
+            current = session.object_id
+            counts = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
+            while max(session.object_ids) < len(counts) - 1:
+                session.new_object()
+            for oid in range(1, len(counts)):
+                session.select_object(oid)
+                if counts[oid] or session.mask.any():  # an object emptied by the label map too
+                    session.add_mask(labels == oid)
+            session.select_object(current)
+            return _summary(lease)
+
+        return await ctx.run_locked(lease, put)
+
     @r.post("/{token}/point", dependencies=auth)
     async def point(token: str, body: PointBody) -> dict:
         if (body.ijk is None) == (body.mm is None):
@@ -197,6 +350,44 @@ def make_router(ctx: ServerContext) -> APIRouter:
             index = from_slicer_ijk([float(v) for v in ijk])
             pred = ctx.model_step(lambda: lease.session.add_point(index, positive=body.positive))
             return _summary(lease, pred)  # the model's mask; the refined one via /refined
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/{token}/box", dependencies=auth)
+    async def box(token: str, body: BoxBody) -> dict:
+        lease = lease_of(token)
+        a, b = np.asarray(body.ijk[0]), np.asarray(body.ijk[1])
+        lo, hi = np.minimum(a, b), np.maximum(a, b) + 1  # inclusive file-voxel corners -> [lo, hi)
+
+        def do() -> dict:
+            pred = ctx.model_step(lambda: lease.session.add_box(lo[::-1].tolist(), hi[::-1].tolist()))
+            return _summary(lease, pred)  # the model's mask; the refined one via /refined
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/{token}/scribble", dependencies=auth)
+    async def scribble(token: str, body: StrokeBody) -> dict:
+        lease = lease_of(token)
+        path = body.array_vertices()
+        steps = float(np.abs(np.diff(path, axis=0)).max(axis=1).sum()) if len(path) > 1 else 0.0
+        if steps > MAX_PATH_STEPS:
+            raise BadRequest(f"the scribble path is {steps:.0f} voxels long, more than {MAX_PATH_STEPS}")
+
+        def do() -> dict:
+            voxels = path_voxels(path, lease.session.shape)
+            pred = ctx.model_step(lambda: lease.session.add_scribble(voxels, positive=body.positive))
+            return _summary(lease, pred)
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/{token}/lasso", dependencies=auth)
+    async def lasso(token: str, body: StrokeBody) -> dict:
+        lease = lease_of(token)
+        polygon = body.array_vertices()
+
+        def do() -> dict:
+            pred = ctx.model_step(lambda: lease.session.add_lasso(polygon, positive=body.positive))
+            return _summary(lease, pred)
 
         return await ctx.run_locked(lease, do)
 
@@ -257,6 +448,23 @@ def make_router(ctx: ServerContext) -> APIRouter:
 
         def do() -> dict:
             lease.session.select_object(object_id)
+            return _summary(lease)
+
+        return await ctx.run_locked(lease, do)
+
+    @r.post("/{token}/objects/{object_id}/name", dependencies=auth)
+    async def name_object(token: str, object_id: int, body: NameBody) -> dict:
+        lease = lease_of(token)
+        name = " ".join(body.name.split())  # one line: it becomes a DICOM segment label
+
+        def do() -> dict:
+            if object_id not in lease.session.object_ids:
+                raise BadRequest(f"no object {object_id}; objects are {lease.session.object_ids}")
+            names = lease.state.setdefault("names", {})
+            if name:
+                names[object_id] = name
+            else:
+                names.pop(object_id, None)
             return _summary(lease)
 
         return await ctx.run_locked(lease, do)

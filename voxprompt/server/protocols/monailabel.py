@@ -62,7 +62,7 @@ from ..context import ServerContext
 from ..errors import BadRequest, ClientGone, LeaseGone, NotFound, Unauthorized
 from ..leases import Lease
 from ..security import check_api_key, resolve_data_path
-from ..volumes import label_nifti_bytes, read_uploaded, safe_filename
+from ..volumes import label_mask, label_nifti_bytes, read_uploaded, safe_filename
 
 log = logging.getLogger(__name__)
 
@@ -153,19 +153,6 @@ def policy_json(session: Session, labels: dict) -> dict[str, Any]:
 
 def _direct(fn: Callable[[], Prediction]) -> Prediction:
     return fn()
-
-
-def label_mask(label_in: Image, image: Image) -> np.ndarray:
-    """The nonzero voxels of a client's ``label_in`` on ``image``'s grid; 400 when the grids differ."""
-    if label_in.shape != image.shape:
-        raise BadRequest(f"the label file has size {list(label_in.shape[::-1])} (I, J, K) but the image has "
-                         f"{list(image.shape[::-1])}: send the label on the image's grid")
-    if not (np.allclose(label_in.spacing, image.spacing, rtol=1e-3, atol=1e-4)
-            and np.allclose(label_in.origin, image.origin, rtol=0, atol=1e-2 * min(image.spacing))
-            and np.allclose(label_in.direction, image.direction, atol=1e-3)):
-        raise BadRequest("the label file's spacing, origin or direction differ from the image's: send the label "
-                         "on the image's grid")
-    return np.asarray(label_in.array) != 0
 
 
 def apply_points(session: Session, labels: dict, label: str, fg: list, bg: list, reset: bool,
