@@ -721,6 +721,10 @@ def test_browser_annotation_tools(served, tmp_path, monkeypatch):
             page.mouse.click(*at(0.72, 0.55))
             page.wait_for_function("window.voxprompt.state.queued === 2")  # one running, one waiting
             assert page.is_visible("#busy") and "1 waiting" in page.inner_text("#busy")
+            page.evaluate("window.voxprompt.state.maxQueue = 1")  # a full queue refuses, saying so
+            page.mouse.click(*at(0.75, 0.6))
+            assert "point refused: still working" in page.inner_text("#status")
+            page.evaluate("window.voxprompt.state.maxQueue = 8; window.voxprompt.state.error = null")
             page.wait_for_function(f"(s => s.version > {v0} + 1 && !s.busy)(window.voxprompt.state)", timeout=30000)
             monkeypatch.setattr(Session, "add_point", add_point)
             assert page.evaluate("window.voxprompt.state.maxQueued") == 2

@@ -30,7 +30,7 @@ const state = {
   clicks: [], boxes: [], strokes: [], pending: [], drawing: null, version: 0, lastClick: null, lastPrompt: null,
   busy: false, queued: 0, maxQueued: 0, chain: Promise.resolve(), clickSeq: 0, refining: false,
   heartbeat: null, config: null, error: null, source: null, labels: null, autoWindow: null, upload: null,
-  recoveries: 0, summaryRev: 0, tools: ["point", "box"],
+  recoveries: 0, summaryRev: 0, maxQueue: MAX_QUEUE, tools: ["point", "box"],
 };
 const nv = new Niivue({
   backColor: [0.1, 0.1, 0.12, 1], crosshairColor: [0.3, 0.8, 1, 0.8], show3Dcrosshair: false,
@@ -108,7 +108,7 @@ function showBusy() {
 
 // ------------------------------------------------------------------ the action queue
 function enqueue(what, fn) {
-  if (state.queued > MAX_QUEUE) {
+  if (state.queued > state.maxQueue) {
     status(`${what} refused: still working on ${state.queued} earlier actions \u2014 wait for them`, "error");
     return false;
   }
@@ -219,8 +219,10 @@ function renderObjects() {
       name.className = "name";
       name.placeholder = `object ${id}`;
       name.title = "the object's name (a DICOM SEG's segment label)";
+      name.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === "Escape") name.blur(); }); // keys work again
       name.addEventListener("change", () => enqueue("name", async () => {
-        await afterChange(await (await call(`${API}/${state.token}/objects/${id}/name`, { json: { name: name.value } })).json());
+        await afterChange(await (await call(`${API}/${state.token}/objects/${id}/name`, { json: { name: name.value } })).json(),
+          { labels: false });
       }));
       const lock = document.createElement("label");
       lock.className = "lock";
@@ -273,10 +275,10 @@ function applySummary(s) {
     s.low_confidence ? "warn" : "");
 }
 
-async function afterChange(summary) {
+async function afterChange(summary, { labels = true } = {}) {
   if (summary.version < state.version) return; // an older answer arriving late
   applySummary(summary);
-  await reloadOverlay();
+  if (labels || !state.overlay) await reloadOverlay(); // names, selection, new objects leave the labels as they are
   state.version = summary.version;
   state.refining = Boolean(summary.refining); // set last: the overlay shown is this answer's
 }
@@ -372,7 +374,7 @@ function clickAt(mm) {
 
 function selectObject(id) {
   enqueue("select object", async () => {
-    await afterChange(await (await call(`${API}/${state.token}/objects/${id}`)).json());
+    await afterChange(await (await call(`${API}/${state.token}/objects/${id}`)).json(), { labels: false });
   });
 }
 
@@ -387,7 +389,7 @@ function undo() {
 function newObject() {
   if (!state.token) return;
   enqueue("new object", async () => {
-    await afterChange(await (await call(`${API}/${state.token}/objects`)).json());
+    await afterChange(await (await call(`${API}/${state.token}/objects`)).json(), { labels: false });
   });
 }
 
@@ -705,7 +707,7 @@ async function main() {
   $("new-object").addEventListener("click", newObject);
   $("others-negative").addEventListener("change", () => enqueue("others negative", async () => {
     const json = { others_negative: $("others-negative").checked };
-    await afterChange(await (await call(`${API}/${state.token}/policy`, { json })).json());
+    await afterChange(await (await call(`${API}/${state.token}/policy`, { json })).json(), { labels: false });
   }));
   $("window").addEventListener("change", applyWindow);
   $("radiological").addEventListener("change", () => nv.setRadiologicalConvention($("radiological").checked));
