@@ -319,7 +319,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
             if top * labels.size > s.session_memory_bytes:
                 raise TooLarge(f"{top} objects of {labels.size} voxels need more than this server's per-session "
                                f"cap of {s.session_memory_bytes / 2**20:.0f} MiB (--session-memory-mb)")
-            return labels.astype(np.int32, copy=False)
+            return labels.astype(np.uint8, copy=False)  # ids 0..MAX_OBJECTS (255)
 
         labels = await ctx.run_blocking(read)
 
