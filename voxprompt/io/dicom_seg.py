@@ -71,6 +71,25 @@ def _source_datasets(files: Sequence[str]) -> list:
     return out
 
 
+def dicom_source(source_dir: str | os.PathLike, image: Image | None, what: str) -> Image:
+    """The DICOM series an output refers to (``image`` when given, else read from ``source_dir``);
+    :class:`NotDicomError` when it is not a DICOM series."""
+    src = Path(source_dir)
+    if image is None:
+        if not src.exists():
+            raise UsageError(f"{what} source {src} does not exist")
+        image = read_image(src)
+    if not image.is_dicom or not image.dicom_files:
+        raise NotDicomError(f"{what} needs a DICOM input (a series folder); {src} is "
+                            f"{file_extension(src) or 'not DICOM'}: write .nii.gz, .nrrd or .mha instead")
+    return image
+
+
+def source_frames(image: Image) -> list:
+    """The instance headers of a DICOM ``image``, one per slice, in slice (z) order."""
+    return match_frames(image, _source_datasets(image.dicom_files))
+
+
 def match_frames(image: Image, datasets: Sequence) -> list:
     """The source dataset of every z slice of ``image``, matched by ImagePositionPatient.
 
@@ -141,14 +160,7 @@ def write_dicom_seg(mask_zyx: np.ndarray, source_dir: str | os.PathLike, out_pat
 
     from ..version import __version__
 
-    src = Path(source_dir)
-    if image is None:
-        if not src.exists():
-            raise UsageError(f"DICOM SEG source {src} does not exist")
-        image = read_image(src)
-    if not image.is_dicom or not image.dicom_files:
-        raise NotDicomError(f"DICOM SEG output needs a DICOM input (a series folder); {src} is "
-                            f"{file_extension(src) or 'not DICOM'}: write .nii.gz, .nrrd or .mha instead")
+    image = dicom_source(source_dir, image, "DICOM SEG output")
     mask = np.asarray(mask_zyx)
     if mask.shape != image.shape:
         raise InputError(f"mask shape {mask.shape} (z, y, x) does not match the DICOM series shape {image.shape}")
@@ -162,7 +174,7 @@ def write_dicom_seg(mask_zyx: np.ndarray, source_dir: str | os.PathLike, out_pat
             raise UsageError(f"{out}: output folder {out.parent} does not exist")
     label = (label_name or DEFAULT_LABEL).strip() or DEFAULT_LABEL
 
-    sources = match_frames(image, _source_datasets(image.dicom_files))
+    sources = source_frames(image)
     first = sources[0]
     version = model_version or __version__
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -208,5 +220,5 @@ def write_dicom_seg(mask_zyx: np.ndarray, source_dir: str | os.PathLike, out_pat
     return out
 
 
-__all__ = ["write_dicom_seg", "match_frames", "is_dicom_seg_output", "seg_output_path", "NotDicomError",
-           "DEFAULT_LABEL", "DEFAULT_SEG_NAME"]
+__all__ = ["write_dicom_seg", "dicom_source", "source_frames", "match_frames", "is_dicom_seg_output",
+           "seg_output_path", "NotDicomError", "DEFAULT_LABEL", "DEFAULT_SEG_NAME"]

@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .dicom_seg import DEFAULT_LABEL, NotDicomError, _source_datasets, match_frames
+from .dicom_seg import DEFAULT_LABEL, dicom_source, source_frames
 from .image import Image
-from .read import file_extension, read_image
 from .write import _tmp_path
 
 log = logging.getLogger(__name__)
@@ -259,15 +258,8 @@ def _prepare_output(out_path: str | os.PathLike) -> Path:
 
 def _dicom_series(source_dir: str | os.PathLike, image: Image | None, what: str) -> tuple[Image, list]:
     """The series as read by read_image and its instance headers in slice (z) order."""
-    src = Path(source_dir)
-    if image is None:
-        if not src.exists():
-            raise UsageError(f"{what} source {src} does not exist")
-        image = read_image(src)
-    if not image.is_dicom or not image.dicom_files:
-        raise NotDicomError(f"{what} needs a DICOM input (a series folder); {src} is "
-                            f"{file_extension(src) or 'not DICOM'}: write .nii.gz, .nrrd or .mha instead")
-    return image, match_frames(image, _source_datasets(image.dicom_files))
+    image = dicom_source(source_dir, image, what)
+    return image, source_frames(image)
 
 
 def write_rtstruct(mask_zyx: np.ndarray, source_dir: str | os.PathLike, out_path: str | os.PathLike,
