@@ -431,6 +431,16 @@ def _launch(p):
                              args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
 
 
+def _viewer_page(browser, url: str, errors: list[str], width: int, height: int):
+    """A new page on the viewer, started (config read, NiiVue attached); page errors go to ``errors``."""
+    page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{url}/")
+    page.wait_for_function("window.voxprompt && window.voxprompt.state.config")
+    page.evaluate("window.voxprompt.ready")
+    return page
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it with apt-get)")
 def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -444,11 +454,7 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
     with sync_api.sync_playwright() as p:
         browser = _launch(p)
         try:
-            page = browser.new_page(viewport={"width": 900, "height": 700}, accept_downloads=True)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}/")
-            page.wait_for_function("window.voxprompt && window.voxprompt.state.config")
-            page.evaluate("window.voxprompt.ready")
+            page = _viewer_page(browser, url, errors, 900, 700)
             page.set_input_files("#file", str(data_dir / "lps.nii.gz"))  # a real upload
             page.wait_for_function("window.voxprompt.state.version >= 1", timeout=30000)
             token = page.evaluate("window.voxprompt.state.token")
@@ -572,11 +578,7 @@ def test_browser_annotation_tools(served, tmp_path, monkeypatch):
     with sync_api.sync_playwright() as p:
         browser = _launch(p)
         try:
-            page = browser.new_page(viewport={"width": 1000, "height": 640}, accept_downloads=True)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}/")
-            page.wait_for_function("window.voxprompt && window.voxprompt.state.config")
-            page.evaluate("window.voxprompt.ready")
+            page = _viewer_page(browser, url, errors, 1000, 640)
             page.set_input_files("#file", str(tmp_path / "asym.nii.gz"))
             page.wait_for_function("window.voxprompt.state.version >= 1 && !window.voxprompt.state.busy", timeout=30000)
             up = page.evaluate("window.voxprompt.state.upload")
