@@ -43,13 +43,19 @@ def is_dicom_seg_output(path: str | os.PathLike) -> bool:
             or text.endswith(("/", os.sep)))
 
 
-def seg_output_path(path: str | os.PathLike) -> Path:
-    """The SEG file for an output argument (a folder gets :data:`DEFAULT_SEG_NAME`)."""
+def dicom_output_file(path: str | os.PathLike, default_name: str) -> Path:
+    """The file a DICOM output argument names: ``*.dcm`` itself; a folder (existing, or ``folder/``) gets
+    ``default_name`` inside it."""
     text = os.fspath(path)
     p = Path(text)
     if p.is_dir() or text.endswith(("/", os.sep)):
-        return p / DEFAULT_SEG_NAME
+        return p / default_name
     return p
+
+
+def seg_output_path(path: str | os.PathLike) -> Path:
+    """The SEG file for an output argument (a folder gets :data:`DEFAULT_SEG_NAME`)."""
+    return dicom_output_file(path, DEFAULT_SEG_NAME)
 
 
 def _source_datasets(files: Sequence[str]) -> list:
@@ -221,4 +227,4 @@ def write_dicom_seg(mask_zyx: np.ndarray, source_dir: str | os.PathLike, out_pat
 
 
 __all__ = ["write_dicom_seg", "dicom_source", "source_frames", "match_frames", "is_dicom_seg_output",
-           "seg_output_path", "NotDicomError", "DEFAULT_LABEL", "DEFAULT_SEG_NAME"]
+           "seg_output_path", "dicom_output_file", "NotDicomError", "DEFAULT_LABEL", "DEFAULT_SEG_NAME"]

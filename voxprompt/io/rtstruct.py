@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .dicom_seg import DEFAULT_LABEL, dicom_source, source_frames
+from .dicom_seg import DEFAULT_LABEL, dicom_output_file, dicom_source, source_frames
 from .image import Image
 from .write import _tmp_path
 
@@ -60,11 +60,7 @@ def require_rtstruct() -> None:
 
 def rtstruct_output_path(path: str | os.PathLike) -> Path:
     """The RTSTRUCT file for an output argument: ``*.dcm`` itself; a folder gets :data:`DEFAULT_RTSTRUCT_NAME`."""
-    text = os.fspath(path)
-    p = Path(text)
-    if p.is_dir() or text.endswith(("/", os.sep)):
-        return p / DEFAULT_RTSTRUCT_NAME
-    return p
+    return dicom_output_file(path, DEFAULT_RTSTRUCT_NAME)
 
 
 # ----------------------------------------------------------------------------- geometry of one instance
