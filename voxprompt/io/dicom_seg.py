@@ -53,6 +53,18 @@ def dicom_output_file(path: str | os.PathLike, default_name: str) -> Path:
     return p
 
 
+def prepare_output_file(out_path: str | os.PathLike, default_name: str) -> Path:
+    """:func:`dicom_output_file`, its folder made when the argument is ``folder/`` under an existing one;
+    :class:`UsageError` when the folder does not exist."""
+    out = dicom_output_file(out_path, default_name)
+    if not out.parent.is_dir():
+        if os.fspath(out_path).endswith(("/", os.sep)) and out.parent.parent.is_dir():
+            out.parent.mkdir()
+        else:
+            raise UsageError(f"{out}: output folder {out.parent} does not exist")
+    return out
+
+
 def seg_output_path(path: str | os.PathLike) -> Path:
     """The SEG file for an output argument (a folder gets :data:`DEFAULT_SEG_NAME`)."""
     return dicom_output_file(path, DEFAULT_SEG_NAME)
@@ -172,12 +184,7 @@ def write_dicom_seg(mask_zyx: np.ndarray, source_dir: str | os.PathLike, out_pat
         raise InputError(f"mask shape {mask.shape} (z, y, x) does not match the DICOM series shape {image.shape}")
     if not (mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer)):
         raise InputError(f"mask dtype {mask.dtype} is not a label type; use bool or integers")
-    out = seg_output_path(out_path)
-    if not out.parent.is_dir():
-        if os.fspath(out_path).endswith(("/", os.sep)) and out.parent.parent.is_dir():
-            out.parent.mkdir()
-        else:
-            raise UsageError(f"{out}: output folder {out.parent} does not exist")
+    out = prepare_output_file(out_path, DEFAULT_SEG_NAME)
     label = (label_name or DEFAULT_LABEL).strip() or DEFAULT_LABEL
 
     sources = source_frames(image)
@@ -227,4 +234,5 @@ def write_dicom_seg(mask_zyx: np.ndarray, source_dir: str | os.PathLike, out_pat
 
 
 __all__ = ["write_dicom_seg", "dicom_source", "source_frames", "match_frames", "is_dicom_seg_output",
-           "seg_output_path", "dicom_output_file", "NotDicomError", "DEFAULT_LABEL", "DEFAULT_SEG_NAME"]
+           "seg_output_path", "dicom_output_file", "prepare_output_file", "NotDicomError", "DEFAULT_LABEL",
+           "DEFAULT_SEG_NAME"]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .dicom_seg import DEFAULT_LABEL, dicom_output_file, dicom_source, source_frames
+from .dicom_seg import DEFAULT_LABEL, dicom_output_file, dicom_source, prepare_output_file, source_frames
 from .image import Image
 from .write import _tmp_path
 
@@ -242,16 +242,6 @@ def _contour_dict(mask: np.ndarray, sources: Sequence, planes: Sequence[_Plane])
     return out, count
 
 
-def _prepare_output(out_path: str | os.PathLike) -> Path:
-    out = rtstruct_output_path(out_path)
-    if not out.parent.is_dir():
-        if os.fspath(out_path).endswith(("/", os.sep)) and out.parent.parent.is_dir():
-            out.parent.mkdir()
-        else:
-            raise UsageError(f"{out}: output folder {out.parent} does not exist")
-    return out
-
-
 def _dicom_series(source_dir: str | os.PathLike, image: Image | None, what: str) -> tuple[Image, list]:
     """The series as read by read_image and its instance headers in slice (z) order."""
     image = dicom_source(source_dir, image, what)
@@ -289,7 +279,7 @@ def write_rtstruct(mask_zyx: np.ndarray, source_dir: str | os.PathLike, out_path
     if not (mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer)):
         raise InputError(f"mask dtype {mask.dtype} is not a label type; use bool or integers")
     rois = _roi_table(mask, label_name, segments, colors)
-    out = _prepare_output(out_path)
+    out = prepare_output_file(out_path, DEFAULT_RTSTRUCT_NAME)
     planes = [_Plane.of(ds) for ds in sources]
     builder = RTStructBuilder(sources)
     counts = []
