@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> dict:
         ckpt = shipped_weights(args.model) if name == "shipped" else name
         base = load_model(args.model, ckpt)
         model = load_model(args.model, ckpt, config={**base.cfg.to_dict(), "roi_spacing_mm": args.roi_spacing})
-        rows = evaluate(targets, session_factory(model, refine=refine), "cvpr25", args.seed, n_clicks=args.clicks,
+        factory = session_factory(model, refine=refine, autozoom=args.autozoom, carry_over=args.carry_over)
+        rows = evaluate(targets, factory, "cvpr25", args.seed, n_clicks=args.clicks,
                         use_box=False, loader=load_target, progress=True)
         add_groups(rows)
         out[name] = summarise(rows)
@@ -61,6 +62,9 @@ def main() -> int:
     p.add_argument("--refine-band", type=float, default=9.0, help="mm (0: the model alone)")
     p.add_argument("--refine-grid", type=float, default=1.5, help="RefineConfig.grid_mm")
     p.add_argument("--refine-solver", default="difference", choices=("labels", "difference"))
+    p.add_argument("--autozoom", action="store_true", help="the auto-zoom planner")
+    p.add_argument("--carry-over", action=argparse.BooleanOptionalAction, default=None,
+                   help="a click's new ROI starts from the object's mask (default: the model's stored setting)")
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="first N targets only")
@@ -75,6 +79,7 @@ def main() -> int:
     meta = {"benchmark": "select_checkpoint", "protocol": "cvpr25 (5 clicks, no box)", "data": args.data,
             "targets": args.targets, "roi_spacing_mm": args.roi_spacing, "refine_band_mm": args.refine_band,
             "refine_grid_mm": args.refine_grid, "refine_solver": args.refine_solver,
+            "autozoom": args.autozoom, "carry_over": args.carry_over,
             "seed": args.seed, "machine": f"{platform.node()} {platform.platform()}", "best": best}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")

@@ -403,3 +403,41 @@ def test_shipped_default_model_cleans_by_default():
     s = Session()
     assert s.clean and s.refine is not None and s.low_confidence_iou == voxprompt.session.LOW_CONFIDENCE_IOU
     assert not Session(s.model, clean=False).clean
+
+
+def test_carry_over_starts_a_new_roi_from_the_objects_mask_and_clicks(model, monkeypatch):
+    spy = Spy(model, monkeypatch)
+    arr = np.random.default_rng(1).normal(50, 10, (8, 24, 240)).astype(np.float32)  # 240 mm along x
+    bar = np.zeros(arr.shape, bool)
+    bar[2:6, 8:16, 5:235] = True
+    s = Session(model, carry_over=True)
+    s.set_image(arr, spacing=(4.0, 1.0, 1.0))
+    s.add_mask(bar)
+    s.add_point((4, 12, 200))  # in the mask's ROI
+    before, old_roi = s.mask.copy(), s._obj.roi
+    p = s.add_point((4, 12, 236))  # beyond it: a new ROI that still holds part of the bar and the last click
+    assert tuple(p.roi.start) != tuple(old_roi.start)
+    coords, labels, mask_in = spy.decodes[-1]
+    assert labels.tolist() == [[1, 1]]  # the earlier click that falls in the new ROI, then this one
+    expected = [np.floor(p.roi.from_original_index(np.array(c, float)) + 0.5) for c in ((4, 12, 200), (4, 12, 236))]
+    np.testing.assert_array_equal(coords[0].numpy(), np.stack(expected))
+    torch.testing.assert_close(mask_in, s.predictor.prior(before, p.roi))  # the mask shown, as the prior
+    assert mask_in.max() > 0 and mask_in.min() < 0
+
+    s2 = Session(model, carry_over=True)
+    s2.set_image(arr, spacing=(4.0, 1.0, 1.0))
+    near = np.zeros(arr.shape, bool)
+    near[2:6, 8:16, :30] = True
+    s2.add_mask(near)  # a mask the far ROI does not reach
+    s2.add_point((4, 12, 236))
+    assert spy.decodes[-1][1].tolist() == [[1]] and torch.count_nonzero(spy.decodes[-1][2]) == 0  # official start
+
+
+def test_carry_over_follows_the_models_stored_setting(model):
+    from voxprompt.session.volume import resolve_carry_over
+
+    assert Session(model).carry_over is False  # an official model: published behaviour
+    assert resolve_carry_over(None, type("Cfg", (), {"refine_band_mm": 9.0})()) is True  # the default model's
+    assert Session(model, carry_over=True).carry_over is True
+    with pytest.raises(UsageError, match="carry_over"):
+        Session(model, carry_over="yes")

@@ -183,7 +183,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from ..session import AutoZoomPlanner
 
         planner = AutoZoomPlanner()
-    session = Session(model, device=args.device, planner=planner, refine=args.refine, clean=args.clean)
+    session = Session(model, device=args.device, planner=planner, refine=args.refine, clean=args.clean,
+                      carry_over=args.carry_over)
     session.set_image(image)
     pred = None
     if prior is not None:
@@ -295,6 +296,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="keep only the parts of the mask connected to a positive click (or box centre) and fill "
                         "their holes; --no-clean keeps every component the model returned (default: the model's "
                         "stored setting, on for the default model, off for the official ones)")
+    s.add_argument("--carry-over", action=argparse.BooleanOptionalAction, default=None,
+                   help="a click beyond the current model ROI starts its new ROI from the object's mask and the "
+                        "clicks inside it; --no-carry-over starts it empty (default: the model's stored setting, "
+                        "on for the default model, off for the official ones)")
     from .segment2d import add_2d_arguments
 
     add_2d_arguments(s)

@@ -90,7 +90,8 @@ def _factory(args: argparse.Namespace, ckpt: str | None, device: str) -> tuple[A
 
     refine = resolve_refine(args.refine, model.cfg)
     clean = resolve_clean(getattr(args, "clean", None), model.cfg)
-    factory = session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False, clean=clean)
+    factory = session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False, clean=clean,
+                              carry_over=args.carry_over)
     return factory, {"refine_band_mm": refine.band_mm if refine else 0.0, "clean": clean}
 
 
@@ -285,6 +286,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="3D sessions: keep only the mask's parts connected to a positive click or box centre, "
                         "holes filled; --no-clean keeps every component (voxprompt.cleanup; default: the model's "
                         "stored setting)")
+    s.add_argument("--carry-over", action=argparse.BooleanOptionalAction, default=None,
+                   help="3D sessions: a click that opens a new ROI starts from the object's mask and its clicks in "
+                        "that ROI (--no-carry-over: a zero mask, the official behaviour; default: the model's "
+                        "stored setting, on for the default model)")
     s.add_argument("--no-box", action="store_true",
                    help="cvpr25 without the initial box (the random walker then takes clicks only; with the box "
                         "it runs its box mode, voxprompt.eval.baseline); sam-med2d without box mode")

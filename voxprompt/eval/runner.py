@@ -191,12 +191,14 @@ def evaluate(
 
 # ----------------------------------------------------------------------------- engines
 def session_factory(model: Any, device: Any = None, autozoom: bool = False,
-                    refine: Any = None, clean: bool | None = None) -> PredictorFactory:
+                    refine: Any = None, clean: bool | None = None,
+                    carry_over: bool | None = None) -> PredictorFactory:
     """Engines driving a fresh 3D :class:`~voxprompt.session.Session` per target.
 
     ``autozoom`` gives each session an :class:`~voxprompt.session.autozoom.AutoZoomPlanner`; ``refine`` is
     the Session's (None = the model's stored setting, bool, or a :class:`~voxprompt.refine.RefineConfig`);
-    ``clean`` the Session's mask clean-up (None = the model's stored setting).
+    ``clean`` the Session's mask clean-up and ``carry_over`` its start of a click's new ROI (None = the
+    model's stored setting).
 
     The CVPR 2025 box (2D box on the middle slice + z range) becomes the 3D box
     ``[z_min..z_max] x`` the middle slice's y/x range, given once via ``add_box``.
@@ -209,7 +211,7 @@ def session_factory(model: Any, device: Any = None, autozoom: bool = False,
             from voxprompt.session import AutoZoomPlanner
 
             planner = AutoZoomPlanner()
-        session = Session(model, device=device, planner=planner, refine=refine, clean=clean)
+        session = Session(model, device=device, planner=planner, refine=refine, clean=clean, carry_over=carry_over)
         session.set_image(image)
         state = {"clicks": 0, "box": False, "roi": None}
 

@@ -47,7 +47,7 @@ from ..io.image import Image, apply_affine
 from ..masks import Slices, bbox_of, deepest_voxel, union_box
 from ..preprocess import Roi, extract_roi_label, roi_around
 from .planning import BasePlanner, BaseStage, Box, CenteredRoiPlanner, Expansion
-from .roi_predictor import RoiPredictor, paste_over, roi_footprint
+from .roi_predictor import RoiPredictor, clicks_in, paste_over, roi_footprint
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +76,6 @@ def touches_border(mask_roi: np.ndarray, roi: Roi, border: int = 1) -> bool:
             if m[tuple(idx)].any():
                 return True
     return False
-
-
-def clicks_in(roi: Roi, clicks: list) -> list:
-    """Clicks (original indices, label) that fall in ``roi``, as (ROI voxel coords, label)."""
-    out = []
-    for p, lab in clicks:
-        c = np.floor(roi.from_original_index(np.asarray(p, dtype=float)) + 0.5)
-        if bool(roi.contains(c)):
-            out.append((c, int(lab)))
-    return out
 
 
 def _cores_hit(band: np.ndarray, origin: np.ndarray, size: np.ndarray, step: np.ndarray) -> np.ndarray:

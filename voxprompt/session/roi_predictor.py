@@ -31,6 +31,16 @@ def roi_key(roi: Roi) -> tuple:
     return tuple(roi.start), tuple(roi.size), tuple(round(v, 6) for v in roi.spacing)
 
 
+def clicks_in(roi: Roi, clicks: list) -> RoiPoints:
+    """Clicks (original indices, label) that fall in ``roi``, as (ROI voxel coords, label)."""
+    out = []
+    for p, lab in clicks:
+        c = np.floor(roi.from_original_index(np.asarray(p, dtype=float)) + 0.5)
+        if bool(roi.contains(c)):
+            out.append((c, int(lab)))
+    return out
+
+
 def mask_prior_logits(label_roi: np.ndarray, low_res_size: int) -> torch.Tensor:
     """A binary ROI label -> +/- ``MASK_PRIOR_LOGIT`` logits averaged down to the low-res grid.
 

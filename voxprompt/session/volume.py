@@ -46,6 +46,11 @@ Masks: ``add_mask`` makes an existing segmentation the object's mask and the pre
 next click: the ROI is the one the official pipeline centres on the label, and the label resampled
 into it is turned into +/- ``MASK_PRIOR_LOGIT`` logits averaged down to the 32^3 low-res grid.
 
+New ROIs: a click outside the object's current ROI opens one centred on it. Officially it starts
+from nothing (that click alone, a zero mask); with ``carry_over`` (the default model's stored setting)
+it starts from the object's mask resampled into it as the prior, with the object's clicks that fall in
+it, so a click at the far end of a large organ extends the mask instead of starting over.
+
 Auto-zoom: ``Session(model, planner=AutoZoomPlanner())`` (:mod:`voxprompt.session.autozoom`) follows a
 prediction that touches the ROI's border with zoomed-out ROIs and tiles refined at the base spacing;
 the whole multi-ROI result of one call is one undo step. The default planner is the official one.
@@ -100,12 +105,12 @@ from ..errors import InputError, PromptError, SessionFileError, UsageError
 from ..io.image import LPS_TO_RAS, Image
 from ..io.read import read_image
 from ..masks import Slices, bbox_of, within
-from ..preprocess import Roi, roi_for_label
+from ..preprocess import Roi, extract_roi_label, roi_for_label
 from ..refine import RefineConfig, refine_mask, resolve_refine
 from .background import RefineJob
 from .objects import ObjectsMixin, box_corners, point_index, read_only, unshared_mask
 from .planning import ROI_SPACING_MM, BaseStage, CenteredRoiPlanner, Expansion, RoiPlanner
-from .roi_predictor import EMBEDDING_CACHE_SIZE, RoiPredictor, roi_key
+from .roi_predictor import EMBEDDING_CACHE_SIZE, RoiPredictor, clicks_in, roi_key
 from .strokes import (
     DEFAULT_LASSO_RULE,
     DEFAULT_SCRIBBLE_RULE,
@@ -298,6 +303,15 @@ def _negative_marks(prompts: list) -> list:
     return marks
 
 
+def resolve_carry_over(setting: bool | None, model_cfg: object) -> bool:
+    """Whether a click that opens a new ROI carries the object's mask and clicks into it: as given, or
+    (None) the model's stored setting, the rule of :func:`~voxprompt.cleanup.resolve_clean` (on for the
+    post-processed default model, off for the official models: their published behaviour)."""
+    if setting is None or isinstance(setting, (bool, np.bool_)):
+        return resolve_clean(setting, model_cfg)
+    raise UsageError(f"carry_over must be None or a bool, got {type(setting).__name__}")
+
+
 def _clip_block(old: np.ndarray, block: np.ndarray, region: Slices, clip: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """``block`` inside the box ``clip`` = [lo, hi) (original indices), ``old`` elsewhere in ``region``."""
     lo, hi = clip
@@ -316,6 +330,8 @@ class Session(ObjectsMixin):
     ``refine``: boundary refinement (None = the model's stored setting). ``clean``: keep only the
     components of a result that a positive prompt asked for, holes filled (None = the model's
     stored setting: on for the default model, off for the official ones; False keeps everything).
+    ``carry_over``: a click's new ROI starts from the object's mask and clicks (None = the model's
+    stored setting: on for the default model, off for the official ones).
     ``low_confidence_iou``: a prediction whose model-predicted IoU is below it is flagged
     (``Prediction.low_confidence`` and ``.warning``; 0 turns this rule off). The default
     :data:`LOW_CONFIDENCE_IOU` = 0.12 was chosen for the default model on its training structures,
@@ -350,7 +366,7 @@ class Session(ObjectsMixin):
                  clean: bool | None = None, low_confidence_iou: float = LOW_CONFIDENCE_IOU,
                  refine_background: bool = False, others_negative: bool = False,
                  scribble_rule: str = DEFAULT_SCRIBBLE_RULE, lasso_rule: str = DEFAULT_LASSO_RULE,
-                 stroke_points: int = STROKE_POINTS) -> None:
+                 stroke_points: int = STROKE_POINTS, carry_over: bool | None = None) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
@@ -369,6 +385,7 @@ class Session(ObjectsMixin):
         self.device = self.predictor.device
         self.refine: RefineConfig | None = resolve_refine(refine, model.cfg)
         self.clean: bool = resolve_clean(clean, model.cfg)
+        self.carry_over: bool = resolve_carry_over(carry_over, model.cfg)
         self.refine_background = bool(refine_background)
         self.others_negative = bool(others_negative)
         self.scribble_rule = check_rule("scribble", scribble_rule)
@@ -684,6 +701,16 @@ class Session(ObjectsMixin):
         return refine_mask(img.array[region], block, points, img.spacing[::-1], self.refine, cancel)
 
     # ------------------------------------------------------------------ prompts
+    def _carried(self, obj: _Object, roi: Roi) -> tuple[list, torch.Tensor | None]:
+        """How a click's new ROI starts: no clicks and a zero mask (official), or with ``carry_over``
+        the object's mask resampled into it as the prior and the object's clicks that fall in it."""
+        if not self.carry_over or not obj.prompts:
+            return [], None
+        label = extract_roi_label(self._img(), obj.mask, roi)
+        if not label.any():
+            return [], None
+        return clicks_in(roi, _point_clicks(obj.prompts)), self.predictor.label_prior(label)
+
     def add_point(self, index: Sequence[float], positive: bool = True) -> Prediction:
         """Click at an array index (caller's axis order); refine in the current ROI or open one."""
         idx = self._index(index)
@@ -694,7 +721,7 @@ class Session(ObjectsMixin):
             self._push(obj)
             try:
                 if obj.roi is None or roi_key(roi) != roi_key(obj.roi):
-                    obj.points_roi, obj.logits = [], None  # new ROI: official first click, zero mask
+                    obj.points_roi, obj.logits = self._carried(obj, roi)
                 obj.points_roi = obj.points_roi + [(self.predictor.roi_point(roi, idx), 1 if positive else 0)]
                 obj.prompts = obj.prompts + [("point", (tuple(idx.tolist()), bool(positive)))]
                 return self._run(obj, roi, _point_clicks(obj.prompts))

@@ -117,6 +117,7 @@ class TrainConfig:
     click_mode: str = "mixed"
     loss: str = "dice_ce"
     iou_loss_weight: float = 1.0
+    mask_prior_prob: float = 0.0  # 3D: share of samples started from a session-style mask prior (train/priors.py)
     amp: str = "none"
     ema: float = 0.0  # decay; 0 disables
     seed: int = 0
@@ -138,6 +139,7 @@ class TrainConfig:
             (self.click_steps >= 1, f"click_steps must be >= 1, got {self.click_steps}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"),
+            (0 <= self.mask_prior_prob <= 1, f"mask_prior_prob must be in [0, 1], got {self.mask_prior_prob}"),
             (self.save_every > 0 and self.log_every > 0, "save_every and log_every must be positive"),
             (self.init_mode in INIT_MODES, f"init_mode must be one of {INIT_MODES}, got {self.init_mode!r}"),
             (self.init_mode == "strict" or self.init_checkpoint is not None,

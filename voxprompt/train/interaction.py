@@ -4,7 +4,8 @@ One image embedding per sample, then ``click_steps`` decoder passes: the first c
 the target, each later click in the current error (the centre of the largest error component,
 as the CVPR 2025 protocol, or a uniform error voxel, as SAM-Med3D's), and the previous low-res
 logits are fed back as ``mask_input`` (detached, as the official training loop does). The loss is
-averaged over the passes.
+averaged over the passes. With ``mask_prior_prob`` a sample starts instead from a mask prior of the
+kind a session feeds (:mod:`.priors`), its first click on that prior's error.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..eval.clicks import cvpr25_next_click, sam_med3d_random_click
+from ..session.roi_predictor import mask_prior_logits
 from .losses import segmentation_loss
+from .priors import degraded_prior
 
 
 def next_clicks(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator, mode: str) -> list[tuple]:
@@ -38,11 +41,12 @@ class ClickLoop(nn.Module):
     """
 
     def __init__(self, model: nn.Module, click_steps: int, click_mode: str, loss: str,
-                 iou_loss_weight: float = 1.0) -> None:
+                 iou_loss_weight: float = 1.0, mask_prior_prob: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.click_steps, self.click_mode, self.loss = click_steps, click_mode, loss
         self.iou_loss_weight = iou_loss_weight
+        self.mask_prior_prob = float(mask_prior_prob)
 
     def forward(self, image: torch.Tensor, gt: torch.Tensor, rng: np.random.Generator,
                 autocast: Callable[[], object], first: np.ndarray | None = None
@@ -56,13 +60,14 @@ class ClickLoop(nn.Module):
         coords: list[list] = [[] for _ in range(len(gt_np))]
         labels: list[list] = [[] for _ in range(len(gt_np))]
         prev = torch.zeros((image.shape[0], 1) + (low,) * 3, device=image.device)
+        primed = self._prime(prev, pred_np, gt_np, rng)
         with autocast():
             emb = m.encode(image)
         total = image.new_zeros(())
         stats: dict[str, float] = {}
         for step in range(self.click_steps):
             for b, (idx, lab) in enumerate(next_clicks(pred_np, gt_np, rng, self.click_mode)):
-                if step == 0 and first is not None and first[b][0] >= 0:
+                if step == 0 and first is not None and first[b][0] >= 0 and b not in primed:
                     idx, lab = tuple(int(i) for i in first[b]), 1
                 coords[b].append(idx)
                 labels[b].append(lab)
@@ -79,3 +84,19 @@ class ClickLoop(nn.Module):
             stats[f"dice_{step + 1}"] = float(dice.mean())
         stats["dice"] = stats[f"dice_{self.click_steps}"]
         return total / self.click_steps, stats
+
+    def _prime(self, prev: torch.Tensor, pred_np: np.ndarray, gt_np: np.ndarray,
+               rng: np.random.Generator) -> set[int]:
+        """Start some samples from a mask prior (in place: ``prev`` logits, ``pred_np`` the mask the
+        first click corrects); the indices of those samples. Draws nothing when the probability is 0."""
+        primed: set[int] = set()
+        if self.mask_prior_prob <= 0:
+            return primed
+        low = prev.shape[-1]
+        for b in range(len(gt_np)):
+            if rng.random() < self.mask_prior_prob:
+                m = degraded_prior(gt_np[b], rng)
+                prev[b] = mask_prior_logits(m, low)[0].to(prev)
+                pred_np[b] = m
+                primed.add(b)
+        return primed
