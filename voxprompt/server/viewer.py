@@ -42,11 +42,22 @@ kept with the lease for this), 400 otherwise. ``POST /{token}/masks`` (multipart
 NIfTI on the image's grid) makes label ``v`` object ``v``'s mask (``Session.add_mask``; objects are
 created up to the largest label): the page keeps the last label map it showed and re-sends it into a
 new session when its own is gone for good.
+
+Partial overlay updates: every summary's ``changed_bbox_kji`` (``[[k0, k1], [j0, j1], [i0, i1]]``, half-open
+array indices, or null) bounds every change of the label map since the previous summary: the answered
+prompt's, and that of a background refinement which finished meanwhile (applied first by
+:func:`_settled`, whichever request comes next, so that no session call applies it unannounced).
+``GET /{token}/labels/block?k0=&k1=&j0=&j1=&i0=&i1=`` answers the label map inside such a box as raw
+little-endian voxels in the NIfTI file's order (i fastest, then j, then k: the C order of the (k, j, i)
+block) and dtype (``X-Label-Dtype``: ``uint8``, or ``uint16`` when a label exceeds 255, as
+:func:`~voxprompt.io.write.write_mask` writes ``labels.nii.gz``), so that the page copies it straight into
+its overlay instead of downloading the whole map after every step.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,7 +68,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from ..io.read import file_extension, read_image
-from ..session import Session, from_slicer_ijk
+from ..masks import union_box
+from ..session import Prediction, Session, from_slicer_ijk
 from ..session.strokes import path_voxels
 from .context import ServerContext
 from .errors import BadRequest, NotFound, TooLarge
@@ -164,8 +176,31 @@ def _marks(prompts: list) -> tuple[list[dict], list[dict], list[dict]]:
     return clicks, boxes, strokes
 
 
-def _summary(lease: Lease, pred=None) -> dict[str, Any]:
+def _settled(lease: Lease, timeout: float | None = 0) -> None:
+    """Apply a finished background refinement now (waiting up to ``timeout`` s, None: until it is done) and keep
+    its changed box for the next summary: the session would otherwise apply it inside its next call without
+    saying where, and the page updates only the blocks it is told of. (The lease's lock is held.)"""
+    done = lease.session.wait_refined(timeout=timeout)
+    if done is not None and done.changed_bbox is not None:
+        lease.state["unreported_bbox"] = union_box(lease.state.get("unreported_bbox"), done.changed_bbox)
+
+
+def _block_region(shape: tuple[int, ...], bounds: dict[str, tuple[int, int]]) -> tuple[slice, ...]:
+    """The (k, j, i) slices of a half-open block given per axis as ``{"k": (k0, k1), ...}``; 400 unless it is
+    a non-empty box inside the volume."""
+    region = []
+    for (axis, (lo, hi)), n in zip(bounds.items(), shape):
+        if not 0 <= lo < hi <= n:
+            raise BadRequest(f"block {axis}0={lo}, {axis}1={hi} is empty or outside the volume: need "
+                             f"0 <= {axis}0 < {axis}1 <= {n} (the volume is (k, j, i) = {list(shape)})")
+        region.append(slice(lo, hi))
+    return tuple(region)
+
+
+def _summary(lease: Lease, pred: Prediction | None = None) -> dict[str, Any]:
     s: Session = lease.session
+    _settled(lease)  # before the session's properties below could apply it unannounced
+    changed = union_box(None if pred is None else pred.changed_bbox, lease.state.pop("unreported_bbox", None))
     lease.state["version"] = lease.state.get("version", 0) + 1
     clicks, boxes, strokes = _marks(s.prompts)
     names = lease.state.get("names", {})
@@ -179,8 +214,7 @@ def _summary(lease: Lease, pred=None) -> dict[str, Any]:
         "low_confidence": bool(pred is not None and pred.low_confidence),
         "warning": None if pred is None else pred.warning,
         "refining": bool(s.refining),
-        "changed_bbox_kji": None if pred is None or pred.changed_bbox is None
-        else [[int(b.start), int(b.stop)] for b in pred.changed_bbox],
+        "changed_bbox_kji": None if changed is None else [[int(b.start), int(b.stop)] for b in changed],
     }
 
 
@@ -209,6 +243,23 @@ def make_router(ctx: ServerContext) -> APIRouter:
 
     def lease_of(token: str, active: bool = True) -> Lease:
         return ctx.leases.get(token, kind=KIND, active=active)
+
+    async def settled_run(lease: Lease, fn: Callable[[], Any]) -> Any:
+        """``ctx.run_locked``, a background refinement that finished meanwhile applied and reported first."""
+        def run() -> Any:
+            _settled(lease)
+            return fn()
+
+        return await ctx.run_locked(lease, run)
+
+    def prompt(lease: Lease, call: Callable[[], Prediction]) -> Prediction:
+        """One prompt under the model lock, a refinement that finished before it applied (and reported) first
+        (here, not before the model lock: another user's step may run meanwhile)."""
+        def run() -> Prediction:
+            _settled(lease)
+            return call()
+
+        return ctx.model_step(run)
 
     @r.get("/config")
     def config() -> dict:
@@ -268,15 +319,30 @@ def make_router(ctx: ServerContext) -> APIRouter:
 
         def labels_now() -> bytes:
             if download:  # a saved file holds the refined masks, never one still being refined
-                lease.session.wait_refined()
+                _settled(lease, timeout=None)
             return label_nifti_bytes(lease.session.label_map(), lease.session.image)
 
-        data = await ctx.run_locked(lease, labels_now)
+        data = await settled_run(lease, labels_now)
         headers = dict(NO_CACHE)
         if download:
             stem = lease.state["name"].split(".")[0] or "volume"
             headers["Content-Disposition"] = f'attachment; filename="{stem}_labels.nii.gz"'
         return Response(content=data, media_type="application/octet-stream", headers=headers)
+
+    @r.get("/{token}/labels/block", dependencies=auth)
+    async def labels_block(token: str, k0: int, k1: int, j0: int, j1: int, i0: int, i1: int) -> Response:
+        lease = lease_of(token)
+
+        def block() -> tuple[bytes, str]:
+            region = _block_region(lease.session.shape, {"k": (k0, k1), "j": (j0, j1), "i": (i0, i1)})
+            labels = lease.session.label_map()
+            wide = labels.dtype != np.uint8 and int(labels.max()) > 255  # the label file's rule (write_mask)
+            dtype = np.dtype("<u2" if wide else "<u1")
+            return np.ascontiguousarray(labels[region], dtype=dtype).tobytes(), ("uint16" if wide else "uint8")
+
+        data, dtype = await settled_run(lease, block)
+        return Response(content=data, media_type="application/octet-stream",
+                        headers={**NO_CACHE, "X-Label-Dtype": dtype})
 
     @r.get("/{token}/labels.dcm", dependencies=auth)
     async def labels_seg(token: str) -> Response:
@@ -288,12 +354,12 @@ def make_router(ctx: ServerContext) -> APIRouter:
 
         def snapshot() -> tuple[np.ndarray, Any, dict[int, str]]:
             session = lease.session
-            session.wait_refined()  # a saved file holds the refined masks
+            _settled(lease, timeout=None)  # a saved file holds the refined masks
             names = lease.state.get("names", {})
             return (session.label_map(), session.image,
                     {oid: names.get(oid, f"object {oid}") for oid in session.object_ids})
 
-        labels, image, names = await ctx.run_locked(lease, snapshot)
+        labels, image, names = await settled_run(lease, snapshot)
         data = await ctx.run_blocking(lambda: dicom_seg_bytes(labels, image, headers, names, ctx.host.name))
         stem = lease.state["name"].split(".")[0] or "volume"
         return Response(content=data, media_type="application/dicom", headers={
@@ -336,7 +402,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
             session.select_object(current)
             return _summary(lease)
 
-        return await ctx.run_locked(lease, put)
+        return await settled_run(lease, put)
 
     @r.post("/{token}/point", dependencies=auth)
     async def point(token: str, body: PointBody) -> dict:
@@ -348,10 +414,10 @@ def make_router(ctx: ServerContext) -> APIRouter:
             img = lease.session.image
             ijk = body.ijk if body.ijk is not None else ras_to_file_ijk(nifti_affine(img), body.mm)
             index = from_slicer_ijk([float(v) for v in ijk])
-            pred = ctx.model_step(lambda: lease.session.add_point(index, positive=body.positive))
+            pred = prompt(lease, lambda: lease.session.add_point(index, positive=body.positive))
             return _summary(lease, pred)  # the model's mask; the refined one via /refined
 
-        return await ctx.run_locked(lease, do)
+        return await settled_run(lease, do)
 
     @r.post("/{token}/box", dependencies=auth)
     async def box(token: str, body: BoxBody) -> dict:
@@ -360,10 +426,10 @@ def make_router(ctx: ServerContext) -> APIRouter:
         lo, hi = np.minimum(a, b), np.maximum(a, b) + 1  # inclusive file-voxel corners -> [lo, hi)
 
         def do() -> dict:
-            pred = ctx.model_step(lambda: lease.session.add_box(lo[::-1].tolist(), hi[::-1].tolist()))
+            pred = prompt(lease, lambda: lease.session.add_box(lo[::-1].tolist(), hi[::-1].tolist()))
             return _summary(lease, pred)  # the model's mask; the refined one via /refined
 
-        return await ctx.run_locked(lease, do)
+        return await settled_run(lease, do)
 
     @r.post("/{token}/scribble", dependencies=auth)
     async def scribble(token: str, body: StrokeBody) -> dict:
@@ -375,10 +441,10 @@ def make_router(ctx: ServerContext) -> APIRouter:
 
         def do() -> dict:
             voxels = path_voxels(path, lease.session.shape)
-            pred = ctx.model_step(lambda: lease.session.add_scribble(voxels, positive=body.positive))
+            pred = prompt(lease, lambda: lease.session.add_scribble(voxels, positive=body.positive))
             return _summary(lease, pred)
 
-        return await ctx.run_locked(lease, do)
+        return await settled_run(lease, do)
 
     @r.post("/{token}/lasso", dependencies=auth)
     async def lasso(token: str, body: StrokeBody) -> dict:
@@ -386,10 +452,10 @@ def make_router(ctx: ServerContext) -> APIRouter:
         polygon = body.array_vertices()
 
         def do() -> dict:
-            pred = ctx.model_step(lambda: lease.session.add_lasso(polygon, positive=body.positive))
+            pred = prompt(lease, lambda: lease.session.add_lasso(polygon, positive=body.positive))
             return _summary(lease, pred)
 
-        return await ctx.run_locked(lease, do)
+        return await settled_run(lease, do)
 
     @r.post("/{token}/refined", dependencies=auth)
     async def refined(token: str) -> dict:
@@ -425,12 +491,12 @@ def make_router(ctx: ServerContext) -> APIRouter:
                 raise BadRequest(f"nothing to undo for object {lease.session.object_id}")
             return _summary(lease, lease.session.undo())
 
-        return await ctx.run_locked(lease, do)
+        return await settled_run(lease, do)
 
     @r.post("/{token}/reset", dependencies=auth)
     async def reset(token: str) -> dict:
         lease = lease_of(token)
-        return await ctx.run_locked(lease, lambda: _summary(lease, lease.session.reset()))
+        return await settled_run(lease, lambda: _summary(lease, lease.session.reset()))
 
     @r.post("/{token}/objects", dependencies=auth)
     async def new_object(token: str) -> dict:
@@ -440,7 +506,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
             lease.session.new_object()
             return _summary(lease)
 
-        return await ctx.run_locked(lease, do)
+        return await settled_run(lease, do)
 
     @r.post("/{token}/objects/{object_id}", dependencies=auth)
     async def select_object(token: str, object_id: int) -> dict:
@@ -450,7 +516,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
             lease.session.select_object(object_id)
             return _summary(lease)
 
-        return await ctx.run_locked(lease, do)
+        return await settled_run(lease, do)
 
     @r.post("/{token}/objects/{object_id}/name", dependencies=auth)
     async def name_object(token: str, object_id: int, body: NameBody) -> dict:
@@ -467,7 +533,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
                 names.pop(object_id, None)
             return _summary(lease)
 
-        return await ctx.run_locked(lease, do)
+        return await settled_run(lease, do)
 
     @r.post("/{token}/objects/{object_id}/lock", dependencies=auth)
     async def lock_object(token: str, object_id: int, body: LockBody | None = None) -> dict:
@@ -478,7 +544,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
             lease.session.lock_object(object_id, locked=locked)
             return _summary(lease)
 
-        return await ctx.run_locked(lease, do)
+        return await settled_run(lease, do)
 
     @r.post("/{token}/policy", dependencies=auth)
     async def policy(token: str, body: PolicyBody) -> dict:
@@ -488,7 +554,7 @@ def make_router(ctx: ServerContext) -> APIRouter:
             lease.session.others_negative = body.others_negative
             return _summary(lease)
 
-        return await ctx.run_locked(lease, do)
+        return await settled_run(lease, do)
 
     @r.post("/{token}/heartbeat", dependencies=auth)
     def heartbeat(token: str) -> dict:
