@@ -230,6 +230,112 @@ def test_viewer_label_policy(served, monkeypatch):
     assert httpx.delete(f"{url}/{API}/{tok}").json() == {"closed": True}
 
 
+def _nifti_voxels(data: bytes) -> np.ndarray:
+    """The voxels of a gzipped NIfTI-1 file as its bytes lie (the order and dtype NiiVue keeps), indexed
+    [k, j, i]: parsed by hand, not by a reader that could reorder them."""
+    import gzip
+
+    raw = gzip.decompress(data)
+    dims = np.frombuffer(raw, "<i2", 8, 40)
+    code = int(np.frombuffer(raw, "<i2", 1, 70)[0])
+    offset = int(np.frombuffer(raw, "<f4", 1, 108)[0])
+    dtype = {2: np.dtype("<u1"), 512: np.dtype("<u2")}[code]
+    n = int(np.prod(dims[1:4]))
+    return np.frombuffer(raw, dtype, n, offset).reshape(dims[3], dims[2], dims[1])
+
+
+def _block(h: httpx.Client, tok: str, box, **headers) -> httpx.Response:
+    (k0, k1), (j0, j1), (i0, i1) = box
+    return h.get(f"/{tok}/labels/block", params=dict(k0=k0, k1=k1, j0=j0, j1=j1, i0=i0, i1=i1), headers=headers)
+
+
+def test_viewer_label_block(served, monkeypatch):
+    """GET labels/block: the label map inside a half-open (k, j, i) box, as the bytes of that block of the
+    labels.nii.gz the page loads (file order, dtype); bad boxes are 400 with a message."""
+    url, ctx = served
+    shape = (20, 36, 44)
+    a = np.zeros(shape, bool)
+    a[6:14, 10:26, 12:24] = True
+    b = np.zeros(shape, bool)
+    b[7:12, 15:30, 20:35] = True
+    fix_model_masks(monkeypatch, {1: a, 2: b})
+    with httpx.Client(base_url=f"{url}/{API}", timeout=60) as h:
+        tok = h.post("/open", data={"path": "lps.nii.gz"}).json()["token"]
+        session = ctx.leases.peek(tok).session
+        s1 = h.post(f"/{tok}/point", json={"ijk": [14, 18, 10]}).json()
+        assert s1["changed_bbox_kji"] == [[6, 14], [10, 26], [12, 24]]
+        h.post(f"/{tok}/objects")
+        s2 = h.post(f"/{tok}/point", json={"ijk": [30, 20, 9]}).json()
+        assert s2["changed_bbox_kji"] == [[7, 12], [15, 30], [20, 35]]
+        page = _nifti_voxels(h.get(f"/{tok}/labels.nii.gz").content)
+        np.testing.assert_array_equal(page, session.label_map())
+        for box in (s1["changed_bbox_kji"], s2["changed_bbox_kji"], [[0, 20], [0, 36], [0, 44]], [[9, 10], [20, 21],
+                                                                                                 [21, 23]]):
+            r = _block(h, tok, box)
+            region = tuple(slice(lo, hi) for lo, hi in box)
+            assert r.status_code == 200 and r.headers["x-label-dtype"] == "uint8"
+            assert r.content == page[region].tobytes() and np.frombuffer(r.content, np.uint8).any()
+        assert set(np.frombuffer(_block(h, tok, [[6, 12], [10, 30], [12, 35]]).content, np.uint8).tolist()) == {0, 1, 2}
+        for box, needle in [([[3, 3], [0, 5], [0, 5]], "k0=3, k1=3 is empty"),
+                            ([[0, 5], [0, 37], [0, 5]], "j1=37"),
+                            ([[0, 5], [0, 5], [-1, 5]], "i0=-1"),
+                            ([[5, 2], [0, 5], [0, 5]], "0 <= k0 < k1 <= 20")]:
+            r = _block(h, tok, box)
+            assert r.status_code == 400 and needle in r.json()["detail"], (box, r.json())
+        for params, needle in [({"k0": 0, "k1": 1.5, "j0": 0, "j1": 1, "i0": 0, "i1": 1}, "k1"),
+                               ({"k0": 0, "k1": 1, "j0": 0, "j1": 1, "i0": 0}, "i1")]:
+            r = h.get(f"/{tok}/labels/block", params=params)
+            assert r.status_code == 400 and needle in r.json()["detail"], (params, r.json())
+        h.delete(f"/{tok}")
+        assert _block(h, tok, s1["changed_bbox_kji"]).status_code == 410
+
+
+def test_viewer_label_block_needs_the_key(model, data_dir):
+    app = create_app(ServerSettings(data_dir=data_dir, api_key="k3y"), model=model)
+    with BackgroundServer(app) as url, httpx.Client(base_url=f"{url}/{API}", timeout=60) as h:
+        key = {"Authorization": "Bearer k3y"}
+        tok = h.post("/open", data={"path": "lps.nii.gz"}, headers=key).json()["token"]
+        box = [[0, 2], [0, 3], [0, 4]]
+        assert _block(h, tok, box).status_code == 401
+        assert _block(h, tok, box, Authorization="Bearer nope").status_code == 401
+        r = _block(h, tok, box, **key)
+        assert r.status_code == 200 and r.content == bytes(24)
+
+
+def test_viewer_reports_a_refinement_another_request_applied(model, data_dir, monkeypatch):
+    """A refinement that finished is applied by the next request on the session, whichever it is (here the
+    page's block fetch); the next summary's changed_bbox_kji still covers its change, so that the page,
+    which updates only the blocks it is told of, shows it."""
+    import time
+
+    pytest.importorskip("skimage")
+    shape = read_image(data_dir / "lps.nii.gz").shape
+    coarse = np.zeros(shape, bool)
+    coarse[7:14, 12:26, 15:34] = True  # the bright box, shifted: the refinement moves its boundary
+    fix_model_masks(monkeypatch, {1: coarse}, refine=True)
+    app = create_app(ServerSettings(data_dir=data_dir, refine=True), model=model)
+    with BackgroundServer(app) as url, httpx.Client(base_url=f"{url}/{API}", timeout=60) as h:
+        tok = h.post("/open", data={"path": "lps.nii.gz"}).json()["token"]
+        session = app.state.ctx.leases.peek(tok).session
+        fast = h.post(f"/{tok}/point", json={"ijk": [20, 18, 10]}).json()
+        assert fast["refining"] and fast["changed_bbox_kji"] == [[7, 14], [12, 26], [15, 34]]
+        deadline = time.monotonic() + 30
+        while session.refining and time.monotonic() < deadline:  # finished, not yet applied
+            time.sleep(0.01)
+        shown = coarse.astype(np.uint8)  # what the page shows: the fast mask
+        box = fast["changed_bbox_kji"]
+        region = tuple(slice(lo, hi) for lo, hi in box)
+        shown[region] = np.frombuffer(_block(h, tok, box).content, np.uint8).reshape(shown[region].shape)
+        after = h.post(f"/{tok}/refined").json()  # nothing pending any more ...
+        assert after["refined"] is False and after["changed_bbox_kji"] is not None  # ... but its change is told
+        region = tuple(slice(lo, hi) for lo, hi in after["changed_bbox_kji"])
+        shown[region] = np.frombuffer(_block(h, tok, after["changed_bbox_kji"]).content,
+                                      np.uint8).reshape(shown[region].shape)
+        np.testing.assert_array_equal(shown, session.label_map())
+        assert not np.array_equal(shown, coarse)  # the refinement changed something
+        assert h.post(f"/{tok}/refined").json()["changed_bbox_kji"] is None  # told once
+
+
 def _label_file(labels: np.ndarray, like: Path, path: Path) -> bytes:
     """``labels`` (k, j, i) written as NIfTI on the grid of the volume file ``like``."""
     ref = sitk.ReadImage(str(like))
