@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     targets = list(open_dataset(args.data, split=args.targets))
+    if args.only:
+        from voxprompt.eval.cli import select_targets
+
+        targets = select_targets(targets, args.only, args.targets)
     if args.limit:
         targets = targets[:args.limit]
     refine = (RefineConfig(band_mm=args.refine_band, grid_mm=args.refine_grid, solver=args.refine_solver)
@@ -67,6 +71,7 @@ def main() -> int:
                    help="a click's new ROI starts from the object's mask (default: the model's stored setting)")
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these targets (names as voxprompt eval --only)")
     p.add_argument("--limit", type=int, help="first N targets only")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="JSON path (default benchmarks/results/select_checkpoint.json)")
@@ -77,7 +82,8 @@ def main() -> int:
     print(f"best on the {args.targets} targets (DSC AUC + NSD AUC): {best}")
     out = Path(args.out) if args.out else RESULTS / "select_checkpoint.json"
     meta = {"benchmark": "select_checkpoint", "protocol": "cvpr25 (5 clicks, no box)", "data": args.data,
-            "targets": args.targets, "roi_spacing_mm": args.roi_spacing, "refine_band_mm": args.refine_band,
+            "targets": args.targets, "only": args.only,
+            "roi_spacing_mm": args.roi_spacing, "refine_band_mm": args.refine_band,
             "refine_grid_mm": args.refine_grid, "refine_solver": args.refine_solver,
             "autozoom": args.autozoom, "carry_over": args.carry_over,
             "seed": args.seed, "machine": f"{platform.node()} {platform.platform()}", "best": best}
