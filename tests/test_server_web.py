@@ -561,6 +561,8 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
         browser = _launch(p)
         try:
             page = _viewer_page(browser, url, errors, 900, 700)
+            requests: list[str] = []
+            page.on("request", lambda r: requests.append(r.url))
             page.set_input_files("#file", str(data_dir / "lps.nii.gz"))  # a real upload
             page.wait_for_function("window.voxprompt.state.version >= 1", timeout=30000)
             token = page.evaluate("window.voxprompt.state.token")
@@ -577,7 +579,6 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
             page.evaluate("window.voxprompt.nv.setSliceType(0)")  # axial only: the canvas centre is the blob
             canvas = page.locator("#gl")
             box = canvas.bounding_box()
-            before = canvas.screenshot()
 
             def settled(action) -> None:
                 """Do ``action`` in the page and wait until it shows the answer (refined, for a click)."""
@@ -590,6 +591,8 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
                 settled(lambda: page.mouse.click(box["x"] + box["width"] * (0.5 + dx),
                                                  box["y"] + box["height"] * (0.5 + dy)))
 
+            assert sum("/labels.nii.gz" in u for u in requests) == 1  # the new image's label map
+            requests.clear()
             click(0.08, 0.04)  # off the centre, where the LPS file's i and NiiVue's RAS index differ
             text, cls = page.inner_text("#status"), page.get_attribute("#status", "class")
             assert "check the result: low confidence: predicted IoU 0.01" in text and cls == "warn"
@@ -599,15 +602,23 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
             assert lease.session.prompts[-1] == ("point", (tuple(from_slicer_ijk(want)), True))
             ras_vox = page.evaluate("Array.from(window.voxprompt.nv.frac2vox(window.voxprompt.nv.scene.crosshairPos))")
             assert [round(v) for v in ras_vox] != want  # NiiVue's RAS grid index is not the file's (LPS input)
-            overlay_sum = page.evaluate("window.voxprompt.state.overlay.img.reduce((a, b) => a + b, 0)")
-            assert overlay_sum == int(lease.session.label_map().sum()) > 0
-            assert canvas.screenshot() != before  # the overlay is drawn
+            # the click's changed block only, copied into the overlay in place (no label map download)
+            assert not any("/labels.nii.gz" in u for u in requests) and any("/labels/block?" in u for u in requests)
+            assert page.evaluate("window.voxprompt.state.fullLoads") == 1
+            shown = np.asarray(page.evaluate("Array.from(window.voxprompt.state.overlay.img)"), np.uint8)
+            labels = lease.session.label_map()
+            np.testing.assert_array_equal(shown.reshape(labels.shape), labels)  # file order = (k, j, i) C order
+            assert labels.sum() > 0
+            shot = _pixels(page, "#gl")
+            red = (shot[..., 0] - shot[..., 1] > 60) & (shot[..., 0] - shot[..., 2] > 60)
+            assert red.sum() > 200, red.sum()  # object 1's red overlay is drawn (nothing else on the tile is red)
 
             page.click("#sign")  # negative
             click(0.15, 0.15)
             assert lease.session.prompts[-1][1][1] is False
             settled(lambda: page.click("#undo"))
             assert len(lease.session.prompts) == 1
+            assert page.evaluate("window.voxprompt.state.fullLoads") == 2  # undo: the whole label map
             settled(lambda: page.click("#new-object"))
             page.click("#sign")  # positive again
             click(-0.05, 0.05)
@@ -815,6 +826,18 @@ def test_browser_annotation_tools(served, tmp_path, monkeypatch):
             swatches = page.evaluate("[...document.querySelectorAll('#object-list .swatch')]"
                                      ".map(e => e.style.background)")
             assert swatches == ["rgb(255, 64, 64)", "rgb(64, 200, 64)"]
+            # the canvas keeps its size whatever the footer says: a long message (cut, whole on hover) with the
+            # busy spinner used to wrap onto a second line, shrinking the canvas, and NiiVue re-fitted the slice a
+            # frame later, so a screen position meant another voxel than at the click just before
+            size = "(r => [r.width, r.height])(document.getElementById('gl-wrap').getBoundingClientRect())"
+            wrap_size = page.evaluate(size)
+            long = "check the result: " * 30
+            page.evaluate(f"document.body.classList.add('busy'); "
+                          f"document.getElementById('status').textContent = '{long}'")
+            assert page.evaluate(size) == wrap_size
+            assert page.evaluate("document.querySelector('footer').scrollHeight <= "
+                                 "document.querySelector('footer').clientHeight")  # one line, nothing hidden below
+            page.evaluate("document.body.classList.remove('busy')")
             # prompts made while a prediction runs are queued and run in order
             add_point = Session.add_point
 
@@ -839,6 +862,8 @@ def test_browser_annotation_tools(served, tmp_path, monkeypatch):
             assert [k for k, _ in session.prompts] == ["point", "point"]
             want = [tuple(from_slicer_ijk(voxel_at(*at(*f)))) for f in ((0.7, 0.5), (0.72, 0.55))]
             assert [index for _, (index, _) in session.prompts] == want and want[0] != want[1]  # in click order
+            assert page.evaluate(size) == wrap_size  # the canvas never changed size, and NiiVue's pixels are CSS's
+            assert page.evaluate("(c => c.height === c.offsetHeight)(window.voxprompt.nv.canvas)")
             painted()
             shot = _pixels(page)
             k = page.evaluate("window.voxprompt.state.lastClick.ijk[2]")

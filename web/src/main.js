@@ -5,8 +5,11 @@
 // current object's prompts as markers, undo, name, colour and lock objects, save as NIfTI or DICOM SEG.
 // Prompts are converted from NiiVue's world mm to the file's voxel (i, j, k) through the file's affine
 // (geometry.js). Every server action runs in one queue: prompts made while a prediction runs wait their
-// turn (up to MAX_QUEUE; more are refused with a message). The page keeps the last label map it showed; if
-// the server lost the session, it restores it (POST /restore) or opens the image again and re-sends the masks.
+// turn (up to MAX_QUEUE; more are refused with a message). After a change the page fetches only the block of
+// the label map that changed (labels/block, the answer's changed_bbox_kji) into its overlay, and the whole map
+// when the block is unknown (undo, reset, a lock, a new image, a restored session) or fetching it failed. If the
+// server lost the session, it restores it (POST /restore) or opens the image again and re-sends the masks its
+// overlay shows.
 import { Niivue, NVImage, SLICE_TYPE } from "@niivue/niivue";
 import {
   fileVoxelToMm, halfVoxelAlong, mmToFileVoxel, roundVoxel, tileAt, tileNormalAxis, tileToWorld,
@@ -29,8 +32,9 @@ const state = {
   volume: null, overlay: null, objects: [1], objectId: 1, names: {}, locked: [], othersNegative: false, dicom: false,
   clicks: [], boxes: [], strokes: [], pending: [], drawing: null, version: 0, lastClick: null, lastPrompt: null,
   busy: false, queued: 0, maxQueued: 0, chain: Promise.resolve(), clickSeq: 0, refining: false,
-  heartbeat: null, config: null, error: null, source: null, labels: null, autoWindow: null, upload: null,
+  heartbeat: null, config: null, error: null, source: null, autoWindow: null, upload: null,
   recoveries: 0, summaryRev: 0, maxQueue: MAX_QUEUE, tools: ["point", "box"],
+  labelSync: Promise.resolve(), stale: false, fullLoads: 0, blockLoads: 0,
 };
 const nv = new Niivue({
   backColor: [0.1, 0.1, 0.12, 1], crosshairColor: [0.3, 0.8, 1, 0.8], show3Dcrosshair: false,
@@ -93,10 +97,18 @@ function showProgress(fraction, text) {
   $("busy-text").textContent = text;
 }
 
+// The footer keeps one line (a wrapped message would resize the canvas): a long message is cut with an
+// ellipsis and shown whole on hover.
 function status(text, kind = "") {
   $("status").textContent = text;
+  $("status").title = text;
   $("status").className = kind;
   if (kind === "error") state.error = text;
+}
+
+function notice(text) {
+  $("notice").textContent = text;
+  $("notice").title = text;
 }
 
 function showBusy() {
@@ -145,20 +157,23 @@ async function withRecovery(fn) {
 async function recover(why) {
   try {
     await call("restore", { extraHeaders: { "X-Lease-Token": state.token } });
-    $("notice").textContent = "the session had expired on the server and was restored";
+    notice("the session had expired on the server and was restored");
+    state.stale = true; // its labels may differ from the overlay's: the next answer loads them all
     restartHeartbeat();
     return;
   } catch (e) {
     if (!(e instanceof ApiError) || !state.source) throw e;
   }
-  const keep = { labels: state.labels, names: { ...state.names }, locked: [...state.locked],
+  // the label map the page shows, written from its overlay (the server's file order and dtype, its header)
+  const labels = state.overlay ? await state.overlay.saveToUint8Array("labels.nii") : null;
+  const keep = { labels, names: { ...state.names }, locked: [...state.locked],
     othersNegative: state.othersNegative, objectId: state.objectId };
   const info = await upload(`${API}/open`, state.source());
   setToken(info.token);
   let s = info;
   if (keep.labels) {
     const form = new FormData();
-    form.append("file", new Blob([keep.labels]), "labels.nii.gz");
+    form.append("file", new Blob([keep.labels]), "labels.nii");
     s = await (await call(`${API}/${state.token}/masks`, { form })).json();
   }
   for (const [id, name] of Object.entries(keep.names)) {
@@ -170,9 +185,9 @@ async function recover(why) {
   if (keep.othersNegative) s = await (await call(`${API}/${state.token}/policy`, { json: { others_negative: true } })).json();
   if (s.objects.includes(keep.objectId)) s = await (await call(`${API}/${state.token}/objects/${keep.objectId}`)).json();
   state.recoveries++;
-  await afterChange(s);
-  $("notice").textContent = `the server had lost this session (${why.message.replace(/^410: /, "")}); the image was `
-    + "opened again and your masks were put back (the undo history starts afresh)";
+  await afterChange(s, { labels: "full" });
+  notice(`the server had lost this session (${why.message.replace(/^410: /, "")}); the image was `
+    + "opened again and your masks were put back (the undo history starts afresh)");
 }
 
 // ------------------------------------------------------------------ server answers
@@ -190,14 +205,61 @@ function colorOf(id) {
 }
 
 async function reloadOverlay() {
+  state.stale = false;
   const r = await call(`${API}/${state.token}/labels.nii.gz`, { method: "GET" });
   const buffer = await r.arrayBuffer();
-  state.labels = buffer.slice(0); // kept to put the masks back if the server loses the session
   const img = await NVImage.loadFromUrl({ url: "labels.nii.gz", name: "labels.nii.gz", buffer, opacity: 0.5 });
   img.setColormapLabel(labelLut(Math.max(...state.objects)));
   if (state.overlay) nv.removeVolume(state.overlay);
   nv.addVolume(img);
   state.overlay = img;
+  state.fullLoads++;
+}
+
+// Copy the label map inside box [[k0, k1], [j0, j1], [i0, i1]] (array indices, half-open) from the server into
+// the overlay's voxels: NiiVue keeps them in the file's order (i fastest, then j, then k) and type, which the
+// block comes in, so each (k, j) row of the block is one contiguous run of the overlay.
+async function updateBlock(box) {
+  const [[k0, k1], [j0, j1], [i0, i1]] = box;
+  const query = new URLSearchParams({ k0, k1, j0, j1, i0, i1 });
+  const r = await call(`${API}/${state.token}/labels/block?${query}`, { method: "GET" });
+  const Typed = r.headers.get("X-Label-Dtype") === "uint16" ? Uint16Array : Uint8Array;
+  const block = new Typed(await r.arrayBuffer());
+  const overlay = state.overlay;
+  const img = overlay.img;
+  const [nx, ny] = [overlay.hdr.dims[1], overlay.hdr.dims[2]];
+  const ni = i1 - i0;
+  if (!(img instanceof Typed) || block.length !== (k1 - k0) * (j1 - j0) * ni) {
+    throw new Error("the label block does not fit the overlay"); // e.g. past 255 objects: a full reload
+  }
+  let n = 0;
+  for (let k = k0; k < k1; k++) {
+    for (let j = j0; j < j1; j++, n += ni) img.set(block.subarray(n, n + ni), i0 + nx * (j + ny * k));
+  }
+  overlay.setColormapLabel(labelLut(Math.max(...state.objects))); // new objects need their colours
+  nv.updateGLVolume();
+  state.blockLoads++;
+}
+
+// Bring the overlay up to date: the block `box` (null: nothing changed) or, with `full`, the whole label map.
+// Runs in one chain, so that blocks land in the order they were asked for (each holds the server's labels
+// when it was fetched); a block that fails falls back to the whole map.
+function syncLabels(box, full = false) {
+  const token = state.token;
+  const run = state.labelSync.then(async () => {
+    if (token !== state.token) return; // another session's: opening it loads its labels
+    if (full || state.stale || !state.overlay) return reloadOverlay();
+    if (!box) return;
+    try {
+      await updateBlock(box);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 410) throw e; // the session is gone: recovery
+      console.warn(`label block: ${e.message}; loading the whole label map`);
+      await reloadOverlay();
+    }
+  });
+  state.labelSync = run.catch(() => {});
+  return run;
 }
 
 function objectName(id) {
@@ -221,8 +283,7 @@ function renderObjects() {
       name.title = "the object's name (a DICOM SEG's segment label)";
       name.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === "Escape") name.blur(); }); // keys work again
       name.addEventListener("change", () => enqueue("name", async () => {
-        await afterChange(await (await call(`${API}/${state.token}/objects/${id}/name`, { json: { name: name.value } })).json(),
-          { labels: false });
+        await afterChange(await (await call(`${API}/${state.token}/objects/${id}/name`, { json: { name: name.value } })).json());
       }));
       const lock = document.createElement("label");
       lock.className = "lock";
@@ -232,7 +293,8 @@ function renderObjects() {
       box.className = "lock";
       box.addEventListener("change", () => enqueue("lock", async () => {
         const json = { locked: box.checked };
-        await afterChange(await (await call(`${API}/${state.token}/objects/${id}/lock`, { json })).json());
+        await afterChange(await (await call(`${API}/${state.token}/objects/${id}/lock`, { json })).json(),
+          { labels: "full" }); // a locked object is painted over the others
       }));
       lock.append(box, " lock");
       li.append(sw, name, lock);
@@ -275,10 +337,16 @@ function applySummary(s) {
     s.low_confidence ? "warn" : "");
 }
 
-async function afterChange(summary, { labels = true } = {}) {
-  if (summary.version < state.version) return; // an older answer arriving late
+// `labels`: "box" (the answer's changed_bbox_kji bounds every label change since the previous answer; null:
+// none) or "full" (the change is not boxed: undo, reset, a lock, a new session).
+async function afterChange(summary, { labels = "box" } = {}) {
+  const box = summary.changed_bbox_kji || null;
+  if (summary.version < state.version) { // an older answer arriving late: its labels still count
+    if (box) await syncLabels(box);
+    return;
+  }
   applySummary(summary);
-  if (labels || !state.overlay) await reloadOverlay(); // names, selection, new objects leave the labels as they are
+  await syncLabels(box, labels === "full");
   state.version = summary.version;
   state.refining = Boolean(summary.refining); // set last: the overlay shown is this answer's
 }
@@ -289,16 +357,19 @@ async function followRefinement(seq, first) {
   try {
     for (;;) {
       const s = await (await call(`${API}/${state.token}/refined`)).json();
-      if (seq !== state.clickSeq) return;
-      if (s.refined || !s.refining) {
-        if (!s.refined && (s.score === null || s.score === undefined)) {
-          // the refinement landed before this request (a label download applies it): keep the prompt's
-          // score and warning, which the refinement does not change
-          Object.assign(s, { score: first.score, warning: first.warning, low_confidence: first.low_confidence });
-        }
-        await afterChange(s);
-        return;
+      const done = s.refined || !s.refining;
+      if (seq !== state.clickSeq || !done) { // not shown as an answer, but what it reports changed still is
+        if (s.changed_bbox_kji) syncLabels(s.changed_bbox_kji).catch(() => {});
+        if (seq !== state.clickSeq) return; // a newer prompt took over
+        continue;
       }
+      if (!s.refined && (s.score === null || s.score === undefined)) {
+        // the refinement landed before this request (a label download applies it): keep the prompt's
+        // score and warning, which the refinement does not change
+        Object.assign(s, { score: first.score, warning: first.warning, low_confidence: first.low_confidence });
+      }
+      await afterChange(s);
+      return;
     }
   } catch (e) {
     if (seq === state.clickSeq) status(`refinement: ${e.message}`, "error");
@@ -332,9 +403,8 @@ async function open(source) {
   setToken(info.token);
   state.name = info.name;
   state.source = source;
-  state.labels = null;
   state.pending = [];
-  $("notice").textContent = "";
+  notice("");
   const vr = await call(`${API}/${state.token}/volume.nii.gz`, { method: "GET" });
   const buffer = await vr.arrayBuffer();
   const vol = await NVImage.loadFromUrl({ url: "volume.nii.gz", name: "volume.nii.gz", buffer, colormap: "gray" });
@@ -374,7 +444,7 @@ function clickAt(mm) {
 
 function selectObject(id) {
   enqueue("select object", async () => {
-    await afterChange(await (await call(`${API}/${state.token}/objects/${id}`)).json(), { labels: false });
+    await afterChange(await (await call(`${API}/${state.token}/objects/${id}`)).json());
   });
 }
 
@@ -382,14 +452,14 @@ function undo() {
   if (!state.token) return;
   enqueue("undo", async () => {
     state.clickSeq++; // a refinement still followed is undone with its prompt
-    await afterChange(await (await call(`${API}/${state.token}/undo`)).json());
+    await afterChange(await (await call(`${API}/${state.token}/undo`)).json(), { labels: "full" });
   });
 }
 
 function newObject() {
   if (!state.token) return;
   enqueue("new object", async () => {
-    await afterChange(await (await call(`${API}/${state.token}/objects`)).json(), { labels: false });
+    await afterChange(await (await call(`${API}/${state.token}/objects`)).json());
   });
 }
 
@@ -702,12 +772,12 @@ async function main() {
   for (const b of $("tools").querySelectorAll("button")) b.addEventListener("click", () => setTool(b.dataset.tool));
   $("undo").addEventListener("click", undo);
   $("reset").addEventListener("click", () => enqueue("clear object", async () => {
-    await afterChange(await (await call(`${API}/${state.token}/reset`)).json());
+    await afterChange(await (await call(`${API}/${state.token}/reset`)).json(), { labels: "full" });
   }));
   $("new-object").addEventListener("click", newObject);
   $("others-negative").addEventListener("change", () => enqueue("others negative", async () => {
     const json = { others_negative: $("others-negative").checked };
-    await afterChange(await (await call(`${API}/${state.token}/policy`, { json })).json(), { labels: false });
+    await afterChange(await (await call(`${API}/${state.token}/policy`, { json })).json());
   }));
   $("window").addEventListener("change", applyWindow);
   $("radiological").addEventListener("change", () => nv.setRadiologicalConvention($("radiological").checked));
