@@ -2,13 +2,16 @@
 
 Serves the shipped default model in-process, uploads a synthetic CT-sized volume (512x512x133 int16 by
 default, a bright ellipsoid in noise) and clicks inside the ellipsoid a few times on the axial tile. A step
-is the click until the page has shown the answer and its refined boundary (not busy, not refining); its
-page share is that less the time of the prompt's and the refinement's requests (the model's). The
+is the click until the page has shown the answer and its refined boundary (not busy, not refining) and the
+GPU has finished drawing it (``gl.finish()``: Chromium runs WebGL in its GPU process, which may still be
+rendering when the page's script is done); its page share is that less the time of the prompt's and the
+refinement's requests (the model's). The layers NiiVue renders into textures in each step are counted (0:
+the image, 1: the label overlay). The
 older bundle (``--before REV``: ``voxprompt/server/static/viewer.js`` at that git revision) is served in
 place of the current one through Playwright's request routing, so both run against the same server. Prints
 a table and writes JSON to benchmarks/results/viewer_step.json.
 
-    .venv/bin/python benchmarks/viewer_step.py [--before 5e50738] [--clicks 3] [--shape 133 512 512]
+    .venv/bin/python benchmarks/viewer_step.py [--before 291d317] [--clicks 3] [--shape 133 512 512]
 """
 from __future__ import annotations
 
@@ -63,10 +66,13 @@ def run_bundle(browser, url: str, volume: Path, centre, clicks: int, bundle: byt
     t0 = time.monotonic()
     page.set_input_files("#file", str(volume))
     page.wait_for_function("window.voxprompt.state.version >= 1 && !window.voxprompt.state.busy", timeout=300000)
+    page.evaluate("window.voxprompt.nv.gl.finish()")
     open_s = time.monotonic() - t0
     page.select_option("#layout", "0")  # axial only
     page.wait_for_timeout(300)
-    steps, served = [], []
+    page.evaluate("""(() => { const nv = window.voxprompt.nv, render = nv.refreshLayers.bind(nv);
+        window.layers = []; nv.refreshLayers = (v, layer) => { window.layers.push(layer); render(v, layer); }; })()""")
+    steps, served, layers = [], [], []
     requests.clear()
     for n in range(clicks):
         kji = (centre[0], centre[1] + 6 * n, centre[2] - 5 * n)  # inside the ellipsoid
@@ -79,27 +85,31 @@ def run_bundle(browser, url: str, volume: Path, centre, clicks: int, bundle: byt
             const r = nv.canvas.getBoundingClientRect(), f = r.width / nv.canvas.width;
             return [r.left + p.x * f, r.top + p.y * f]; }})()""")
         v0 = page.evaluate("window.voxprompt.state.version")
-        page.evaluate("performance.clearResourceTimings()")
+        page.evaluate("performance.clearResourceTimings(); window.layers = []; window.voxprompt.nv.gl.finish()")
         t = time.monotonic()
         page.mouse.click(*xy)
         done = f"(s => s.version > {v0} && !s.busy && !s.refining && !s.queued)(window.voxprompt.state)"
         page.wait_for_function(done, timeout=300000, polling=50)
+        page.evaluate("window.voxprompt.nv.gl.finish()")
         steps.append(round(time.monotonic() - t, 3))
+        layers.append(page.evaluate("window.layers"))
         # the server's share: the prompt and the refinement's wait (the rest is the page: labels, drawing)
         served.append(round(page.evaluate(SERVED_JS) / 1000, 3))
-        log.info("  click %d: %.2f s (point + refined requests %.2f s)", n + 1, steps[-1], served[-1])
+        log.info("  click %d: %.2f s (point + refined requests %.2f s; layers rendered %s)", n + 1, steps[-1],
+                 served[-1], layers[-1])
     voxels = page.evaluate("window.voxprompt.state.overlay.img.reduce((a, b) => a + (b > 0), 0)")
     page.close()
     return {"open_s": round(open_s, 2), "steps_s": steps, "median_step_s": round(statistics.median(steps), 3),
             "point_and_refined_requests_s": served,
             "median_page_s": round(statistics.median([a - b for a, b in zip(steps, served)]), 3),
+            "layers_rendered": layers,
             "label_map_downloads": sum("/labels.nii.gz" in u for u in requests),
             "block_downloads": sum("/labels/block?" in u for u in requests), "overlay_voxels": int(voxels)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", default="5e50738", help="git revision whose viewer.js is the 'before' page")
+    ap.add_argument("--before", default="291d317", help="git revision whose viewer.js is the 'before' page")
     ap.add_argument("--clicks", type=int, default=3)
     ap.add_argument("--shape", type=int, nargs=3, default=[133, 512, 512], metavar=("K", "J", "I"))
     ap.add_argument("--note", default="", help="said in the JSON (e.g. a training job on the other core)")

@@ -593,6 +593,10 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
 
             assert sum("/labels.nii.gz" in u for u in requests) == 1  # the new image's label map
             requests.clear()
+            # the layers NiiVue renders into textures from now on (0: the image, 1: the label overlay)
+            page.evaluate("""(() => { const nv = window.voxprompt.nv, render = nv.refreshLayers.bind(nv);
+                window.layers = []; nv.refreshLayers = (v, layer) => { window.layers.push(layer); render(v, layer); };
+            })()""")
             click(0.08, 0.04)  # off the centre, where the LPS file's i and NiiVue's RAS index differ
             text, cls = page.inner_text("#status"), page.get_attribute("#status", "class")
             assert "check the result: low confidence: predicted IoU 0.01" in text and cls == "warn"
@@ -612,13 +616,28 @@ def test_browser_click_overlay_undo_download(served, data_dir, tmp_path, monkeyp
             shot = _pixels(page, "#gl")
             red = (shot[..., 0] - shot[..., 1] > 60) & (shot[..., 0] - shot[..., 2] > 60)
             assert red.sum() > 200, red.sum()  # object 1's red overlay is drawn (nothing else on the tile is red)
+            # the answer and its refinement render the overlay's texture only (the image's is slow on a large
+            # volume), and the picture is the one NiiVue draws when it renders every layer again
+            layers = page.evaluate("window.layers")
+            assert layers and set(layers) == {1}, layers
+            page.evaluate("window.layers = []; window.voxprompt.nv.updateGLVolume()")
+            assert page.evaluate("window.layers") == [0, 1]
+            np.testing.assert_array_equal(_pixels(page, "#gl"), shot)
 
             page.click("#sign")  # negative
             click(0.15, 0.15)
             assert lease.session.prompts[-1][1][1] is False
+            page.evaluate("window.layers = []")
             settled(lambda: page.click("#undo"))
             assert len(lease.session.prompts) == 1
             assert page.evaluate("window.voxprompt.state.fullLoads") == 2  # undo: the whole label map
+            # ... copied into the overlay shown, whose texture alone is rendered again
+            assert page.evaluate("window.layers") == [1]
+            shown = np.asarray(page.evaluate("Array.from(window.voxprompt.state.overlay.img)"), np.uint8)
+            np.testing.assert_array_equal(shown.reshape(labels.shape), lease.session.label_map())
+            shot = _pixels(page, "#gl")
+            page.evaluate("window.voxprompt.nv.updateGLVolume()")
+            np.testing.assert_array_equal(_pixels(page, "#gl"), shot)
             settled(lambda: page.click("#new-object"))
             page.click("#sign")  # positive again
             click(-0.05, 0.05)

@@ -209,11 +209,40 @@ async function reloadOverlay() {
   const r = await call(`${API}/${state.token}/labels.nii.gz`, { method: "GET" });
   const buffer = await r.arrayBuffer();
   const img = await NVImage.loadFromUrl({ url: "labels.nii.gz", name: "labels.nii.gz", buffer, opacity: 0.5 });
-  img.setColormapLabel(labelLut(Math.max(...state.objects)));
-  if (state.overlay) nv.removeVolume(state.overlay);
-  nv.addVolume(img);
-  state.overlay = img;
+  const overlay = state.overlay;
+  if (overlay && sameGrid(overlay, img)) { // the same session's map: its voxels into the overlay shown
+    overlay.img.set(img.img);
+    overlay.setColormapLabel(labelLut(Math.max(...state.objects)));
+    redrawOverlay();
+  } else { // a first overlay or another grid or dtype (e.g. past 255 objects): NiiVue renders every layer again
+    img.setColormapLabel(labelLut(Math.max(...state.objects)));
+    if (overlay) nv.removeVolume(overlay);
+    nv.addVolume(img);
+    state.overlay = img;
+  }
   state.fullLoads++;
+}
+
+// Whether label image `b` has the voxel grid and array type of overlay `a` (its voxels can replace a's).
+function sameGrid(a, b) {
+  return a.img.constructor === b.img.constructor && a.img.length === b.img.length
+    && [1, 2, 3].every((d) => a.hdr.dims[d] === b.hdr.dims[d])
+    && JSON.stringify(a.hdr.affine) === JSON.stringify(b.hdr.affine);
+}
+
+// Show the overlay's voxels after they changed in place. NiiVue's updateGLVolume() renders every volume's
+// texture again, the image's included: on a 512x512x133 CT in software GL that is ~14 s (its 3D textures and
+// the blur and Sobel passes of its gradient texture), against 2-3 s for the overlay alone (mostly uploading
+// its voxels; benchmarks/viewer_step.py). The overlay is layer 1 of two, which refreshLayers(overlay, 1)
+// renders as updateGLVolume() does (layer 1 reads only its own voxels and colour table; the image's texture
+// is untouched); then one redraw, as updateGLVolume() ends.
+function redrawOverlay() {
+  if (nv.volumes.length !== 2 || nv.volumes[1] !== state.overlay) {
+    nv.updateGLVolume();
+    return;
+  }
+  nv.refreshLayers(state.overlay, 1);
+  nv.drawScene();
 }
 
 // Copy the label map inside box [[k0, k1], [j0, j1], [i0, i1]] (array indices, half-open) from the server into
@@ -237,7 +266,7 @@ async function updateBlock(box) {
     for (let j = j0; j < j1; j++, n += ni) img.set(block.subarray(n, n + ni), i0 + nx * (j + ny * k));
   }
   overlay.setColormapLabel(labelLut(Math.max(...state.objects))); // new objects need their colours
-  nv.updateGLVolume();
+  redrawOverlay();
   state.blockLoads++;
 }
 
@@ -410,10 +439,10 @@ async function open(source) {
   const vol = await NVImage.loadFromUrl({ url: "volume.nii.gz", name: "volume.nii.gz", buffer, colormap: "gray" });
   while (nv.volumes.length) nv.removeVolume(nv.volumes[0]);
   state.overlay = null;
-  nv.addVolume(vol);
   state.volume = vol;
   state.autoWindow = [vol.cal_min, vol.cal_max];
-  applyWindow();
+  applyWindow(false); // before addVolume(), which renders the image: once, not twice (~14 s each on a large CT)
+  nv.addVolume(vol);
   for (const id of ["undo", "new-object", "others-negative", "reset", "download"]) $(id).disabled = false;
   await afterChange(info);
 }
@@ -484,12 +513,14 @@ function cancelDrawing() {
   status(`${state.tool} cancelled`);
 }
 
-function applyWindow() {
+// The chosen window as the image's display range; `render`: render the image again (a new window changes its
+// texture), false when it is about to be added.
+function applyWindow(render = true) {
   const vol = state.volume;
   if (!vol || !state.autoWindow) return;
   const preset = WINDOWS[$("window").value];
   [vol.cal_min, vol.cal_max] = preset ? [preset[1] - preset[0] / 2, preset[1] + preset[0] / 2] : state.autoWindow;
-  nv.updateGLVolume();
+  if (render) nv.updateGLVolume();
 }
 
 function applyLayout() {
@@ -779,7 +810,7 @@ async function main() {
     const json = { others_negative: $("others-negative").checked };
     await afterChange(await (await call(`${API}/${state.token}/policy`, { json })).json());
   }));
-  $("window").addEventListener("change", applyWindow);
+  $("window").addEventListener("change", () => applyWindow());
   $("radiological").addEventListener("change", () => nv.setRadiologicalConvention($("radiological").checked));
   $("layout").addEventListener("change", applyLayout);
   $("download").addEventListener("click", () => enqueue("download", () => download("labels.nii.gz?download=true",
