@@ -24,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from select_checkpoint import add_candidate_arguments  # noqa: E402  (one home for the shared options)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PRIORS = ("none", "exact", "cut", "coarse", "morph", "blobs")
 
@@ -77,11 +80,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--candidates", nargs="+", required=True, help="'shipped' or checkpoint paths")
-    p.add_argument("--model", default="voxprompt-med3d-small")
-    p.add_argument("--data", default="data/real")
-    p.add_argument("--targets", default="val", choices=("val", "train"),
-                   help="val (default); train for a second opinion. Never the held-out split")
+    add_candidate_arguments(p)
     p.add_argument("--roi-spacing", type=float, help="mm (default: the model's stored spacing)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="first N targets only")

@@ -55,13 +55,18 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_candidate_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every checkpoint-choosing benchmark shares: candidates, model, data, split."""
     p.add_argument("--candidates", nargs="+", required=True, help="'shipped' or checkpoint paths")
     p.add_argument("--model", default="voxprompt-med3d-small")
     p.add_argument("--data", default="data/real")
     p.add_argument("--targets", default="val", choices=("val", "train"),
                    help="val (default); train for a second opinion. Never the held-out split")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_candidate_arguments(p)
     p.add_argument("--roi-spacing", type=float, default=2.25)
     p.add_argument("--refine-band", type=float, default=9.0, help="mm (0: the model alone)")
     p.add_argument("--refine-grid", type=float, default=1.5, help="RefineConfig.grid_mm")
