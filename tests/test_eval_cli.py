@@ -187,6 +187,28 @@ def test_runner_session_tiny_model(tiny_ckpt):
     assert len(row["roi_dice"]) == 2 and np.isfinite(row["final_roi_dice"]) and row["box"] is None
 
 
+def test_runner_gives_the_cvpr_box_as_the_one_slice_box_it_is(tiny_ckpt, monkeypatch):
+    """The CVPR 2025 box is tight on slice z_mid only: the session gets that 2D box (a 3D object)."""
+    import voxprompt
+    from voxprompt.session import Session
+
+    seen = []
+    add_box = Session.add_box
+
+    def spy(self, lo, hi):
+        seen.append((tuple(int(v) for v in lo), tuple(int(v) for v in hi)))
+        return add_box(self, lo, hi)
+
+    monkeypatch.setattr(Session, "add_box", spy)
+    targets, data = _memory_targets()
+    loader = lambda t: data[(t.case, t.label)]  # noqa: E731
+    factory = session_factory(voxprompt.load_model("sam-med3d", tiny_ckpt))
+    (row,) = evaluate(targets[:1], factory, "cvpr25", 0, n_clicks=1, loader=loader)
+    z_min, z_max, z_mid, y_min, x_min, y_max, x_max = row["box"]
+    assert z_min < z_mid < z_max  # a 3D target, so the one-slice box is not its whole z range
+    assert seen == [((z_mid, y_min, x_min), (z_mid + 1, y_max + 1, x_max + 1))]
+
+
 # ----------------------------------------------------------------------------- CLI
 def test_cli_bad_input(tmp_path, capsys, tiny_ckpt):
     data = tmp_path / "data"

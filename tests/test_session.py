@@ -190,11 +190,15 @@ def test_box_prompts_and_clipping(model, volume, monkeypatch):
     outside[3:9, 10:30, 10:26] = False
     assert not p.mask[outside].any()
     np.testing.assert_array_equal(p.mask[outside], before[outside])
-    # a 2D box on one slice: in-plane negatives only, changes on that slice only
+    # a 2D box on one slice of a volume asks for the 3D object: in-plane negatives only; its own slice is
+    # clipped to the rectangle, the other slices take the result as it is
     s.reset()
     p2 = s.add_box((6, 10, 10), (7, 30, 26))
     assert spy.decodes[-1][1].shape[1] == 5
-    assert not p2.mask[:6].any() and not p2.mask[7:].any()
+    assert p2.mask[:6].any() or p2.mask[7:].any()
+    ring = np.ones(SHAPE[1:], bool)
+    ring[10:30, 10:26] = False
+    assert not p2.mask[6][ring].any() and p2.mask[6].any()
 
 
 def test_add_mask_becomes_the_prior(model, volume, monkeypatch):
@@ -441,3 +445,32 @@ def test_carry_over_follows_the_models_stored_setting(model):
     assert Session(model, carry_over=True).carry_over is True
     with pytest.raises(UsageError, match="carry_over"):
         Session(model, carry_over="yes")
+
+
+def test_box_clip_of_a_one_slice_box_keeps_the_rest_of_its_slice():
+    from voxprompt.session.volume import _Clip
+
+    shape = (4, 6, 6)
+    old = np.zeros(shape, bool)
+    old[2, 0, 0] = old[0, 5, 5] = True
+    block = np.ones(shape, bool)
+    block[2, 5, 5] = False
+    region = tuple(slice(0, n) for n in shape)
+    clip = _Clip.of_box(np.array([2, 1, 1]), np.array([3, 4, 4]), shape)
+    assert clip.plane == 0
+    out = clip.apply(old, block, region)
+    expected = block.copy()
+    expected[2] = old[2]
+    expected[2, 1:4, 1:4] = True
+    np.testing.assert_array_equal(out, expected)
+    # a region without the box's slice takes the block as it is
+    part = (slice(0, 2), slice(0, 6), slice(0, 6))
+    np.testing.assert_array_equal(clip.apply(old[part], block[part], part), block[part])
+    # a 3D box, and a box on a one-slice image: the box clips on every axis
+    for lo, hi, shp in (([1, 1, 1], [3, 4, 4], shape), ([0, 1, 1], [1, 4, 4], (1, 6, 6))):
+        c = _Clip.of_box(np.array(lo), np.array(hi), shp)
+        assert c.plane is None
+        reg = tuple(slice(0, n) for n in shp)
+        o = np.zeros(shp, bool)
+        got = c.apply(o, np.ones(shp, bool), reg)
+        assert got.sum() == np.prod(np.subtract(hi, lo))

@@ -200,8 +200,10 @@ def session_factory(model: Any, device: Any = None, autozoom: bool = False,
     ``clean`` the Session's mask clean-up and ``carry_over`` its start of a click's new ROI (None = the
     model's stored setting).
 
-    The CVPR 2025 box (2D box on the middle slice + z range) becomes the 3D box
-    ``[z_min..z_max] x`` the middle slice's y/x range, given once via ``add_box``.
+    The CVPR 2025 box (a 2D box on slice ``z_mid`` + the z range) is given once via ``add_box`` as the
+    one-slice box it is: the session segments the 3D object shown in it and clips only slice ``z_mid``
+    to the rectangle (the z range has no Session prompt and is not used; the rectangle is tight on
+    ``z_mid`` only, so it says nothing of the object's extent on other slices).
     """
     from voxprompt.session import Session
 
@@ -217,8 +219,8 @@ def session_factory(model: Any, device: Any = None, autozoom: bool = False,
 
         def engine(clicks: list[Click], box: Box3D | None) -> tuple[np.ndarray, Slices | None]:
             if box is not None and not state["box"]:
-                pred = session.add_box((box.z_min, box.y_min, box.x_min),
-                                       (box.z_max + 1, box.y_max + 1, box.x_max + 1))
+                pred = session.add_box((box.z_mid, box.y_min, box.x_min),
+                                       (box.z_mid + 1, box.y_max + 1, box.x_max + 1))
                 state["box"], state["roi"] = True, pred.roi_bbox
             for c in clicks[state["clicks"]:]:
                 pred = session.add_point(c.index, positive=bool(c.label))

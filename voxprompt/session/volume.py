@@ -31,8 +31,10 @@ Click semantics (official SAM-Med3D ``infer_utils``)
 Boxes: SAM-Med3D has no box embedding. ``add_box`` opens a ROI centred on the box, sends a
 positive click at the box centre and negative clicks just outside the middle of each box face
 (in-plane faces only for a one-slice 2D box), and clips the result to the box: inside the box the
-object's mask becomes the clipped result, outside the box it is unchanged. Later clicks in that
-ROI refine as usual (the box is not applied to them).
+object's mask becomes the clipped result, outside the box it is unchanged. A one-slice (2D) box on a
+volume, as Slicer and the viewer draw it, asks for the 3D object shown in it (as nnInteractive reads
+it): only its own slice is clipped to the rectangle, the other slices take the result as it is.
+Later clicks in that ROI refine as usual (the box is not applied to them).
 
 Scribbles and lassos: ``add_scribble(voxels)`` (a set of voxels), ``add_lasso(polygon)`` (a closed
 polygon on one slice, filled) and ``add_lasso_region(voxels)`` (a lasso already filled), positive or
@@ -250,7 +252,7 @@ class _Later:
     region: Slices
     block: np.ndarray
     clicks: list
-    clip: tuple[np.ndarray, np.ndarray] | None
+    clip: _Clip | None
     roi: Roi | None  # set after an expansion: the committed mask becomes the next click's prior
 
 
@@ -312,14 +314,40 @@ def resolve_carry_over(setting: bool | None, model_cfg: object) -> bool:
     raise UsageError(f"carry_over must be None or a bool, got {type(setting).__name__}")
 
 
-def _clip_block(old: np.ndarray, block: np.ndarray, region: Slices, clip: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """``block`` inside the box ``clip`` = [lo, hi) (original indices), ``old`` elsewhere in ``region``."""
-    lo, hi = clip
-    out = old.copy()
-    inner = tuple(slice(*np.clip([int(a) - r.start, int(b) - r.start], 0, r.stop - r.start))
-                  for r, a, b in zip(region, lo, hi))
-    out[inner] = block[inner]
-    return out
+@dataclass(frozen=True)
+class _Clip:
+    """Where a box prompt may change the object's mask: inside the box [lo, hi) (original indices); for a
+    one-slice box on a volume (``plane``: the axis it is one voxel thick on) everywhere but the rest of
+    its own slice."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    plane: int | None = None
+
+    @classmethod
+    def of_box(cls, lo: np.ndarray, hi: np.ndarray, shape: Sequence[int]) -> _Clip:
+        flat = [ax for ax, n in enumerate(shape) if hi[ax] - lo[ax] == 1 and n > 1]
+        return cls(lo, hi, flat[0] if len(flat) == 1 else None)
+
+    def inner(self, region: Slices) -> Slices:
+        """The box within ``region``, in ``region``'s indices."""
+        return tuple(slice(*np.clip([int(a) - r.start, int(b) - r.start], 0, r.stop - r.start))
+                     for r, a, b in zip(region, self.lo, self.hi))
+
+    def apply(self, old: np.ndarray, block: np.ndarray, region: Slices) -> np.ndarray:
+        """``block`` where the box may change the mask, ``old`` elsewhere in ``region``."""
+        inner = self.inner(region)
+        if self.plane is None:
+            out = old.copy()
+            out[inner] = block[inner]
+            return out
+        out = block.copy()
+        sl = inner[self.plane]
+        if sl.start < sl.stop:  # the box's slice lies in the region: the rest of it stays as it was
+            plane = tuple(sl if ax == self.plane else slice(None) for ax in range(block.ndim))
+            out[plane] = old[plane]
+            out[inner] = block[inner]
+        return out
 
 
 class Session(ObjectsMixin):
@@ -555,11 +583,11 @@ class Session(ObjectsMixin):
         return "; ".join(notes) or None
 
     def _run(self, obj: _Object, roi: Roi, clicks: list,
-             clip: tuple[np.ndarray, np.ndarray] | None = None) -> Prediction:
+             clip: _Clip | None = None) -> Prediction:
         """Decode the object's prompts in ``roi``, let the planner expand, paste on the original grid.
 
         ``clicks``: the object's clicks in original indices (for a multi-ROI planner); ``clip``:
-        a box [lo, hi) outside which the mask does not change.
+        where a box prompt may change the mask.
         """
         logits, score = self._decode(roi, obj.points_roi, obj.logits)
         prob = self.predictor.probabilities(logits)
@@ -586,17 +614,19 @@ class Session(ObjectsMixin):
         return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
 
     def _finish(self, obj: _Object, oid: int, roi: Roi, region: Slices | None, block: np.ndarray | None,
-                clip: tuple[np.ndarray, np.ndarray] | None, prior: bool) -> Slices | None:
+                clip: _Clip | None, prior: bool) -> Slices | None:
         """Clip, clean, apply the label policy and commit a new block on ``region``; the changed bbox.
         ``prior``: the logits fed to the next click become the committed mask's (after an expansion).
         The policy cuts before the clean-up (which then drops pieces cut off from what a prompt asked
         for) and after it (holes it fills never take protected voxels)."""
         if region is not None and clip is not None:
-            block = _clip_block(obj.mask[region], block, region, clip)
+            block = clip.apply(obj.mask[region], block, region)
         if region is not None:
             block = self._protect(block, region, oid)
         if region is not None and self.clean:
             block = self._protect(self._cleaned(obj, region, block, clip), region, oid)
+            if clip is not None and clip.plane is not None:  # holes filled across the box's slice
+                block = clip.apply(obj.mask[region], block, region)
         changed = self._commit(obj, None if region is None else (region, block))
         if prior:  # later clicks in this ROI refine what is shown, not the cut-off logits
             obj.logits = self.predictor.prior(obj.mask, roi)
@@ -660,7 +690,7 @@ class Session(ObjectsMixin):
         super().select_object(object_id)
 
     def _cleaned(self, obj: _Object, region: Slices, block: np.ndarray,
-                 clip: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                 clip: _Clip | None = None) -> np.ndarray:
         """``block`` (the object's new mask on ``region``) keeping only the components a prompt asked for,
         holes filled (:func:`voxprompt.cleanup.clean_mask`, seeded by the object's positive clicks and box
         centres). It sees ``region`` plus a one-voxel ring of the object's mask around it: components that
@@ -675,12 +705,10 @@ class Session(ObjectsMixin):
         inner = tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, outer))
         padded = obj.mask[outer].copy()
         padded[inner] = block
-        if clip is None:
+        if clip is None or clip.plane is not None:
             editable: Slices = inner
         else:  # the box within the region, in ``padded``'s indices
-            lo = [max(int(a), r.start) for a, r in zip(clip[0], region)]
-            hi = [max(min(int(b), r.stop), a) for b, r, a in zip(clip[1], region, lo)]
-            editable = tuple(slice(a - o.start, b - o.start) for a, b, o in zip(lo, hi, outer))
+            editable = tuple(slice(b.start + i.start, b.stop + i.start) for b, i in zip(clip.inner(region), inner))
         anchor = padded.copy()
         anchor[editable] = False
         if any(kind == "mask" for kind, _ in obj.prompts):
@@ -754,7 +782,7 @@ class Session(ObjectsMixin):
             try:
                 obj.points_roi, obj.logits = pts, None
                 obj.prompts = obj.prompts + [("box", (tuple(a.tolist()), tuple(b.tolist())))]
-                return self._run(obj, roi, clicks, clip=(a, b))
+                return self._run(obj, roi, clicks, clip=_Clip.of_box(a, b, img.shape))
             except BaseException:
                 self._restore(obj, obj.history.pop())
                 raise
