@@ -53,8 +53,8 @@ class Spy:
         monkeypatch.setattr(model, "decode", decode)
 
 
-def _session(model, volume) -> Session:
-    s = Session(model)
+def _session(model, volume, **kw) -> Session:
+    s = Session(model, **kw)
     s.set_image(volume, spacing=SPACING_ZYX)
     return s
 
@@ -437,14 +437,29 @@ def test_carry_over_starts_a_new_roi_from_the_objects_mask_and_clicks(model, mon
     assert spy.decodes[-1][1].tolist() == [[1]] and torch.count_nonzero(spy.decodes[-1][2]) == 0  # official start
 
 
-def test_carry_over_follows_the_models_stored_setting(model):
-    from voxprompt.session.volume import resolve_carry_over
+def test_carry_over_and_box_negatives_follow_the_models_stored_setting(model):
+    from voxprompt.session.volume import resolve_model_setting
 
+    default_cfg = type("Cfg", (), {"refine_band_mm": 9.0})()
     assert Session(model).carry_over is False  # an official model: published behaviour
-    assert resolve_carry_over(None, type("Cfg", (), {"refine_band_mm": 9.0})()) is True  # the default model's
-    assert Session(model, carry_over=True).carry_over is True
-    with pytest.raises(UsageError, match="carry_over"):
-        Session(model, carry_over="yes")
+    assert Session(model).box_negatives is True
+    assert resolve_model_setting("carry_over", None, default_cfg) is True  # the default model's
+    assert resolve_model_setting("box_negatives", None, default_cfg) is False
+    for name in ("carry_over", "box_negatives"):
+        for value in (True, False):
+            assert getattr(Session(model, **{name: value}), name) is value
+        with pytest.raises(UsageError, match=name):
+            Session(model, **{name: "yes"})
+
+
+def test_a_box_without_negatives_is_its_centre_click(model, volume, monkeypatch):
+    spy = Spy(model, monkeypatch)
+    s = _session(model, volume, box_negatives=False)
+    p = s.add_box((3, 10, 10), (9, 30, 26))
+    assert spy.decodes[-1][1].tolist() == [[1]]
+    outside = np.ones(SHAPE, bool)
+    outside[3:9, 10:30, 10:26] = False
+    assert not p.mask[outside].any()  # still clipped to the box
 
 
 def test_box_clip_of_a_one_slice_box_keeps_the_rest_of_its_slice():

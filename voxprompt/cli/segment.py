@@ -184,7 +184,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
         planner = AutoZoomPlanner()
     session = Session(model, device=args.device, planner=planner, refine=args.refine, clean=args.clean,
-                      carry_over=args.carry_over)
+                      carry_over=args.carry_over, box_negatives=args.box_negatives)
     session.set_image(image)
     pred = None
     if prior is not None:
@@ -300,6 +300,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="a click beyond the current model ROI starts its new ROI from the object's mask and the "
                         "clicks inside it; --no-carry-over starts it empty (default: the model's stored setting, "
                         "on for the default model, off for the official ones)")
+    s.add_argument("--box-negatives", action=argparse.BooleanOptionalAction, default=None,
+                   help="--box also sends negative clicks just outside the box's faces (default: the model's stored "
+                        "setting, off for the default model, on for the official ones)")
     from .segment2d import add_2d_arguments
 
     add_2d_arguments(s)

@@ -91,7 +91,7 @@ def _factory(args: argparse.Namespace, ckpt: str | None, device: str) -> tuple[A
     refine = resolve_refine(args.refine, model.cfg)
     clean = resolve_clean(getattr(args, "clean", None), model.cfg)
     factory = session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False, clean=clean,
-                              carry_over=args.carry_over)
+                              carry_over=args.carry_over, box_negatives=args.box_negatives)
     return factory, {"refine_band_mm": refine.band_mm if refine else 0.0, "clean": clean}
 
 
@@ -290,6 +290,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="3D sessions: a click that opens a new ROI starts from the object's mask and its clicks in "
                         "that ROI (--no-carry-over: a zero mask, the official behaviour; default: the model's "
                         "stored setting, on for the default model)")
+    s.add_argument("--box-negatives", action=argparse.BooleanOptionalAction, default=None,
+                   help="3D sessions: the initial box also sends negative clicks just outside its faces (default: "
+                        "the model's stored setting, off for the default model, on for the official ones)")
     s.add_argument("--no-box", action="store_true",
                    help="cvpr25 without the initial box (the random walker then takes clicks only; with the box "
                         "it runs its box mode, voxprompt.eval.baseline); sam-med2d without box mode")

@@ -29,11 +29,12 @@ Click semantics (official SAM-Med3D ``infer_utils``)
   the original grid by nearest neighbour (:func:`~voxprompt.preprocess.postprocess_mask`).
 
 Boxes: SAM-Med3D has no box embedding. ``add_box`` opens a ROI centred on the box, sends a
-positive click at the box centre and negative clicks just outside the middle of each box face
-(in-plane faces only for a one-slice 2D box), and clips the result to the box: inside the box the
-object's mask becomes the clipped result, outside the box it is unchanged. A one-slice (2D) box on a
-volume, as Slicer and the viewer draw it, asks for the 3D object shown in it (as nnInteractive reads
-it): only its own slice is clipped to the rectangle, the other slices take the result as it is.
+positive click at the box centre and (``box_negatives``, the official models' setting) negative
+clicks just outside the middle of each box face (in-plane faces only for a one-slice 2D box), and
+clips the result to the box: inside the box the object's mask becomes the clipped result, outside
+the box it is unchanged. A one-slice (2D) box on a volume, as Slicer and the viewer draw it, asks
+for the 3D object shown in it (as nnInteractive reads it): only its own slice is clipped to the
+rectangle, the other slices take the result as it is.
 Later clicks in that ROI refine as usual (the box is not applied to them).
 
 Scribbles and lassos: ``add_scribble(voxels)`` (a set of voxels), ``add_lasso(polygon)`` (a closed
@@ -305,13 +306,16 @@ def _negative_marks(prompts: list) -> list:
     return marks
 
 
-def resolve_carry_over(setting: bool | None, model_cfg: object) -> bool:
-    """Whether a click that opens a new ROI carries the object's mask and clicks into it: as given, or
-    (None) the model's stored setting, the rule of :func:`~voxprompt.cleanup.resolve_clean` (on for the
-    post-processed default model, off for the official models: their published behaviour)."""
-    if setting is None or isinstance(setting, (bool, np.bool_)):
-        return resolve_clean(setting, model_cfg)
-    raise UsageError(f"carry_over must be None or a bool, got {type(setting).__name__}")
+def resolve_model_setting(name: str, setting: bool | None, model_cfg: object) -> bool:
+    """A session switch named ``name`` (``carry_over``, ``box_negatives``): as given, or (None) the model's
+    stored setting, the rule of :func:`~voxprompt.cleanup.resolve_clean` (the default model's behaviour
+    for the post-processed default model, the published behaviour for the official ones)."""
+    if isinstance(setting, (bool, np.bool_)):
+        return bool(setting)
+    if setting is None:
+        default_model = resolve_clean(None, model_cfg)
+        return not default_model if name == "box_negatives" else default_model
+    raise UsageError(f"{name} must be None or a bool, got {type(setting).__name__}")
 
 
 @dataclass(frozen=True)
@@ -359,7 +363,10 @@ class Session(ObjectsMixin):
     components of a result that a positive prompt asked for, holes filled (None = the model's
     stored setting: on for the default model, off for the official ones; False keeps everything).
     ``carry_over``: a click's new ROI starts from the object's mask and clicks (None = the model's
-    stored setting: on for the default model, off for the official ones).
+    stored setting: on for the default model, off for the official ones). ``box_negatives``:
+    :meth:`add_box` sends negative clicks just outside the box's faces (None = the model's stored
+    setting: off for the default model, whose low-res cells are wider than the gap, so they cut into the
+    object, ``benchmarks/box_prompt.py``; on for the official ones).
     ``low_confidence_iou``: a prediction whose model-predicted IoU is below it is flagged
     (``Prediction.low_confidence`` and ``.warning``; 0 turns this rule off). The default
     :data:`LOW_CONFIDENCE_IOU` = 0.12 was chosen for the default model on its training structures,
@@ -394,7 +401,8 @@ class Session(ObjectsMixin):
                  clean: bool | None = None, low_confidence_iou: float = LOW_CONFIDENCE_IOU,
                  refine_background: bool = False, others_negative: bool = False,
                  scribble_rule: str = DEFAULT_SCRIBBLE_RULE, lasso_rule: str = DEFAULT_LASSO_RULE,
-                 stroke_points: int = STROKE_POINTS, carry_over: bool | None = None) -> None:
+                 stroke_points: int = STROKE_POINTS, carry_over: bool | None = None,
+                 box_negatives: bool | None = None) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
@@ -413,7 +421,8 @@ class Session(ObjectsMixin):
         self.device = self.predictor.device
         self.refine: RefineConfig | None = resolve_refine(refine, model.cfg)
         self.clean: bool = resolve_clean(clean, model.cfg)
-        self.carry_over: bool = resolve_carry_over(carry_over, model.cfg)
+        self.carry_over: bool = resolve_model_setting("carry_over", carry_over, model.cfg)
+        self.box_negatives: bool = resolve_model_setting("box_negatives", box_negatives, model.cfg)
         self.refine_background = bool(refine_background)
         self.others_negative = bool(others_negative)
         self.scribble_rule = check_rule("scribble", scribble_rule)
@@ -770,7 +779,8 @@ class Session(ObjectsMixin):
             log.warning("box %s..%s is larger than the %d^3 ROI at %.1f mm; the ROI covers its centre only",
                         tuple(a.tolist()), tuple(b.tolist()), self.img_size, self.roi_spacing)
         clicks: list = [(center.astype(float), 1)]
-        clicks += [(q.astype(float), 0) for q in box_negatives(a, b, center, img.shape, BOX_NEGATIVE_MARGIN)]
+        if self.box_negatives:
+            clicks += [(q.astype(float), 0) for q in box_negatives(a, b, center, img.shape, BOX_NEGATIVE_MARGIN)]
         with torch.inference_mode():
             roi = self.planner.plan(img, center.astype(float), obj.roi, box=(a, b))
             pts = [(self.predictor.roi_point(roi, center), 1)]
