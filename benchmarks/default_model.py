@@ -37,7 +37,10 @@ RUNS = {  # name: (report folder, eval arguments); the baseline runs come from b
                                              ["--model", "voxprompt-med3d-small", "--no-refine"]),
     "voxprompt-med3d-small + auto-zoom": ("voxprompt-med3d-small-auto-zoom",
                                           ["--model", "voxprompt-med3d-small", "--autozoom"]),
+    "voxprompt-med3d-small, box negatives": ("voxprompt-med3d-small-box-negatives",
+                                             ["--model", "voxprompt-med3d-small", "--box-negatives"]),
 }
+BOX_ONLY = {"voxprompt-med3d-small, box negatives"}  # the same as the plain run without a box
 MEASURES = ("dsc_auc", "nsd_auc", "final_dice", "final_nsd")  # the four CVPR 2025 measures
 MEASURE_NAMES = {"dsc_auc": "DSC AUC", "nsd_auc": "NSD AUC", "final_dice": "final DSC", "final_nsd": "final NSD"}
 BOX_SUFFIX = " + box"
@@ -184,7 +187,8 @@ def main() -> int:
     results, baselines = {}, []
     for base_name, (folder, extra) in {**base_runs, **RUNS}.items():
         name = base_name + suffix
-        if args.only and name not in args.only and base_name not in args.only:
+        if (args.only and name not in args.only and base_name not in args.only) or (
+                base_name in BOX_ONLY and not args.box):
             continue
         report = Path(args.reports) / (folder + folder_suffix)
         cmd = [sys.executable, "-m", "voxprompt", "eval", *extra, "--data", args.data, "--protocol", "cvpr25",
