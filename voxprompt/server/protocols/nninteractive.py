@@ -19,8 +19,9 @@ Mapping onto the Session API:
   buffer is the current object's mask (``Session.mask``), which starts empty: a lease whose
   object already has a mask is reset so that both sides agree on a zero buffer.
 * ``add_point_interaction`` -> ``Session.add_point(coordinates, positive=include_interaction)``.
-* ``add_bbox_interaction`` -> ``Session.add_box(lo, hi)`` (positive boxes only; boxes are made of
-  clicks, see :mod:`voxprompt.session`, and the Session has no negative box: a negative box gets 400
+* ``add_bbox_interaction`` -> ``Session.add_box(lo, hi)`` (positive boxes only; the 2D box Slicer
+  sends asks for the 3D object shown in it, as nnInteractive reads it; boxes are made of clicks, see
+  :mod:`voxprompt.session`, and the Session has no negative box: a negative box gets 400
   and the capabilities say ``supports_negative_bbox: false``, voxprompt's addition).
 * ``add_scribble_interaction`` -> ``Session.add_scribble(voxels, positive=include_interaction)`` and
   ``add_lasso_interaction`` -> ``Session.add_lasso_region(voxels, ...)`` (the client sends the lasso
