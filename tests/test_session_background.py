@@ -117,12 +117,21 @@ def test_a_new_prompt_cancels_a_running_refinement(model, scene, fast_masks, mon
     assert not later.refining and later.wait_refined() is None
 
 
-def test_a_refinement_applies_to_its_own_object(model, scene, fast_masks):
+def test_a_refinement_applies_to_its_own_object(model, scene, fast_masks, monkeypatch):
     image, _ = scene
     sync, later = _sessions(model, image)
+    gate, refined = threading.Event(), Session._refined
+
+    def held(self, region, block, clicks, cancel=None):  # the background solve waits for the new object
+        if self.refine_background:
+            assert gate.wait(30)
+        return refined(self, region, block, clicks, cancel)
+
+    monkeypatch.setattr(Session, "_refined", held)
     expected = sync.add_point((12, 24, 24)).mask
     later.add_point((12, 24, 24))
     assert later.new_object() == 2  # a new object does not cancel object 1's refinement
+    gate.set()
     done = later.wait_refined()
     assert done is not None and done.object_id == 1
     np.testing.assert_array_equal(done.mask, expected)
