@@ -444,7 +444,7 @@ def test_carry_over_and_box_negatives_follow_the_models_stored_setting(model):
     assert Session(model).carry_over is False  # an official model: published behaviour
     assert Session(model).box_negatives is True
     assert resolve_model_setting("carry_over", None, default_cfg) is True  # the default model's
-    assert resolve_model_setting("box_negatives", None, default_cfg) is False
+    assert resolve_model_setting("box_negatives", None, default_cfg, default_model_value=False) is False
     for name in ("carry_over", "box_negatives"):
         for value in (True, False):
             assert getattr(Session(model, **{name: value}), name) is value

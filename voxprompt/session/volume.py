@@ -306,15 +306,14 @@ def _negative_marks(prompts: list) -> list:
     return marks
 
 
-def resolve_model_setting(name: str, setting: bool | None, model_cfg: object) -> bool:
+def resolve_model_setting(name: str, setting: bool | None, model_cfg: object, default_model_value: bool = True) -> bool:
     """A session switch named ``name`` (``carry_over``, ``box_negatives``): as given, or (None) the model's
-    stored setting, the rule of :func:`~voxprompt.cleanup.resolve_clean` (the default model's behaviour
-    for the post-processed default model, the published behaviour for the official ones)."""
+    stored setting: ``default_model_value`` for the post-processed default model (the rule of
+    :func:`~voxprompt.cleanup.resolve_clean`), its opposite, the published behaviour, for the official ones."""
     if isinstance(setting, (bool, np.bool_)):
         return bool(setting)
     if setting is None:
-        default_model = resolve_clean(None, model_cfg)
-        return not default_model if name == "box_negatives" else default_model
+        return default_model_value if resolve_clean(None, model_cfg) else not default_model_value
     raise UsageError(f"{name} must be None or a bool, got {type(setting).__name__}")
 
 
@@ -422,7 +421,8 @@ class Session(ObjectsMixin):
         self.refine: RefineConfig | None = resolve_refine(refine, model.cfg)
         self.clean: bool = resolve_clean(clean, model.cfg)
         self.carry_over: bool = resolve_model_setting("carry_over", carry_over, model.cfg)
-        self.box_negatives: bool = resolve_model_setting("box_negatives", box_negatives, model.cfg)
+        self.box_negatives: bool = resolve_model_setting("box_negatives", box_negatives, model.cfg,
+                                                         default_model_value=False)
         self.refine_background = bool(refine_background)
         self.others_negative = bool(others_negative)
         self.scribble_rule = check_rule("scribble", scribble_rule)
