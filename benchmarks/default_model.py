@@ -39,8 +39,11 @@ RUNS = {  # name: (report folder, eval arguments); the baseline runs come from b
                                           ["--model", "voxprompt-med3d-small", "--autozoom"]),
     "voxprompt-med3d-small, box negatives": ("voxprompt-med3d-small-box-negatives",
                                              ["--model", "voxprompt-med3d-small", "--box-negatives"]),
+    "voxprompt-med3d-small, box search": ("voxprompt-med3d-small-box-search",
+                                          ["--model", "voxprompt-med3d-small", "--box-search"]),
 }
-BOX_ONLY = {"voxprompt-med3d-small, box negatives"}  # the same as the plain run without a box
+# box-only settings: without a box they are the plain run
+BOX_ONLY = {"voxprompt-med3d-small, box negatives", "voxprompt-med3d-small, box search"}
 MEASURES = ("dsc_auc", "nsd_auc", "final_dice", "final_nsd")  # the four CVPR 2025 measures
 MEASURE_NAMES = {"dsc_auc": "DSC AUC", "nsd_auc": "NSD AUC", "final_dice": "final DSC", "final_nsd": "final NSD"}
 BOX_SUFFIX = " + box"

@@ -139,6 +139,23 @@ def test_segment_warns_on_a_poor_result_writes_it_and_exits_0(files, caplog, mon
     assert "predicted IoU 0.01" in caplog.text
 
 
+def test_segment_box_switches_reach_the_session(files, monkeypatch):
+    from voxprompt import session as session_mod
+
+    seen = []
+    init = session_mod.Session.__init__
+
+    def spy(self, *args, **kw):
+        init(self, *args, **kw)
+        seen.append((self.box_search, self.box_negatives))
+
+    monkeypatch.setattr(session_mod.Session, "__init__", spy)
+    base = ["segment", str(files["img"]), "--checkpoint", str(files["ckpt"]), "--box", "8,10,4,28,30,12",
+            "-o", str(files["dir"] / "box.nii.gz")]
+    assert main(base) == 0 and main(base + ["--box-search", "--no-box-negatives"]) == 0
+    assert seen == [(False, True), (True, False)]  # an official model: centre click and face negatives
+
+
 def _run_err(files, capsys, *extra, output="bad.nii.gz"):
     out = files["dir"] / output
     argv = ["segment", str(files["img"]), "-o", str(out), *extra]

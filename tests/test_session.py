@@ -13,7 +13,7 @@ from golden_configs import sam_med3d_config
 import voxprompt
 from voxprompt.errors import PromptError, UsageError
 from voxprompt.io.image import Image
-from voxprompt.preprocess import postprocess_mask, preprocess_roi, roi_around
+from voxprompt.preprocess import extract_roi_label, postprocess_mask, preprocess_roi, roi_around
 from voxprompt.session import CenteredRoiPlanner, Prediction, Session, from_slicer_ijk, image_from_array, to_slicer_ijk
 
 SHAPE = (12, 40, 36)
@@ -460,6 +460,64 @@ def test_a_box_without_negatives_is_its_centre_click(model, volume, monkeypatch)
     outside = np.ones(SHAPE, bool)
     outside[3:9, 10:30, 10:26] = False
     assert not p.mask[outside].any()  # still clipped to the box
+
+
+def _c_shape() -> tuple[np.ndarray, np.ndarray]:
+    """A C-shaped slab (open towards +x) whose bounding box's centre lies in its opening: (image, mask)."""
+    c = np.zeros((20, 64, 64), bool)
+    c[4:16, 8:56, 8:56] = True
+    c[4:16, 22:42, 22:56] = False
+    img = np.where(c, 200.0, 50.0).astype(np.float32) + np.random.default_rng(3).normal(0, 5, c.shape)
+    return img.astype(np.float32), c
+
+
+def _oracle(monkeypatch, s: Session, truth: np.ndarray) -> None:
+    """Every decode returns the (low-res) truth if its first click lies in it, else nothing."""
+    def decode(roi, points_roi, logits):
+        label = extract_roi_label(s.image, truth, roi)
+        p = tuple(int(v) for v in points_roi[0][0])
+        empty = torch.full((1, 1) + (s.predictor.low_res_size,) * 3, -10.0)
+        return (s.predictor.label_prior(label) if label[p] else empty), 0.9
+    monkeypatch.setattr(s, "_decode", decode)
+
+
+@pytest.mark.parametrize("one_slice", [True, False])
+def test_box_search_finds_an_object_whose_box_centre_misses_it(model, monkeypatch, one_slice):
+    img, c = _c_shape()
+    lo, hi = ((10, 8, 8), (11, 56, 56)) if one_slice else ((4, 8, 8), (16, 56, 56))
+    inside = tuple(slice(a, b) for a, b in zip(lo, hi))
+    for search in (False, True):
+        s = Session(model, box_search=search, box_negatives=False, clean=True, low_confidence_iou=0.0)
+        s.set_image(img, spacing=(1.5, 1.5, 1.5))
+        _oracle(monkeypatch, s, c)
+        p = s.add_box(lo, hi)
+        if not search:  # the centre (10, 32, 32) lies in the opening: nothing
+            assert not p.mask[inside].any() and "empty mask inside the box" in p.warning
+            continue
+        got, want = p.mask[inside], c[inside]
+        assert 2 * (got & want).sum() / (got.sum() + want.sum()) > 0.85  # the C, kept by the clean-up
+        p = s.add_point((10, 50, 15))  # later clicks refine from it as usual
+        assert p.mask[10, 50, 15]
+
+
+def test_box_seeds_are_the_centre_then_a_grid_on_the_boxs_slice():
+    from voxprompt.session.strokes import box_seeds
+
+    seeds = box_seeds(np.array([10, 8, 8]), np.array([11, 56, 56]), plane=0)
+    assert seeds[0].tolist() == [10, 32, 32] and len(seeds) == 9
+    assert all(q[0] == 10 for q in seeds)
+    assert sorted({int(q[1]) for q in seeds}) == [20, 32, 44]
+    assert len({tuple(q) for q in seeds}) == 9
+    tiny = box_seeds(np.array([3, 5, 5]), np.array([4, 6, 7]), plane=0)  # 1 x 2 voxels: no room for a grid
+    assert [q.tolist() for q in tiny] == [[3, 5, 6], [3, 5, 5]]
+
+
+def test_box_search_is_an_option():
+    model = Session().model  # the default model too: the centre click unless asked for
+    assert Session(model).box_search is False
+    assert Session(model, box_search=True).box_search is True
+    with pytest.raises(UsageError, match="box_search"):
+        Session(model, box_search=1)
 
 
 def test_box_clip_of_a_one_slice_box_keeps_the_rest_of_its_slice():

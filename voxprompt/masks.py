@@ -1,4 +1,5 @@
-"""Binary masks as arrays: bounding boxes, connected components and the deepest voxel.
+"""Binary masks as arrays: bounding boxes (and how well a mask fills one), connected components and the
+deepest voxel.
 
 Plain numpy/scipy, no model or image geometry: every layer may use these (sessions, data, eval, train).
 """
@@ -34,6 +35,22 @@ def union_box(a: Slices | None, b: Slices | None) -> Slices | None:
     if a is None or b is None:
         return a if b is None else b
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+
+
+def box_fit(mask: np.ndarray, lo: Sequence[float], hi: Sequence[float]) -> float:
+    """How well ``mask`` fills a box: the IoU of the mask's bounding box with the box whose edges are
+    ``lo`` .. ``hi`` (continuous coordinates of ``mask``'s axes, voxel i spanning i - 0.5 .. i + 0.5);
+    0 for an empty mask. A tight box prompt names the object whose extent it is: a mask leaking out
+    of the box or filling only part of it scores lower."""
+    box = bbox_of(np.asarray(mask) != 0)
+    if box is None:
+        return 0.0
+    lo_b, hi_b = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    lo_m = np.array([s.start - 0.5 for s in box])
+    hi_m = np.array([s.stop - 0.5 for s in box])
+    inter = float(np.prod(np.clip(np.minimum(hi_b, hi_m) - np.maximum(lo_b, lo_m), 0.0, None)))
+    union = float(np.prod(np.clip(hi_b - lo_b, 0.0, None)) + np.prod(hi_m - lo_m)) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

@@ -184,7 +184,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
         planner = AutoZoomPlanner()
     session = Session(model, device=args.device, planner=planner, refine=args.refine, clean=args.clean,
-                      carry_over=args.carry_over, box_negatives=args.box_negatives)
+                      carry_over=args.carry_over, box_negatives=args.box_negatives, box_search=args.box_search)
     session.set_image(image)
     pred = None
     if prior is not None:
@@ -303,6 +303,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--box-negatives", action=argparse.BooleanOptionalAction, default=None,
                    help="--box also sends negative clicks just outside the box's faces (default: the model's stored "
                         "setting, off for the default model, on for the official ones)")
+    s.add_argument("--box-search", action=argparse.BooleanOptionalAction, default=False,
+                   help="when the centre click's mask does not fill a --box, its positive click moves to where a "
+                        "grid of clicks around the centre fills it best, so that a C-shaped object is found "
+                        "(default: off, the centre)")
     from .segment2d import add_2d_arguments
 
     add_2d_arguments(s)

@@ -91,7 +91,8 @@ def _factory(args: argparse.Namespace, ckpt: str | None, device: str) -> tuple[A
     refine = resolve_refine(args.refine, model.cfg)
     clean = resolve_clean(getattr(args, "clean", None), model.cfg)
     factory = session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False, clean=clean,
-                              carry_over=args.carry_over, box_negatives=args.box_negatives)
+                              carry_over=args.carry_over, box_negatives=args.box_negatives,
+                              box_search=args.box_search)
     return factory, {"refine_band_mm": refine.band_mm if refine else 0.0, "clean": clean}
 
 
@@ -293,6 +294,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--box-negatives", action=argparse.BooleanOptionalAction, default=None,
                    help="3D sessions: the initial box also sends negative clicks just outside its faces (default: "
                         "the model's stored setting, off for the default model, on for the official ones)")
+    s.add_argument("--box-search", action=argparse.BooleanOptionalAction, default=False,
+                   help="3D sessions: when the centre click's mask does not fill the initial box, its positive "
+                        "click moves to where a grid of clicks around the centre fills it best (default: off, "
+                        "the centre)")
     s.add_argument("--no-box", action="store_true",
                    help="cvpr25 without the initial box (the random walker then takes clicks only; with the box "
                         "it runs its box mode, voxprompt.eval.baseline); sam-med2d without box mode")

@@ -274,6 +274,11 @@ def region_depth(voxels: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     return depth[local]
 
 
+def box_centre(lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+    """The voxel at the middle of the box [lo, hi) (where ``add_box`` puts its positive click by default)."""
+    return np.floor((np.asarray(lo) + np.asarray(hi) - 1) / 2.0 + 0.5).astype(np.int64)
+
+
 def box_negatives(lo: np.ndarray, hi: np.ndarray, centre: np.ndarray, shape: Sequence[int],
                   margin: int) -> list[np.ndarray]:
     """``add_box``'s negative clicks for the box [lo, hi): ``centre`` moved to ``margin`` voxels beyond each
@@ -286,6 +291,26 @@ def box_negatives(lo: np.ndarray, hi: np.ndarray, centre: np.ndarray, shape: Seq
             if 0 <= side < shape[ax]:
                 q = np.array(centre, dtype=np.int64)
                 q[ax] = side
+                out.append(q)
+    return out
+
+
+def box_seeds(lo: np.ndarray, hi: np.ndarray, plane: int) -> list[np.ndarray]:
+    """Voxels where ``add_box`` may put its positive click in the box [lo, hi): the box's centre first,
+    then a 3 x 3 grid a quarter of the box's extent from it on the centre's slice along ``plane`` (a
+    one-slice box's own slice), duplicates dropped. A C-shaped or two-lobed object leaves the centre
+    outside itself; one of the others usually lies in it."""
+    lo, hi = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+    centre = box_centre(lo, hi)
+    out = [centre]
+    axes = [ax for ax in range(len(lo)) if ax != plane]
+    steps = [sorted({int(np.clip(centre[ax] + k * (hi[ax] - lo[ax]) / 4.0, lo[ax], hi[ax] - 1)) for k in (-1, 0, 1)})
+             for ax in axes]
+    for u in steps[0]:
+        for v in steps[1]:
+            q = centre.copy()
+            q[axes[0]], q[axes[1]] = u, v
+            if not any(np.array_equal(q, p) for p in out):
                 out.append(q)
     return out
 
@@ -309,12 +334,13 @@ def stroke_clicks(kind: str, voxels: np.ndarray, positive: bool, rule: str, spac
     clicks = [(tuple(int(v) for v in p), label) for p in pts]
     if rule == "box" and positive:
         lo, hi = voxels.min(0), voxels.max(0) + 1
-        centre = np.floor((lo + hi - 1) / 2.0 + 0.5).astype(np.int64)
+        centre = box_centre(lo, hi)
         clicks += [(tuple(int(v) for v in q), 0) for q in box_negatives(lo, hi, centre, shape, margin)]
     return tuple(clicks)
 
 
 __all__ = ["DEFAULT_LASSO_RULE", "DEFAULT_SCRIBBLE_RULE", "KINDS", "LASSO_RULES", "SCRIBBLE_RULES", "STROKE_POINTS",
-           "Stroke", "box_negatives", "centre_voxel", "check_rule", "fill_polygon", "lasso_region", "lasso_slab",
+           "Stroke", "box_centre", "box_negatives", "box_seeds", "centre_voxel", "check_rule", "fill_polygon",
+           "lasso_region", "lasso_slab",
            "path_voxels",
            "region_depth", "spread_points", "stroke_clicks", "stroke_voxels", "voxels_of"]

@@ -29,12 +29,15 @@ Click semantics (official SAM-Med3D ``infer_utils``)
   the original grid by nearest neighbour (:func:`~voxprompt.preprocess.postprocess_mask`).
 
 Boxes: SAM-Med3D has no box embedding. ``add_box`` opens a ROI centred on the box, sends a
-positive click at the box centre and (``box_negatives``, the official models' setting) negative
-clicks just outside the middle of each box face (in-plane faces only for a one-slice 2D box), and
-clips the result to the box: inside the box the object's mask becomes the clipped result, outside
-the box it is unchanged. A one-slice (2D) box on a volume, as Slicer and the viewer draw it, asks
-for the 3D object shown in it (as nnInteractive reads it): only its own slice is clipped to the
-rectangle, the other slices take the result as it is.
+positive click at the box centre (with ``box_search``, an option: where the centre's mask does not
+fill the box, at the deepest voxel of the mask, of those decoded from a 3 x 3 grid around the centre,
+that fills it best, so that a C-shaped or two-lobed object whose centre lies outside it is found) and
+(``box_negatives``, the official models' setting) negative clicks just outside the middle of each
+box face (in-plane faces only for a one-slice 2D box), and clips the result to the box: inside the
+box the object's mask becomes the clipped result, outside the box it is unchanged. A one-slice (2D)
+box on a volume, as Slicer and the viewer draw it, asks for the 3D object shown in it (as
+nnInteractive reads it): only its own slice is clipped to the rectangle, the other slices take the
+result as it is.
 Later clicks in that ROI refine as usual (the box is not applied to them).
 
 Scribbles and lassos: ``add_scribble(voxels)`` (a set of voxels), ``add_lasso(polygon)`` (a closed
@@ -97,7 +100,7 @@ import math
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +110,7 @@ from ..cleanup import clean_mask, resolve_clean
 from ..errors import InputError, PromptError, SessionFileError, UsageError
 from ..io.image import LPS_TO_RAS, Image
 from ..io.read import read_image
-from ..masks import Slices, bbox_of, within
+from ..masks import Slices, bbox_of, box_fit, deepest_voxel, within
 from ..preprocess import Roi, extract_roi_label, roi_for_label
 from ..refine import RefineConfig, refine_mask, resolve_refine
 from .background import RefineJob
@@ -119,7 +122,9 @@ from .strokes import (
     DEFAULT_SCRIBBLE_RULE,
     STROKE_POINTS,
     Stroke,
+    box_centre,
     box_negatives,
+    box_seeds,
     check_rule,
     lasso_region,
     lasso_slab,
@@ -130,6 +135,9 @@ from .strokes import (
 log = logging.getLogger(__name__)
 
 BOX_NEGATIVE_MARGIN = 2  # voxels outside a box face where its negative click goes
+# box_search looks further than the box's centre only when the centre's mask fills the box worse than
+# this (box_fit): a mask whose extent overlaps the box by less than half is not the boxed object.
+BOX_FIT_ENOUGH = 0.5
 # A result whose predicted IoU (the model's own score) is below this is flagged as low confidence.
 # Chosen for the default model on the training structures (benchmarks/confidence.py: the largest
 # threshold whose flagged first clicks have Dice < 0.3 at least 75 % of the time; re-chosen for each
@@ -257,11 +265,6 @@ class _Later:
     roi: Roi | None  # set after an expansion: the committed mask becomes the next click's prior
 
 
-def _box_centre(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """The voxel at the middle of the box [lo, hi) (where ``add_box`` puts its positive click)."""
-    return np.floor((np.asarray(lo) + np.asarray(hi) - 1) / 2.0 + 0.5).astype(int)
-
-
 def _since_mask(prompts: list) -> list:
     """The prompts given since the object's last mask prompt."""
     last = max((i for i, (kind, _) in enumerate(prompts) if kind == "mask"), default=-1)
@@ -276,7 +279,7 @@ def _positive_seeds(prompts: list) -> list:
         if kind == "point" and data[1]:
             seeds.append(np.asarray(data[0], dtype=int))
         elif kind == "box":
-            seeds.append(_box_centre(data[0], data[1]))
+            seeds.append(box_centre(data[0], data[1]))
         elif isinstance(data, Stroke) and data.positive:
             seeds.extend(data.voxels)
     return seeds
@@ -326,6 +329,7 @@ class _Clip:
     lo: np.ndarray
     hi: np.ndarray
     plane: int | None = None
+    seed: np.ndarray | None = None  # where the box's positive click went (kept by the clean-up)
 
     @classmethod
     def of_box(cls, lo: np.ndarray, hi: np.ndarray, shape: Sequence[int]) -> _Clip:
@@ -365,7 +369,11 @@ class Session(ObjectsMixin):
     stored setting: on for the default model, off for the official ones). ``box_negatives``:
     :meth:`add_box` sends negative clicks just outside the box's faces (None = the model's stored
     setting: off for the default model, whose low-res cells are wider than the gap, so they cut into the
-    object, ``benchmarks/box_prompt.py``; on for the official ones).
+    object, ``benchmarks/box_prompt.py``; on for the official ones). ``box_search`` (off by default, every
+    model): when the mask of :meth:`add_box`'s centre click does not fill the box, the click moves to
+    the deepest voxel of the best-filling mask of a grid of clicks around the centre, which finds
+    C-shaped and two-lobed objects; off, as the validation split and the second opinion disagree on it
+    (``benchmarks/box_prompt.py``).
     ``low_confidence_iou``: a prediction whose model-predicted IoU is below it is flagged
     (``Prediction.low_confidence`` and ``.warning``; 0 turns this rule off). The default
     :data:`LOW_CONFIDENCE_IOU` = 0.15 was chosen for the default model on its training structures,
@@ -401,7 +409,7 @@ class Session(ObjectsMixin):
                  refine_background: bool = False, others_negative: bool = False,
                  scribble_rule: str = DEFAULT_SCRIBBLE_RULE, lasso_rule: str = DEFAULT_LASSO_RULE,
                  stroke_points: int = STROKE_POINTS, carry_over: bool | None = None,
-                 box_negatives: bool | None = None) -> None:
+                 box_negatives: bool | None = None, box_search: bool = False) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
@@ -423,6 +431,9 @@ class Session(ObjectsMixin):
         self.carry_over: bool = resolve_model_setting("carry_over", carry_over, model.cfg)
         self.box_negatives: bool = resolve_model_setting("box_negatives", box_negatives, model.cfg,
                                                          default_model_value=False)
+        if not isinstance(box_search, (bool, np.bool_)):
+            raise UsageError(f"box_search must be a bool, got {type(box_search).__name__}")
+        self.box_search = bool(box_search)
         self.refine_background = bool(refine_background)
         self.others_negative = bool(others_negative)
         self.scribble_rule = check_rule("scribble", scribble_rule)
@@ -723,7 +734,8 @@ class Session(ObjectsMixin):
         if any(kind == "mask" for kind, _ in obj.prompts):
             anchor |= padded & obj.mask[outer]
         start = np.array([o.start for o in outer])
-        seeds = [p - start for p in _positive_seeds(obj.prompts)]
+        extra = [] if clip is None or clip.seed is None else [clip.seed]
+        seeds = [p - start for p in _positive_seeds(obj.prompts) + extra]
         negatives = [np.asarray(p) - start for p in _negative_marks(obj.prompts)]
         cleaned = clean_mask(padded, seeds, anchor, spacing=self._img().spacing[::-1], negatives=negatives)
         padded[editable] = cleaned[editable]
@@ -772,30 +784,76 @@ class Session(ObjectsMixin):
         self._settle(cancel=True)
         img = self._img()
         obj = self._obj
-        center = _box_centre(a, b)
+        center = box_centre(a, b)
         extent = b - a
         if (np.any(extent * np.asarray(img.spacing[::-1]) > self.img_size * self.roi_spacing)
                 and not self.planner.expands):
             log.warning("box %s..%s is larger than the %d^3 ROI at %.1f mm; the ROI covers its centre only",
                         tuple(a.tolist()), tuple(b.tolist()), self.img_size, self.roi_spacing)
-        clicks: list = [(center.astype(float), 1)]
-        if self.box_negatives:
-            clicks += [(q.astype(float), 0) for q in box_negatives(a, b, center, img.shape, BOX_NEGATIVE_MARGIN)]
+        negatives = [(q.astype(float), 0) for q in box_negatives(a, b, center, img.shape, BOX_NEGATIVE_MARGIN)]
+        negatives = negatives if self.box_negatives else []
+        clip = _Clip.of_box(a, b, img.shape)
         with torch.inference_mode():
             roi = self.planner.plan(img, center.astype(float), obj.roi, box=(a, b))
-            pts = [(self.predictor.roi_point(roi, center), 1)]
-            for q, _ in clicks[1:]:
-                c = np.floor(roi.from_original_index(q) + 0.5)
-                if bool(roi.contains(c)):
-                    pts.append((c, 0))
+            negatives_roi = clicks_in(roi, negatives)
+            seed = self._box_seed(roi, a, b, clip.plane, negatives_roi) if self.box_search else center
+            pts = [(self.predictor.roi_point(roi, seed), 1)] + negatives_roi
+            clicks: list = [(seed.astype(float), 1)] + negatives
+            clip = replace(clip, seed=seed)
             self._push(obj)
             try:
                 obj.points_roi, obj.logits = pts, None
                 obj.prompts = obj.prompts + [("box", (tuple(a.tolist()), tuple(b.tolist())))]
-                return self._run(obj, roi, clicks, clip=_Clip.of_box(a, b, img.shape))
+                return self._run(obj, roi, clicks, clip=clip)
             except BaseException:
                 self._restore(obj, obj.history.pop())
                 raise
+
+    def _box_seed(self, roi: Roi, lo: np.ndarray, hi: np.ndarray, plane: int | None,
+                  negatives_roi: list) -> np.ndarray:
+        """Where the box [lo, hi)'s positive click goes: of :func:`~voxprompt.session.strokes.box_seeds`
+        (the centre and a grid around it), the one whose decoded mask fills the box best
+        (:func:`~voxprompt.masks.box_fit` in the ROI: on the box's own slice for a one-slice box; the
+        centre on ties), then moved to that mask's deepest voxel inside the box (on that slice), where a
+        click says most. One decoder call per candidate in the ROI (one shared encoding)."""
+        corners = np.stack(np.meshgrid(*zip(lo - 0.5, hi - 0.5), indexing="ij"), -1).reshape(-1, 3)
+        r = roi.from_original_index(corners)
+        edge = np.asarray(roi.size, dtype=float) - 0.5  # a box larger than the ROI: the part the ROI sees
+        lo_r, hi_r = np.clip(r.min(0), -0.5, edge), np.clip(r.max(0), -0.5, edge)
+        inside = [slice(int(np.clip(np.ceil(a), 0, n)), int(np.clip(np.floor(b) + 1, 0, n)))
+                  for a, b, n in zip(lo_r, hi_r, roi.size)]
+        thin = None if plane is None else int(np.argmin(hi_r - lo_r))  # the slice's axis in the ROI
+        if thin is not None:
+            k = int(np.clip(np.floor((lo_r[thin] + hi_r[thin]) / 2 + 0.5), 0, roi.size[thin] - 1))
+            inside[thin] = slice(k, k + 1)
+        best: np.ndarray | None = None
+        best_fit, tried = 0.0, set()
+        for i, q in enumerate(box_seeds(lo, hi, 0 if plane is None else plane)):
+            c = np.floor(roi.from_original_index(q.astype(float)) + 0.5)
+            if not bool(roi.contains(c)) or tuple(c) in tried:
+                continue
+            tried.add(tuple(c))
+            logits, _ = self._decode(roi, [(c, 1)] + negatives_roi, None)
+            mask = (self.predictor.probabilities(logits) > 0.5).cpu().numpy()
+            if thin is None:
+                fit = box_fit(mask, lo_r, hi_r)
+            else:
+                fit = box_fit(np.take(mask, k, axis=thin), np.delete(lo_r, thin), np.delete(hi_r, thin))
+            if fit > best_fit:
+                best, best_fit = mask, fit
+            if i == 0 and fit >= BOX_FIT_ENOUGH:
+                return box_centre(lo, hi)  # the centre's mask is the boxed object: keep the centre click
+        if best is None:  # no candidate's mask reaches into the box: the centre
+            return box_centre(lo, hi)
+        part = best[tuple(inside)]
+        flat = part if thin is None else np.take(part, 0, axis=thin)
+        deep = deepest_voxel(flat)
+        if deep is None:
+            return box_centre(lo, hi)
+        deep = deep if thin is None else np.insert(deep, thin, 0)
+        at = deep + np.array([sl.start for sl in inside])
+        q = np.floor(roi.to_original_index(at.astype(float)) + 0.5).astype(np.int64)
+        return np.clip(q, lo, hi - 1)
 
     def add_mask(self, mask: np.ndarray) -> Prediction:
         """Make ``mask`` (nonzero = object, full image shape) the object's mask and next mask_input."""
