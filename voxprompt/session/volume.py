@@ -141,9 +141,9 @@ BOX_FIT_ENOUGH = 0.5
 # A result whose predicted IoU (the model's own score) is below this is flagged as low confidence.
 # Chosen for the default model on the training structures (benchmarks/confidence.py: the largest
 # threshold whose flagged first clicks have Dice < 0.3 at least 75 % of the time; re-chosen for each
-# shipped stage). Its IoU head is a modest signal (Spearman 0.32 with Dice there, stage 15); calibrate
+# shipped stage). Its IoU head is a modest signal (Spearman 0.33 with Dice there, stage 17); calibrate
 # it for any other model (an official SAM-Med3D's scores live on another scale).
-LOW_CONFIDENCE_IOU = 0.15
+LOW_CONFIDENCE_IOU = 0.14
 
 ImageLike = Image | np.ndarray | str | os.PathLike
 
@@ -376,7 +376,7 @@ class Session(ObjectsMixin):
     (``benchmarks/box_prompt.py``).
     ``low_confidence_iou``: a prediction whose model-predicted IoU is below it is flagged
     (``Prediction.low_confidence`` and ``.warning``; 0 turns this rule off). The default
-    :data:`LOW_CONFIDENCE_IOU` = 0.15 was chosen for the default model on its training structures,
+    :data:`LOW_CONFIDENCE_IOU` = 0.14 was chosen for the default model on its training structures,
     where its predicted IoU is a modest signal; calibrate the threshold for other models (their IoU
     heads are not calibrated against real Dice either). A result is flagged as well when its mask
     is empty after a positive prompt (a click or a box: empty inside the box) or when the object's
