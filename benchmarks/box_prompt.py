@@ -72,9 +72,9 @@ def main() -> int:
         for label, negatives, search in VARIANTS:
             if args.only and label not in args.only:
                 continue
-            rows = evaluate(targets, session_factory(model, box_negatives=negatives, box_search=search), "cvpr25",
-                            args.seed,
-                            n_clicks=args.clicks, use_box=True, loader=load_target, progress=True)
+            factory = session_factory(model, box_negatives=negatives, box_search=search)
+            rows = evaluate(targets, factory, "cvpr25", args.seed, n_clicks=args.clicks, use_box=True,
+                            loader=load_target, progress=True)
             add_groups(rows)
             results[set_name][label] = summarise(rows)
         print(f"\n{set_name}")

@@ -790,13 +790,13 @@ class Session(ObjectsMixin):
                 and not self.planner.expands):
             log.warning("box %s..%s is larger than the %d^3 ROI at %.1f mm; the ROI covers its centre only",
                         tuple(a.tolist()), tuple(b.tolist()), self.img_size, self.roi_spacing)
-        negatives = [(q.astype(float), 0) for q in box_negatives(a, b, center, img.shape, BOX_NEGATIVE_MARGIN)]
-        negatives = negatives if self.box_negatives else []
+        negatives = ([(q.astype(float), 0) for q in box_negatives(a, b, center, img.shape, BOX_NEGATIVE_MARGIN)]
+                     if self.box_negatives else [])
         clip = _Clip.of_box(a, b, img.shape)
         with torch.inference_mode():
             roi = self.planner.plan(img, center.astype(float), obj.roi, box=(a, b))
             negatives_roi = clicks_in(roi, negatives)
-            seed = self._box_seed(roi, a, b, clip.plane, negatives_roi) if self.box_search else center
+            seed = self._box_seed(roi, a, b, center, clip.plane, negatives_roi) if self.box_search else center
             pts = [(self.predictor.roi_point(roi, seed), 1)] + negatives_roi
             clicks: list = [(seed.astype(float), 1)] + negatives
             clip = replace(clip, seed=seed)
@@ -809,7 +809,7 @@ class Session(ObjectsMixin):
                 self._restore(obj, obj.history.pop())
                 raise
 
-    def _box_seed(self, roi: Roi, lo: np.ndarray, hi: np.ndarray, plane: int | None,
+    def _box_seed(self, roi: Roi, lo: np.ndarray, hi: np.ndarray, center: np.ndarray, plane: int | None,
                   negatives_roi: list) -> np.ndarray:
         """Where the box [lo, hi)'s positive click goes: of :func:`~voxprompt.session.strokes.box_seeds`
         (the centre and a grid around it), the one whose decoded mask fills the box best
@@ -842,14 +842,14 @@ class Session(ObjectsMixin):
             if fit > best_fit:
                 best, best_fit = mask, fit
             if i == 0 and fit >= BOX_FIT_ENOUGH:
-                return box_centre(lo, hi)  # the centre's mask is the boxed object: keep the centre click
+                return center  # the centre's mask is the boxed object: keep the centre click
         if best is None:  # no candidate's mask reaches into the box: the centre
-            return box_centre(lo, hi)
+            return center
         part = best[tuple(inside)]
         flat = part if thin is None else np.take(part, 0, axis=thin)
         deep = deepest_voxel(flat)
         if deep is None:
-            return box_centre(lo, hi)
+            return center
         deep = deep if thin is None else np.insert(deep, thin, 0)
         at = deep + np.array([sl.start for sl in inside])
         q = np.floor(roi.to_original_index(at.astype(float)) + 0.5).astype(np.int64)
