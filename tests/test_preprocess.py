@@ -16,6 +16,7 @@ from voxprompt.preprocess import (
     preprocess_label_roi,
     roi_around,
     roi_block_to_original,
+    roi_box_to_original,
     roi_to_original,
     zscore_positive,
 )
@@ -177,6 +178,11 @@ def test_roi_to_original_world_consistency():
     outside = back.copy()
     outside[box] = 0
     assert outside.sum() == 0 and part.size < back.size
+    fg = roi_box_to_original(roi, (5, 3, 8), (15, 12, 17), im)  # where the mask's own box maps to
+    outside = back.copy()
+    outside[fg] = 0
+    assert outside.sum() == 0 and back[fg].size < part.size
+    np.testing.assert_array_equal(roi_block_to_original(mask, roi, im, box=fg)[1], back[fg])  # any target box
     with pytest.raises(InputError):
         roi_to_original(np.zeros((3, 3, 3)), roi, im)
 

@@ -481,6 +481,31 @@ def _oracle(monkeypatch, s: Session, truth: np.ndarray) -> None:
     monkeypatch.setattr(s, "_decode", decode)
 
 
+def test_a_click_refines_and_cleans_only_around_what_can_change(model, monkeypatch):
+    """A small object in a large ROI: the refinement and clean-up see its surroundings only, and every
+    result equals that of pasting over the ROI's whole footprint."""
+    truth = np.zeros((30, 90, 90), bool)
+    truth[10:16, 20:34, 50:62] = True
+    img = (np.where(truth, 180.0, 60.0) + np.random.default_rng(5).normal(0, 8, truth.shape)).astype(np.float32)
+    masks, regions = {}, []
+    for tight in (True, False):
+        s = Session(model, refine=True, clean=True, low_confidence_iou=0.0)
+        s.set_image(img, spacing=(1.5, 1.5, 1.5))
+        _oracle(monkeypatch, s, truth)
+        if tight:
+            refined = s._refined
+            monkeypatch.setattr(s, "_refined", lambda region, *a, f=refined: (regions.append(region), f(region, *a))[1])
+        else:
+            monkeypatch.setattr(s, "_pasted", lambda mask, roi, mask_roi, cache=True, s=s:
+                                s.predictor.paste(mask, roi, mask_roi, cache))
+        preds = [s.add_point((12, 25, 55)), s.add_point((13, 30, 58), positive=False), s.add_point((11, 22, 52))]
+        masks[tight] = [p.mask for p in preds] + [s.undo().mask]
+    assert masks[True][0].any()
+    for a, b in zip(masks[True], masks[False]):
+        np.testing.assert_array_equal(a, b)
+    assert len(regions) == 3 and all(np.prod([r.stop - r.start for r in reg]) < truth.size / 3 for reg in regions)
+
+
 @pytest.mark.parametrize("one_slice", [True, False])
 def test_box_search_finds_an_object_whose_box_centre_misses_it(model, monkeypatch, one_slice):
     img, c = _c_shape()

@@ -14,13 +14,19 @@ Slices = tuple[slice, ...]  # a box of an array, one slice per axis
 
 
 def bbox_of(diff: np.ndarray) -> Slices | None:
-    """Slices bounding the nonzero entries of ``diff`` (None when there are none)."""
-    if not diff.any():
+    """Slices bounding the nonzero entries of ``diff`` (None when there are none).
+
+    One pass over the array for the first axis, the others only within its extent: the cost follows
+    the array's size once, not once per axis."""
+    a = np.asarray(diff)
+    first = np.flatnonzero(a.any(axis=tuple(range(1, a.ndim))))
+    if first.size == 0:
         return None
-    sl = []
-    for ax in range(diff.ndim):
-        other = tuple(a for a in range(diff.ndim) if a != ax)
-        nz = np.flatnonzero(diff.any(axis=other))
+    sl = [slice(int(first[0]), int(first[-1]) + 1)]
+    sub = a[sl[0]]
+    for ax in range(1, a.ndim):
+        other = tuple(i for i in range(a.ndim) if i != ax)
+        nz = np.flatnonzero(sub.any(axis=other))
         sl.append(slice(int(nz[0]), int(nz[-1]) + 1))
     return tuple(sl)
 

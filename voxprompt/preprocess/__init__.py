@@ -10,6 +10,7 @@ from .resample import (
                        extract_roi_label,
                        extract_roi_labels,
                        roi_block_to_original,
+                       roi_box_to_original,
                        roi_to_original,
                        sample_on_grid,
 )
@@ -25,6 +26,7 @@ from .sam_med3d import (
 )
 
 __all__ = ["Roi", "RoiInput", "roi_around", "roi_for_label", "extract_roi", "extract_roi_label", "extract_roi_labels",
-           "roi_to_original", "roi_block_to_original", "zscore_positive", "preprocess_label_roi", "preprocess_roi",
+           "roi_to_original", "roi_block_to_original", "roi_box_to_original",
+           "zscore_positive", "preprocess_label_roi", "preprocess_roi",
            "postprocess_mask", "canonical_grid", "canonical_shape_and_affine", "io_orientation",
            "resampled_grid_lps", "resampled_label_bbox", "sample_on_grid", "torchio_mask_start"]

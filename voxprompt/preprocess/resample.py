@@ -129,22 +129,35 @@ def roi_to_original(mask_roi: np.ndarray, roi: Roi, image: Image | None = None) 
     return out
 
 
-def roi_block_to_original(mask_roi: np.ndarray, roi: Roi,
-                          image: Image | None = None) -> tuple[tuple[slice, slice, slice] | None, np.ndarray]:
+def roi_box_to_original(roi: Roi, lo, hi, image: Image | None = None) -> tuple[slice, slice, slice] | None:
+    """The original (z, y, x) sub-block that ROI voxels ``lo`` .. ``hi - 1`` (ROI indices, tensor-axis
+    order) map back onto by nearest neighbour, with a small margin; None when it misses the image.
+    Original voxels outside it take no value from those ROI voxels."""
+    src_aff = roi.source_affine_lps if image is None else image.affine_zyx_to_lps()
+    shape = roi.source_shape if image is None else image.shape
+    corners = apply_affine(roi.affine_lps, _box_corners(lo, hi, 0.5))
+    sub = _sub_block(apply_affine(np.linalg.inv(src_aff), corners), shape)
+    return None if sub is None else tuple(slice(int(a), int(b)) for a, b in zip(*sub))
+
+
+def roi_block_to_original(mask_roi: np.ndarray, roi: Roi, image: Image | None = None,
+                          box: tuple[slice, slice, slice] | None = None,
+                          ) -> tuple[tuple[slice, slice, slice] | None, np.ndarray]:
     """:func:`roi_to_original` restricted to the original sub-block the ROI covers: ``(box, part)``
     with ``roi_to_original(...)[box] == part`` and zeros outside ``box`` (``(None, empty)`` when the
-    ROI misses the image). A click on a large volume then never touches the whole grid."""
+    ROI misses the image). A click on a large volume then never touches the whole grid. ``box``:
+    resample onto this original sub-block instead (any box; voxels the ROI misses are 0)."""
     mask = np.asarray(mask_roi)
     if mask.shape != tuple(roi.size):
         raise InputError(f"ROI mask shape {mask.shape} differs from the ROI size {tuple(roi.size)}")
+    if box is None:
+        box = roi_box_to_original(roi, np.zeros(3), roi.size, image)
+        if box is None:
+            return None, np.zeros((0, 0, 0), np.uint8)
     src_aff = roi.source_affine_lps if image is None else image.affine_zyx_to_lps()
-    shape = roi.source_shape if image is None else image.shape
-    corners = apply_affine(roi.affine_lps, _box_corners(np.zeros(3), roi.size, 0.5))
-    sub = _sub_block(apply_affine(np.linalg.inv(src_aff), corners), shape)
-    if sub is None:
-        return None, np.zeros((0, 0, 0), np.uint8)
-    lo, hi = sub
+    lo = np.array([b.start for b in box])
+    size = np.array([b.stop - b.start for b in box])
     roi_img = _sitk_from_axes((mask != 0).astype(np.uint8), roi.affine_lps)
     target = src_aff @ _translate(lo)[:, [2, 1, 0, 3]]  # sitk index (x, y, z) of the sub-block
-    part = _resample(roi_img, (hi - lo)[::-1], target, sitk.sitkNearestNeighbor, sitk.sitkUInt8)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), part.transpose(2, 1, 0)
+    part = _resample(roi_img, size[::-1], target, sitk.sitkNearestNeighbor, sitk.sitkUInt8)
+    return box, part.transpose(2, 1, 0)

@@ -10,10 +10,12 @@ from .boundary import (
                        grid_factors,
                        normalise_window,
                        refine_mask,
+                       refine_reach,
                        resolve_refine,
                        solve_random_walker,
 )
 from .walker import RefineCancelled
 
-__all__ = ["RefineConfig", "refine_mask", "resolve_refine", "band_seeds", "normalise_window", "draw_seed_balls",
+__all__ = ["RefineConfig", "refine_mask", "refine_reach", "resolve_refine", "band_seeds", "normalise_window",
+           "draw_seed_balls",
            "solve_random_walker", "grid_factors", "RefineCancelled"]

@@ -37,7 +37,8 @@ from .walker import band_random_walker, check_cancel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RefineConfig", "refine_mask", "resolve_refine", "band_seeds", "normalise_window", "draw_seed_balls",
+__all__ = ["RefineConfig", "refine_mask", "refine_reach", "resolve_refine", "band_seeds", "normalise_window",
+           "draw_seed_balls",
            "solve_random_walker", "grid_factors"]
 
 Point = tuple[Sequence[int], int]  # (voxel index, label 1 positive / 0 negative)
@@ -191,6 +192,12 @@ def _refine_two_level(img: np.ndarray, m: np.ndarray, points: Sequence[Point], s
     return refine_mask(img, coarse, points, sp, replace(cfg, grid_mm=0.0, band_mm=float(np.max(sp * f))), cancel)
 
 
+def refine_reach(config: RefineConfig, spacing: Sequence[float]) -> np.ndarray:
+    """Voxels per axis around a mask's bounding box that :func:`refine_mask` reads and may change
+    (the band, two millimetres of context and one voxel): nothing farther away matters to it."""
+    return np.ceil((config.band_mm + 2.0) / np.asarray(spacing, dtype=float)).astype(int) + 1
+
+
 def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
                 spacing: Sequence[float], config: RefineConfig | None = None,
                 cancel: threading.Event | None = None) -> np.ndarray:
@@ -216,7 +223,7 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, points: Sequence[Point],
     idx = np.argwhere(m)
     if idx.size == 0:
         return m.copy()
-    pad = np.ceil((cfg.band_mm + 2.0) / sp).astype(int) + 1
+    pad = refine_reach(cfg, sp)
     lo = np.maximum(idx.min(0) - pad, 0)
     hi = np.minimum(idx.max(0) + pad + 1, m.shape)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))

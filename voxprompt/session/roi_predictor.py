@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..io.image import Image
-from ..masks import Slices, bbox_of, within
-from ..preprocess import Roi, extract_roi_label, preprocess_roi, roi_block_to_original
+from ..masks import Slices, bbox_of, union_box, within
+from ..preprocess import Roi, extract_roi_label, preprocess_roi, roi_block_to_original, roi_box_to_original
 from .objects import MASK_PRIOR_LOGIT
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,30 @@ def roi_footprint(mask_roi: np.ndarray, roi: Roi, image: Image) -> tuple[Slices 
 
 def paste_over(mask: np.ndarray, bbox: Slices, cover: np.ndarray, mask_roi: np.ndarray, roi: Roi,
                image: Image) -> np.ndarray:
-    """``mask[bbox]`` with ``mask_roi`` mapped back over the ROI's footprint ``(bbox, cover)`` (from
-    :func:`roi_footprint` of the same ROI and image)."""
-    box, part = roi_block_to_original(mask_roi, roi, image)  # the footprint's sub-block: bbox lies in it
-    local = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bbox, box))
-    return np.where(cover, part[local] != 0, mask[bbox])
+    """``mask[bbox]`` with ``mask_roi`` mapped back where ``cover`` (the ROI's footprint on ``bbox``, from
+    :func:`roi_footprint` of the same ROI and image, or a box within it) is set."""
+    _, part = roi_block_to_original(mask_roi, roi, image, box=bbox)
+    return np.where(cover, part != 0, mask[bbox])
+
+
+def changed_part(mask: np.ndarray, bbox: Slices, cover: np.ndarray, mask_roi: np.ndarray, roi: Roi,
+                 image: Image, margin: np.ndarray) -> tuple[Slices, np.ndarray]:
+    """The part of a ROI's footprint ``(bbox, cover)`` where pasting ``mask_roi`` over ``mask`` can change
+    anything: the extent of the ROI's result and of the mask there, widened by ``margin`` voxels per
+    axis (what later steps read around a change); the whole footprint when both are empty. Elsewhere
+    the footprint is background before and after, so a click on a small object in a large ROI never
+    touches the whole footprint."""
+    fg = bbox_of(mask_roi)
+    new = None if fg is None else roi_box_to_original(roi, [s.start for s in fg], [s.stop for s in fg], image)
+    old = bbox_of(mask[bbox])
+    both = union_box(new, None if old is None else within(bbox, old))
+    if both is None:
+        return bbox, cover
+    tight = tuple(slice(max(s.start - int(m), b.start), min(s.stop + int(m), b.stop))
+                  for s, b, m in zip(both, bbox, margin))
+    if any(t.stop <= t.start for t in tight):  # the result maps outside the footprint (it cannot paste)
+        return bbox, cover
+    return tight, cover[tuple(slice(t.start - b.start, t.stop - b.start) for t, b in zip(tight, bbox))]
 
 
 class RoiPredictor:
@@ -160,15 +179,19 @@ class RoiPredictor:
                 self._coverage.pop(next(iter(self._coverage)))
         return hit
 
-    def paste(self, mask: np.ndarray, roi: Roi, mask_roi: np.ndarray,
-              cache: bool = True) -> tuple[Slices | None, np.ndarray | None]:
-        """(bbox, block): ``mask`` with a ROI prediction pasted over the ROI's footprint, on its bbox.
+    def paste(self, mask: np.ndarray, roi: Roi, mask_roi: np.ndarray, cache: bool = True,
+              margin: np.ndarray | None = None) -> tuple[Slices | None, np.ndarray | None]:
+        """(bbox, block): ``mask`` with a ROI prediction pasted over the ROI's footprint, on a box that
+        bounds every change: the footprint's bbox, or with ``margin`` (voxels per axis) only the part
+        of it that can change, widened by ``margin`` (:func:`changed_part`).
 
         ``cache=False`` for large one-off ROIs (zoomed out), whose footprint is not kept.
         """
         bbox, cover = self.coverage(roi, cache)
         if bbox is None:
             return None, None
+        if margin is not None:
+            bbox, cover = changed_part(mask, bbox, cover, mask_roi, roi, self._img(), margin)
         return bbox, paste_over(mask, bbox, cover, mask_roi, roi, self._img())
 
     # ------------------------------------------------------------------ memory

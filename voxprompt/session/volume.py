@@ -112,7 +112,7 @@ from ..io.image import LPS_TO_RAS, Image
 from ..io.read import read_image
 from ..masks import Slices, bbox_of, box_fit, deepest_voxel, within
 from ..preprocess import Roi, extract_roi_label, roi_for_label
-from ..refine import RefineConfig, refine_mask, resolve_refine
+from ..refine import RefineConfig, refine_mask, refine_reach, resolve_refine
 from .background import RefineJob
 from .objects import ObjectsMixin, box_corners, point_index, read_only, unshared_mask
 from .planning import ROI_SPACING_MM, BaseStage, CenteredRoiPlanner, Expansion, RoiPlanner
@@ -536,8 +536,13 @@ class Session(ObjectsMixin):
 
     def _pasted(self, mask: np.ndarray, roi: Roi, mask_roi: np.ndarray,
                 cache: bool = True) -> tuple[Slices | None, np.ndarray | None]:
-        """The session's paste-back of a base ROI's result (the predictor's; a seam for tests)."""
-        return self.predictor.paste(mask, roi, mask_roi, cache)
+        """The session's paste-back of a base ROI's result (the predictor's; a seam for tests), on the part
+        of the ROI's footprint that can change plus what the refinement and the clean-up's ring read
+        around it: the results are those of pasting over the whole footprint."""
+        reach = np.ones(3, dtype=int)
+        if self.refine is not None:
+            reach = np.maximum(reach, refine_reach(self.refine, self._img().spacing[::-1]))
+        return self.predictor.paste(mask, roi, mask_roi, cache, margin=reach)
 
     # ------------------------------------------------------------------ state changes
     def _push(self, obj: _Object) -> None:
