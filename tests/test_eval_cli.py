@@ -187,6 +187,26 @@ def test_runner_session_tiny_model(tiny_ckpt):
     assert len(row["roi_dice"]) == 2 and np.isfinite(row["final_roi_dice"]) and row["box"] is None
 
 
+def test_runner_session_switches_reach_the_session(tiny_ckpt, monkeypatch):
+    import voxprompt
+    from voxprompt.session import Session
+
+    seen = []
+    init = Session.__init__
+
+    def spy(self, *args, **kw):
+        init(self, *args, **kw)
+        seen.append((self.box_search, self.retry_missed))
+
+    monkeypatch.setattr(Session, "__init__", spy)
+    targets, data = _memory_targets()
+    loader = lambda t: data[(t.case, t.label)]  # noqa: E731
+    model = voxprompt.load_model("sam-med3d", tiny_ckpt)
+    for kw in ({}, {"box_search": True, "retry_missed": True}):
+        evaluate(targets[:1], session_factory(model, **kw), "cvpr25", 0, n_clicks=1, loader=loader)
+    assert seen == [(False, False), (True, True)]
+
+
 def test_runner_gives_the_cvpr_box_as_the_one_slice_box_it_is(tiny_ckpt, monkeypatch):
     """The CVPR 2025 box is tight on slice z_mid only: the session gets that 2D box (a 3D object)."""
     import voxprompt

@@ -13,7 +13,7 @@ from golden_configs import sam_med3d_config
 import voxprompt
 from voxprompt.errors import PromptError, UsageError
 from voxprompt.io.image import Image
-from voxprompt.preprocess import extract_roi_label, postprocess_mask, preprocess_roi, roi_around
+from voxprompt.preprocess import extract_roi_label, extract_roi_labels, postprocess_mask, preprocess_roi, roi_around
 from voxprompt.session import CenteredRoiPlanner, Prediction, Session, from_slicer_ijk, image_from_array, to_slicer_ijk
 
 SHAPE = (12, 40, 36)
@@ -504,6 +504,49 @@ def test_a_click_refines_and_cleans_only_around_what_can_change(model, monkeypat
     for a, b in zip(masks[True], masks[False]):
         np.testing.assert_array_equal(a, b)
     assert len(regions) == 3 and all(np.prod([r.stop - r.start for r in reg]) < truth.size / 3 for reg in regions)
+
+
+def _stubborn(monkeypatch, s: Session, parts: np.ndarray, alone_only: bool) -> None:
+    """A model that follows its prior and ignores new clicks; without a prior it returns the parts
+    (labels of ``parts``) holding its positive clicks, or only the first click's with ``alone_only``."""
+    def decode(roi, points_roi, logits):
+        if logits is not None and bool((logits > 0).any()):
+            return logits, 0.9
+        labels = extract_roi_labels(s.image, parts, roi)
+        hit = [int(labels[tuple(int(v) for v in p)]) for p, lab in points_roi if lab]
+        keep = np.isin(labels, [h for h in hit[:1 if alone_only else None] if h])
+        return s.predictor.label_prior(keep), 0.9
+    monkeypatch.setattr(s, "_decode", decode)
+
+
+@pytest.mark.parametrize("alone_only", [False, True])
+def test_retry_missed_decodes_again_when_a_positive_click_is_left_out(model, monkeypatch, alone_only):
+    parts = np.zeros((20, 64, 64), np.int32)
+    parts[6:14, 10:26, 10:26], parts[6:14, 38:54, 38:54] = 1, 2
+    img = np.where(parts > 0, 200.0, 50.0).astype(np.float32)
+    for retry in (False, True):
+        s = Session(model, retry_missed=retry, refine=False, clean=True, low_confidence_iou=0.0)
+        s.set_image(img, spacing=(1.5, 1.5, 1.5))
+        _stubborn(monkeypatch, s, parts, alone_only)
+        first = s.add_point((10, 18, 18))
+        assert first.mask[10, 18, 18] and not first.mask[10, 46, 46]
+        p = s.add_point((10, 46, 46))
+        if not retry:  # the prior wins: the click is left out, and flagged
+            np.testing.assert_array_equal(p.mask, first.mask)
+            assert "outside the result" in p.warning
+            continue
+        assert p.mask[10, 46, 46] and p.warning is None
+        assert p.mask[10, 18, 18]  # the retry adds to the first result
+        q = s.add_point((10, 12, 12), positive=False)  # a negative click is never retried
+        assert q.mask[10, 46, 46]
+
+
+def test_retry_missed_is_an_option():
+    model = Session().model  # the default model too: one decode per click unless asked for
+    assert Session(model).retry_missed is False
+    assert Session(model, retry_missed=True).retry_missed is True
+    with pytest.raises(UsageError, match="retry_missed"):
+        Session(model, retry_missed="yes")
 
 
 @pytest.mark.parametrize("one_slice", [True, False])

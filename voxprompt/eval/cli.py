@@ -92,7 +92,7 @@ def _factory(args: argparse.Namespace, ckpt: str | None, device: str) -> tuple[A
     clean = resolve_clean(getattr(args, "clean", None), model.cfg)
     factory = session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False, clean=clean,
                               carry_over=args.carry_over, box_negatives=args.box_negatives,
-                              box_search=args.box_search)
+                              box_search=args.box_search, retry_missed=args.retry_missed)
     return factory, {"refine_band_mm": refine.band_mm if refine else 0.0, "clean": clean}
 
 
@@ -298,6 +298,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="3D sessions: when the centre click's mask does not fill the initial box, its positive "
                         "click moves to where a grid of clicks around the centre fills it best (default: off, "
                         "the centre)")
+    s.add_argument("--retry-missed", action=argparse.BooleanOptionalAction, default=False,
+                   help="3D sessions: when a result leaves out the positive click just made, decode again without "
+                        "the previous mask, then with that click alone (default: off)")
     s.add_argument("--no-box", action="store_true",
                    help="cvpr25 without the initial box (the random walker then takes clicks only; with the box "
                         "it runs its box mode, voxprompt.eval.baseline); sam-med2d without box mode")

@@ -373,7 +373,10 @@ class Session(ObjectsMixin):
     model): when the mask of :meth:`add_box`'s centre click does not fill the box, the click moves to
     the deepest voxel of the best-filling mask of a grid of clicks around the centre, which finds
     C-shaped and two-lobed objects; off, as the validation split and the second opinion disagree on it
-    (``benchmarks/box_prompt.py``).
+    (``benchmarks/box_prompt.py``). ``retry_missed`` (off by default, every model): when the model's
+    result leaves out the positive click just made (it followed its previous mask instead), decode
+    again without that prior, then with the click alone, and add the first result that holds the
+    click to the model's (one or two extra decoder calls, only then).
     ``low_confidence_iou``: a prediction whose model-predicted IoU is below it is flagged
     (``Prediction.low_confidence`` and ``.warning``; 0 turns this rule off). The default
     :data:`LOW_CONFIDENCE_IOU` = 0.14 was chosen for the default model on its training structures,
@@ -409,7 +412,7 @@ class Session(ObjectsMixin):
                  refine_background: bool = False, others_negative: bool = False,
                  scribble_rule: str = DEFAULT_SCRIBBLE_RULE, lasso_rule: str = DEFAULT_LASSO_RULE,
                  stroke_points: int = STROKE_POINTS, carry_over: bool | None = None,
-                 box_negatives: bool | None = None, box_search: bool = False) -> None:
+                 box_negatives: bool | None = None, box_search: bool = False, retry_missed: bool = False) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
@@ -434,6 +437,9 @@ class Session(ObjectsMixin):
         if not isinstance(box_search, (bool, np.bool_)):
             raise UsageError(f"box_search must be a bool, got {type(box_search).__name__}")
         self.box_search = bool(box_search)
+        if not isinstance(retry_missed, (bool, np.bool_)):
+            raise UsageError(f"retry_missed must be a bool, got {type(retry_missed).__name__}")
+        self.retry_missed = bool(retry_missed)
         self.refine_background = bool(refine_background)
         self.others_negative = bool(others_negative)
         self.scribble_rule = check_rule("scribble", scribble_rule)
@@ -617,6 +623,8 @@ class Session(ObjectsMixin):
         logits, score = self._decode(roi, obj.points_roi, obj.logits)
         prob = self.predictor.probabilities(logits)
         mask_roi = (prob > 0.5).cpu().numpy()
+        if self.retry_missed:
+            logits, score, prob, mask_roi = self._retried(obj, roi, (logits, score, prob, mask_roi))
         obj.roi, obj.logits, obj.score = roi, logits, score
         region, block = self._pasted(obj.mask, roi, mask_roi)
         expansion = None
@@ -637,6 +645,31 @@ class Session(ObjectsMixin):
         if later is not None:
             self._job = RefineJob(lambda cancel: self._refined(later.region, later.block, later.clicks, cancel), later)
         return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
+
+    def _retried(self, obj: _Object, roi: Roi, first: tuple) -> tuple:
+        """``first`` (logits, score, probabilities, ROI mask) of a decode in ``roi``, or, when it leaves out
+        the object's newest prompt, a positive click, ``first`` united with the first retry that holds
+        the click: without the previous logits, then with that click alone (``retry_missed``)."""
+        kind, data = obj.prompts[-1]
+        if kind != "point" or not data[1]:
+            return first
+        click = tuple(int(v) for v in obj.points_roi[-1][0])
+        if first[3][click]:
+            return first
+        tries = [(obj.points_roi, None)] if obj.logits is not None else []
+        if len(obj.points_roi) > 1:
+            tries.append((obj.points_roi[-1:], None))
+        for points, prior in tries:
+            logits, score = self._decode(roi, points, prior)
+            prob = self.predictor.probabilities(logits)
+            mask_roi = (prob > 0.5).cpu().numpy()
+            if mask_roi[click]:  # what the retry adds to the first result (a positive click only adds)
+                log.debug("retry_missed: the click at %s is kept by a decode with %d click(s), no prior",
+                          data[0], len(points))
+                logits = torch.maximum(first[0], logits)
+                prob = torch.maximum(first[2], prob)
+                return logits, max(first[1], score), prob, (prob > 0.5).cpu().numpy()
+        return first
 
     def _finish(self, obj: _Object, oid: int, roi: Roi, region: Slices | None, block: np.ndarray | None,
                 clip: _Clip | None, prior: bool) -> Slices | None:
