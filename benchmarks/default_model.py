@@ -41,6 +41,8 @@ RUNS = {  # name: (report folder, eval arguments); the baseline runs come from b
                                              ["--model", "voxprompt-med3d-small", "--box-negatives"]),
     "voxprompt-med3d-small, box search": ("voxprompt-med3d-small-box-search",
                                           ["--model", "voxprompt-med3d-small", "--box-search"]),
+    "voxprompt-med3d-small, retry missed": ("voxprompt-med3d-small-retry-missed",
+                                            ["--model", "voxprompt-med3d-small", "--retry-missed"]),
 }
 # box-only settings: without a box they are the plain run
 BOX_ONLY = {"voxprompt-med3d-small, box negatives", "voxprompt-med3d-small, box search"}
