@@ -620,11 +620,8 @@ class Session(ObjectsMixin):
         ``clicks``: the object's clicks in original indices (for a multi-ROI planner); ``clip``:
         where a box prompt may change the mask.
         """
-        logits, score = self._decode(roi, obj.points_roi, obj.logits)
-        prob = self.predictor.probabilities(logits)
-        mask_roi = (prob > 0.5).cpu().numpy()
-        if self.retry_missed:
-            logits, score, prob, mask_roi = self._retried(obj, roi, (logits, score, prob, mask_roi))
+        first = self._decoded(roi, obj.points_roi, obj.logits)
+        logits, score, prob, mask_roi = self._retried(obj, roi, first) if self.retry_missed else first
         obj.roi, obj.logits, obj.score = roi, logits, score
         region, block = self._pasted(obj.mask, roi, mask_roi)
         expansion = None
@@ -646,23 +643,27 @@ class Session(ObjectsMixin):
             self._job = RefineJob(lambda cancel: self._refined(later.region, later.block, later.clicks, cancel), later)
         return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
 
+    def _decoded(self, roi: Roi, points_roi: list, logits: torch.Tensor | None) -> tuple:
+        """One decode in ``roi``: (raw low-res logits, score, upsampled probabilities, ROI mask > 0.5)."""
+        logits, score = self._decode(roi, points_roi, logits)
+        prob = self.predictor.probabilities(logits)
+        return logits, score, prob, (prob > 0.5).cpu().numpy()
+
     def _retried(self, obj: _Object, roi: Roi, first: tuple) -> tuple:
-        """``first`` (logits, score, probabilities, ROI mask) of a decode in ``roi``, or, when it leaves out
-        the object's newest prompt, a positive click, ``first`` united with the first retry that holds
-        the click: without the previous logits, then with that click alone (``retry_missed``)."""
+        """``first`` (:meth:`_decoded`'s tuple), or, when it leaves out the object's newest prompt, a
+        positive click, ``first`` united with the first retry that holds the click: without the previous
+        logits, then with that click alone (``retry_missed``)."""
         kind, data = obj.prompts[-1]
         if kind != "point" or not data[1]:
             return first
         click = tuple(int(v) for v in obj.points_roi[-1][0])
         if first[3][click]:
             return first
-        tries = [(obj.points_roi, None)] if obj.logits is not None else []
+        tries = [obj.points_roi] if obj.logits is not None else []
         if len(obj.points_roi) > 1:
-            tries.append((obj.points_roi[-1:], None))
-        for points, prior in tries:
-            logits, score = self._decode(roi, points, prior)
-            prob = self.predictor.probabilities(logits)
-            mask_roi = (prob > 0.5).cpu().numpy()
+            tries.append(obj.points_roi[-1:])
+        for points in tries:
+            logits, score, prob, mask_roi = self._decoded(roi, points, None)
             if mask_roi[click]:  # what the retry adds to the first result (a positive click only adds)
                 log.debug("retry_missed: the click at %s is kept by a decode with %d click(s), no prior",
                           data[0], len(points))
@@ -871,8 +872,7 @@ class Session(ObjectsMixin):
             if not bool(roi.contains(c)) or tuple(c) in tried:
                 continue
             tried.add(tuple(c))
-            logits, _ = self._decode(roi, [(c, 1)] + negatives_roi, None)
-            mask = (self.predictor.probabilities(logits) > 0.5).cpu().numpy()
+            mask = self._decoded(roi, [(c, 1)] + negatives_roi, None)[3]
             if thin is None:
                 fit = box_fit(mask, lo_r, hi_r)
             else:
