@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> dict:
         base = load_model(args.model, ckpt)
         model = load_model(args.model, ckpt, config={**base.cfg.to_dict(), "roi_spacing_mm": args.roi_spacing})
         factory = session_factory(model, refine=refine, autozoom=args.autozoom, carry_over=args.carry_over,
-                                  retry_missed=args.retry_missed)
+                                  retry_missed=args.retry_missed, monotone_clicks=args.monotone_clicks)
         rows = evaluate(targets, factory, "cvpr25", args.seed, n_clicks=args.clicks,
                         use_box=False, loader=load_target, progress=True)
         add_groups(rows)
@@ -75,7 +75,10 @@ def main() -> int:
     p.add_argument("--autozoom", action="store_true", help="the auto-zoom planner")
     p.add_argument("--carry-over", action=argparse.BooleanOptionalAction, default=None,
                    help="a click's new ROI starts from the object's mask (default: the model's stored setting)")
-    p.add_argument("--retry-missed", action="store_true", help="Session(retry_missed=True)")
+    p.add_argument("--retry-missed", action=argparse.BooleanOptionalAction, default=None,
+                   help="Session(retry_missed=...) (default: the model's stored setting)")
+    p.add_argument("--monotone-clicks", action=argparse.BooleanOptionalAction, default=None,
+                   help="Session(monotone_clicks=...) (default: the model's stored setting)")
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these targets (names as voxprompt eval --only)")
@@ -93,6 +96,7 @@ def main() -> int:
             "roi_spacing_mm": args.roi_spacing, "refine_band_mm": args.refine_band,
             "refine_grid_mm": args.refine_grid, "refine_solver": args.refine_solver,
             "autozoom": args.autozoom, "carry_over": args.carry_over, "retry_missed": args.retry_missed,
+            "monotone_clicks": args.monotone_clicks,
             "seed": args.seed, "machine": f"{platform.node()} {platform.platform()}", "best": best}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")

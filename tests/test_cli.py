@@ -76,6 +76,15 @@ def test_convert_sets_roi_spacing(tmp_path, capsys, tiny_med2d):
     assert Session(load_model("voxprompt-med3d-small", banded), refine=False).refine is None
     assert main(["convert", str(banded), str(out), "--refine-band", "0"]) == 0
     assert Session(load_model("voxprompt-med3d-small", out)).refine is None
+    # --multimask-first: weights trained for it choose among their multimask outputs on a first click
+    multi = tmp_path / "small-multimask.safetensors"
+    assert Session(load_model("voxprompt-med3d-small", out)).multimask_first is False
+    assert main(["convert", str(out), str(multi), "--multimask-first"]) == 0
+    session = Session(load_model("voxprompt-med3d-small", multi))
+    assert session.multimask_first is True and session.roi_spacing == 2.0
+    assert Session(load_model("voxprompt-med3d-small", multi), multimask_first=False).multimask_first is False
+    assert main(["convert", str(multi), str(out), "--no-multimask-first"]) == 0
+    assert Session(load_model("voxprompt-med3d-small", out)).multimask_first is False
     bad = tmp_path / "bad.safetensors"
     assert main(["convert", str(src), str(bad), "--roi-spacing", "-1"]) == 2
     assert "roi_spacing_mm must be positive" in capsys.readouterr().err

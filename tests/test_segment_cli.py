@@ -147,13 +147,15 @@ def test_segment_box_switches_reach_the_session(files, monkeypatch):
 
     def spy(self, *args, **kw):
         init(self, *args, **kw)
-        seen.append((self.box_search, self.box_negatives, self.retry_missed))
+        seen.append((self.box_search, self.box_negatives, self.retry_missed, self.monotone_clicks))
 
     monkeypatch.setattr(session_mod.Session, "__init__", spy)
     base = ["segment", str(files["img"]), "--checkpoint", str(files["ckpt"]), "--box", "8,10,4,28,30,12",
             "-o", str(files["dir"] / "box.nii.gz")]
-    assert main(base) == 0 and main(base + ["--box-search", "--no-box-negatives", "--retry-missed"]) == 0
-    assert seen == [(False, True, False), (True, False, True)]  # an official model: centre click and face negatives
+    assert main(base) == 0
+    assert main(base + ["--box-search", "--no-box-negatives", "--retry-missed", "--monotone-clicks"]) == 0
+    # an official model: centre click, face negatives, the model's result replaces the mask
+    assert seen == [(False, True, False, False), (True, False, True, True)]
 
 
 def _run_err(files, capsys, *extra, output="bad.nii.gz"):

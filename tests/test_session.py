@@ -541,8 +541,83 @@ def test_retry_missed_decodes_again_when_a_positive_click_is_left_out(model, mon
         assert q.mask[10, 46, 46]
 
 
-def test_retry_missed_is_an_option():
-    model = Session().model  # the default model too: one decode per click unless asked for
+def _fixed(monkeypatch, s: Session, answers: list) -> None:
+    """A model whose n-th decode returns the n-th of ``answers`` (full-size bool masks), whatever it is given."""
+    calls = iter(answers)
+
+    def decode(roi, points_roi, logits):
+        return s.predictor.label_prior(extract_roi_label(s.image, next(calls), roi)), 0.9
+    monkeypatch.setattr(s, "_decode", decode)
+
+
+def test_monotone_clicks_a_positive_click_only_adds_and_a_negative_only_removes(model, monkeypatch):
+    shape = (20, 64, 64)  # the ROI (128 x 1.5 mm) covers it: each answer is pasted over the whole image
+    a, b, c = (np.zeros(shape, bool) for _ in range(3))
+    a[6:14, 10:30, 10:30] = True  # the first click's answer
+    b[6:14, 20:40, 20:40] = True  # the second (positive) click's: moves the object
+    c[6:14, 25:50, 25:50] = True  # the third (negative) click's: grows it
+    img = np.full(shape, 100.0, np.float32)
+    runs = {}
+    for monotone in (False, True):
+        s = Session(model, refine=False, clean=False, low_confidence_iou=0.0, monotone_clicks=monotone)
+        s.set_image(img, spacing=(1.5, 1.5, 1.5))
+        _fixed(monkeypatch, s, [a, b, c])
+        runs[monotone] = [s.add_point((10, 15, 15)).mask, s.add_point((10, 35, 35)).mask,
+                          s.add_point((10, 22, 22), positive=False).mask, s.undo().mask]
+    (a1, b1, c1, _), (a2, b2, c2, undone) = runs[False], runs[True]  # off: the model's answers as pasted
+    assert (a1 & ~b1).any() and (c1 & ~b1).any()  # the answers drop and add voxels
+    np.testing.assert_array_equal(a2, a1)  # the first click has nothing to keep
+    np.testing.assert_array_equal(b2, a1 | b1)  # nothing the first click settled is lost
+    np.testing.assert_array_equal(c2, (a1 | b1) & c1)  # nothing new appears after a negative click
+    np.testing.assert_array_equal(undone, b2)
+
+
+def test_multimask_first_takes_the_best_multimask_output_on_a_first_click_only(model, monkeypatch):
+    shape = (20, 64, 64)
+    single, multi = np.zeros(shape, bool), np.zeros(shape, bool)
+    single[6:14, 24:40, 24:40] = True  # a part
+    multi[4:16, 12:52, 12:52] = True  # the whole: the multimask output the model scores higher
+    img = np.full(shape, 100.0, np.float32)
+    for on in (False, True):
+        s = Session(model, refine=False, clean=False, low_confidence_iou=0.0, multimask_first=on)
+        s.set_image(img, spacing=(1.5, 1.5, 1.5))
+        calls = []
+
+        def decode(roi, points_roi, logits, multimask=False, s=s, calls=calls):
+            calls.append(multimask)
+            label = extract_roi_label(s.image, multi if multimask else single, roi)
+            return s.predictor.label_prior(label), 0.8 if multimask else 0.3
+        monkeypatch.setattr(s, "_decode", decode)
+        first = s.add_point((10, 32, 32))
+        assert first.mask[10, 16, 16] == on and first.mask[10, 32, 32]
+        assert first.score == pytest.approx(0.8 if on else 0.3)
+        calls.clear()
+        s.add_point((10, 16, 16))  # a second click: the single output, fed the first's logits
+        assert calls == [False]
+    other = Session(model, multimask_first=True)
+    other.set_image(img, spacing=(1.5, 1.5, 1.5))
+    monkeypatch.setattr(other, "_decode", lambda roi, pts, logits, multimask=False, s=other: (
+        calls.append(multimask), (s.predictor.label_prior(extract_roi_label(s.image, single, roi)), 0.5))[1])
+    calls.clear()
+    other.add_point((10, 5, 5), positive=False)  # a negative first click is no ambiguous object
+    assert calls == [False]
+    with pytest.raises(UsageError, match="multimask_first"):
+        Session(model, multimask_first="yes")
+
+
+def test_monotone_clicks_default_follows_the_model():
+    default = Session().model
+    assert Session(default).monotone_clicks is True
+    g = load_golden("sam_med3d_tiny.pt")
+    official = voxprompt.load_model("sam-med3d", g["state_dict"], config=sam_med3d_config(g["config"]))
+    assert Session(official).monotone_clicks is False
+    with pytest.raises(UsageError, match="monotone_clicks"):
+        Session(default, monotone_clicks="yes")
+
+
+def test_retry_missed_default_follows_the_model(model):
+    default = Session().model  # on for the default model, off for the official ones
+    assert Session(default).retry_missed is True and Session(default, retry_missed=False).retry_missed is False
     assert Session(model).retry_missed is False
     assert Session(model, retry_missed=True).retry_missed is True
     with pytest.raises(UsageError, match="retry_missed"):

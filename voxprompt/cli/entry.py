@@ -33,7 +33,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ..models.loading import convert_checkpoint
 
     path, name = convert_checkpoint(args.checkpoint, args.output, name=args.model, trust_pickle=args.trust_pickle,
-                                    roi_spacing_mm=args.roi_spacing, refine_band_mm=args.refine_band)
+                                    roi_spacing_mm=args.roi_spacing, refine_band_mm=args.refine_band,
+                                    multimask_first=args.multimask_first)
     sys.stdout.write(f"wrote {path} ({name})\n")
     return 0
 
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--refine-band", type=float, metavar="MM",
                    help="3D models: default boundary refinement band in mm to store with the weights "
                         "(0 = off; default: keep)")
+    s.add_argument("--multimask-first", action=argparse.BooleanOptionalAction, default=None,
+                   help="3D models: store that a first click chooses among the multimask outputs by predicted "
+                        "IoU (only for weights trained for it; default: keep)")
     s.set_defaults(func=cmd_convert)
 
     from .segment import add_subcommands

@@ -185,7 +185,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         planner = AutoZoomPlanner()
     session = Session(model, device=args.device, planner=planner, refine=args.refine, clean=args.clean,
                       carry_over=args.carry_over, box_negatives=args.box_negatives, box_search=args.box_search,
-                      retry_missed=args.retry_missed)
+                      retry_missed=args.retry_missed, monotone_clicks=args.monotone_clicks)
     session.set_image(image)
     pred = None
     if prior is not None:
@@ -308,9 +308,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="when the centre click's mask does not fill a --box, its positive click moves to where a "
                         "grid of clicks around the centre fills it best, so that a C-shaped object is found "
                         "(default: off, the centre)")
-    s.add_argument("--retry-missed", action=argparse.BooleanOptionalAction, default=False,
+    s.add_argument("--retry-missed", action=argparse.BooleanOptionalAction, default=None,
                    help="when a result leaves out the positive click just made, decode again without the previous "
-                        "mask, then with that click alone (default: off)")
+                        "mask, then with that click alone (default: the model's stored setting, on for the default "
+                        "model, off for the official ones)")
+    s.add_argument("--monotone-clicks", action=argparse.BooleanOptionalAction, default=None,
+                   help="once the object has a mask, a positive click only adds to it and a negative click only "
+                        "removes from it (default: the model's stored setting, on for the default model, off for "
+                        "the official ones)")
     from .segment2d import add_2d_arguments
 
     add_2d_arguments(s)

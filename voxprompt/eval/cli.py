@@ -92,7 +92,8 @@ def _factory(args: argparse.Namespace, ckpt: str | None, device: str) -> tuple[A
     clean = resolve_clean(getattr(args, "clean", None), model.cfg)
     factory = session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False, clean=clean,
                               carry_over=args.carry_over, box_negatives=args.box_negatives,
-                              box_search=args.box_search, retry_missed=args.retry_missed)
+                              box_search=args.box_search, retry_missed=args.retry_missed,
+                              monotone_clicks=args.monotone_clicks)
     return factory, {"refine_band_mm": refine.band_mm if refine else 0.0, "clean": clean}
 
 
@@ -298,9 +299,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="3D sessions: when the centre click's mask does not fill the initial box, its positive "
                         "click moves to where a grid of clicks around the centre fills it best (default: off, "
                         "the centre)")
-    s.add_argument("--retry-missed", action=argparse.BooleanOptionalAction, default=False,
+    s.add_argument("--retry-missed", action=argparse.BooleanOptionalAction, default=None,
                    help="3D sessions: when a result leaves out the positive click just made, decode again without "
-                        "the previous mask, then with that click alone (default: off)")
+                        "the previous mask, then with that click alone (default: the model's stored setting, on for "
+                        "the default model, off for the official ones)")
+    s.add_argument("--monotone-clicks", action=argparse.BooleanOptionalAction, default=None,
+                   help="3D sessions: once the object has a mask, a positive click only adds to it and a negative "
+                        "click only removes from it (default: the model's stored setting, on for the default model, "
+                        "off for the official ones)")
     s.add_argument("--no-box", action="store_true",
                    help="cvpr25 without the initial box (the random walker then takes clicks only; with the box "
                         "it runs its box mode, voxprompt.eval.baseline); sam-med2d without box mode")

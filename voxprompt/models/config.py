@@ -45,6 +45,7 @@ class SamConfig:
     roi_spacing_mm: float = 1.5  # 3D: isotropic mm per voxel of the model's input ROI
     pe_axis_swap: bool = True  # 3D: SAM-Med3D's dense-PE axis-0/1 swap (official); False for our models
     refine_band_mm: float = 0.0  # 3D sessions: boundary refinement band (voxprompt.refine); 0 = off (official)
+    multimask_first: bool = False  # 3D sessions: a first click chooses among the multimask outputs (trained for it)
     fine_channels: int = 0  # ours: a boundary head at the input resolution (models.fine_head); 0 = off (official)
 
 

@@ -118,13 +118,16 @@ def convert_checkpoint(
     config: Mapping[str, Any] | None = None,
     roi_spacing_mm: float | None = None,
     refine_band_mm: float | None = None,
+    multimask_first: bool | None = None,
 ) -> tuple[Path, str]:
     """Read any official checkpoint, verify it loads strictly, write voxprompt safetensors.
 
     ``name`` defaults to the architecture the weights look like. ``roi_spacing_mm`` (3D models)
     sets the inference ROI spacing stored with the weights (what ``Session`` and ``voxprompt
     segment`` use; see ``benchmarks/roi_spacing.py`` to choose it); ``refine_band_mm`` the boundary
-    refinement those use by default (0 = off; ``benchmarks/refine_band.py``). Returns ``(path, name)``."""
+    refinement those use by default (0 = off; ``benchmarks/refine_band.py``); ``multimask_first``
+    whether their first click chooses among the multimask outputs (only for weights trained for it,
+    ``TrainConfig.multimask_first``). None keeps the stored value. Returns ``(path, name)``."""
     if Path(dst).suffix != ".safetensors":
         raise UsageError(f"output {dst}: the file name must end in .safetensors")
     sd, meta = read_checkpoint(src, trust_pickle=trust_pickle)
@@ -139,11 +142,12 @@ def convert_checkpoint(
     model = load_model(name, sd, config=config)
     cfg = model.cfg.to_dict()
     for key, value, flag in (("roi_spacing_mm", roi_spacing_mm, "--roi-spacing"),
-                             ("refine_band_mm", refine_band_mm, "--refine-band")):
+                             ("refine_band_mm", refine_band_mm, "--refine-band"),
+                             ("multimask_first", multimask_first, "--multimask-first")):
         if value is None:
             continue
         if cfg.get("spatial_dims") != 3:
             raise UsageError(f"{flag}: {name} is not a 3D model (its input is a whole 2D image)")
-        cfg = _config_from(type(model.cfg), {**cfg, key: float(value)}).to_dict()
+        cfg = _config_from(type(model.cfg), {**cfg, key: type(cfg[key])(value)}).to_dict()
     path = save_safetensors(model.state_dict(), dst, name, cfg)
     return path, name

@@ -131,16 +131,20 @@ class RoiPredictor:
             self._embeddings.pop(next(iter(self._embeddings)))
         return emb
 
-    def decode(self, roi: Roi, points_roi: RoiPoints, logits: torch.Tensor | None) -> tuple[torch.Tensor, float]:
-        """One decoder call in ``roi``: (raw low-res logits, the model's IoU score); ``logits``: the prior."""
+    def decode(self, roi: Roi, points_roi: RoiPoints, logits: torch.Tensor | None,
+               multimask: bool = False) -> tuple[torch.Tensor, float]:
+        """One decoder call in ``roi``: (raw low-res logits ``(1, 1, *low_res)``, the model's IoU score);
+        ``logits``: the prior. ``multimask``: the multimask output with the highest predicted IoU (SAM's
+        choice for an ambiguous single click)."""
         emb = self.embedding(roi)
         coords = torch.tensor(np.stack([p for p, _ in points_roi])[None], dtype=torch.float32, device=self.device)
         labels = torch.tensor([[lab for _, lab in points_roi]], dtype=torch.int64, device=self.device)
         low = self.low_res_size
         if logits is None:
             logits = torch.zeros((1, 1, low, low, low), device=self.device)
-        out, iou = self.model.decode(emb, points=(coords, labels), mask_input=logits, multimask=False)
-        return out, float(iou[0, 0])
+        out, iou = self.model.decode(emb, points=(coords, labels), mask_input=logits, multimask=multimask)
+        best = int(iou[0].argmax())
+        return out[:, best:best + 1], float(iou[0, best])
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Low-res logits -> sigmoid of their trilinear upsampling to the ROI (``roi.size``)."""

@@ -373,10 +373,19 @@ class Session(ObjectsMixin):
     model): when the mask of :meth:`add_box`'s centre click does not fill the box, the click moves to
     the deepest voxel of the best-filling mask of a grid of clicks around the centre, which finds
     C-shaped and two-lobed objects; off, as the validation split and the second opinion disagree on it
-    (``benchmarks/box_prompt.py``). ``retry_missed`` (off by default, every model): when the model's
-    result leaves out the positive click just made (it followed its previous mask instead), decode
-    again without that prior, then with the click alone, and add the first result that holds the
-    click to the model's (one or two extra decoder calls, only then).
+    (``benchmarks/box_prompt.py``). ``retry_missed``: when the model's result leaves out the positive
+    click just made (it followed its previous mask instead), decode again without that prior, then
+    with the click alone, and add the first result that holds the click to the model's (one or two
+    extra decoder calls, only then; None = the model's stored setting: on for the default model, off
+    for the official ones). ``monotone_clicks``: once the
+    object has a mask, a positive click's result only adds to it and a negative click's only removes
+    from it, so a click never undoes what earlier clicks settled elsewhere (a new ROI's decode from
+    a resampled prior otherwise can); the boundary refinement and clean-up still act on the result
+    (None = the model's stored setting: on for the default model, off for the official ones; strokes,
+    boxes and masks are not affected). ``multimask_first``: an object's first click (positive, no
+    prior) takes the decoder's multimask output with the highest predicted IoU, SAM's answer to an
+    ambiguous single click (None = the weights' stored ``multimask_first``: set by ``voxprompt convert
+    --multimask-first`` for weights trained for it; the official SAM-Med3D decodes one mask).
     ``low_confidence_iou``: a prediction whose model-predicted IoU is below it is flagged
     (``Prediction.low_confidence`` and ``.warning``; 0 turns this rule off). The default
     :data:`LOW_CONFIDENCE_IOU` = 0.14 was chosen for the default model on its training structures,
@@ -412,7 +421,8 @@ class Session(ObjectsMixin):
                  refine_background: bool = False, others_negative: bool = False,
                  scribble_rule: str = DEFAULT_SCRIBBLE_RULE, lasso_rule: str = DEFAULT_LASSO_RULE,
                  stroke_points: int = STROKE_POINTS, carry_over: bool | None = None,
-                 box_negatives: bool | None = None, box_search: bool = False, retry_missed: bool = False) -> None:
+                 box_negatives: bool | None = None, box_search: bool = False, retry_missed: bool | None = None,
+                 monotone_clicks: bool | None = None, multimask_first: bool | None = None) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
@@ -437,9 +447,13 @@ class Session(ObjectsMixin):
         if not isinstance(box_search, (bool, np.bool_)):
             raise UsageError(f"box_search must be a bool, got {type(box_search).__name__}")
         self.box_search = bool(box_search)
-        if not isinstance(retry_missed, (bool, np.bool_)):
-            raise UsageError(f"retry_missed must be a bool, got {type(retry_missed).__name__}")
-        self.retry_missed = bool(retry_missed)
+        self.retry_missed: bool = resolve_model_setting("retry_missed", retry_missed, model.cfg)
+        self.monotone_clicks: bool = resolve_model_setting("monotone_clicks", monotone_clicks, model.cfg)
+        if multimask_first is None:
+            multimask_first = bool(model.cfg.multimask_first)
+        if not isinstance(multimask_first, (bool, np.bool_)):
+            raise UsageError(f"multimask_first must be None or a bool, got {type(multimask_first).__name__}")
+        self.multimask_first = bool(multimask_first)
         self.refine_background = bool(refine_background)
         self.others_negative = bool(others_negative)
         self.scribble_rule = check_rule("scribble", scribble_rule)
@@ -536,9 +550,10 @@ class Session(ObjectsMixin):
         return freed
 
     # ------------------------------------------------------------------ model plumbing
-    def _decode(self, roi: Roi, points_roi: list, logits: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+    def _decode(self, roi: Roi, points_roi: list, logits: torch.Tensor | None,
+                multimask: bool = False) -> tuple[torch.Tensor, float]:
         """The session's decoder call (the predictor's; a seam that tests replace to fix the score)."""
-        return self.predictor.decode(roi, points_roi, logits)
+        return self.predictor.decode(roi, points_roi, logits, multimask)
 
     def _pasted(self, mask: np.ndarray, roi: Roi, mask_roi: np.ndarray,
                 cache: bool = True) -> tuple[Slices | None, np.ndarray | None]:
@@ -614,16 +629,20 @@ class Session(ObjectsMixin):
         return "; ".join(notes) or None
 
     def _run(self, obj: _Object, roi: Roi, clicks: list,
-             clip: _Clip | None = None) -> Prediction:
+             clip: _Clip | None = None, adds: bool | None = None) -> Prediction:
         """Decode the object's prompts in ``roi``, let the planner expand, paste on the original grid.
 
         ``clicks``: the object's clicks in original indices (for a multi-ROI planner); ``clip``:
-        where a box prompt may change the mask.
+        where a box prompt may change the mask; ``adds``: the result only adds to the object's mask
+        (True) or only removes from it (False; ``monotone_clicks``).
         """
-        first = self._decoded(roi, obj.points_roi, obj.logits)
+        ambiguous = self.multimask_first and obj.logits is None and len(obj.points_roi) == 1 and obj.points_roi[0][1]
+        first = self._decoded(roi, obj.points_roi, obj.logits, multimask=ambiguous)
         logits, score, prob, mask_roi = self._retried(obj, roi, first) if self.retry_missed else first
         obj.roi, obj.logits, obj.score = roi, logits, score
         region, block = self._pasted(obj.mask, roi, mask_roi)
+        if adds is not None and region is not None:
+            block = (block | obj.mask[region]) if adds else (block & obj.mask[region])
         expansion = None
         if self.planner.expands and region is not None:
             candidate = obj.mask.copy()
@@ -643,9 +662,10 @@ class Session(ObjectsMixin):
             self._job = RefineJob(lambda cancel: self._refined(later.region, later.block, later.clicks, cancel), later)
         return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
 
-    def _decoded(self, roi: Roi, points_roi: list, logits: torch.Tensor | None) -> tuple:
+    def _decoded(self, roi: Roi, points_roi: list, logits: torch.Tensor | None, multimask: bool = False) -> tuple:
         """One decode in ``roi``: (raw low-res logits, score, upsampled probabilities, ROI mask > 0.5)."""
-        logits, score = self._decode(roi, points_roi, logits)
+        logits, score = self._decode(roi, points_roi, logits, multimask) if multimask else self._decode(
+            roi, points_roi, logits)  # tests' stand-ins for _decode need not take ``multimask``
         prob = self.predictor.probabilities(logits)
         return logits, score, prob, (prob > 0.5).cpu().numpy()
 
@@ -812,7 +832,8 @@ class Session(ObjectsMixin):
                     obj.points_roi, obj.logits = self._carried(obj, roi)
                 obj.points_roi = obj.points_roi + [(self.predictor.roi_point(roi, idx), 1 if positive else 0)]
                 obj.prompts = obj.prompts + [("point", (tuple(idx.tolist()), bool(positive)))]
-                return self._run(obj, roi, _point_clicks(obj.prompts))
+                adds = bool(positive) if self.monotone_clicks and obj.mask.any() else None
+                return self._run(obj, roi, _point_clicks(obj.prompts), adds=adds)
             except BaseException:
                 self._restore(obj, obj.history.pop())
                 raise

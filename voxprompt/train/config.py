@@ -118,6 +118,8 @@ class TrainConfig:
     loss: str = "dice_ce"
     iou_loss_weight: float = 1.0
     mask_prior_prob: float = 0.0  # 3D: share of samples started from a session-style mask prior (train/priors.py)
+    multimask_first: bool = False  # 3D: a first click without a prior also trains the multimask outputs (best-of loss)
+    multimask_warm_start: bool = False  # before training: multimask tokens start as copies of the single-mask token
     amp: str = "none"
     ema: float = 0.0  # decay; 0 disables
     seed: int = 0

@@ -5,7 +5,10 @@ the target, each later click in the current error (the centre of the largest err
 as the CVPR 2025 protocol, or a uniform error voxel, as SAM-Med3D's), and the previous low-res
 logits are fed back as ``mask_input`` (detached, as the official training loop does). The loss is
 averaged over the passes. With ``mask_prior_prob`` a sample starts instead from a mask prior of the
-kind a session feeds (:mod:`.priors`), its first click on that prior's error.
+kind a session feeds (:mod:`.priors`), its first click on that prior's error. With
+``multimask_first`` the first pass of a sample without a prior also trains the decoder's multimask
+outputs, SAM's answer to an ambiguous single click (part, organ, region): only the best of them gets
+the loss, and the IoU head learns each one's IoU, by which a session chooses among them.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from torch import nn
 
 from ..eval.clicks import cvpr25_next_click, sam_med3d_random_click
 from ..session.roi_predictor import mask_prior_logits
-from .losses import segmentation_loss
+from .losses import per_sample_loss, segmentation_loss
 from .priors import degraded_prior
 
 
@@ -41,12 +44,14 @@ class ClickLoop(nn.Module):
     """
 
     def __init__(self, model: nn.Module, click_steps: int, click_mode: str, loss: str,
-                 iou_loss_weight: float = 1.0, mask_prior_prob: float = 0.0) -> None:
+                 iou_loss_weight: float = 1.0, mask_prior_prob: float = 0.0,
+                 multimask_first: bool = False) -> None:
         super().__init__()
         self.model = model
         self.click_steps, self.click_mode, self.loss = click_steps, click_mode, loss
         self.iou_loss_weight = iou_loss_weight
         self.mask_prior_prob = float(mask_prior_prob)
+        self.multimask_first = bool(multimask_first)
 
     def forward(self, image: torch.Tensor, gt: torch.Tensor, rng: np.random.Generator,
                 autocast: Callable[[], object], first: np.ndarray | None = None
@@ -79,11 +84,32 @@ class ClickLoop(nn.Module):
             seg_loss, dice, true_iou = segmentation_loss(up, gt, self.loss)
             iou_loss = F.mse_loss(iou.float()[:, 0], true_iou)
             total = total + seg_loss + self.iou_loss_weight * iou_loss
+            if step == 0 and self.multimask_first:
+                total = total + self._multimask(emb, pts, prev, gt, primed, autocast, stats)
             prev = logits.detach().float()
             pred_np = (up.detach() > 0).cpu().numpy()[:, 0]
             stats[f"dice_{step + 1}"] = float(dice.mean())
         stats["dice"] = stats[f"dice_{self.click_steps}"]
         return total / self.click_steps, stats
+
+    def _multimask(self, emb: torch.Tensor, pts: tuple, prev: torch.Tensor, gt: torch.Tensor, primed: set[int],
+                   autocast: Callable[[], object], stats: dict[str, float]) -> torch.Tensor:
+        """The first pass's multimask loss: per sample without a prior, the best output's segmentation
+        loss plus the IoU head's error on every output (SAM's ambiguity-aware loss); 0 when all are primed.
+        ``stats["dice_1_best_of"]``: the best output's Dice (over every sample when all are primed)."""
+        keep = torch.tensor([b not in primed for b in range(gt.shape[0])], device=gt.device)
+        m = self.model
+        with autocast():
+            logits, iou = m.decode(emb, points=pts, mask_input=prev, multimask=True)
+        up = F.interpolate(logits.float(), size=(m.img_size,) * 3, mode="trilinear", align_corners=False)
+        per = [per_sample_loss(up[:, k:k + 1], gt, self.loss) for k in range(up.shape[1])]
+        losses = torch.stack([p[0] for p in per], 1)  # (B, M)
+        true_iou = torch.stack([p[2] for p in per], 1)
+        best_dice = torch.stack([p[1] for p in per], 1).max(1).values
+        stats["dice_1_best_of"] = float(best_dice[keep].mean() if keep.any() else best_dice.mean())
+        iou_loss = ((iou.float() - true_iou) ** 2).mean(1)
+        per_sample = losses.min(1).values + self.iou_loss_weight * iou_loss
+        return (per_sample * keep).sum() / keep.sum().clamp_min(1)
 
     def _prime(self, prev: torch.Tensor, pred_np: np.ndarray, gt_np: np.ndarray,
                rng: np.random.Generator) -> set[int]:

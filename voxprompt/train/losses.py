@@ -35,6 +35,13 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, hard Dice per sample, hard IoU per sample)``; loss is the batch mean."""
+    loss, dice, iou = per_sample_loss(logits, target, kind)
+    return loss.mean(), dice, iou
+
+
+def per_sample_loss(logits: torch.Tensor, target: torch.Tensor, kind: str
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, hard Dice, hard IoU)``, each per sample ``(B,)`` (the best-of-hypotheses loss needs them apart)."""
     target = target.float().reshape(logits.shape)
     logits = logits.float()
     dice_l = soft_dice_loss(logits, target)
@@ -54,4 +61,4 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str
         union = hard.sum(1) + t.sum(1)
         dice = torch.where(union > 0, 2 * inter / union.clamp_min(1), torch.ones_like(inter))
         iou = torch.where(union - inter > 0, inter / (union - inter).clamp_min(1), torch.ones_like(inter))
-    return loss.mean(), dice, iou
+    return loss, dice, iou

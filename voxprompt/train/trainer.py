@@ -71,8 +71,29 @@ def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     else:
         model = load_model(cfg.model, init, device=device, config=_config(cfg), trust_pickle=cfg.trust_pickle,
                            pretrained=False)
+    if cfg.multimask_warm_start:
+        warm_start_multimask(model)
     apply_freeze(model, cfg.freeze)
     return model.train()
+
+
+def warm_start_multimask(model: torch.nn.Module, noise: float = 0.05) -> None:
+    """Copy the single-mask token (0), its hypernetwork and its IoU output into the multimask tokens,
+    plus a little noise (``noise`` x the token's std) so that the best-of loss tells them apart: a
+    model trained on one output gets hypotheses that start where it is good (a resumed run overwrites
+    this)."""
+    dec = model.mask_decoder
+    gen = torch.Generator().manual_seed(0)
+    iou_out = dec.iou_prediction_head.layers[-1]
+    with torch.no_grad():
+        token = dec.mask_tokens.weight
+        for k in range(1, dec.num_mask_tokens):
+            jitter = torch.randn(token.shape[1], generator=gen).to(token) * noise * float(token[0].std())
+            token[k] = token[0] + jitter
+            dec.output_hypernetworks_mlps[k].load_state_dict(dec.output_hypernetworks_mlps[0].state_dict())
+            iou_out.weight[k] = iou_out.weight[0]
+            iou_out.bias[k] = iou_out.bias[0]
+    log.info("multimask tokens 1..%d start from token 0", dec.num_mask_tokens - 1)
 
 
 def grow(model: torch.nn.Module, sd: dict, source: str) -> None:
@@ -97,7 +118,7 @@ def _loop_and_mixer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.nn.
     """The interaction loop and sample source: 3D ROIs and clicks, or 2D slices/images and SAM-Med2D's prompts."""
     if not _is_2d(model):
         loop = ClickLoop(model, cfg.click_steps, cfg.click_mode, cfg.loss, cfg.iou_loss_weight,
-                         cfg.mask_prior_prob)
+                         cfg.mask_prior_prob, cfg.multimask_first)
         mixer = SampleMixer(cfg.data, cfg.synthetic, cfg.augment, model.img_size, float(model.cfg.roi_spacing_mm))
         return loop, mixer
     from ..models.family import policy_for
@@ -397,7 +418,8 @@ def plot_log(csv_path: Path, png: Path) -> None:
     a.set_ylabel("loss")
     a.set_yscale("log")
     for key in sorted(k for k in rows[0] if k.startswith("dice_")):
-        b.plot(steps, [float(r[key]) for r in rows], label=f"click {key.split('_')[1]}")
+        label = f"click {key.split('_')[1]}" + (", best multimask output" if key.endswith("_best_of") else "")
+        b.plot(steps, [float(r[key]) for r in rows], label=label)
     b.set_xlabel("step")
     b.set_ylabel("training Dice")
     b.legend()
