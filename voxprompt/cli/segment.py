@@ -19,6 +19,7 @@ from ..errors import PromptError, UsageError, VoxpromptError
 from ..io.paths import file_extension
 from ..models.config import DEFAULT_MODEL, SamConfig, SamUNetConfig
 from ..runtime import check_device
+from ..session.switches import add_session_switches, session_switches
 from .common import (
     CLI_DEVICES,
     TWO_D_FLAGS,
@@ -184,8 +185,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
         planner = AutoZoomPlanner()
     session = Session(model, device=args.device, planner=planner, refine=args.refine, clean=args.clean,
-                      carry_over=args.carry_over, box_negatives=args.box_negatives, box_search=args.box_search,
-                      retry_missed=args.retry_missed, monotone_clicks=args.monotone_clicks)
+                      **session_switches(args))
     session.set_image(image)
     pred = None
     if prior is not None:
@@ -297,25 +297,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="keep only the parts of the mask connected to a positive click (or box centre) and fill "
                         "their holes; --no-clean keeps every component the model returned (default: the model's "
                         "stored setting, on for the default model, off for the official ones)")
-    s.add_argument("--carry-over", action=argparse.BooleanOptionalAction, default=None,
-                   help="a click beyond the current model ROI starts its new ROI from the object's mask and the "
-                        "clicks inside it; --no-carry-over starts it empty (default: the model's stored setting, "
-                        "on for the default model, off for the official ones)")
-    s.add_argument("--box-negatives", action=argparse.BooleanOptionalAction, default=None,
-                   help="--box also sends negative clicks just outside the box's faces (default: the model's stored "
-                        "setting, off for the default model, on for the official ones)")
-    s.add_argument("--box-search", action=argparse.BooleanOptionalAction, default=False,
-                   help="when the centre click's mask does not fill a --box, its positive click moves to where a "
-                        "grid of clicks around the centre fills it best, so that a C-shaped object is found "
-                        "(default: off, the centre)")
-    s.add_argument("--retry-missed", action=argparse.BooleanOptionalAction, default=None,
-                   help="when a result leaves out the positive click just made, decode again without the previous "
-                        "mask, then with that click alone (default: the model's stored setting, on for the default "
-                        "model, off for the official ones)")
-    s.add_argument("--monotone-clicks", action=argparse.BooleanOptionalAction, default=None,
-                   help="once the object has a mask, a positive click only adds to it and a negative click only "
-                        "removes from it (default: the model's stored setting, on for the default model, off for "
-                        "the official ones)")
+    add_session_switches(s)
     from .segment2d import add_2d_arguments
 
     add_2d_arguments(s)

@@ -19,6 +19,7 @@ from voxprompt.errors import UsageError
 from voxprompt.io.image import SLICE_AXES
 from voxprompt.models.family import spatial_dims
 from voxprompt.runtime import Dist, check_device
+from voxprompt.session.switches import add_session_switches, session_switches
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,7 @@ def _factory(args: argparse.Namespace, ckpt: str | None, device: str) -> tuple[A
     refine = resolve_refine(args.refine, model.cfg)
     clean = resolve_clean(getattr(args, "clean", None), model.cfg)
     factory = session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False, clean=clean,
-                              carry_over=args.carry_over, box_negatives=args.box_negatives,
-                              box_search=args.box_search, retry_missed=args.retry_missed,
-                              monotone_clicks=args.monotone_clicks)
+                              **session_switches(args))
     return factory, {"refine_band_mm": refine.band_mm if refine else 0.0, "clean": clean}
 
 
@@ -288,25 +287,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="3D sessions: keep only the mask's parts connected to a positive click or box centre, "
                         "holes filled; --no-clean keeps every component (voxprompt.cleanup; default: the model's "
                         "stored setting)")
-    s.add_argument("--carry-over", action=argparse.BooleanOptionalAction, default=None,
-                   help="3D sessions: a click that opens a new ROI starts from the object's mask and its clicks in "
-                        "that ROI (--no-carry-over: a zero mask, the official behaviour; default: the model's "
-                        "stored setting, on for the default model)")
-    s.add_argument("--box-negatives", action=argparse.BooleanOptionalAction, default=None,
-                   help="3D sessions: the initial box also sends negative clicks just outside its faces (default: "
-                        "the model's stored setting, off for the default model, on for the official ones)")
-    s.add_argument("--box-search", action=argparse.BooleanOptionalAction, default=False,
-                   help="3D sessions: when the centre click's mask does not fill the initial box, its positive "
-                        "click moves to where a grid of clicks around the centre fills it best (default: off, "
-                        "the centre)")
-    s.add_argument("--retry-missed", action=argparse.BooleanOptionalAction, default=None,
-                   help="3D sessions: when a result leaves out the positive click just made, decode again without "
-                        "the previous mask, then with that click alone (default: the model's stored setting, on for "
-                        "the default model, off for the official ones)")
-    s.add_argument("--monotone-clicks", action=argparse.BooleanOptionalAction, default=None,
-                   help="3D sessions: once the object has a mask, a positive click only adds to it and a negative "
-                        "click only removes from it (default: the model's stored setting, on for the default model, "
-                        "off for the official ones)")
+    add_session_switches(s, "3D sessions: ")
     s.add_argument("--no-box", action="store_true",
                    help="cvpr25 without the initial box (the random walker then takes clicks only; with the box "
                         "it runs its box mode, voxprompt.eval.baseline); sam-med2d without box mode")
