@@ -41,11 +41,10 @@ RUNS = {  # name: (report folder, eval arguments); the baseline runs come from b
                                              ["--model", "voxprompt-med3d-small", "--box-negatives"]),
     "voxprompt-med3d-small, box search": ("voxprompt-med3d-small-box-search",
                                           ["--model", "voxprompt-med3d-small", "--box-search"]),
-    "voxprompt-med3d-small, no retry": ("voxprompt-med3d-small-no-retry",
-                                        ["--model", "voxprompt-med3d-small", "--no-retry-missed"]),
-    "voxprompt-med3d-small, previous click settings": (  # before monotone clicks and retry_missed were on
-        "voxprompt-med3d-small-previous-clicks",
-        ["--model", "voxprompt-med3d-small", "--no-monotone-clicks", "--no-retry-missed"]),
+    "voxprompt-med3d-small, retry missed": ("voxprompt-med3d-small-retry-missed",
+                                            ["--model", "voxprompt-med3d-small", "--retry-missed"]),
+    "voxprompt-med3d-small, clicks replace": (  # before monotone clicks: the ROI's result replaces the mask
+        "voxprompt-med3d-small-clicks-replace", ["--model", "voxprompt-med3d-small", "--no-monotone-clicks"]),
 }
 # box-only settings: without a box they are the plain run
 BOX_ONLY = {"voxprompt-med3d-small, box negatives", "voxprompt-med3d-small, box search"}

@@ -75,8 +75,7 @@ def main() -> int:
     p.add_argument("--autozoom", action="store_true", help="the auto-zoom planner")
     p.add_argument("--carry-over", action=argparse.BooleanOptionalAction, default=None,
                    help="a click's new ROI starts from the object's mask (default: the model's stored setting)")
-    p.add_argument("--retry-missed", action=argparse.BooleanOptionalAction, default=None,
-                   help="Session(retry_missed=...) (default: the model's stored setting)")
+    p.add_argument("--retry-missed", action="store_true", help="Session(retry_missed=True)")
     p.add_argument("--monotone-clicks", action=argparse.BooleanOptionalAction, default=None,
                    help="Session(monotone_clicks=...) (default: the model's stored setting)")
     p.add_argument("--clicks", type=int, default=5)

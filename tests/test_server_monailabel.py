@@ -148,7 +148,7 @@ def test_click_workflow_matches_local_session(server, model, volume_path, tmp_pa
         ([p1], [n1], lambda: local.add_point(from_slicer_ijk(n1), False)),
         ([p1, p2], [n1], lambda: local.add_point(from_slicer_ijk(p2), True)),
     ]
-    for fg, bg, expect in steps:
+    for step, (fg, bg, expect) in enumerate(steps):
         status, params, files = infer(server, "Volume 1", {"label": "liver", "foreground": fg, "background": bg},
                                       session_id=sid)
         assert status == 200, params
@@ -157,7 +157,8 @@ def test_click_workflow_matches_local_session(server, model, volume_path, tmp_pa
         assert same_geometry(lab, ref)  # imported by physical geometry
         want = expect().mask
         np.testing.assert_array_equal(sitk.GetArrayFromImage(lab), want.astype(np.uint8))
-        assert want.any()
+        # a negative click only removes (monotone clicks): this random model's removal may empty the mask
+        assert want.any() or step == 1
 
     # a deleted point: the label is reset and its points replayed (foreground first)
     status, params, files = infer(server, "Volume 1", {"label": "liver", "foreground": [p2], "background": [n1]},

@@ -93,7 +93,8 @@ def _factory(args: argparse.Namespace, ckpt: str | None, device: str) -> tuple[A
     clean = resolve_clean(getattr(args, "clean", None), model.cfg)
     factory = session_factory(model, device=device, autozoom=args.autozoom, refine=refine or False, clean=clean,
                               **session_switches(args))
-    return factory, {"refine_band_mm": refine.band_mm if refine else 0.0, "clean": clean}
+    return factory, {"refine_band_mm": refine.band_mm if refine else 0.0, "clean": clean,
+                     **session_switches(args)}  # None: the model's stored setting
 
 
 def _run_eval(

@@ -193,7 +193,7 @@ def evaluate(
 def session_factory(model: Any, device: Any = None, autozoom: bool = False,
                     refine: Any = None, clean: bool | None = None,
                     carry_over: bool | None = None, box_negatives: bool | None = None,
-                    box_search: bool = False, retry_missed: bool | None = None,
+                    box_search: bool = False, retry_missed: bool = False,
                     monotone_clicks: bool | None = None) -> PredictorFactory:
     """Engines driving a fresh 3D :class:`~voxprompt.session.Session` per target.
 
@@ -201,10 +201,9 @@ def session_factory(model: Any, device: Any = None, autozoom: bool = False,
     the Session's (None = the model's stored setting, bool, or a :class:`~voxprompt.refine.RefineConfig`);
     ``clean`` the Session's mask clean-up and ``carry_over`` its start of a click's new ROI (None = the
     model's stored setting), ``box_negatives`` whether its box sends negative clicks (the same) and
-    ``box_search`` whether it searches for where its positive click goes (off by default),
-    ``retry_missed`` whether it decodes again when a positive click is left out and ``monotone_clicks``
-    whether a click's result only adds (positive) or removes (negative) (both None = the model's stored
-    setting).
+    ``box_search`` whether it searches for where its positive click goes and ``retry_missed`` whether
+    it decodes again when a positive click is left out (both off by default); ``monotone_clicks``
+    whether a click's result only adds (positive) or removes (negative) (None = the model's stored setting).
 
     The CVPR 2025 box (a 2D box on slice ``z_mid`` + the z range) is given once via ``add_box`` as the
     one-slice box it is: the session segments the 3D object shown in it and clips only slice ``z_mid``

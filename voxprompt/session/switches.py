@@ -1,6 +1,6 @@
 """The 3D session's switches as command-line options: ``voxprompt segment`` and ``voxprompt eval`` share them.
 
-Each option's default (None) means the model's stored setting (:class:`~voxprompt.session.Session`).
+An option whose default is None takes the model's stored setting (:class:`~voxprompt.session.Session`).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ _SWITCHES = (  # (flag, Session keyword, default, help)
     ("--box-search", "box_search", False,
      "when the centre click's mask does not fill a box prompt, its positive click moves to where a grid of "
      "clicks around the centre fills it best, so that a C-shaped object is found (default: off, the centre)"),
-    ("--retry-missed", "retry_missed", None,
+    ("--retry-missed", "retry_missed", False,
      "when a result leaves out the positive click just made, decode again without the previous mask, then with "
-     "that click alone (default: the model's stored setting, on for the default model, off for the official ones)"),
+     "that click alone (default: off)"),
     ("--monotone-clicks", "monotone_clicks", None,
      "once the object has a mask, a positive click only adds to it and a negative click only removes from it "
      "(default: the model's stored setting, on for the default model, off for the official ones)"),

@@ -373,11 +373,10 @@ class Session(ObjectsMixin):
     model): when the mask of :meth:`add_box`'s centre click does not fill the box, the click moves to
     the deepest voxel of the best-filling mask of a grid of clicks around the centre, which finds
     C-shaped and two-lobed objects; off, as the validation split and the second opinion disagree on it
-    (``benchmarks/box_prompt.py``). ``retry_missed``: when the model's result leaves out the positive
-    click just made (it followed its previous mask instead), decode again without that prior, then
-    with the click alone, and add the first result that holds the click to the model's (one or two
-    extra decoder calls, only then; None = the model's stored setting: on for the default model, off
-    for the official ones). ``monotone_clicks``: once the
+    (``benchmarks/box_prompt.py``). ``retry_missed`` (off by default, every model): when the model's
+    result leaves out the positive click just made (it followed its previous mask instead), decode
+    again without that prior, then with the click alone, and add the first result that holds the
+    click to the model's (one or two extra decoder calls, only then). ``monotone_clicks``: once the
     object has a mask, a positive click's result only adds to it and a negative click's only removes
     from it, so a click never undoes what earlier clicks settled elsewhere (a new ROI's decode from
     a resampled prior otherwise can); the boundary refinement and clean-up still act on the result
@@ -421,7 +420,7 @@ class Session(ObjectsMixin):
                  refine_background: bool = False, others_negative: bool = False,
                  scribble_rule: str = DEFAULT_SCRIBBLE_RULE, lasso_rule: str = DEFAULT_LASSO_RULE,
                  stroke_points: int = STROKE_POINTS, carry_over: bool | None = None,
-                 box_negatives: bool | None = None, box_search: bool = False, retry_missed: bool | None = None,
+                 box_negatives: bool | None = None, box_search: bool = False, retry_missed: bool = False,
                  monotone_clicks: bool | None = None, multimask_first: bool | None = None) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
@@ -447,7 +446,9 @@ class Session(ObjectsMixin):
         if not isinstance(box_search, (bool, np.bool_)):
             raise UsageError(f"box_search must be a bool, got {type(box_search).__name__}")
         self.box_search = bool(box_search)
-        self.retry_missed: bool = resolve_model_setting("retry_missed", retry_missed, model.cfg)
+        if not isinstance(retry_missed, (bool, np.bool_)):
+            raise UsageError(f"retry_missed must be a bool, got {type(retry_missed).__name__}")
+        self.retry_missed = bool(retry_missed)
         self.monotone_clicks: bool = resolve_model_setting("monotone_clicks", monotone_clicks, model.cfg)
         if multimask_first is None:
             multimask_first = bool(model.cfg.multimask_first)
