@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voxprompt.masks import box_fit
+from voxprompt.masks import box_fit, component_at
 
 
 def test_box_fit_is_the_iou_of_the_masks_bounding_box_with_the_box():
@@ -24,3 +24,16 @@ def test_box_fit_is_the_iou_of_the_masks_bounding_box_with_the_box():
     vol = np.zeros((3, 4, 5), bool)
     vol[1, 1:3, 2] = True
     assert box_fit(vol, (0.5, 0.5, 1.5), (1.5, 2.5, 2.5)) == pytest.approx(1.0)
+
+
+def test_component_at_is_the_touching_part_only():
+    m = np.zeros((6, 8, 8), bool)
+    m[1:3, 1:3, 1:3] = True
+    m[3, 3, 3] = True  # touches the first block along a corner: 26-connected
+    m[1:3, 6:8, 6:8] = True  # apart
+    part = component_at(m, (1, 1, 1))
+    assert part[3, 3, 3] and part[2, 2, 2] and not part[1, 6, 6] and part.sum() == 9
+    assert not component_at(m, (0, 0, 0)).any()  # not in the mask
+    assert not component_at(m, (9, 0, 0)).any()  # outside the array
+    flat = np.eye(4, dtype=bool)  # 2D: 8-connected along the diagonal
+    assert component_at(flat, (0, 0)).sum() == 4

@@ -550,12 +550,13 @@ def _fixed(monkeypatch, s: Session, answers: list) -> None:
     monkeypatch.setattr(s, "_decode", decode)
 
 
-def test_monotone_clicks_a_positive_click_only_adds_and_a_negative_only_removes(model, monkeypatch):
+def test_monotone_clicks_a_positive_click_only_adds_and_a_negative_removes_only_what_it_touches(model, monkeypatch):
     shape = (20, 64, 64)  # the ROI (128 x 1.5 mm) covers it: each answer is pasted over the whole image
     a, b, c = (np.zeros(shape, bool) for _ in range(3))
-    a[6:14, 10:30, 10:30] = True  # the first click's answer
-    b[6:14, 20:40, 20:40] = True  # the second (positive) click's: moves the object
-    c[6:14, 25:50, 25:50] = True  # the third (negative) click's: grows it
+    a[6:14, 8:32, 8:32] = True  # the first click's answer
+    b[6:14, 20:44, 20:44] = True  # the second (positive) click's: moves the object
+    c[:] = b
+    c[6:14, 36:44, 36:44] = False  # the third (negative) click's: drops the first part and a far corner
     img = np.full(shape, 100.0, np.float32)
     runs = {}
     for monotone in (False, True):
@@ -563,12 +564,15 @@ def test_monotone_clicks_a_positive_click_only_adds_and_a_negative_only_removes(
         s.set_image(img, spacing=(1.5, 1.5, 1.5))
         _fixed(monkeypatch, s, [a, b, c])
         runs[monotone] = [s.add_point((10, 15, 15)).mask, s.add_point((10, 35, 35)).mask,
-                          s.add_point((10, 22, 22), positive=False).mask, s.undo().mask]
+                          s.add_point((10, 11, 11), positive=False).mask, s.undo().mask]
     (a1, b1, c1, _), (a2, b2, c2, undone) = runs[False], runs[True]  # off: the model's answers as pasted
-    assert (a1 & ~b1).any() and (c1 & ~b1).any()  # the answers drop and add voxels
+    assert (a1 & ~b1).any() and not c1[10, 40, 40] and not c1[10, 11, 11]  # the answers drop voxels
     np.testing.assert_array_equal(a2, a1)  # the first click has nothing to keep
     np.testing.assert_array_equal(b2, a1 | b1)  # nothing the first click settled is lost
-    np.testing.assert_array_equal(c2, (a1 | b1) & c1)  # nothing new appears after a negative click
+    # the negative click takes away the dropped part it touches, not the far corner, and adds nothing
+    assert not c2[10, 11, 11] and c2[10, 40, 40] and not (c2 & ~b2).any()
+    from voxprompt.masks import component_at
+    np.testing.assert_array_equal(c2, b2 & ~component_at(b2 & ~c1, (10, 11, 11)))
     np.testing.assert_array_equal(undone, b2)
 
 

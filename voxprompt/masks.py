@@ -70,6 +70,16 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def component_at(mask: np.ndarray, index: Sequence[int]) -> np.ndarray:
+    """The fully connected component of ``mask`` holding voxel ``index`` (26-connected in 3D, 8 in 2D),
+    or an empty mask when that voxel is not in it (or lies outside the array)."""
+    idx = tuple(int(i) for i in index)
+    if any(not 0 <= i < n for i, n in zip(idx, mask.shape)) or not mask[idx]:
+        return np.zeros(mask.shape, dtype=bool)
+    labels, _ = ndimage.label(mask, structure=np.ones((3,) * np.ndim(mask), bool))
+    return labels == labels[idx]
+
+
 def distance_inside(mask: np.ndarray, spacing: Sequence[float] | None = None,
                     edge_is_background: bool = True) -> np.ndarray:
     """Exact Euclidean distance of each mask voxel to the nearest background voxel (0 outside the mask).

@@ -21,8 +21,8 @@ _SWITCHES = (  # (flag, Session keyword, default, help)
      "when a result leaves out the positive click just made, decode again without the previous mask, then with "
      "that click alone (default: off)"),
     ("--monotone-clicks", "monotone_clicks", None,
-     "once the object has a mask, a positive click only adds to it and a negative click only removes from it "
-     "(default: the model's stored setting, on for the default model, off for the official ones)"),
+     "once the object has a mask, a positive click only adds to it and a negative click removes only the part "
+     "it touches (default: the model's stored setting, on for the default model, off for the official ones)"),
 )
 
 

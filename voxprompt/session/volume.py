@@ -110,7 +110,7 @@ from ..cleanup import clean_mask, resolve_clean
 from ..errors import InputError, PromptError, SessionFileError, UsageError
 from ..io.image import LPS_TO_RAS, Image
 from ..io.read import read_image
-from ..masks import Slices, bbox_of, box_fit, deepest_voxel, within
+from ..masks import Slices, bbox_of, box_fit, component_at, deepest_voxel, within
 from ..preprocess import Roi, extract_roi_label, roi_for_label
 from ..refine import RefineConfig, refine_mask, refine_reach, resolve_refine
 from .background import RefineJob
@@ -377,9 +377,10 @@ class Session(ObjectsMixin):
     result leaves out the positive click just made (it followed its previous mask instead), decode
     again without that prior, then with the click alone, and add the first result that holds the
     click to the model's (one or two extra decoder calls, only then). ``monotone_clicks``: once the
-    object has a mask, a positive click's result only adds to it and a negative click's only removes
-    from it, so a click never undoes what earlier clicks settled elsewhere (a new ROI's decode from
-    a resampled prior otherwise can); the boundary refinement and clean-up still act on the result
+    object has a mask, a positive click's result only adds to it, and a negative click removes only
+    the connected part of what its result dropped that holds the click, so a click never undoes what
+    earlier clicks settled elsewhere (a new ROI's decode from a resampled prior otherwise can); the
+    boundary refinement and clean-up still act on the result
     (None = the model's stored setting: on for the default model, off for the official ones; strokes,
     boxes and masks are not affected). ``multimask_first``: an object's first click (positive, no
     prior) takes the decoder's multimask output with the highest predicted IoU, SAM's answer to an
@@ -643,7 +644,7 @@ class Session(ObjectsMixin):
         obj.roi, obj.logits, obj.score = roi, logits, score
         region, block = self._pasted(obj.mask, roi, mask_roi)
         if adds is not None and region is not None:
-            block = (block | obj.mask[region]) if adds else (block & obj.mask[region])
+            block = self._monotone(obj.mask[region], block, region, clicks[-1][0], adds)
         expansion = None
         if self.planner.expands and region is not None:
             candidate = obj.mask.copy()
@@ -662,6 +663,16 @@ class Session(ObjectsMixin):
         if later is not None:
             self._job = RefineJob(lambda cancel: self._refined(later.region, later.block, later.clicks, cancel), later)
         return self._prediction(obj, changed, prob.cpu().numpy(), expansion)
+
+    @staticmethod
+    def _monotone(old: np.ndarray, new: np.ndarray, region: Slices, click: np.ndarray, adds: bool) -> np.ndarray:
+        """``monotone_clicks`` on ``region``: a positive click's result united with the old mask; a negative
+        click's removes only the part of the old mask it dropped that is connected to the click (nothing,
+        if it kept the clicked voxel), so a negative click never takes away what lies elsewhere."""
+        if adds:
+            return new | old
+        at = np.floor(np.asarray(click, dtype=float) + 0.5).astype(int) - [r.start for r in region]
+        return old & ~component_at(old & ~new, at)
 
     def _decoded(self, roi: Roi, points_roi: list, logits: torch.Tensor | None, multimask: bool = False) -> tuple:
         """One decode in ``roi``: (raw low-res logits, score, upsampled probabilities, ROI mask > 0.5)."""
