@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PromptError, UsageError, VoxpromptError
+from ..eval.switches import add_session_switches, session_switches
 from ..io.paths import file_extension
 from ..models.config import DEFAULT_MODEL, SamConfig, SamUNetConfig
 from ..runtime import check_device
-from ..session.switches import add_session_switches, session_switches
 from .common import (
     CLI_DEVICES,
     TWO_D_FLAGS,

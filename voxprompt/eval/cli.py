@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from voxprompt.errors import UsageError
+from voxprompt.eval.switches import add_session_switches, session_switches
 from voxprompt.io.image import SLICE_AXES
 from voxprompt.models.family import spatial_dims
 from voxprompt.runtime import Dist, check_device
-from voxprompt.session.switches import add_session_switches, session_switches
 
 log = logging.getLogger(__name__)
 

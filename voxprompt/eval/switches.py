@@ -1,4 +1,5 @@
-"""The 3D session's switches as command-line options: ``voxprompt segment`` and ``voxprompt eval`` share them.
+"""The 3D session's switches as command-line options: ``voxprompt segment`` and ``voxprompt eval`` share them
+(kept here, not in :mod:`voxprompt.session`, so that ``--help`` loads no session code).
 
 An option whose default is None takes the model's stored setting (:class:`~voxprompt.session.Session`).
 """
