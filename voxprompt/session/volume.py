@@ -671,8 +671,15 @@ class Session(ObjectsMixin):
         if it kept the clicked voxel), so a negative click never takes away what lies elsewhere."""
         if adds:
             return new | old
-        at = np.floor(np.asarray(click, dtype=float) + 0.5).astype(int) - [r.start for r in region]
-        return old & ~component_at(old & ~new, at)
+        dropped = old & ~new
+        box = bbox_of(dropped)  # label only the dropped part's extent, not the whole region
+        if box is None:
+            return old
+        corner = [r.start + b.start for r, b in zip(region, box)]
+        at = np.floor(np.asarray(click, dtype=float) + 0.5).astype(int) - corner
+        out = old.copy()
+        out[box] &= ~component_at(dropped[box], at)
+        return out
 
     def _decoded(self, roi: Roi, points_roi: list, logits: torch.Tensor | None, multimask: bool = False) -> tuple:
         """One decode in ``roi``: (raw low-res logits, score, upsampled probabilities, ROI mask > 0.5)."""
