@@ -45,19 +45,23 @@ class ClickLoop(nn.Module):
 
     def __init__(self, model: nn.Module, click_steps: int, click_mode: str, loss: str,
                  iou_loss_weight: float = 1.0, mask_prior_prob: float = 0.0,
-                 multimask_first: bool = False) -> None:
+                 multimask_first: bool = False, first_click_weight: float = 1.0) -> None:
         super().__init__()
+        if not first_click_weight > 0:
+            raise ValueError(f"first_click_weight must be > 0, got {first_click_weight}")
         self.model = model
         self.click_steps, self.click_mode, self.loss = click_steps, click_mode, loss
         self.iou_loss_weight = iou_loss_weight
         self.mask_prior_prob = float(mask_prior_prob)
         self.multimask_first = bool(multimask_first)
+        self.first_click_weight = float(first_click_weight)
 
     def forward(self, image: torch.Tensor, gt: torch.Tensor, rng: np.random.Generator,
                 autocast: Callable[[], object], first: np.ndarray | None = None
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss averaged over the click passes; ``first`` (B, 3) gives positive first clicks
-        (rows of -1: simulated like the later ones)."""
+        """Loss averaged over the click passes, the first weighted by ``first_click_weight`` (the one
+        answer a user gets from a single click); ``first`` (B, 3) gives positive first clicks (rows of
+        -1: simulated like the later ones)."""
         m = self.model
         size, low = m.img_size, m.low_res_size
         gt_np = gt.bool().cpu().numpy()[:, 0]
@@ -83,14 +87,15 @@ class ClickLoop(nn.Module):
             up = F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False)
             seg_loss, dice, true_iou = segmentation_loss(up, gt, self.loss)
             iou_loss = F.mse_loss(iou.float()[:, 0], true_iou)
-            total = total + seg_loss + self.iou_loss_weight * iou_loss
+            weight = self.first_click_weight if step == 0 else 1.0
+            total = total + weight * (seg_loss + self.iou_loss_weight * iou_loss)
             if step == 0 and self.multimask_first:
                 total = total + self._multimask(emb, pts, prev, gt, primed, autocast, stats)
             prev = logits.detach().float()
             pred_np = (up.detach() > 0).cpu().numpy()[:, 0]
             stats[f"dice_{step + 1}"] = float(dice.mean())
         stats["dice"] = stats[f"dice_{self.click_steps}"]
-        return total / self.click_steps, stats
+        return total / (self.click_steps - 1 + self.first_click_weight), stats
 
     def _multimask(self, emb: torch.Tensor, pts: tuple, prev: torch.Tensor, gt: torch.Tensor, primed: set[int],
                    autocast: Callable[[], object], stats: dict[str, float]) -> torch.Tensor:
