@@ -57,9 +57,9 @@ def _decodes(monkeypatch) -> list:
     calls = []
     decode = Session._decode
 
-    def spy(self, roi, points_roi, logits):
+    def spy(self, roi, points_roi, logits, multimask=False):
         calls.append(([int(lab) for _, lab in points_roi], None if logits is None else logits.clone()))
-        return decode(self, roi, points_roi, logits)
+        return decode(self, roi, points_roi, logits, multimask)
 
     monkeypatch.setattr(Session, "_decode", spy)
     return calls

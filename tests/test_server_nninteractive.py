@@ -147,11 +147,12 @@ def test_idle_lease_expires_with_410(model, volume):
 
 
 def test_reaper_frees_dead_leases(model):
-    app = create_app(ServerSettings(max_sessions=1, liveness_timeout_s=0.3, reaper_interval_s=0.1), model=model)
+    # liveness long enough that a loaded CPU cannot let the lease lapse between the two claims
+    app = create_app(ServerSettings(max_sessions=1, liveness_timeout_s=1.5, reaper_interval_s=0.1), model=model)
     with BackgroundServer(app) as url:
         token = httpx.post(f"{url}/claim").json()["lease_token"]
         assert httpx.post(f"{url}/claim").status_code == 503
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         while len(app.state.ctx.leases) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(app.state.ctx.leases) == 0  # reaped in the background, no request needed

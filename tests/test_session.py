@@ -473,7 +473,7 @@ def _c_shape() -> tuple[np.ndarray, np.ndarray]:
 
 def _oracle(monkeypatch, s: Session, truth: np.ndarray) -> None:
     """Every decode returns the (low-res) truth if its first click lies in it, else nothing."""
-    def decode(roi, points_roi, logits):
+    def decode(roi, points_roi, logits, multimask=False):
         label = extract_roi_label(s.image, truth, roi)
         p = tuple(int(v) for v in points_roi[0][0])
         empty = torch.full((1, 1) + (s.predictor.low_res_size,) * 3, -10.0)
@@ -509,7 +509,7 @@ def test_a_click_refines_and_cleans_only_around_what_can_change(model, monkeypat
 def _stubborn(monkeypatch, s: Session, parts: np.ndarray, alone_only: bool) -> None:
     """A model that follows its prior and ignores new clicks; without a prior it returns the parts
     (labels of ``parts``) holding its positive clicks, or only the first click's with ``alone_only``."""
-    def decode(roi, points_roi, logits):
+    def decode(roi, points_roi, logits, multimask=False):
         if logits is not None and bool((logits > 0).any()):
             return logits, 0.9
         labels = extract_roi_labels(s.image, parts, roi)
@@ -545,7 +545,7 @@ def _fixed(monkeypatch, s: Session, answers: list) -> None:
     """A model whose n-th decode returns the n-th of ``answers`` (full-size bool masks), whatever it is given."""
     calls = iter(answers)
 
-    def decode(roi, points_roi, logits):
+    def decode(roi, points_roi, logits, multimask=False):
         return s.predictor.label_prior(extract_roi_label(s.image, next(calls), roi)), 0.9
     monkeypatch.setattr(s, "_decode", decode)
 

@@ -313,11 +313,16 @@ def resolve_model_setting(name: str, setting: bool | None, model_cfg: object, de
     """A session switch named ``name`` (``carry_over``, ``box_negatives``): as given, or (None) the model's
     stored setting: ``default_model_value`` for the post-processed default model (the rule of
     :func:`~voxprompt.cleanup.resolve_clean`), its opposite, the published behaviour, for the official ones."""
-    if isinstance(setting, (bool, np.bool_)):
-        return bool(setting)
     if setting is None:
         return default_model_value if resolve_clean(None, model_cfg) else not default_model_value
-    raise UsageError(f"{name} must be None or a bool, got {type(setting).__name__}")
+    return switch(name, setting, none_ok=True)
+
+
+def switch(name: str, value: object, none_ok: bool = False) -> bool:
+    """``value`` as a bool, or a :class:`UsageError` naming the switch (an int or a string is a mistake)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise UsageError(f"{name} must be {'None or ' if none_ok else ''}a bool, got {type(value).__name__}")
 
 
 @dataclass(frozen=True)
@@ -444,18 +449,11 @@ class Session(ObjectsMixin):
         self.carry_over: bool = resolve_model_setting("carry_over", carry_over, model.cfg)
         self.box_negatives: bool = resolve_model_setting("box_negatives", box_negatives, model.cfg,
                                                          default_model_value=False)
-        if not isinstance(box_search, (bool, np.bool_)):
-            raise UsageError(f"box_search must be a bool, got {type(box_search).__name__}")
-        self.box_search = bool(box_search)
-        if not isinstance(retry_missed, (bool, np.bool_)):
-            raise UsageError(f"retry_missed must be a bool, got {type(retry_missed).__name__}")
-        self.retry_missed = bool(retry_missed)
+        self.box_search = switch("box_search", box_search)
+        self.retry_missed = switch("retry_missed", retry_missed)
         self.monotone_clicks: bool = resolve_model_setting("monotone_clicks", monotone_clicks, model.cfg)
-        if multimask_first is None:
-            multimask_first = bool(model.cfg.multimask_first)
-        if not isinstance(multimask_first, (bool, np.bool_)):
-            raise UsageError(f"multimask_first must be None or a bool, got {type(multimask_first).__name__}")
-        self.multimask_first = bool(multimask_first)
+        self.multimask_first = switch("multimask_first", bool(model.cfg.multimask_first)
+                                      if multimask_first is None else multimask_first, none_ok=True)
         self.refine_background = bool(refine_background)
         self.others_negative = bool(others_negative)
         self.scribble_rule = check_rule("scribble", scribble_rule)
@@ -683,8 +681,7 @@ class Session(ObjectsMixin):
 
     def _decoded(self, roi: Roi, points_roi: list, logits: torch.Tensor | None, multimask: bool = False) -> tuple:
         """One decode in ``roi``: (raw low-res logits, score, upsampled probabilities, ROI mask > 0.5)."""
-        logits, score = self._decode(roi, points_roi, logits, multimask) if multimask else self._decode(
-            roi, points_roi, logits)  # tests' stand-ins for _decode need not take ``multimask``
+        logits, score = self._decode(roi, points_roi, logits, multimask)
         prob = self.predictor.probabilities(logits)
         return logits, score, prob, (prob > 0.5).cpu().numpy()
 
