@@ -171,6 +171,25 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
 
 
+def split_targets(data: str, split: str) -> set[tuple[str, int]]:
+    """(case, label) of every target of ``split`` in the dataset ``data`` (``all``: every split)."""
+    from voxprompt.data.readers import open_dataset
+
+    return {(t.case, int(t.label)) for t in open_dataset(data, split=None if split == "all" else split)}
+
+
+def rows_of(rows: list[dict], wanted: set[tuple[str, int]], report: Path) -> list[dict]:
+    """A report's rows of the targets of the current split: a reused report may hold targets that a
+    later split moved elsewhere (each target's clicks are seeded by the target, so the rest stand),
+    never fewer than the split holds."""
+    keep = [r for r in rows if (r["case"], int(r["label"])) in wanted]
+    missing = wanted - {(r["case"], int(r["label"])) for r in keep}
+    if missing:
+        raise SystemExit(f"{report}: no result for {len(missing)} target(s) of the split, e.g. "
+                         f"{sorted(missing)[0]}: run it again (leave it out of --reuse)")
+    return keep
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/real")
@@ -189,6 +208,7 @@ def main() -> int:
                    help="runs summarised from their existing report instead of re-run (e.g. random-walker "
                         "when only the model changed)")
     args = p.parse_args()
+    wanted = split_targets(args.data, args.targets)
     suffix, folder_suffix = (BOX_SUFFIX, "-box") if args.box else ("", "")
     base_runs = baseline_runs(args.baseline_beta)
     results, baselines = {}, []
@@ -206,7 +226,7 @@ def main() -> int:
             cmd += ["--checkpoint", args.checkpoint]
         if not ({name, base_name} & set(args.reuse)) or not (report / "results.json").is_file():
             subprocess.run(cmd, check=True)
-        rows = json.loads((report / "results.json").read_text())["results"]
+        rows = rows_of(json.loads((report / "results.json").read_text())["results"], wanted, report)
         results[name] = summarise(rows)
         if base_name in base_runs:
             baselines.append(name)

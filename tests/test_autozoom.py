@@ -44,7 +44,8 @@ class BrightObjectModel(torch.nn.Module):
 
     def __init__(self, img_size: int = 32, low_res: int = 8, spacing: float = 1.5) -> None:
         super().__init__()
-        self.cfg = SimpleNamespace(img_size=img_size, roi_spacing_mm=spacing, multimask_first=False)
+        self.cfg = SimpleNamespace(img_size=img_size, roi_spacing_mm=spacing, multimask_first=False,
+                                   flip_ensemble=1)
         self.low_res_size = low_res
         self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
         self.encodes = 0

@@ -85,6 +85,14 @@ def test_convert_sets_roi_spacing(tmp_path, capsys, tiny_med2d):
     assert Session(load_model("voxprompt-med3d-small", multi), multimask_first=False).multimask_first is False
     assert main(["convert", str(multi), str(out), "--no-multimask-first"]) == 0
     assert Session(load_model("voxprompt-med3d-small", out)).multimask_first is False
+    # --flip-ensemble: how many mirror images of each ROI a session averages, kept by a later conversion
+    flipped = tmp_path / "small-flips.safetensors"
+    assert len(Session(load_model("voxprompt-med3d-small", out)).predictor.flips) == 1
+    assert main(["convert", str(out), str(flipped), "--flip-ensemble", "4"]) == 0
+    assert main(["convert", str(flipped), str(multi), "--roi-spacing", "2"]) == 0
+    assert len(Session(load_model("voxprompt-med3d-small", multi)).predictor.flips) == 4
+    assert len(Session(load_model("voxprompt-med3d-small", multi), flip_ensemble=1).predictor.flips) == 1
+    assert main(["convert", str(out), str(flipped), "--flip-ensemble", "3"]) == 2
     bad = tmp_path / "bad.safetensors"
     assert main(["convert", str(src), str(bad), "--roi-spacing", "-1"]) == 2
     assert "roi_spacing_mm must be positive" in capsys.readouterr().err

@@ -371,6 +371,27 @@ def test_split_by_rule_maps_the_name_rule(tmp_path):
         build_dataset(tmp_path / "ds2", [("b", both)], spacing=1.0, progress=False)
 
 
+def test_validation_structures_go_to_val_on_both_sides(tmp_path):
+    def chosen(cache):
+        sc = _synthetic("m")(cache)
+        sc.split_by_rule = {"test": "val", "train": "test"}
+        sc.val_structures = ("rib_1",)  # side-free: rib_left_1 matches
+        return sc
+
+    res = build_dataset(tmp_path / "ds", [("m", chosen)], spacing=1.0, progress=False)
+    assert {(t.name, t.split) for t in res.targets} == {("liver", "val"), ("rib_left_1", "val")}
+    d = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert d["cases"]["m"]["val_structures"] == ["rib_1"]
+
+    def fixed(cache):
+        sc = chosen(cache)
+        sc.split_by_rule, sc.split = None, "train"
+        return sc
+
+    with pytest.raises(VoxpromptError, match="not both"):
+        build_dataset(tmp_path / "ds2", [("f", fixed)], spacing=1.0, progress=False)
+
+
 def test_validation_split_is_kept_apart(tmp_path):
     res = build_dataset(tmp_path / "ds", [("a", _synthetic("a", split="train")), ("b", _synthetic("b", split="val"))],
                         spacing=1.0, progress=False)
@@ -399,5 +420,8 @@ def test_real_totalseg_build(tmp_path):
     assert names[("totalseg_ct", "liver")] == "train" and names[("totalseg_ct", "spleen")] == "train"
     assert names[("totalseg_ct_dicom", "liver")] == "val" and names[("totalseg_ct_dicom", "aorta")] == "val"
     assert names[("totalseg_ct_dicom", "vertebrae_T12")] == "test"  # a new patient's bones: held out
+    for bone in ("vertebrae_T11", "humerus_left", "humerus_right", "rib_left_7", "rib_right_9"):
+        assert names[("totalseg_ct_dicom", bone)] == "val"  # a few of them validate
+    assert names[("totalseg_ct_dicom", "rib_left_8")] == "test"
     assert {t.split for t in res.targets} == {"train", "val", "test"}
-    assert res.count("train") >= 50 and res.count("val") >= 8 and res.count("test") >= 15
+    assert res.count("train") >= 50 and res.count("val") >= 15 and res.count("test") >= 12

@@ -196,15 +196,15 @@ def test_runner_session_switches_reach_the_session(tiny_ckpt, monkeypatch):
 
     def spy(self, *args, **kw):
         init(self, *args, **kw)
-        seen.append((self.box_search, self.retry_missed, self.monotone_clicks))
+        seen.append((self.box_search, self.retry_missed, self.monotone_clicks, len(self.predictor.flips)))
 
     monkeypatch.setattr(Session, "__init__", spy)
     targets, data = _memory_targets()
     loader = lambda t: data[(t.case, t.label)]  # noqa: E731
     model = voxprompt.load_model("sam-med3d", tiny_ckpt)
-    for kw in ({}, {"box_search": True, "retry_missed": True, "monotone_clicks": True}):
+    for kw in ({}, {"box_search": True, "retry_missed": True, "monotone_clicks": True, "flip_ensemble": 4}):
         evaluate(targets[:1], session_factory(model, **kw), "cvpr25", 0, n_clicks=1, loader=loader)
-    assert seen == [(False, False, False), (True, True, True)]
+    assert seen == [(False, False, False, 1), (True, True, True, 4)]
 
 
 def test_runner_gives_the_cvpr_box_as_the_one_slice_box_it_is(tiny_ckpt, monkeypatch):

@@ -147,15 +147,17 @@ def test_segment_box_switches_reach_the_session(files, monkeypatch):
 
     def spy(self, *args, **kw):
         init(self, *args, **kw)
-        seen.append((self.box_search, self.box_negatives, self.retry_missed, self.monotone_clicks))
+        seen.append((self.box_search, self.box_negatives, self.retry_missed, self.monotone_clicks,
+                     len(self.predictor.flips)))
 
     monkeypatch.setattr(session_mod.Session, "__init__", spy)
     base = ["segment", str(files["img"]), "--checkpoint", str(files["ckpt"]), "--box", "8,10,4,28,30,12",
             "-o", str(files["dir"] / "box.nii.gz")]
     assert main(base) == 0
-    assert main(base + ["--box-search", "--no-box-negatives", "--retry-missed", "--monotone-clicks"]) == 0
-    # an official model: centre click, face negatives, the model's result replaces the mask
-    assert seen == [(False, True, False, False), (True, False, True, True)]
+    assert main(base + ["--box-search", "--no-box-negatives", "--retry-missed", "--monotone-clicks",
+                        "--flip-ensemble", "2"]) == 0
+    # an official model: centre click, face negatives, the model's result replaces the mask, no flips
+    assert seen == [(False, True, False, False, 1), (True, False, True, True, 2)]
 
 
 def _run_err(files, capsys, *extra, output="bad.nii.gz"):

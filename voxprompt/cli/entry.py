@@ -34,7 +34,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     path, name = convert_checkpoint(args.checkpoint, args.output, name=args.model, trust_pickle=args.trust_pickle,
                                     roi_spacing_mm=args.roi_spacing, refine_band_mm=args.refine_band,
-                                    multimask_first=args.multimask_first)
+                                    multimask_first=args.multimask_first, flip_ensemble=args.flip_ensemble)
     sys.stdout.write(f"wrote {path} ({name})\n")
     return 0
 
@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--multimask-first", action=argparse.BooleanOptionalAction, default=None,
                    help="3D models: store that a first click chooses among the multimask outputs by predicted "
                         "IoU (only for weights trained for it; default: keep)")
+    s.add_argument("--flip-ensemble", type=int, choices=(1, 2, 4, 8), default=None,
+                   help="3D models: store how many mirror images of each ROI a session runs the model on and "
+                        "averages (1 = off; default: keep)")
     s.set_defaults(func=cmd_convert)
 
     from .segment import add_subcommands

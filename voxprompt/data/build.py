@@ -16,7 +16,8 @@ source fixes it for all its targets (``SourceCase.split``, recorded as ``dataset
 [case]["split"]``: the external evaluation sources ``robex`` and ``itk_t1`` are always ``test``,
 TotalSegmentator's ``example_ct`` and StarDist's synthetic nuclei always ``train``) or maps the rule's answer
 (``SourceCase.split_by_rule``: TotalSegmentator's DICOM patient puts the rule's held-out soft organs
-and vessels in ``val`` and its bones and muscles in ``test``).
+and vessels in ``val`` and its bones and muscles in ``test``), except the structures it names as
+validation (``SourceCase.val_structures``, side-free: a few of that patient's bones).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from ..io.image import Image
 from ..io.write import write_mask
 from .fetch import DataUnavailable, cache_dir
 from .sources import SOURCES, SourceCase, SourceFn
-from .split import split_for
+from .split import name_tokens, split_for
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +201,12 @@ def build_dataset(out_dir: str | os.PathLike, sources: Iterable[tuple[str, Sourc
 
 
 def case_split(sc: SourceCase, name: str) -> str:
-    """A target's split: the source's own for all its targets, its mapping of the name rule, or the rule."""
+    """A target's split: the source's own for all its targets, ``val`` for its validation structures
+    (compared side-free), its mapping of the name rule, or the rule."""
     if sc.split is not None:
         return sc.split
+    if name_tokens(name) in {name_tokens(v) for v in sc.val_structures}:
+        return "val"
     rule = split_for(name)
     return sc.split_by_rule.get(rule, rule) if sc.split_by_rule else rule
 
@@ -215,8 +219,8 @@ def _write_case(sc: SourceCase, tmp: Path, spacing: float, global_ids: dict[str,
     for split in [sc.split, *(sc.split_by_rule or {}).values()]:
         if split is not None and split not in ("train", "val", "test"):
             raise VoxpromptError(f"source {sc.case}: split {split!r} must be 'train', 'val', 'test' or None")
-    if sc.split is not None and sc.split_by_rule is not None:
-        raise VoxpromptError(f"source {sc.case}: give split or split_by_rule, not both")
+    if sc.split is not None and (sc.split_by_rule is not None or sc.val_structures):
+        raise VoxpromptError(f"source {sc.case}: give split or split_by_rule/val_structures, not both")
     image = resample_isotropic(sc.image, spacing, nearest=False)
     labels = resample_isotropic(sc.labels, spacing, nearest=True, reference=image)
     counts = np.bincount(labels.array.ravel().astype(np.int64))
@@ -249,6 +253,8 @@ def _write_case(sc: SourceCase, tmp: Path, spacing: float, global_ids: dict[str,
         entry["split"] = sc.split
     if sc.split_by_rule is not None:
         entry["split_by_rule"] = sc.split_by_rule
+    if sc.val_structures:
+        entry["val_structures"] = list(sc.val_structures)
     return entry, rows
 
 

@@ -194,7 +194,7 @@ def session_factory(model: Any, device: Any = None, autozoom: bool = False,
                     refine: Any = None, clean: bool | None = None,
                     carry_over: bool | None = None, box_negatives: bool | None = None,
                     box_search: bool = False, retry_missed: bool = False,
-                    monotone_clicks: bool | None = None) -> PredictorFactory:
+                    monotone_clicks: bool | None = None, flip_ensemble: int | None = None) -> PredictorFactory:
     """Engines driving a fresh 3D :class:`~voxprompt.session.Session` per target.
 
     ``autozoom`` gives each session an :class:`~voxprompt.session.autozoom.AutoZoomPlanner`; ``refine`` is
@@ -203,7 +203,8 @@ def session_factory(model: Any, device: Any = None, autozoom: bool = False,
     model's stored setting), ``box_negatives`` whether its box sends negative clicks (the same) and
     ``box_search`` whether it searches for where its positive click goes and ``retry_missed`` whether
     it decodes again when a positive click is left out (both off by default); ``monotone_clicks``
-    whether a click's result only adds (positive) or removes (negative) (None = the model's stored setting).
+    whether a click's result only adds (positive) or removes (negative) and ``flip_ensemble`` how many
+    mirror images of each ROI it averages (None = the model's stored setting, for both).
 
     The CVPR 2025 box (a 2D box on slice ``z_mid`` + the z range) is given once via ``add_box`` as the
     one-slice box it is: the session segments the 3D object shown in it and clips only slice ``z_mid``
@@ -220,7 +221,7 @@ def session_factory(model: Any, device: Any = None, autozoom: bool = False,
             planner = AutoZoomPlanner()
         session = Session(model, device=device, planner=planner, refine=refine, clean=clean, carry_over=carry_over,
                           box_negatives=box_negatives, box_search=box_search, retry_missed=retry_missed,
-                          monotone_clicks=monotone_clicks)
+                          monotone_clicks=monotone_clicks, flip_ensemble=flip_ensemble)
         session.set_image(image)
         state = {"clicks": 0, "box": False, "roi": None}
 

@@ -27,16 +27,23 @@ _SWITCHES = (  # (flag, Session keyword, default, help)
 )
 
 
+FLIP_ENSEMBLES = (1, 2, 4, 8)  # voxprompt.session.roi_predictor.FLIP_SETS (a test keeps them equal)
+
+
 def add_session_switches(parser: argparse.ArgumentParser, scope: str = "") -> None:
-    """Add ``--[no-]carry-over``, ``--[no-]box-negatives``, ``--[no-]box-search``, ``--[no-]retry-missed`` and
-    ``--[no-]monotone-clicks``; ``scope`` prefixes each help text (e.g. "3D sessions: ")."""
+    """Add ``--[no-]carry-over``, ``--[no-]box-negatives``, ``--[no-]box-search``, ``--[no-]retry-missed``,
+    ``--[no-]monotone-clicks`` and ``--flip-ensemble N``; ``scope`` prefixes each help text (e.g. "3D
+    sessions: ")."""
     for flag, _, default, text in _SWITCHES:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=scope + text)
+    parser.add_argument("--flip-ensemble", type=int, choices=FLIP_ENSEMBLES, default=None, metavar="N",
+                        help=scope + "run the model on N mirror images of each ROI (1, 2, 4 or 8) and average "
+                        "them (default: the model's stored setting; 1 = off)")
 
 
 def session_switches(args: argparse.Namespace) -> dict:
     """The Session keywords those options give (None: the model's stored setting)."""
-    return {key: getattr(args, key) for _, key, _, _ in _SWITCHES}
+    return {key: getattr(args, key) for _, key, _, _ in _SWITCHES} | {"flip_ensemble": args.flip_ensemble}
 
 
 __all__ = ["add_session_switches", "session_switches"]

@@ -46,6 +46,7 @@ class SamConfig:
     pe_axis_swap: bool = True  # 3D: SAM-Med3D's dense-PE axis-0/1 swap (official); False for our models
     refine_band_mm: float = 0.0  # 3D sessions: boundary refinement band (voxprompt.refine); 0 = off (official)
     multimask_first: bool = False  # 3D sessions: a first click chooses among the multimask outputs (trained for it)
+    flip_ensemble: int = 1  # 3D sessions: mirror images of each ROI whose logits are averaged (1, 2, 4, 8; 1 = off)
     fine_channels: int = 0  # ours: a boundary head at the input resolution (models.fine_head); 0 = off (official)
 
 
@@ -67,6 +68,8 @@ class SamConfig:
             raise UsageError(f"roi_spacing_mm must be positive, got {self.roi_spacing_mm}")
         if not self.refine_band_mm >= 0:
             raise UsageError(f"refine_band_mm must be >= 0 (0 = off), got {self.refine_band_mm}")
+        if self.flip_ensemble not in (1, 2, 4, 8):
+            raise UsageError(f"flip_ensemble must be 1, 2, 4 or 8 (1 = off), got {self.flip_ensemble}")
         if self.fine_channels < 0:
             raise UsageError(f"fine_channels must be >= 0 (0 = off), got {self.fine_channels}")
         if self.num_point_embeddings not in (2, 4):

@@ -119,6 +119,7 @@ def convert_checkpoint(
     roi_spacing_mm: float | None = None,
     refine_band_mm: float | None = None,
     multimask_first: bool | None = None,
+    flip_ensemble: int | None = None,
 ) -> tuple[Path, str]:
     """Read any official checkpoint, verify it loads strictly, write voxprompt safetensors.
 
@@ -127,7 +128,8 @@ def convert_checkpoint(
     segment`` use; see ``benchmarks/roi_spacing.py`` to choose it); ``refine_band_mm`` the boundary
     refinement those use by default (0 = off; ``benchmarks/refine_band.py``); ``multimask_first``
     whether their first click chooses among the multimask outputs (only for weights trained for it,
-    ``TrainConfig.multimask_first``). None keeps the stored value. Returns ``(path, name)``."""
+    ``TrainConfig.multimask_first``); ``flip_ensemble`` how many mirror images of each ROI a session
+    averages (1 = off). None keeps the stored value. Returns ``(path, name)``."""
     if Path(dst).suffix != ".safetensors":
         raise UsageError(f"output {dst}: the file name must end in .safetensors")
     sd, meta = read_checkpoint(src, trust_pickle=trust_pickle)
@@ -143,7 +145,8 @@ def convert_checkpoint(
     cfg = model.cfg.to_dict()
     for key, value, flag in (("roi_spacing_mm", roi_spacing_mm, "--roi-spacing"),
                              ("refine_band_mm", refine_band_mm, "--refine-band"),
-                             ("multimask_first", multimask_first, "--multimask-first")):
+                             ("multimask_first", multimask_first, "--multimask-first"),
+                             ("flip_ensemble", flip_ensemble, "--flip-ensemble")):
         if value is None:
             continue
         if cfg.get("spatial_dims") != 3:

@@ -23,6 +23,15 @@ log = logging.getLogger(__name__)
 EMBEDDING_CACHE_SIZE = 4
 COVERAGE_CACHE_SIZE = 8  # ROI footprints on the original grid kept for pasting
 
+# The mirror images of a ROI that a flip ensemble of n runs on: ROI axes (z, y, x) flipped, in order
+# (x first: left-right is the body's own near-symmetry; then y, then z).
+FLIP_SETS: dict[int, tuple[tuple[int, ...], ...]] = {
+    1: ((),),
+    2: ((), (2,)),
+    4: ((), (2,), (1,), (1, 2)),
+    8: ((), (2,), (1,), (1, 2), (0,), (0, 2), (0, 1), (0, 1, 2)),
+}
+
 RoiPoints = list[tuple[np.ndarray, int]]  # [(ROI voxel coords (3,), label 1/0)]
 
 
@@ -38,6 +47,19 @@ def clicks_in(roi: Roi, clicks: list) -> RoiPoints:
         c = np.floor(roi.from_original_index(np.asarray(p, dtype=float)) + 0.5)
         if bool(roi.contains(c)):
             out.append((c, int(lab)))
+    return out
+
+
+def _flip(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """``x`` (B, C, Z, Y, X) mirrored along the ROI ``axes`` (0 = z); its own inverse."""
+    return torch.flip(x, [2 + a for a in axes]) if axes else x
+
+
+def _flip_points(points: np.ndarray, axes: tuple[int, ...], size: int) -> np.ndarray:
+    """ROI voxel coordinates (N, 3) of the same voxels in the ROI mirrored along ``axes``."""
+    out = points.copy()
+    for a in axes:
+        out[:, a] = size - 1 - out[:, a]
     return out
 
 
@@ -89,15 +111,28 @@ def changed_part(mask: np.ndarray, bbox: Slices, cover: np.ndarray, mask_roi: np
     return tight, cover[tuple(slice(t.start - b.start, t.stop - b.start) for t, b in zip(tight, bbox))]
 
 
+def flip_set(n: object) -> tuple[tuple[int, ...], ...]:
+    """The ROI axes flipped for each member of a flip ensemble of ``n`` (:data:`FLIP_SETS`)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) not in FLIP_SETS:
+        raise UsageError(f"flip_ensemble must be one of {sorted(FLIP_SETS)}, got {n!r}")
+    return FLIP_SETS[int(n)]
+
+
 class RoiPredictor:
-    """A stateless 3D model applied to ROIs of one image, in the original image's indices."""
+    """A stateless 3D model applied to ROIs of one image, in the original image's indices.
+
+    ``flip_ensemble`` (1, 2, 4 or 8; None = the weights' stored ``flip_ensemble``): the model runs
+    on that many mirror images of each ROI, in one batch, and every decode averages their logits and
+    IoU scores mapped back (test-time augmentation; the encoder's cost per new ROI and the decoder's
+    per click grow with it, the result is still one low-res logit map)."""
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None,
-                 cache_size: int = EMBEDDING_CACHE_SIZE) -> None:
+                 cache_size: int = EMBEDDING_CACHE_SIZE, flip_ensemble: int | None = None) -> None:
         self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.img_size = int(model.cfg.img_size)
         self.cache_size = int(cache_size)
+        self.flips = flip_set(int(model.cfg.flip_ensemble) if flip_ensemble is None else flip_ensemble)
         self.image: Image | None = None
         self._embeddings: dict[tuple, torch.Tensor] = {}  # most recently used last
         self._coverage: dict[tuple, tuple[Slices | None, np.ndarray]] = {}
@@ -119,12 +154,13 @@ class RoiPredictor:
 
     # ------------------------------------------------------------------ model
     def embedding(self, roi: Roi) -> torch.Tensor:
-        """The image embedding of ``roi`` (encoded on first use, kept in a small LRU cache)."""
+        """The image embeddings of ``roi``, one per member of the flip ensemble (batch axis; encoded on
+        first use, kept in a small LRU cache)."""
         key = roi_key(roi)
         emb = self._embeddings.pop(key, None)
         if emb is None:
             x = torch.from_numpy(preprocess_roi(self._img(), roi))[None, None].to(self.device)
-            emb = self.model.encode(x)
+            emb = self.model.encode(torch.cat([_flip(x, f) for f in self.flips]))
             log.debug("encoded ROI start=%s", roi.start)
         self._embeddings[key] = emb
         while len(self._embeddings) > self.cache_size:
@@ -137,12 +173,18 @@ class RoiPredictor:
         ``logits``: the prior. ``multimask``: the multimask output with the highest predicted IoU (SAM's
         choice for an ambiguous single click)."""
         emb = self.embedding(roi)
-        coords = torch.tensor(np.stack([p for p, _ in points_roi])[None], dtype=torch.float32, device=self.device)
-        labels = torch.tensor([[lab for _, lab in points_roi]], dtype=torch.int64, device=self.device)
+        points = np.stack([p for p, _ in points_roi]).astype(np.float32)
+        coords = torch.from_numpy(np.stack([_flip_points(points, f, self.img_size) for f in self.flips]))
+        n = len(self.flips)
+        labels = torch.tensor([[lab for _, lab in points_roi]] * n, dtype=torch.int64, device=self.device)
         low = self.low_res_size
         if logits is None:
             logits = torch.zeros((1, 1, low, low, low), device=self.device)
-        out, iou = self.model.decode(emb, points=(coords, labels), mask_input=logits, multimask=multimask)
+        prior = torch.cat([_flip(logits, f) for f in self.flips])
+        outs, ious = self.model.decode(emb, points=(coords.to(self.device), labels), mask_input=prior,
+                                       multimask=multimask)
+        out = torch.stack([_flip(outs[k:k + 1], f) for k, f in enumerate(self.flips)]).mean(0)
+        iou = ious.mean(0, keepdim=True)
         best = int(iou[0].argmax())
         return out[:, best:best + 1], float(iou[0, best])
 

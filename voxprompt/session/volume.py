@@ -391,6 +391,9 @@ class Session(ObjectsMixin):
     prior) takes the decoder's multimask output with the highest predicted IoU, SAM's answer to an
     ambiguous single click (None = the weights' stored ``multimask_first``: set by ``voxprompt convert
     --multimask-first`` for weights trained for it; the official SAM-Med3D decodes one mask).
+    ``flip_ensemble`` (1, 2, 4 or 8; None = the weights' stored ``flip_ensemble``, set by ``voxprompt
+    convert --flip-ensemble``): the model runs on that many mirror images of each ROI and averages them
+    (:class:`~voxprompt.session.roi_predictor.RoiPredictor`).
     ``low_confidence_iou``: a prediction whose model-predicted IoU is below it is flagged
     (``Prediction.low_confidence`` and ``.warning``; 0 turns this rule off). The default
     :data:`LOW_CONFIDENCE_IOU` = 0.14 was chosen for the default model on its training structures,
@@ -427,7 +430,8 @@ class Session(ObjectsMixin):
                  scribble_rule: str = DEFAULT_SCRIBBLE_RULE, lasso_rule: str = DEFAULT_LASSO_RULE,
                  stroke_points: int = STROKE_POINTS, carry_over: bool | None = None,
                  box_negatives: bool | None = None, box_search: bool = False, retry_missed: bool = False,
-                 monotone_clicks: bool | None = None, multimask_first: bool | None = None) -> None:
+                 monotone_clicks: bool | None = None, multimask_first: bool | None = None,
+                 flip_ensemble: int | None = None) -> None:
         if model is None:  # the default model, with the weights shipped in the package
             from ..models.loading import DEFAULT_MODEL, load_model, shipped_weights
 
@@ -442,7 +446,7 @@ class Session(ObjectsMixin):
         planner = planner or CenteredRoiPlanner(size=self.img_size, spacing=self.roi_spacing)
         self.planner: RoiPlanner = planner.bind(self.img_size, self.roi_spacing)
         self.cache_size = max(EMBEDDING_CACHE_SIZE, int(self.planner.cache_size or 0))
-        self.predictor = RoiPredictor(model, device, cache_size=self.cache_size)
+        self.predictor = RoiPredictor(model, device, cache_size=self.cache_size, flip_ensemble=flip_ensemble)
         self.device = self.predictor.device
         self.refine: RefineConfig | None = resolve_refine(refine, model.cfg)
         self.clean: bool = resolve_clean(clean, model.cfg)
