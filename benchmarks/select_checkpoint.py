@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> dict:
         base = load_model(args.model, ckpt)
         model = load_model(args.model, ckpt, config={**base.cfg.to_dict(), "roi_spacing_mm": args.roi_spacing})
         factory = session_factory(model, refine=refine, autozoom=args.autozoom, carry_over=args.carry_over,
-                                  retry_missed=args.retry_missed, monotone_clicks=args.monotone_clicks)
+                                  retry_missed=args.retry_missed, monotone_clicks=args.monotone_clicks,
+                                  flip_ensemble=args.flip_ensemble)
         rows = evaluate(targets, factory, "cvpr25", args.seed, n_clicks=args.clicks,
                         use_box=False, loader=load_target, progress=True)
         add_groups(rows)
@@ -78,6 +79,8 @@ def main() -> int:
     p.add_argument("--retry-missed", action="store_true", help="Session(retry_missed=True)")
     p.add_argument("--monotone-clicks", action=argparse.BooleanOptionalAction, default=None,
                    help="Session(monotone_clicks=...) (default: the model's stored setting)")
+    p.add_argument("--flip-ensemble", type=int, choices=(1, 2, 4, 8), default=None,
+                   help="Session(flip_ensemble=...): mirror images of each ROI averaged (default: the stored setting)")
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these targets (names as voxprompt eval --only)")
@@ -95,7 +98,7 @@ def main() -> int:
             "roi_spacing_mm": args.roi_spacing, "refine_band_mm": args.refine_band,
             "refine_grid_mm": args.refine_grid, "refine_solver": args.refine_solver,
             "autozoom": args.autozoom, "carry_over": args.carry_over, "retry_missed": args.retry_missed,
-            "monotone_clicks": args.monotone_clicks,
+            "monotone_clicks": args.monotone_clicks, "flip_ensemble": args.flip_ensemble,
             "seed": args.seed, "machine": f"{platform.node()} {platform.platform()}", "best": best}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
