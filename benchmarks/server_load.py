@@ -146,13 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--clicks", type=int, default=20)
     ap.add_argument("--model", default="voxprompt-med3d-small")
+    ap.add_argument("--checkpoint", help="weights file (default: the shipped ones), e.g. for an A/B of settings "
+                                         "stored with the weights")
     ap.add_argument("--machine", default="2-core CPU", help="machine name recorded in the JSON")
     ap.add_argument("--out", type=Path, default=RESULTS / "server_load.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    with served(args.model, max(16, args.clients)) as (_, url):
+    extra = ("--checkpoint", args.checkpoint) if args.checkpoint else ()
+    with served(args.model, max(16, args.clients), *extra) as (_, url):
         out: dict[str, Any] = {}
         barrier = threading.Barrier(args.clients)
         threads = [threading.Thread(target=client_run, args=(url, i, args.clients, args.clicks, barrier, out))
@@ -170,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     empty = sum(r["masks_missing_own_object"] for r in out.values())
     result = {
         "benchmark": "server_load", "machine_name": args.machine, "machine": machine("cpu"),
-        "model": args.model, "clients": args.clients, "clicks_per_client": args.clicks,
+        "model": args.model, "checkpoint": args.checkpoint or "shipped", "clients": args.clients,
+        "clicks_per_client": args.clicks,
         "image_shape": list(SHAPE), "clicks_done": len(lat), "wall_s": round(wall, 2),
         "click_latency_ms": {"p50": pct(lat, 50), "p95": pct(lat, 95), "max": max(lat) if lat else None,
                              "mean": float(np.mean(lat)) if lat else None},
