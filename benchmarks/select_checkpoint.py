@@ -20,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from default_model import print_table, summarise  # noqa: E402  (the same means and groups as the main table)
 
+from voxprompt.eval.switches import FLIP_ENSEMBLES  # noqa: E402  (argparse only: loads no model code)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -79,7 +81,7 @@ def main() -> int:
     p.add_argument("--retry-missed", action="store_true", help="Session(retry_missed=True)")
     p.add_argument("--monotone-clicks", action=argparse.BooleanOptionalAction, default=None,
                    help="Session(monotone_clicks=...) (default: the model's stored setting)")
-    p.add_argument("--flip-ensemble", type=int, choices=(1, 2, 4, 8), default=None,
+    p.add_argument("--flip-ensemble", type=int, choices=FLIP_ENSEMBLES, default=None,
                    help="Session(flip_ensemble=...): mirror images of each ROI averaged (default: the stored setting)")
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import UsageError, VoxpromptError
+from ..eval.switches import FLIP_ENSEMBLES
 
 log = logging.getLogger("voxprompt")
 
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--multimask-first", action=argparse.BooleanOptionalAction, default=None,
                    help="3D models: store that a first click chooses among the multimask outputs by predicted "
                         "IoU (only for weights trained for it; default: keep)")
-    s.add_argument("--flip-ensemble", type=int, choices=(1, 2, 4, 8), default=None,
+    s.add_argument("--flip-ensemble", type=int, choices=FLIP_ENSEMBLES, default=None,
                    help="3D models: store how many mirror images of each ROI a session runs the model on and "
                         "averages (1 = off; default: keep)")
     s.set_defaults(func=cmd_convert)
