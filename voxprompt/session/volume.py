@@ -143,7 +143,7 @@ BOX_FIT_ENOUGH = 0.5
 # threshold whose flagged first clicks have Dice < 0.3 at least 75 % of the time; re-chosen for each
 # shipped stage). Its IoU head is a modest signal (Spearman 0.33 with Dice there, stage 17); calibrate
 # it for any other model (an official SAM-Med3D's scores live on another scale).
-LOW_CONFIDENCE_IOU = 0.14
+LOW_CONFIDENCE_IOU = 0.15
 
 ImageLike = Image | np.ndarray | str | os.PathLike
 
@@ -396,8 +396,8 @@ class Session(ObjectsMixin):
     (:class:`~voxprompt.session.roi_predictor.RoiPredictor`).
     ``low_confidence_iou``: a prediction whose model-predicted IoU is below it is flagged
     (``Prediction.low_confidence`` and ``.warning``; 0 turns this rule off). The default
-    :data:`LOW_CONFIDENCE_IOU` = 0.14 was chosen for the default model on its training structures,
-    where its predicted IoU is a modest signal; calibrate the threshold for other models (their IoU
+    :data:`LOW_CONFIDENCE_IOU` = 0.15 was chosen for the default model (stage 21) on its training
+    structures, where its predicted IoU is a modest signal; calibrate the threshold for other models (their IoU
     heads are not calibrated against real Dice either). A result is flagged as well when its mask
     is empty after a positive prompt (a click or a box: empty inside the box) or when the object's
     last positive click lies outside it; the sentence gives the click as an array index.
