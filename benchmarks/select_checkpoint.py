@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from default_model import print_table, summarise  # noqa: E402  (the same means and groups as the main table)
 
-from voxprompt.eval.switches import FLIP_ENSEMBLES  # noqa: E402  (argparse only: loads no model code)
+from voxprompt.models.config import FLIP_ENSEMBLES  # noqa: E402  (imports no torch)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -9,7 +9,7 @@ from golden_configs import sam_med3d_config
 
 import voxprompt
 from voxprompt.errors import UsageError
-from voxprompt.eval.switches import FLIP_ENSEMBLES
+from voxprompt.models.config import FLIP_ENSEMBLES
 from voxprompt.preprocess import preprocess_roi, roi_around
 from voxprompt.session import image_from_array
 from voxprompt.session.roi_predictor import FLIP_SETS, RoiPredictor

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import UsageError, VoxpromptError
-from ..eval.switches import FLIP_ENSEMBLES
+from ..models.config import FLIP_ENSEMBLES
 
 log = logging.getLogger("voxprompt")
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..models.config import FLIP_ENSEMBLES
+
 _SWITCHES = (  # (flag, Session keyword, default, help)
     ("--carry-over", "carry_over", None,
      "a click that opens a new ROI starts from the object's mask and its clicks in that ROI (--no-carry-over: a "
@@ -27,7 +29,6 @@ _SWITCHES = (  # (flag, Session keyword, default, help)
 )
 
 
-FLIP_ENSEMBLES = (1, 2, 4, 8)  # voxprompt.session.roi_predictor.FLIP_SETS (a test keeps them equal)
 
 
 def add_session_switches(parser: argparse.ArgumentParser, scope: str = "") -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 from ..errors import UsageError
 
+FLIP_ENSEMBLES = (1, 2, 4, 8)  # allowed SamConfig.flip_ensemble sizes (session.roi_predictor.FLIP_SETS' keys)
+
 # The model used when none is named (trained by us, shipped in voxprompt/weights/). Defined here, not in
 # loading.py, so that the CLI parser and the server settings know it without importing torch.
 DEFAULT_MODEL = "voxprompt-med3d-small"
@@ -68,8 +70,8 @@ class SamConfig:
             raise UsageError(f"roi_spacing_mm must be positive, got {self.roi_spacing_mm}")
         if not self.refine_band_mm >= 0:
             raise UsageError(f"refine_band_mm must be >= 0 (0 = off), got {self.refine_band_mm}")
-        if self.flip_ensemble not in (1, 2, 4, 8):
-            raise UsageError(f"flip_ensemble must be 1, 2, 4 or 8 (1 = off), got {self.flip_ensemble}")
+        if self.flip_ensemble not in FLIP_ENSEMBLES:
+            raise UsageError(f"flip_ensemble must be one of {FLIP_ENSEMBLES} (1 = off), got {self.flip_ensemble}")
         if self.fine_channels < 0:
             raise UsageError(f"fine_channels must be >= 0 (0 = off), got {self.fine_channels}")
         if self.num_point_embeddings not in (2, 4):
