@@ -52,6 +52,26 @@ class AugmentConfig:
     intensity_shift: float = 0.2
     noise_std: float = 0.05
     centered_click: float = 0.0  # share of samples whose ROI is centred on their first click, as at inference
+    # real samples warped (train/warp.py): rotation about each axis, per-axis scale (log-uniform; > 1
+    # shows the anatomy larger), smooth elastic displacement (ROI voxels). 0: off, as before stage 22
+    warp_prob: float = 0.0
+    warp_rotate_deg: float = 15.0
+    warp_scale: tuple[float, float] = (0.85, 1.18)
+    warp_elastic_voxels: float = 3.0
+
+    def __post_init__(self) -> None:
+        scale = tuple(self.warp_scale)
+        checks = [
+            (0 <= self.centered_click <= 1, f"centered_click must be in [0, 1], got {self.centered_click}"),
+            (0 <= self.warp_prob <= 1, f"warp_prob must be in [0, 1], got {self.warp_prob}"),
+            (0 <= self.warp_rotate_deg <= 45, f"warp_rotate_deg must be in [0, 45], got {self.warp_rotate_deg}"),
+            (len(scale) == 2 and 0 < scale[0] <= scale[1],
+             f"warp_scale must be (low, high) with 0 < low <= high, got {self.warp_scale}"),
+            (self.warp_elastic_voxels >= 0, f"warp_elastic_voxels must be >= 0, got {self.warp_elastic_voxels}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(f"train config: augment: {msg}")
 
 
 @dataclass

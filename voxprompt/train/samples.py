@@ -15,6 +15,7 @@ from ..masks import deepest_voxel
 from ..preprocess import extract_roi_label, extract_roi_labels, preprocess_roi, roi_around
 from .config import AugmentConfig, DataSource, SyntheticSource
 from .synthetic import synthetic_sample
+from .warp import WARP_MARGIN, warp_roi
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,19 @@ class SampleMixer:
         else:
             lo, hi = np.log(self.aug.spacing_scale)
             spacing = self.spacing * float(np.exp(rng.uniform(lo, hi)))
-            image, label, click = self.pools[k].sample(rng, self.size, spacing, self.aug)
+            image, label, click = self._real(rng, self.pools[k], spacing)
         return augment(rng, image, label, self.aug, click)
+
+    def _real(self, rng: np.random.Generator, pool: TargetPool, spacing: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A real ROI, warped with probability ``aug.warp_prob`` (drawn only when that is set, so
+        earlier configs draw exactly the samples they drew before)."""
+        if self.aug.warp_prob > 0 and rng.random() < self.aug.warp_prob:
+            wide = pool.sample(rng, self.size + 2 * WARP_MARGIN, spacing, self.aug)
+            image, label, click = warp_roi(rng, *wide, self.size, self.aug)
+            if label.sum() >= MIN_ROI_VOXELS:
+                return image, label, click
+        return pool.sample(rng, self.size, spacing, self.aug)
 
     def batch(self, seed: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``n`` samples from the seed sequence ``seed`` (e.g. (run seed, step, rank, micro-batch)):
