@@ -30,7 +30,7 @@ def model_family(model: Any) -> str:
     cfg = getattr(model, "cfg", None)
     if name.startswith("sam-unet") or isinstance(cfg, SamUNetConfig):
         return "sam-unet"
-    if getattr(model, "spatial_dims", 2) == 3:
+    if model.spatial_dims == 3:
         return "sam-med3d"
     if name == "sam-med2d" or (name != "sam-vit-b" and getattr(cfg, "adapter", False)):
         return "sam-med2d"
@@ -53,7 +53,7 @@ def policy_for(model: Any, channel_order: str | None = None) -> Policy2D:
     """
     from ..preprocess.image2d import official_policy
 
-    if getattr(model, "spatial_dims", 2) != 2:
+    if model.spatial_dims != 2:
         raise UsageError(f"{getattr(model, 'name', 'model')} is a 3D model; 2D sessions need a 2D model")
     return official_policy(model_family(model), int(model.img_size), channel_order)
 

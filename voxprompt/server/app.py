@@ -60,7 +60,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     settings.validate()
     if model is None:
         model = load_server_model(settings)
-    if getattr(model, "spatial_dims", 3) != 3:
+    if model.spatial_dims != 3:
         raise UsageError(f"the server needs a 3D model; {settings.model} is {model.spatial_dims}D")
     model.eval()
     for msg in security_warnings(settings):

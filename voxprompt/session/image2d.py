@@ -199,7 +199,7 @@ class Session2D(ObjectsMixin):
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None,
                  policy: Policy2D | None = None, channel_order: str | None = None) -> None:
-        if getattr(model, "spatial_dims", 2) != 2:
+        if model.spatial_dims != 2:
             raise UsageError(f"Session2D needs a 2D model, got spatial_dims={model.spatial_dims}; use Session")
         pol = policy or policy_for(model, channel_order)
         if policy is not None and channel_order is not None:

@@ -76,7 +76,7 @@ class SliceSession(ObjectsMixin):
     def __init__(self, model: torch.nn.Module, axis: int = 0, config: PropagationConfig = PropagationConfig(),
                  propagate: bool = True, window: str | Window | None = None,
                  device: str | torch.device | None = None, policy: Policy2D | None = None) -> None:
-        if getattr(model, "spatial_dims", 2) != 2:
+        if model.spatial_dims != 2:
             raise UsageError(f"SliceSession needs a 2D model; {model.name} is 3D (use Session)")
         if axis not in (0, 1, 2):
             raise UsageError(f"slice axis must be 0, 1 or 2, got {axis!r}")

@@ -438,7 +438,7 @@ class Session(ObjectsMixin):
             if shipped_weights(DEFAULT_MODEL) is None:
                 raise UsageError(f"Session(): no weights shipped for {DEFAULT_MODEL}; pass a model")
             model = load_model(DEFAULT_MODEL, device=device or "cpu")
-        if getattr(model, "spatial_dims", 3) != 3:
+        if model.spatial_dims != 3:
             raise UsageError(f"Session needs a 3D model, got spatial_dims={model.spatial_dims}")
         self.model = model
         self.img_size = int(model.cfg.img_size)

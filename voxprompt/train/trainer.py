@@ -111,7 +111,7 @@ def grow(model: torch.nn.Module, sd: dict, source: str) -> None:
 
 
 def _is_2d(model: torch.nn.Module) -> bool:
-    return getattr(model, "spatial_dims", 3) == 2
+    return model.spatial_dims == 2
 
 
 def _loop_and_mixer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
