@@ -166,7 +166,7 @@ class SampleMixer:
         earlier configs draw exactly the samples they drew before)."""
         if self.aug.warp_prob > 0 and rng.random() < self.aug.warp_prob:
             wide = pool.sample(rng, self.size + 2 * WARP_MARGIN, spacing, self.aug)
-            image, label, click = warp_roi(rng, *wide, self.size, self.aug)
+            image, label, click = warp_roi(rng, *wide, self.size, self.aug, MIN_ROI_VOXELS)
             if label.sum() >= MIN_ROI_VOXELS:
                 return image, label, click
         return pool.sample(rng, self.size, spacing, self.aug)

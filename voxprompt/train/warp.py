@@ -19,7 +19,6 @@ from ..data.render import smooth_noise
 from .config import AugmentConfig
 
 WARP_MARGIN = 8  # extra ROI voxels drawn on every side of a warped sample
-MIN_WARPED_VOXELS = 20  # as samples.MIN_ROI_VOXELS: a warped ROI must still show its target
 
 
 def rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
@@ -54,40 +53,26 @@ def warp_coordinates(rng: np.random.Generator, size: int, aug: AugmentConfig) ->
 
 
 def warp_roi(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, click: np.ndarray, size: int,
-             aug: AugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             aug: AugmentConfig, min_voxels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Warp a ROI of side ``size + 2 * WARP_MARGIN`` to side ``size``: image linear, label nearest.
 
-    ``click``: the first click in the input ROI (its centre for a centred sample) or -1s (left to the
-    simulator). When the warped label loses its target or the clicked voxel, the ROI's centre crop is
-    returned unwarped instead, so a sample never changes what it asks for.
+    ``click``: the first click in the input ROI or -1s (left to the simulator). Only a click at the
+    ROI's centre is warped (a centred sample's click): the centre is the warp's fixed point, so the
+    click keeps its voxel and label. A click elsewhere, or a warped label of fewer than ``min_voxels``
+    target voxels, gives the ROI's centre crop unwarped instead, so a sample never changes what it
+    asks for.
     """
-    coords = warp_coordinates(rng, size, aug)
-    warped_label = ndimage.map_coordinates(label, coords, order=0, mode="constant", cval=0)
     out_click = np.array(click)
     if click[0] >= 0:
-        out_click = np.asarray(click) - WARP_MARGIN
-        # the centre is the warp's fixed point; any other click moves with the linear part only
-        c = np.full(3, size // 2)
-        if not np.array_equal(out_click, c):
-            step = np.linalg.solve(_linear_part(coords, c), out_click - c)
-            out_click = np.floor(c + step + 0.5).astype(int)
-        inside = np.all((out_click >= 0) & (out_click < size))
-        if not inside or not warped_label[tuple(out_click)]:
+        out_click = out_click - WARP_MARGIN
+        if not np.array_equal(out_click, np.full(3, size // 2)):
             return _centre_crop(image, label, click, size)
-    if warped_label.sum() < MIN_WARPED_VOXELS:
+    coords = warp_coordinates(rng, size, aug)
+    warped_label = ndimage.map_coordinates(label, coords, order=0, mode="constant", cval=0)
+    if warped_label.sum() < min_voxels:
         return _centre_crop(image, label, click, size)
     warped = ndimage.map_coordinates(image, coords, order=1, mode="nearest")
     return warped.astype(np.float32), warped_label.astype(label.dtype), out_click
-
-
-def _linear_part(coords: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """The warp's Jacobian at output voxel ``c`` (finite differences of the coordinates)."""
-    cols = []
-    for a in range(3):
-        step = np.zeros(3, int)
-        step[a] = 1
-        cols.append(coords[(slice(None), *(c + step))] - coords[(slice(None), *c)])
-    return np.stack(cols, axis=1)
 
 
 def _centre_crop(image: np.ndarray, label: np.ndarray, click: np.ndarray, size: int
