@@ -1,7 +1,8 @@
 """What the default model's first click gets wrong: too little (recall) or too much (precision).
 
 One click per target, where the CVPR 2025 protocol puts the first one (the centre of the structure),
-in a fresh :class:`~voxprompt.session.Session` with the model's stored settings (refinement, clean-up);
+in a fresh :class:`~voxprompt.session.Session` with the model's stored settings (refinement, clean-up;
+``--raw``: the model alone, its ROI drawn and normalised as in training);
 prints Dice, precision, recall and the predicted IoU per target and their means per candidate, and
 writes ``benchmarks/results/first_click.json``. Only the validation or training splits (never the
 held-out one): a diagnosis for choosing what to train next, not a result.
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> dict:
         for t in tqdm(targets, desc=Path(name).name, unit="target"):
             image, gt = load_target(t)
             gt = gt.astype(bool)
-            session = Session(model)
+            session = Session(model, refine=False, clean=False) if args.raw else Session(model)
             session.set_image(image)
             click = cvpr25_next_click(np.zeros_like(gt), gt)
             pred = session.add_point(click.index, positive=True)
@@ -69,6 +70,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_candidate_arguments(p)
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these targets (names as voxprompt eval --only)")
+    p.add_argument("--raw", action="store_true", help="the model alone: no boundary refinement, no clean-up")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="JSON path (default benchmarks/results/first_click.json)")
     args = p.parse_args()
@@ -82,7 +84,7 @@ def main() -> int:
         print(f"{name[-44:]:44s} {m['dice']:6.3f} {m['precision']:6.3f} {m['recall']:6.3f} {m['predicted_iou']:6.3f}")
     out = Path(args.out) if args.out else RESULTS / "first_click.json"
     meta = {"benchmark": "first_click", "protocol": "cvpr25's first click, session defaults", "data": args.data,
-            "targets": args.targets, "only": args.only, "model": args.model,
+            "targets": args.targets, "only": args.only, "model": args.model, "raw": args.raw,
             "machine": f"{platform.node()} {platform.platform()}"}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
