@@ -139,6 +139,7 @@ class TrainConfig:
     iou_loss_weight: float = 1.0
     mask_prior_prob: float = 0.0  # 3D: share of samples started from a session-style mask prior (train/priors.py)
     first_click_weight: float = 1.0  # 3D: the first pass's loss weight against 1 for each later one
+    box_prob: float = 0.0  # 3D: share of samples (without a prior) started from a box's prompt with face negatives
     multimask_first: bool = False  # 3D: a first click without a prior also trains the multimask outputs (best-of loss)
     multimask_warm_start: bool = False  # before training: multimask tokens start as copies of the single-mask token
     amp: str = "none"
@@ -164,6 +165,7 @@ class TrainConfig:
             (0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"),
             (0 <= self.mask_prior_prob <= 1, f"mask_prior_prob must be in [0, 1], got {self.mask_prior_prob}"),
             (self.first_click_weight > 0, f"first_click_weight must be positive, got {self.first_click_weight}"),
+            (0 <= self.box_prob <= 1, f"box_prob must be in [0, 1], got {self.box_prob}"),
             (self.save_every > 0 and self.log_every > 0, "save_every and log_every must be positive"),
             (self.init_mode in INIT_MODES, f"init_mode must be one of {INIT_MODES}, got {self.init_mode!r}"),
             (self.init_mode == "strict" or self.init_checkpoint is not None,

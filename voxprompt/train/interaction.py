@@ -8,7 +8,10 @@ averaged over the passes. With ``mask_prior_prob`` a sample starts instead from 
 kind a session feeds (:mod:`.priors`), its first click on that prior's error. With
 ``multimask_first`` the first pass of a sample without a prior also trains the decoder's multimask
 outputs, SAM's answer to an ambiguous single click (part, organ, region): only the best of them gets
-the loss, and the IoU head learns each one's IoU, by which a session chooses among them.
+the loss, and the IoU head learns each one's IoU, by which a session chooses among them. With
+``box_prob`` a sample without a prior starts from the prompt a session makes of the CVPR 2025 box
+(``Session.add_box`` with ``box_negatives``): a positive click at the box's centre and negative clicks
+just beyond its faces, so that the model learns what those negatives say about the object's extent.
 """
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..eval.clicks import cvpr25_next_click, sam_med3d_random_click
+from ..eval.clicks import cvpr25_initial_box, cvpr25_next_click, sam_med3d_random_click
 from ..session.roi_predictor import mask_prior_logits
+from ..session.strokes import box_centre, box_negatives
 from .losses import per_sample_loss, segmentation_loss
 from .priors import degraded_prior
 
@@ -37,6 +41,27 @@ def next_clicks(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator, mode
     return out
 
 
+# ROI voxels beyond a box face where a training box's negative click goes: a session puts them 2 voxels of
+# the image beyond (BOX_NEGATIVE_MARGIN), which on a CT of 0.7-3 mm is about one voxel of a 2.75 mm ROI
+BOX_MARGIN = 1
+
+
+def box_prompt(gt: np.ndarray, rng: np.random.Generator, margin: int = BOX_MARGIN) -> list[tuple]:
+    """The clicks ``Session.add_box`` (with ``box_negatives``) makes of the CVPR 2025 box of ``gt`` ``(D, H, W)``,
+    perturbed as the challenge does: ``[(index, 1), (index, 0), ...]``, the positive click at the box's
+    centre (at the target's centre click when the box's centre misses it, as ``box_search`` would find a
+    voxel inside), then one negative click ``margin`` voxels beyond each in-plane face."""
+    box = cvpr25_initial_box(gt, rng)
+    lo = np.array([box.z_mid, box.y_min, box.x_min])
+    hi = np.array([box.z_mid + 1, box.y_max + 1, box.x_max + 1])
+    centre = box_centre(lo, hi)
+    seed = tuple(int(v) for v in centre)
+    if not gt[seed]:
+        seed = cvpr25_next_click(np.zeros_like(gt), gt).index
+    negatives = box_negatives(lo, hi, centre, gt.shape, margin)
+    return [(seed, 1)] + [(tuple(int(v) for v in q), 0) for q in negatives]
+
+
 class ClickLoop(nn.Module):
     """Wraps a promptable 3D model so one ``forward`` runs a whole simulated interaction.
 
@@ -45,16 +70,19 @@ class ClickLoop(nn.Module):
 
     def __init__(self, model: nn.Module, click_steps: int, click_mode: str, loss: str,
                  iou_loss_weight: float = 1.0, mask_prior_prob: float = 0.0,
-                 multimask_first: bool = False, first_click_weight: float = 1.0) -> None:
+                 multimask_first: bool = False, first_click_weight: float = 1.0, box_prob: float = 0.0) -> None:
         super().__init__()
         if not first_click_weight > 0:
             raise ValueError(f"first_click_weight must be > 0, got {first_click_weight}")
+        if not 0 <= box_prob <= 1:
+            raise ValueError(f"box_prob must be in [0, 1], got {box_prob}")
         self.model = model
         self.click_steps, self.click_mode, self.loss = click_steps, click_mode, loss
         self.iou_loss_weight = iou_loss_weight
         self.mask_prior_prob = float(mask_prior_prob)
         self.multimask_first = bool(multimask_first)
         self.first_click_weight = float(first_click_weight)
+        self.box_prob = float(box_prob)
 
     def forward(self, image: torch.Tensor, gt: torch.Tensor, rng: np.random.Generator,
                 autocast: Callable[[], object], first: np.ndarray | None = None
@@ -70,16 +98,26 @@ class ClickLoop(nn.Module):
         labels: list[list] = [[] for _ in range(len(gt_np))]
         prev = torch.zeros((image.shape[0], 1) + (low,) * 3, device=image.device)
         primed = self._prime(prev, pred_np, gt_np, rng)
+        boxed = self._boxed(gt_np, primed, rng)
         with autocast():
             emb = m.encode(image)
         total = image.new_zeros(())
         stats: dict[str, float] = {}
         for step in range(self.click_steps):
             for b, (idx, lab) in enumerate(next_clicks(pred_np, gt_np, rng, self.click_mode)):
+                if step == 0 and b in boxed:
+                    coords[b].extend(c for c, _ in boxed[b])
+                    labels[b].extend(v for _, v in boxed[b])
+                    continue
                 if step == 0 and first is not None and first[b][0] >= 0 and b not in primed:
                     idx, lab = tuple(int(i) for i in first[b]), 1
                 coords[b].append(idx)
                 labels[b].append(lab)
+            if step == 0 and boxed:  # pad to the longest prompt with "not a point" (label -1)
+                n = max(len(c) for c in coords)
+                for c, v in zip(coords, labels):
+                    c.extend([(0,) * (image.dim() - 2)] * (n - len(c)))
+                    v.extend([-1] * (n - len(v)))
             pts = (torch.tensor(coords, dtype=torch.float32, device=image.device),
                    torch.tensor(labels, dtype=torch.int64, device=image.device))
             with autocast():
@@ -115,6 +153,14 @@ class ClickLoop(nn.Module):
         iou_loss = ((iou.float() - true_iou) ** 2).mean(1)
         per_sample = losses.min(1).values + self.iou_loss_weight * iou_loss
         return (per_sample * keep).sum() / keep.sum().clamp_min(1)
+
+    def _boxed(self, gt_np: np.ndarray, primed: set[int], rng: np.random.Generator) -> dict[int, list[tuple]]:
+        """The samples (without a prior) that start from a box's prompt (:func:`box_prompt`), by index.
+        Draws nothing when the probability is 0."""
+        if self.box_prob <= 0:
+            return {}
+        return {b: box_prompt(gt_np[b], rng) for b in range(len(gt_np))
+                if rng.random() < self.box_prob and b not in primed}
 
     def _prime(self, prev: torch.Tensor, pred_np: np.ndarray, gt_np: np.ndarray,
                rng: np.random.Generator) -> set[int]:

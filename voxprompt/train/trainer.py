@@ -118,7 +118,7 @@ def _loop_and_mixer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.nn.
     """The interaction loop and sample source: 3D ROIs and clicks, or 2D slices/images and SAM-Med2D's prompts."""
     if not _is_2d(model):
         loop = ClickLoop(model, cfg.click_steps, cfg.click_mode, cfg.loss, cfg.iou_loss_weight,
-                         cfg.mask_prior_prob, cfg.multimask_first, cfg.first_click_weight)
+                         cfg.mask_prior_prob, cfg.multimask_first, cfg.first_click_weight, cfg.box_prob)
         mixer = SampleMixer(cfg.data, cfg.synthetic, cfg.augment, model.img_size, float(model.cfg.roi_spacing_mm))
         return loop, mixer
     from ..models.family import policy_for
