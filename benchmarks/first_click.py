@@ -28,10 +28,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def overlap(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """Dice, precision and recall of a binary prediction (precision 0 for an empty one)."""
+    from voxprompt.eval.metrics import dice
+
     inter = float(np.logical_and(pred, gt).sum())
     n_pred, n_gt = float(pred.sum()), float(gt.sum())
-    return {"dice": 2 * inter / max(n_pred + n_gt, 1.0), "precision": inter / n_pred if n_pred else 0.0,
-            "recall": inter / max(n_gt, 1.0)}
+    return {"dice": dice(pred, gt), "precision": inter / n_pred if n_pred else 0.0, "recall": inter / max(n_gt, 1.0)}
 
 
 def run(args: argparse.Namespace) -> dict:
