@@ -28,10 +28,13 @@ class DataSource:
     min_voxels: int = 200
     cases: list | None = None  # only these cases (e.g. to keep research-only labels out)
     render_prob: float = 0.0  # share of samples whose image is rendered from the label map (data.render)
+    size_power: float = 0.0  # targets drawn with probability ~ voxels ** size_power (0: uniform)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.render_prob <= 1.0:
             raise UsageError(f"train config: data[]: render_prob must be in [0, 1], got {self.render_prob}")
+        if not 0.0 <= self.size_power <= 2.0:
+            raise UsageError(f"train config: data[]: size_power must be in [0, 2], got {self.size_power}")
 
 
 @dataclass
