@@ -192,3 +192,37 @@ def test_grid_cap_on_a_fine_image_solves_fewer_unknowns_as_well(monkeypatch):
     assert capped.shape == gt.shape and capped.dtype == bool
     assert dice(capped, gt) > dice(coarse, gt) + 0.1 and dice(capped, gt) > 0.95
     assert abs(dice(capped, gt) - dice(native, gt)) < 0.02
+
+
+def test_band_seeds_equal_their_distance_transform_definition():
+    """Seeds by erosion (a narrow band) or by the exact transform give the definition's seeds exactly."""
+    from scipy import ndimage
+
+    from voxprompt.refine.boundary import band_seeds
+
+    def reference(mask, spacing, band):
+        depth = ndimage.distance_transform_edt(mask, sampling=spacing)
+        outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
+        seeds = np.zeros(mask.shape, dtype=np.int32)
+        seeds[depth > min(band, 0.5 * float(depth.max()))] = 1
+        if not seeds.any():
+            seeds[mask] = 1
+        seeds[outside > band] = 2
+        return seeds
+
+    rng = np.random.default_rng(3)
+    checked = 0
+    for i in range(40):
+        shape = tuple(int(v) for v in rng.integers(8, 32, 3))
+        grid = np.indices(shape).astype(float)
+        c, r = np.array(shape) * rng.uniform(0.2, 0.8, 3), np.array(shape) * rng.uniform(0.05, 0.6, 3)
+        m = (((grid - c[:, None, None, None]) / r[:, None, None, None]) ** 2).sum(0) < 1
+        if i % 2:
+            m &= rng.random(shape) > 0.05
+        if not m.any():
+            continue
+        sp = rng.choice([0.703125, 1.0, 1.5, 2.5], 3)
+        for band in (1.40625, float(max(sp)), 9.0):
+            np.testing.assert_array_equal(band_seeds(m, [], sp, RefineConfig(band_mm=band)), reference(m, sp, band))
+            checked += 1
+    assert checked > 90

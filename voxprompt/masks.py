@@ -1,5 +1,5 @@
-"""Binary masks as arrays: bounding boxes (and how well a mask fills one), connected components and the
-deepest voxel.
+"""Binary masks as arrays: bounding boxes (and how well a mask fills one), connected components, the
+deepest voxel and the voxels deeper than a distance.
 
 Plain numpy/scipy, no model or image geometry: every layer may use these (sessions, data, eval, train).
 """
@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 Slices = tuple[slice, ...]  # a box of an array, one slice per axis
+BALL_ELEMENTS = 64  # footprints up to this size erode faster than an exact distance transform of the array
 
 
 def bbox_of(diff: np.ndarray) -> Slices | None:
@@ -104,3 +105,61 @@ def deepest_voxel(mask: np.ndarray, spacing: Sequence[float] | None = None,
         return None
     dist = distance_inside(m, spacing, edge_is_background)
     return np.asarray(np.unravel_index(int(np.argmax(dist)), m.shape), dtype=int)
+
+
+def ball_footprint(spacing: Sequence[float], radius: float) -> np.ndarray:
+    """The offsets no longer than ``radius`` (mm; ``spacing`` mm per axis) as a boolean footprint centred
+    on its middle voxel, each length computed as scipy's ``distance_transform_edt`` computes distances."""
+    sp = np.asarray(spacing, dtype=np.float64)
+    half = np.floor(radius / sp).astype(int) + 1
+    offsets = np.indices(tuple(2 * half + 1)).reshape(sp.size, -1) - half[:, None]
+    d = offsets.astype(np.float64) * sp[:, None]
+    return (np.sqrt(np.add.reduce(d * d, axis=0)) <= radius).reshape(tuple(2 * half + 1))
+
+
+def deeper_than(mask: np.ndarray, spacing: Sequence[float], distance: float) -> np.ndarray:
+    """Voxels of ``mask`` farther than ``distance`` (mm) from every voxel of the array outside it: exactly
+    ``distance_transform_edt(mask, sampling=spacing) > distance`` (beyond the array is not background).
+
+    A short distance is an erosion by :func:`ball_footprint` (a few voxels' width costs a fraction of the
+    exact transform on a large array); a long one, or a mask with no background voxel, the transform."""
+    m = np.asarray(mask, dtype=bool)
+    foot = ball_footprint(spacing, distance)
+    if int(foot.sum()) > BALL_ELEMENTS or m.all():
+        return ndimage.distance_transform_edt(m, sampling=spacing) > distance
+    return ndimage.binary_erosion(m, structure=foot, border_value=1)
+
+
+def reaches_depth(mask: np.ndarray, spacing: Sequence[float], distance: float) -> bool:
+    """True when some voxel of ``mask`` lies farther than ``distance`` (mm) from every voxel of the array
+    outside it (``distance_transform_edt(mask, sampling=spacing).max() > distance``), proved at one
+    candidate; False when that candidate fails, which need not mean that no voxel does.
+
+    The candidate is the deepest voxel near the deepest block of the mask on a grid of blocks about
+    ``distance`` wide (cheap on a large array): callers fall back to the exact transform on False."""
+    m = np.asarray(mask, dtype=bool)
+    sp = np.asarray(spacing, dtype=np.float64)
+    if not m.any() or m.all():
+        return False
+    k = np.maximum(1, np.floor(distance / sp)).astype(int)
+    pad = [(0, int(-n % f)) for n, f in zip(m.shape, k)]
+    blocks = np.pad(m, pad, constant_values=False)
+    shape = [x for n, f in zip(blocks.shape, k) for x in (n // f, int(f))]
+    inside = blocks.reshape(shape).all(axis=tuple(range(1, 2 * m.ndim, 2)))
+    if not inside.any():
+        return False
+    block = np.unravel_index(int(np.argmax(ndimage.distance_transform_edt(inside, sampling=sp * k))), inside.shape)
+    foot = ball_footprint(sp, distance)
+    half = np.array(foot.shape) // 2
+    near = tuple(slice(int(max(0, b * f - h)), int(min(n, (b + 1) * f + h)))
+                 for b, f, h, n in zip(block, k, half, m.shape))  # the block and a footprint around it
+    depth = ndimage.distance_transform_edt(m[near], sampling=sp)  # exact up to the margin inside the block
+    own = tuple(slice(int(b * f - s.start), int(min((b + 1) * f, n) - s.start))
+                for b, f, s, n in zip(block, k, near, m.shape))
+    local = np.unravel_index(int(np.argmax(depth[own])), depth[own].shape)
+    centre = np.array([s.start + o.start + i for s, o, i in zip(near, own, local)])
+    lo, hi = centre - half, centre + half + 1
+    a, b = np.maximum(lo, 0), np.minimum(hi, m.shape)
+    window = m[tuple(slice(int(x), int(y)) for x, y in zip(a, b))]
+    part = foot[tuple(slice(int(x - s), int(y - s)) for x, y, s in zip(a, b, lo))]
+    return bool(window[part].all())

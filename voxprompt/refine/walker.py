@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage, sparse
-from scipy.sparse.linalg import cg
+from scipy.sparse.linalg import LinearOperator, cg
 
 EPS = 1.0e-10  # scikit-image's weight floor
 
@@ -68,7 +68,8 @@ def band_random_walker(data: np.ndarray, labels: np.ndarray, beta: float, tol: f
         flat[unknown] = 1 if has[0] else 2
         return out
     n = unknown.size
-    precond = sparse.dia_array((1.0 / lap.diagonal(), 0), shape=(n, n))
+    inverse = 1.0 / lap.diagonal()  # Jacobi: the same products as a diagonal matrix's, without its dispatch
+    precond = LinearOperator((n, n), matvec=lambda r: inverse * r.reshape(-1), dtype=np.float64)
     callback = None if cancel is None else (lambda _x: check_cancel(cancel))
     if difference:
         d = cg(lap, rhs[:, [0]] - rhs[:, [1]], rtol=tol, atol=0, M=precond, callback=callback)[0]
@@ -98,6 +99,8 @@ def band_system(data: np.ndarray, labels: np.ndarray, beta: float,
     sp = np.asarray(spacing, dtype=float)
     coords = np.unravel_index(unknown, data.shape)
     strides = (data.shape[1] * data.shape[2], data.shape[2], 1)
+    node = np.full(lab.size, -1, dtype=np.int64)  # flat index -> row of the system (the undecided voxels')
+    node[unknown] = np.arange(n)
     colsum = np.zeros(n)  # the Laplacian's column sums, accumulated in ascending node order
     rhs = np.zeros((n, 2))
     cols: list[np.ndarray] = []
@@ -117,7 +120,7 @@ def band_system(data: np.ndarray, labels: np.ndarray, beta: float,
         colsum = colsum + np.where(nl >= 0, -weight, 0.0)
         for k in (0, 1):
             rhs[:, k] = rhs[:, k] + np.where(nl == k + 1, weight, 0.0)
-        cols.append(np.where(nl == 0, np.searchsorted(unknown, nb), -1))
+        cols.append(np.where(nl == 0, node[nb], -1))
         vals.append(-weight)
     vals[3] = -colsum
     if not _every_region_seeded(lab == 0, rhs.sum(axis=1) > 0, data.shape, unknown):
