@@ -9,7 +9,9 @@ and the clean-up's time on the ROI's block. Then, for
 a grid of thresholds on the predicted IoU: how many results it flags, the mean Dice of flagged and
 unflagged ones, and how many flagged results are poor (Dice < ``--poor``). The chosen threshold is
 the largest one of the grid whose flagged results are poor at least ``--precision`` of the time
-(the shipped ``voxprompt.session.LOW_CONFIDENCE_IOU``). No held-out structure is looked at.
+(the shipped ``voxprompt.session.LOW_CONFIDENCE_IOU``). No held-out structure is looked at, nor (by
+default, ``--exclude-cases``) the held-out brain's subject, Colin27, whose other AAL regions the train
+split holds.
 
     python benchmarks/confidence.py --data data/real            # -> benchmarks/results/confidence_train.json
 """
@@ -30,6 +32,7 @@ from bench_utils import RESULTS, machine, write_json  # noqa: E402
 
 from voxprompt import session as session_mod  # noqa: E402
 from voxprompt.cleanup import clean_mask  # noqa: E402
+from voxprompt.data.pseudo import DEFAULT_EXCLUDE_CASES  # noqa: E402
 from voxprompt.data.readers import load_target, open_dataset  # noqa: E402
 from voxprompt.eval.metrics import dice  # noqa: E402
 from voxprompt.models.loading import DEFAULT_MODEL, load_model  # noqa: E402
@@ -61,6 +64,8 @@ def main() -> int:
     p.add_argument("--data", default="data/real")
     p.add_argument("--targets", default="train")
     p.add_argument("--clicks", type=int, default=1, help="random interior clicks per target (default 1)")
+    p.add_argument("--exclude-cases", default=",".join(DEFAULT_EXCLUDE_CASES),
+                   help="comma list of cases left out (default: the held-out brain subject; '' for none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--poor", type=float, default=0.3, help="Dice below which a result counts as poor")
     p.add_argument("--precision", type=float, default=0.75,
@@ -73,7 +78,8 @@ def main() -> int:
     model = load_model(DEFAULT_MODEL)
     rng = np.random.default_rng(args.seed)
     rows: list[dict] = []
-    targets = open_dataset(args.data, split=args.targets)
+    excluded = {c for c in args.exclude_cases.split(",") if c}
+    targets = [t for t in open_dataset(args.data, split=args.targets) if t.case not in excluded]
     image_path, raw = None, None
     for target in targets:
         image, gt = load_target(target)
@@ -122,6 +128,7 @@ def main() -> int:
               f"{g['mean_dice_flagged']} vs {g['mean_dice_unflagged']}")
     print({k: v for k, v in summary.items()})
     write_json(Path(args.out), {"meta": {**meta, "data": args.data, "targets": args.targets, "clicks": args.clicks,
+                                         "excluded_cases": sorted(excluded),
                                          "seed": args.seed, "poor_dice": args.poor, "precision": args.precision},
                                 "summary": summary, "thresholds": grid, "rows": rows})
     return 0
