@@ -107,11 +107,16 @@ def deepest_voxel(mask: np.ndarray, spacing: Sequence[float] | None = None,
     return np.asarray(np.unravel_index(int(np.argmax(dist)), m.shape), dtype=int)
 
 
+def _ball_half(spacing: np.ndarray, radius: float) -> np.ndarray:
+    """Voxels per axis from the centre to the edge of :func:`ball_footprint`'s box (one beyond the ball)."""
+    return np.floor(radius / spacing).astype(int) + 1
+
+
 def ball_footprint(spacing: Sequence[float], radius: float) -> np.ndarray:
     """The offsets no longer than ``radius`` (mm; ``spacing`` mm per axis) as a boolean footprint centred
     on its middle voxel, each length computed as scipy's ``distance_transform_edt`` computes distances."""
     sp = np.asarray(spacing, dtype=np.float64)
-    half = np.floor(radius / sp).astype(int) + 1
+    half = _ball_half(sp, radius)
     offsets = np.indices(tuple(2 * half + 1)).reshape(sp.size, -1) - half[:, None]
     d = offsets.astype(np.float64) * sp[:, None]
     return (np.sqrt(np.add.reduce(d * d, axis=0)) <= radius).reshape(tuple(2 * half + 1))
@@ -124,9 +129,11 @@ def deeper_than(mask: np.ndarray, spacing: Sequence[float], distance: float) -> 
     A short distance is an erosion by :func:`ball_footprint` (a few voxels' width costs a fraction of the
     exact transform on a large array); a long one, or a mask with no background voxel, the transform."""
     m = np.asarray(mask, dtype=bool)
-    foot = ball_footprint(spacing, distance)
-    if int(foot.sum()) > BALL_ELEMENTS or m.all():
-        return ndimage.distance_transform_edt(m, sampling=spacing) > distance
+    sp = np.asarray(spacing, dtype=np.float64)
+    exact = m.all() or int(np.prod(2 * _ball_half(sp, distance) + 1)) > 16 * BALL_ELEMENTS
+    foot = None if exact else ball_footprint(sp, distance)
+    if foot is None or int(foot.sum()) > BALL_ELEMENTS:
+        return ndimage.distance_transform_edt(m, sampling=sp) > distance
     return ndimage.binary_erosion(m, structure=foot, border_value=1)
 
 
@@ -135,7 +142,7 @@ def reaches_depth(mask: np.ndarray, spacing: Sequence[float], distance: float) -
     outside it (``distance_transform_edt(mask, sampling=spacing).max() > distance``), proved at one
     candidate; False when that candidate fails, which need not mean that no voxel does.
 
-    The candidate is the deepest voxel near the deepest block of the mask on a grid of blocks about
+    The candidate is the deepest voxel of the deepest block of the mask on a grid of blocks about
     ``distance`` wide (cheap on a large array): callers fall back to the exact transform on False."""
     m = np.asarray(mask, dtype=bool)
     sp = np.asarray(spacing, dtype=np.float64)
@@ -149,17 +156,14 @@ def reaches_depth(mask: np.ndarray, spacing: Sequence[float], distance: float) -
     if not inside.any():
         return False
     block = np.unravel_index(int(np.argmax(ndimage.distance_transform_edt(inside, sampling=sp * k))), inside.shape)
-    foot = ball_footprint(sp, distance)
-    half = np.array(foot.shape) // 2
+    # the block and a margin that holds every voxel within ``distance`` of it: depths there are exact
+    # up to ``distance`` for the block's voxels
+    half = _ball_half(sp, distance)
     near = tuple(slice(int(max(0, b * f - h)), int(min(n, (b + 1) * f + h)))
-                 for b, f, h, n in zip(block, k, half, m.shape))  # the block and a footprint around it
-    depth = ndimage.distance_transform_edt(m[near], sampling=sp)  # exact up to the margin inside the block
+                 for b, f, h, n in zip(block, k, half, m.shape))
+    if m[near].all():  # no background within reach of the block
+        return True
+    depth = ndimage.distance_transform_edt(m[near], sampling=sp)
     own = tuple(slice(int(b * f - s.start), int(min((b + 1) * f, n) - s.start))
                 for b, f, s, n in zip(block, k, near, m.shape))
-    local = np.unravel_index(int(np.argmax(depth[own])), depth[own].shape)
-    centre = np.array([s.start + o.start + i for s, o, i in zip(near, own, local)])
-    lo, hi = centre - half, centre + half + 1
-    a, b = np.maximum(lo, 0), np.minimum(hi, m.shape)
-    window = m[tuple(slice(int(x), int(y)) for x, y in zip(a, b))]
-    part = foot[tuple(slice(int(x - s), int(y - s)) for x, y, s in zip(a, b, lo))]
-    return bool(window[part].all())
+    return bool(depth[own].max() > distance)
